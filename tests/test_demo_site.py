@@ -1,0 +1,236 @@
+"""The demo site (``testproject``) works on the engine: checks, migrate, and a visitor's session.
+
+``testproject`` sits at the repository's top level and is not importable from the suite, so each
+test drives it the way a developer would: ``python manage.py ...`` in a subprocess, against a
+throwaway SQLite file. Browser-like visits run inside ``manage.py shell`` with Django's test
+client, CSRF checks on, so every form must carry its token.
+
+Set ``DEMO_SESSION_ENGINE`` to run these against another engine (e.g. signed cookies).
+"""
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from textwrap import dedent
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RESULT_MARK = "DEMO-RESULT "
+
+# Runs before each script, inside the demo process.
+CLIENT_PRELUDE = f"""
+import json
+import re
+
+from django.test import Client
+from django.test.utils import setup_test_environment
+
+setup_test_environment()  # allows the "testserver" host and records templates' context
+client = Client(enforce_csrf_checks=True)
+
+
+def csrf_token(response):
+    return re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', response.text).group(1)
+
+
+def post(response, path, **data):
+    # Submit a form found on ``response``'s page, as a browser would: token included.
+    return client.post(path, {{"csrfmiddlewaretoken": csrf_token(response), **data}}, follow=True)
+
+
+def observe(response):
+    context = response.context
+    return {{
+        "status": response.status_code,
+        "visits": context["visits"],
+        "key_prefix": context["session_key_prefix"],
+        "session_cookie": client.cookies["sessionid"].value,
+        "expiry_age": context["expiry_age"],
+        "expire_at_browser_close": context["expire_at_browser_close"],
+        "cart": {{line.product.slug: line.quantity for line in context["cart_lines"]}},
+        "user": context["user"].get_username(),
+        "signed_in_banner": "Signed in as" in response.text,
+    }}
+
+
+def report(**observations):
+    print({RESULT_MARK!r} + json.dumps(observations))
+"""
+
+
+@pytest.fixture(scope="module")
+def demo_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """The environment for ``manage.py``: a migrated throwaway database, its own control dir."""
+    tmp = tmp_path_factory.mktemp("demo-site")
+    env = {
+        **os.environ,
+        # pytest-django exported the suite's settings; the demo must use its own.
+        "DJANGO_SETTINGS_MODULE": "testproject.settings",
+        "DEMO_DB_PATH": str(tmp / "db.sqlite3"),
+        "MEMSESSION_CONTROL_DIR": str(tmp / "control"),
+    }
+    run_manage("migrate", "--no-input", env=env)
+    yield env
+
+
+def run_manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, (
+        f"manage.py {' '.join(args)} exited {result.returncode}\n"
+        f"--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+    )
+    return result
+
+
+def run_visit(script: str, env: dict[str, str]) -> dict[str, Any]:
+    """Run ``script`` with the test client in the demo process; return what it ``report``-ed."""
+    result = run_manage("shell", "--no-imports", "-c", CLIENT_PRELUDE + dedent(script), env=env)
+    reports = [line for line in result.stdout.splitlines() if line.startswith(RESULT_MARK)]
+    assert reports, f"the script reported nothing\n{result.stdout}\n{result.stderr}"
+    return json.loads(reports[-1].removeprefix(RESULT_MARK))
+
+
+def test_demo_site_passes_system_checks_without_warnings(demo_env: dict[str, str]) -> None:
+    run_manage("check", "--fail-level", "WARNING", env=demo_env)
+
+
+def test_migrate_creates_each_demo_user_once(demo_env: dict[str, str]) -> None:
+    run_manage("migrate", "--no-input", env=demo_env)  # a second time: must not duplicate
+
+    observed = run_visit(
+        """
+        from django.contrib.auth import authenticate, get_user_model
+
+        users = get_user_model().objects.order_by("username")
+        report(
+            users=[(u.username, u.is_staff, u.is_superuser) for u in users],
+            admin_password_ok=authenticate(username="admin", password="admin") is not None,
+            demo_password_ok=authenticate(username="demo", password="demo") is not None,
+        )
+        """,
+        demo_env,
+    )
+
+    assert observed == {
+        "users": [["admin", True, True], ["demo", False, False]],
+        "admin_password_ok": True,
+        "demo_password_ok": True,
+    }
+
+
+def test_home_page_counts_each_visit_in_the_session(demo_env: dict[str, str]) -> None:
+    observed = run_visit(
+        """
+        first = observe(client.get("/"))
+        second = observe(client.get("/"))
+        report(first=first, second=second)
+        """,
+        demo_env,
+    )
+
+    assert observed["first"]["status"] == observed["second"]["status"] == 200
+    assert (observed["first"]["visits"], observed["second"]["visits"]) == (1, 2)
+    assert len(observed["second"]["key_prefix"]) == 6
+
+
+def test_cart_adds_removes_and_clears_items(demo_env: dict[str, str]) -> None:
+    observed = run_visit(
+        """
+        page = client.get("/")
+        page = post(page, "/cart/tea/add/", quantity=3)
+        page = post(page, "/cart/mug/add/", quantity=1)
+        after_adding = observe(page)
+        page = post(page, "/cart/tea/remove/", quantity="1")
+        page = post(page, "/cart/mug/remove/", quantity="all")
+        after_removing = observe(page)
+        page = post(page, "/cart/clear/")
+        report(
+            after_adding=after_adding,
+            after_removing=after_removing,
+            after_clearing=observe(page),
+            unknown_product=client.post(
+                "/cart/caviar/add/", {"csrfmiddlewaretoken": csrf_token(page), "quantity": 1}
+            ).status_code,
+            without_csrf_token=client.post("/cart/tea/add/", {"quantity": 1}).status_code,
+        )
+        """,
+        demo_env,
+    )
+
+    assert observed["after_adding"]["cart"] == {"tea": 3, "mug": 1}
+    assert observed["after_removing"]["cart"] == {"tea": 2}
+    assert observed["after_clearing"]["cart"] == {}
+    assert observed["unknown_product"] == 404
+    assert observed["without_csrf_token"] == 403
+
+
+def test_expiry_buttons_set_the_sessions_expiry(demo_env: dict[str, str]) -> None:
+    observed = run_visit(
+        """
+        page = client.get("/")
+        browser_close = observe(post(page, "/session/expiry/", expiry="browser-close"))
+        five_minutes = observe(post(page, "/session/expiry/", expiry="five-minutes"))
+        default = observe(post(page, "/session/expiry/", expiry="default"))
+        report(browser_close=browser_close, five_minutes=five_minutes, default=default)
+        """,
+        demo_env,
+    )
+
+    assert observed["browser_close"]["expire_at_browser_close"] is True
+    assert observed["five_minutes"]["expire_at_browser_close"] is False
+    assert observed["five_minutes"]["expiry_age"] == 300
+    assert observed["default"]["expire_at_browser_close"] is False
+    assert observed["default"]["expiry_age"] == 1_209_600  # Django's SESSION_COOKIE_AGE
+
+
+def test_login_keeps_the_cart_under_a_new_key_and_logout_ends_the_session(
+    demo_env: dict[str, str],
+) -> None:
+    observed = run_visit(
+        """
+        page = client.get("/")
+        page = post(page, "/cart/teapot/add/", quantity=1)
+        before_login = observe(page)
+        login_page = client.get("/accounts/login/")
+        after_login = observe(
+            post(login_page, "/accounts/login/", username="demo", password="demo")
+        )
+        logout_by_get = client.get("/accounts/logout/").status_code
+        after_logout = observe(post(client.get("/"), "/accounts/logout/"))
+        report(
+            login_page=login_page.status_code,
+            before_login=before_login,
+            after_login=after_login,
+            logout_by_get=logout_by_get,
+            after_logout=after_logout,
+        )
+        """,
+        demo_env,
+    )
+
+    before, after_login, after_logout = (
+        observed["before_login"],
+        observed["after_login"],
+        observed["after_logout"],
+    )
+    assert observed["login_page"] == 200
+    assert (before["user"], before["signed_in_banner"]) == ("", False)
+    assert (after_login["user"], after_login["signed_in_banner"]) == ("demo", True)
+    assert after_login["cart"] == {"teapot": 1}
+    assert after_login["session_cookie"] != before["session_cookie"]  # cycle_key on login
+    assert observed["logout_by_get"] == 405
+    assert (after_logout["user"], after_logout["signed_in_banner"]) == ("", False)
+    assert after_logout["cart"] == {}
+    assert after_logout["visits"] == 1  # a fresh session
