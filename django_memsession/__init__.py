@@ -1,0 +1,14 @@
+"""django-memsession: a bounded, pruned, observable in-memory session engine for Django.
+
+``SESSION_ENGINE = "django_memsession"``. Importing this package does not need the app registry;
+adding ``"django_memsession"`` to ``INSTALLED_APPS`` adds its system checks, management commands
+and admin page.
+"""
+
+from .engine import SessionStore
+from .exceptions import SessionTooLarge
+from .pruner import prune
+from .runtime import clear, stats
+
+__all__ = ["SessionStore", "SessionTooLarge", "clear", "prune", "stats"]
+__version__ = "0.1.0"

@@ -1,0 +1,176 @@
+"""Settings, read through one object with typed defaults, and their validation.
+
+The same :func:`problems` feed the system checks (at startup) and :func:`limits` (when the store is
+first built), so a server that never runs checks — gunicorn, uvicorn, a project without the app in
+``INSTALLED_APPS`` — fails with the same message instead of misbehaving later.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from .sizing import format_size, parse_size
+from .store import Limits
+
+DEFAULT_MAX_SIZE = "64M"
+DEFAULT_MAX_SESSION_SIZE = 1024 * 1024  # capped at MAX_SIZE / 8 unless set explicitly
+DEFAULT_LOW_WATER = 0.75
+DEFAULT_PRUNE_INTERVAL = 60.0
+
+
+class MemsessionSettings:
+    """Shadows Django's settings: each ``MEMSESSION_*`` setting as a property with its default.
+
+    Properties read ``django.conf.settings`` on every access, so ``override_settings`` works.
+    """
+
+    @property
+    def MAX_SIZE(self) -> Any:
+        return getattr(settings, "MEMSESSION_MAX_SIZE", DEFAULT_MAX_SIZE)
+
+    @property
+    def MAX_SESSION_SIZE(self) -> Any:
+        return getattr(settings, "MEMSESSION_MAX_SESSION_SIZE", None)
+
+    @property
+    def LOW_WATER(self) -> Any:
+        return getattr(settings, "MEMSESSION_LOW_WATER", DEFAULT_LOW_WATER)
+
+    @property
+    def PRUNE_INTERVAL(self) -> Any:
+        return getattr(settings, "MEMSESSION_PRUNE_INTERVAL", DEFAULT_PRUNE_INTERVAL)
+
+    @property
+    def CONTROL(self) -> Any:
+        return getattr(settings, "MEMSESSION_CONTROL", True)
+
+    @property
+    def CONTROL_DIR(self) -> Any:
+        return getattr(settings, "MEMSESSION_CONTROL_DIR", None)
+
+
+conf = MemsessionSettings()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad setting: a stable id (``memsession.E001``), what is wrong, and what to write."""
+
+    id: str
+    msg: str
+    hint: str
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def problems() -> list[Problem]:
+    """Every problem with the current ``MEMSESSION_*`` settings; empty when all is well."""
+    found: list[Problem] = []
+    max_bytes: int | None = None
+    try:
+        max_bytes = parse_size(conf.MAX_SIZE)
+    except ValueError as exc:
+        found.append(
+            Problem(
+                "memsession.E001",
+                f"MEMSESSION_MAX_SIZE = {conf.MAX_SIZE!r} is not a size.",
+                f"{exc} Example: MEMSESSION_MAX_SIZE = '64M'.",
+            )
+        )
+    session_cap = conf.MAX_SESSION_SIZE
+    if session_cap is not None:
+        try:
+            session_bytes = parse_size(session_cap)
+        except ValueError as exc:
+            found.append(
+                Problem(
+                    "memsession.E002",
+                    f"MEMSESSION_MAX_SESSION_SIZE = {session_cap!r} is not a size.",
+                    f"{exc} Example: MEMSESSION_MAX_SESSION_SIZE = '1M', or None for the default.",
+                )
+            )
+        else:
+            if max_bytes is not None and session_bytes > max_bytes:
+                found.append(
+                    Problem(
+                        "memsession.E004",
+                        f"MEMSESSION_MAX_SESSION_SIZE ({format_size(session_bytes)}) is larger "
+                        f"than MEMSESSION_MAX_SIZE ({format_size(max_bytes)}).",
+                        "One session must fit in the store: lower MEMSESSION_MAX_SESSION_SIZE "
+                        "(e.g. to a tenth of MEMSESSION_MAX_SIZE) or raise MEMSESSION_MAX_SIZE.",
+                    )
+                )
+    low_water = conf.LOW_WATER
+    if not (_is_number(low_water) and 0 < low_water < 1):
+        found.append(
+            Problem(
+                "memsession.E003",
+                f"MEMSESSION_LOW_WATER = {low_water!r} is not a fraction between 0 and 1.",
+                "Write a number strictly between 0 and 1, e.g. MEMSESSION_LOW_WATER = 0.75 "
+                "(the store is brought down to 75 % of MEMSESSION_MAX_SIZE when full).",
+            )
+        )
+    interval = conf.PRUNE_INTERVAL
+    if interval is not None and not (_is_number(interval) and interval >= 0):
+        found.append(
+            Problem(
+                "memsession.E005",
+                f"MEMSESSION_PRUNE_INTERVAL = {interval!r} is not a number of seconds.",
+                "Write a number of seconds >= 0, e.g. MEMSESSION_PRUNE_INTERVAL = 60; "
+                "0 or None turns the periodic pruner off.",
+            )
+        )
+    if not isinstance(conf.CONTROL, bool):
+        found.append(
+            Problem(
+                "memsession.E006",
+                f"MEMSESSION_CONTROL = {conf.CONTROL!r} is not True or False.",
+                "Write MEMSESSION_CONTROL = True (the default) or False to turn the control "
+                "socket off.",
+            )
+        )
+    control_dir = conf.CONTROL_DIR
+    if control_dir is not None and not (isinstance(control_dir, str) and control_dir.strip()):
+        found.append(
+            Problem(
+                "memsession.E007",
+                f"MEMSESSION_CONTROL_DIR = {control_dir!r} is not a directory path.",
+                "Write an absolute directory path as a string, e.g. "
+                "MEMSESSION_CONTROL_DIR = '/run/myproject/memsession', or None for the default "
+                "(under the system temp directory).",
+            )
+        )
+    return found
+
+
+def limits() -> Limits:
+    """The validated limits; ``ImproperlyConfigured`` with the system check's text otherwise."""
+    found = problems()
+    if found:
+        raise ImproperlyConfigured(
+            "; ".join(f"{problem.msg} {problem.hint} ({problem.id})" for problem in found)
+        )
+    max_bytes = parse_size(conf.MAX_SIZE)
+    session_cap = conf.MAX_SESSION_SIZE
+    max_session_bytes = (
+        min(DEFAULT_MAX_SESSION_SIZE, max_bytes // 8)
+        if session_cap is None
+        else parse_size(session_cap)
+    )
+    return Limits(
+        max_bytes=max_bytes,
+        max_session_bytes=max_session_bytes,
+        low_water=float(conf.LOW_WATER),
+    )
+
+
+def prune_interval() -> float:
+    """Seconds between pruner passes; 0 means off. Assumes :func:`problems` found nothing."""
+    return float(conf.PRUNE_INTERVAL or 0)

@@ -1,0 +1,28 @@
+"""A pytest fixture for projects that use this engine (loaded through the ``pytest11`` entry point).
+
+``memsession`` empties this process's session store before and after the test, so sessions made
+by one test never leak into the next, and yields the store for inspection::
+
+    def test_login_keeps_one_session(client, memsession):
+        client.login(username="u", password="p")
+        assert memsession.stats()["entries"] == 1
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from .store import MemoryStore
+
+
+@pytest.fixture
+def memsession() -> Iterator[MemoryStore]:
+    from .runtime import clear, get_store
+
+    clear()
+    yield get_store()
+    clear()

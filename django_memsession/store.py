@@ -1,0 +1,560 @@
+"""The process-global session memory: entries, byte budget, recency, expiry, eviction, counters.
+
+Knows nothing of Django requests (the engine in ``engine.py`` does). Time comes from an injected
+clock and sizes from an injected :class:`~django_memsession.sizing.EntrySizer`, so tests move time
+instead of sleeping.
+
+Layout, chosen for memory (see README, "Memory"): one ``bytes`` value per session, whose first 8
+bytes are its expiry time, so an entry is a key, a value and a slot in an ``OrderedDict``; no
+per-entry tuple, float or bookkeeping object. Recency is the ``OrderedDict`` order.
+
+Locking: one ``threading.Lock``, held only for dictionary work. Packing, sizing, serialization,
+logging and signals all happen outside it; events gathered under the lock are handed to the
+``on_event`` callback after it is released.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .sizing import EntrySizer
+
+__all__ = ["EntryTooLarge", "Limits", "MemoryStore", "PutResult", "SegmentedLRU", "StoreEvent"]
+
+HEADER = struct.Struct("<d")  # expires_at, seconds since the epoch, on the store's clock
+HEADER_SIZE = HEADER.size
+
+# Segments, coldest first: eviction takes from the first non-empty one.
+PROBATION, RETURNING, AUTHENTICATED = 0, 1, 2
+SEGMENT_NAMES = ("probation", "returning", "authenticated")
+
+# How many of the coldest entries of each segment a write over budget looks at for expired ones
+# before it evicts live sessions: bounded work per request; the pruner does the thorough job.
+EXPIRED_PROBE = 8
+
+
+class EntryTooLarge(ValueError):
+    """One entry alone is larger than the per-session limit."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"entry of {size} bytes exceeds the per-session limit of {limit} bytes")
+        self.size = size
+        self.limit = limit
+
+
+class PutResult(Enum):
+    STORED = "stored"
+    RESTORED = "restored"  # a recently evicted key came back: stored again
+    EXISTS = "exists"  # create of a key that is live
+    MISSING = "missing"  # update of a key that is gone (deleted, expired, or forgotten)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int
+    max_session_bytes: int
+    low_water: float
+
+    @property
+    def low_water_bytes(self) -> int:
+        return int(self.max_bytes * self.low_water)
+
+    @property
+    def remember_bytes(self) -> int:
+        """Budget share for remembering evicted keys (so eviction is not logout)."""
+        return self.max_bytes // 16
+
+
+@dataclass(frozen=True)
+class StoreEvent:
+    """Something that removed sessions, reported once per batch after the lock is released."""
+
+    kind: str  # "evicted" or "expired"
+    count: int
+    bytes: int
+    reason: str  # "write" (a save over budget), "prune", "load", "shrink"
+
+
+@dataclass
+class PruneResult:
+    removed: int = 0
+    bytes_freed: int = 0
+    evicted: int = 0
+    bytes_evicted: int = 0
+    longest_lock_hold: float = 0.0
+    events: list[StoreEvent] = field(default_factory=list)
+
+
+class SegmentedLRU:
+    """The eviction policy: three LRU segments, the coldest evicted first.
+
+    - *probation*: sessions that were created but never came back; a flood of new anonymous
+      sessions only ever competes with itself here;
+    - *returning*: anonymous sessions that were loaded again in a later request (a real cart);
+    - *authenticated*: sessions carrying Django's auth keys.
+
+    Within a segment, the least recently used goes first. A later segment is touched only when
+    every earlier one is empty, so anonymous traffic cannot evict logged-in users while they fit.
+    """
+
+    __slots__ = ("segments",)
+
+    def __init__(self) -> None:
+        self.segments: tuple[OrderedDict[str, bytes], ...] = tuple(
+            OrderedDict() for _ in SEGMENT_NAMES
+        )
+
+    def find(self, key: str) -> tuple[int, bytes] | tuple[None, None]:
+        # Authenticated first: on the sites this is built for, most requests are logged in.
+        for index in (AUTHENTICATED, RETURNING, PROBATION):
+            value = self.segments[index].get(key)
+            if value is not None:
+                return index, value
+        return None, None
+
+    def touch(self, key: str, index: int) -> None:
+        """A hit: most recently used; a probation entry that comes back is promoted."""
+        if index == PROBATION:
+            self.segments[RETURNING][key] = self.segments[PROBATION].pop(key)
+        else:
+            self.segments[index].move_to_end(key)
+
+    def segment_for_write(self, previous: int | None, authenticated: bool) -> int:
+        """Where a saved session goes, given the segment it was in (None: it is new)."""
+        if authenticated:
+            return AUTHENTICATED
+        if previous is None:
+            return PROBATION
+        return RETURNING if previous == AUTHENTICATED else previous
+
+    def put(self, key: str, value: bytes, index: int, old_index: int | None) -> None:
+        if old_index is not None and old_index != index:
+            del self.segments[old_index][key]
+        segment = self.segments[index]
+        segment[key] = value
+        segment.move_to_end(key)
+
+    def remove(self, key: str, index: int) -> None:
+        del self.segments[index][key]
+
+    def coldest(self, limit: int) -> Iterator[tuple[int, str, bytes]]:
+        """Up to ``limit`` entries of each segment from its cold end, coldest segment first."""
+        for index, segment in enumerate(self.segments):
+            for taken, (key, value) in enumerate(segment.items()):
+                if taken >= limit:
+                    break
+                yield index, key, value
+
+    def victim(self, spare: str | None) -> tuple[int, str, bytes] | None:
+        """The entry to evict next: the LRU of the coldest non-empty segment, never ``spare``.
+
+        ``spare`` (the entry just written) sits at its segment's hot end, so skipping it costs at
+        most one step.
+        """
+        for index, segment in enumerate(self.segments):
+            for key, value in segment.items():
+                if key != spare:
+                    return index, key, value
+        return None
+
+    def __len__(self) -> int:
+        return sum(len(segment) for segment in self.segments)
+
+    def sizes(self) -> dict[str, int]:
+        return {name: len(seg) for name, seg in zip(SEGMENT_NAMES, self.segments, strict=True)}
+
+    def keys_snapshot(self) -> list[str]:
+        """Every key, as a list: one C-level copy per segment, for chunked passes."""
+        keys: list[str] = []
+        for segment in self.segments:
+            keys.extend(segment)
+        return keys
+
+    def clear(self) -> None:
+        for segment in self.segments:
+            segment.clear()
+
+
+class MemoryStore:
+    """Sessions in memory under a byte budget. Every operation is O(1) in the number of entries.
+
+    ``get``/``put``/``delete``/``exists`` are what a request uses; ``prune_expired`` and
+    ``shrink`` are background work done in chunks, releasing the lock between chunks.
+    """
+
+    def __init__(
+        self,
+        limits: Limits,
+        *,
+        clock: Callable[[], float] = time.time,
+        sizer: EntrySizer | None = None,
+        on_event: Callable[[list[StoreEvent]], None] | None = None,
+    ) -> None:
+        self.limits = limits
+        self.clock = clock
+        self.sizer = sizer or EntrySizer()
+        self.on_event = on_event
+        self._lock = threading.Lock()
+        self._policy = SegmentedLRU()
+        # Recently evicted keys -> the expiry they had: a save of one stores it again.
+        self._remembered: OrderedDict[str, float] = OrderedDict()
+        self._remembered_bytes = 0
+        self._bytes = 0  # running total: entries + remembered keys
+        self.created_at = clock()
+        self._reset_counters()
+
+    def _reset_counters(self) -> None:
+        self.hits = 0
+        self.misses = 0
+        self.evictions = 0
+        self.expired = 0
+        self.restored = 0
+        self.rejected = 0
+
+    # -- the request path ---------------------------------------------------------------------
+
+    def get(self, key: str) -> bytes | None:
+        """The stored payload of a live session (and it becomes most recently used), or None."""
+        now = self.clock()
+        events = None
+        with self._lock:
+            index, value = self._policy.find(key)
+            if value is None:
+                self.misses += 1
+                return None
+            if HEADER.unpack_from(value)[0] <= now:
+                events = []
+                self._remove_expired(key, index, value, events, "load")
+                self.misses += 1
+            else:
+                self._policy.touch(key, index)
+                self.hits += 1
+        if events is not None:
+            self._emit(events)
+            return None
+        return value[HEADER_SIZE:]
+
+    def exists(self, key: str) -> bool:
+        """Whether a live (unexpired) session has this key. Does not change recency."""
+        now = self.clock()
+        with self._lock:
+            value = self._policy.find(key)[1]
+        return value is not None and HEADER.unpack_from(value)[0] > now
+
+    def put(
+        self, key: str, payload: bytes, expires_at: float, *, authenticated: bool, create: bool
+    ) -> PutResult:
+        """Store a session. ``create`` fails on a live key; an update fails on a missing one.
+
+        An update of a key evicted recently (and not deleted or expired since) stores it again:
+        eviction is not logout. Raises :class:`EntryTooLarge` before touching anything.
+        """
+        value = HEADER.pack(expires_at) + payload
+        size = self.sizer.entry(len(key), len(value))
+        if size > self.limits.max_session_bytes:
+            with self._lock:
+                self.rejected += 1
+            raise EntryTooLarge(size, self.limits.max_session_bytes)
+        now = self.clock()
+        events: list[StoreEvent] = []
+        with self._lock:
+            index, old_value = self._policy.find(key)
+            was_expired = old_value is not None and HEADER.unpack_from(old_value)[0] <= now
+            if was_expired:
+                self._remove_expired(key, index, old_value, events, "write")
+                index = old_value = None
+            if old_value is not None:  # a live session
+                if create:
+                    return PutResult.EXISTS
+                self._bytes -= self.sizer.entry(len(key), len(old_value))
+                previous, result = index, PutResult.STORED
+            elif create:
+                self._forget(key)
+                previous, result = None, PutResult.STORED
+            else:
+                remembered_until = None if was_expired else self._forget(key)
+                if remembered_until is None or remembered_until <= now:
+                    result = PutResult.MISSING
+                else:
+                    # Somebody is using it right now: not a probation newcomer.
+                    previous, result = RETURNING, PutResult.RESTORED
+                    self.restored += 1
+            if result is not PutResult.MISSING:
+                segment = self._policy.segment_for_write(previous, authenticated)
+                self._policy.put(key, value, segment, index)
+                self._bytes += size
+                if self._bytes > self.limits.max_bytes:
+                    self._make_room(self.limits.max_bytes, now, spare=key, events=events)
+        if events:
+            self._emit(events)
+        return result
+
+    def delete(self, key: str) -> bool:
+        """Remove a session for good (logout, flush): it is not remembered, so never restored."""
+        with self._lock:
+            self._forget(key)
+            index, value = self._policy.find(key)
+            if value is None:
+                return False
+            self._policy.remove(key, index)
+            self._bytes -= self.sizer.entry(len(key), len(value))
+            return True
+
+    # -- background work, in chunks -----------------------------------------------------------
+
+    def prune_expired(self, *, chunk_size: int = 1000, dry_run: bool = False) -> PruneResult:
+        """Remove every expired session (and forget expired remembered keys).
+
+        Holds the lock for at most ``chunk_size`` entries at a time and yields between chunks, so
+        a request waits on a prune for well under a millisecond per chunk.
+        """
+        result = PruneResult()
+        now = self.clock()
+        started = time.perf_counter()
+        with self._lock:
+            keys = self._policy.keys_snapshot()
+            remembered = list(self._remembered)
+        result.longest_lock_hold = time.perf_counter() - started
+        for start in range(0, len(keys), chunk_size):
+            held_since = time.perf_counter()
+            with self._lock:
+                for key in keys[start : start + chunk_size]:
+                    index, value = self._policy.find(key)
+                    if value is None or HEADER.unpack_from(value)[0] > now:
+                        continue
+                    size = self.sizer.entry(len(key), len(value))
+                    result.removed += 1
+                    result.bytes_freed += size
+                    if not dry_run:
+                        self._policy.remove(key, index)
+                        self._bytes -= size
+                        self.expired += 1
+            result.longest_lock_hold = max(
+                result.longest_lock_hold, time.perf_counter() - held_since
+            )
+            time.sleep(0)  # let waiting request threads take the lock (and the GIL) now
+        if not dry_run:
+            for start in range(0, len(remembered), chunk_size):
+                with self._lock:
+                    for key in remembered[start : start + chunk_size]:
+                        until = self._remembered.get(key)
+                        if until is not None and until <= now:
+                            self._forget(key)
+                time.sleep(0)
+            if result.removed:
+                result.events.append(
+                    StoreEvent("expired", result.removed, result.bytes_freed, "prune")
+                )
+                self._emit(result.events)
+        return result
+
+    def shrink(self, *, chunk_size: int = 1000, dry_run: bool = False) -> PruneResult:
+        """Bring the store down to the low-water mark, evicting cold sessions in chunks."""
+        result = PruneResult()
+        target = self.limits.low_water_bytes
+        if dry_run:
+            with self._lock:
+                excess = self._bytes - target
+                for _, key, value in self._policy.coldest(len(self._policy)):
+                    if excess <= 0:
+                        break
+                    size = self.sizer.entry(len(key), len(value))
+                    excess -= size
+                    result.evicted += 1
+                    result.bytes_evicted += size
+            return result
+        while True:
+            held_since = time.perf_counter()
+            events: list[StoreEvent] = []
+            with self._lock:
+                if self._bytes <= target:
+                    break
+                evicted = self._make_room(
+                    target, self.clock(), spare=None, events=events, max_evictions=chunk_size
+                )
+            result.longest_lock_hold = max(
+                result.longest_lock_hold, time.perf_counter() - held_since
+            )
+            for event in events:
+                if event.kind == "evicted":
+                    result.evicted += event.count
+                    result.bytes_evicted += event.bytes
+                else:
+                    result.removed += event.count
+                    result.bytes_freed += event.bytes
+            if events:
+                self._emit([StoreEvent(e.kind, e.count, e.bytes, "shrink") for e in events])
+            if not evicted:
+                break
+            time.sleep(0)
+        return result
+
+    # -- inspection and tests ----------------------------------------------------------------
+
+    def stats(self) -> dict[str, object]:
+        with self._lock:
+            segments = self._policy.sizes()
+            figures: dict[str, object] = {
+                "pid": os.getpid(),
+                "entries": len(self._policy),
+                "bytes": self._bytes,
+                "max_bytes": self.limits.max_bytes,
+                "low_water_bytes": self.limits.low_water_bytes,
+                "max_session_bytes": self.limits.max_session_bytes,
+                "remembered": len(self._remembered),
+                "remembered_bytes": self._remembered_bytes,
+                "hits": self.hits,
+                "misses": self.misses,
+                "evictions": self.evictions,
+                "expired": self.expired,
+                "restored": self.restored,
+                "rejected": self.rejected,
+                "segments": segments,
+                "created_at": self.created_at,
+            }
+        return figures
+
+    def clear(self) -> None:
+        """Empty the store and reset its counters (for tests)."""
+        with self._lock:
+            self._policy.clear()
+            self._remembered.clear()
+            self._remembered_bytes = 0
+            self._bytes = 0
+            self._reset_counters()
+
+    def reconfigure(self, limits: Limits) -> None:
+        """New limits; sessions stay, evicting what no longer fits."""
+        events: list[StoreEvent] = []
+        with self._lock:
+            self.limits = limits
+            self._trim_remembered()
+            if self._bytes > limits.max_bytes:
+                self._make_room(limits.max_bytes, self.clock(), spare=None, events=events)
+        if events:
+            self._emit(events)
+
+    def accounted_bytes(self) -> int:
+        """The running total, recomputed from scratch (for tests: it must equal ``stats()``)."""
+        with self._lock:
+            return self._recount()
+
+    def after_fork_in_child(self, consistent: bool) -> None:
+        """A fresh lock for the child; recount if the fork may have caught a write half-done."""
+        self._lock = threading.Lock()
+        self.created_at = self.clock()
+        if not consistent:
+            self._bytes = self._recount()
+
+    @property
+    def lock(self) -> threading.Lock:
+        return self._lock
+
+    # -- internals (call with the lock held) ---------------------------------------------------
+
+    def _recount(self) -> int:
+        total = sum(
+            self.sizer.entry(len(key), len(value))
+            for segment in self._policy.segments
+            for key, value in segment.items()
+        )
+        self._remembered_bytes = sum(self.sizer.remembered(len(key)) for key in self._remembered)
+        return total + self._remembered_bytes
+
+    def _make_room(
+        self,
+        target: int,
+        now: float,
+        *,
+        spare: str | None,
+        events: list[StoreEvent],
+        max_evictions: int | None = None,
+    ) -> int:
+        """Remove entries until the total is at most ``target``: expired first, then LRU.
+
+        Returns how many entries were evicted. ``spare`` (the entry just written) is never taken;
+        ``max_evictions`` bounds one call (the background shrink works in chunks).
+        """
+        expired_count = expired_bytes = 0
+        probe = [
+            (index, key, value)
+            for index, key, value in self._policy.coldest(EXPIRED_PROBE)
+            if HEADER.unpack_from(value)[0] <= now and key != spare
+        ]
+        for index, key, value in probe:
+            if self._bytes <= target:
+                break
+            size = self.sizer.entry(len(key), len(value))
+            self._policy.remove(key, index)
+            self._bytes -= size
+            expired_count += 1
+            expired_bytes += size
+        evicted_count = evicted_bytes = 0
+        while self._bytes > target and (max_evictions is None or evicted_count < max_evictions):
+            victim = self._policy.victim(spare)
+            if victim is None:
+                if not self._drop_oldest_remembered():
+                    break
+                continue
+            index, key, value = victim
+            size = self.sizer.entry(len(key), len(value))
+            self._policy.remove(key, index)
+            self._bytes -= size
+            evicted_count += 1
+            evicted_bytes += size
+            self._remember(key, HEADER.unpack_from(value)[0])
+        if expired_count:
+            self.expired += expired_count
+            events.append(StoreEvent("expired", expired_count, expired_bytes, "write"))
+        if evicted_count:
+            self.evictions += evicted_count
+            events.append(StoreEvent("evicted", evicted_count, evicted_bytes, "write"))
+        return evicted_count
+
+    def _remember(self, key: str, expires_at: float) -> None:
+        size = self.sizer.remembered(len(key))
+        self._remembered[key] = expires_at
+        self._remembered_bytes += size
+        self._bytes += size
+        self._trim_remembered()
+
+    def _trim_remembered(self) -> None:
+        while self._remembered_bytes > self.limits.remember_bytes:
+            self._drop_oldest_remembered()
+
+    def _drop_oldest_remembered(self) -> bool:
+        if not self._remembered:
+            return False
+        key, _ = self._remembered.popitem(last=False)
+        size = self.sizer.remembered(len(key))
+        self._remembered_bytes -= size
+        self._bytes -= size
+        return True
+
+    def _forget(self, key: str) -> float | None:
+        until = self._remembered.pop(key, None)
+        if until is not None:
+            size = self.sizer.remembered(len(key))
+            self._remembered_bytes -= size
+            self._bytes -= size
+        return until
+
+    def _remove_expired(
+        self, key: str, index: int, value: bytes, events: list[StoreEvent], reason: str
+    ) -> None:
+        self._policy.remove(key, index)
+        size = self.sizer.entry(len(key), len(value))
+        self._bytes -= size
+        self.expired += 1
+        events.append(StoreEvent("expired", 1, size, reason))
+
+    def _emit(self, events: list[StoreEvent]) -> None:
+        if self.on_event is not None and events:
+            self.on_event(events)

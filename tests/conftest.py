@@ -1,0 +1,67 @@
+"""Shared fixtures. The ``memsession`` fixture comes from the package's own pytest plugin."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from django_memsession.runtime import get_store
+from django_memsession.sizing import EntrySizer
+from django_memsession.store import Limits, MemoryStore
+
+pytest_plugins = ["browser"]
+
+
+class FakeClock:
+    """Seconds since the epoch that move only when a test says so."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(scope="session")
+def sizer() -> EntrySizer:
+    return EntrySizer()
+
+
+@pytest.fixture
+def make_store(clock: FakeClock, sizer: EntrySizer):
+    """A private store (not the process-global one) with a fake clock and the given limits."""
+
+    def make(max_bytes: int = 64 * 1024, max_session_bytes: int | None = None, low_water=0.75):
+        limits = Limits(
+            max_bytes=max_bytes,
+            max_session_bytes=max_session_bytes or max_bytes // 4,
+            low_water=low_water,
+        )
+        return MemoryStore(limits, clock=clock, sizer=sizer)
+
+    return make
+
+
+@pytest.fixture(autouse=True)
+def _empty_global_store(memsession: MemoryStore) -> None:
+    """Every test starts with an empty process-global store (the plugin's fixture)."""
+
+
+@pytest.fixture
+def global_clock(memsession: MemoryStore) -> Iterator[FakeClock]:
+    """Move time for the process-global store that ``SessionStore`` uses."""
+    store = get_store()
+    fake = FakeClock()
+    real = store.clock
+    store.clock = fake
+    yield fake
+    store.clock = real

@@ -1,0 +1,97 @@
+"""Every bad ``MEMSESSION_*`` setting is a system-check error that says what to write instead,
+and the same text stops the store from being built where checks never run."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.core.management import call_command
+from django.core.management.base import SystemCheckError
+from django.test import override_settings
+
+from django_memsession import conf
+from django_memsession.checks import check_settings
+
+
+def ids() -> list[str]:
+    return [message.id for message in check_settings()]
+
+
+def test_default_settings_pass():
+    assert check_settings() == []
+
+
+@pytest.mark.parametrize("value", ["64X", "-1M", 0, -5, "lots", True, None, "1.2.3G"])
+def test_max_size_that_does_not_parse_is_e001(value):
+    with override_settings(MEMSESSION_MAX_SIZE=value):
+        assert ids() == ["memsession.E001"]
+
+
+@pytest.mark.parametrize("value", ["4M", "512k", "64MiB", "1g", "64MB", "1.5G", 1048576, "2 M"])
+def test_max_size_spellings_are_accepted(value):
+    with override_settings(MEMSESSION_MAX_SIZE=value):
+        assert ids() == []
+
+
+def test_max_size_error_says_what_to_write():
+    with override_settings(MEMSESSION_MAX_SIZE="64X"):
+        (message,) = check_settings()
+    assert "'64M'" in message.hint
+
+
+def test_bad_max_session_size_is_e002():
+    with override_settings(MEMSESSION_MAX_SESSION_SIZE="big"):
+        assert ids() == ["memsession.E002"]
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, "0.5", None, float("nan")])
+def test_low_water_outside_zero_one_is_e003(value):
+    with override_settings(MEMSESSION_LOW_WATER=value):
+        assert ids() == ["memsession.E003"]
+
+
+def test_session_cap_above_budget_is_e004():
+    with override_settings(MEMSESSION_MAX_SIZE="1M", MEMSESSION_MAX_SESSION_SIZE="2M"):
+        assert ids() == ["memsession.E004"]
+
+
+@pytest.mark.parametrize("value", [-1, "60", float("inf")])
+def test_bad_prune_interval_is_e005(value):
+    with override_settings(MEMSESSION_PRUNE_INTERVAL=value):
+        assert ids() == ["memsession.E005"]
+
+
+@pytest.mark.parametrize("value", [0, None])
+def test_prune_interval_off_is_accepted(value):
+    with override_settings(MEMSESSION_PRUNE_INTERVAL=value):
+        assert ids() == []
+
+
+def test_control_not_a_bool_is_e006():
+    with override_settings(MEMSESSION_CONTROL="yes"):
+        assert ids() == ["memsession.E006"]
+
+
+def test_control_dir_not_a_path_is_e007():
+    with override_settings(MEMSESSION_CONTROL_DIR=""):
+        assert ids() == ["memsession.E007"]
+
+
+def test_manage_py_check_fails_on_a_bad_setting():
+    with override_settings(MEMSESSION_LOW_WATER=2), pytest.raises(SystemCheckError) as excinfo:
+        call_command("check")
+    assert "memsession.E003" in str(excinfo.value)
+
+
+def test_building_the_store_with_a_bad_setting_raises_the_same_text():
+    with override_settings(MEMSESSION_MAX_SIZE="64X"):
+        with pytest.raises(ImproperlyConfigured) as excinfo:
+            conf.limits()
+        (message,) = check_settings()
+    assert message.msg in str(excinfo.value)
+    assert "memsession.E001" in str(excinfo.value)
+
+
+def test_default_session_cap_fits_a_small_budget():
+    with override_settings(MEMSESSION_MAX_SIZE="1M"):
+        assert conf.limits().max_session_bytes == 1024 * 1024 // 8
