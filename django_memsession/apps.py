@@ -7,6 +7,7 @@ class MemsessionConfig(AppConfig):
     verbose_name = "Memory sessions"
 
     def ready(self) -> None:
-        from .checks import check_settings
+        from .checks import check_deployment, check_settings
 
         checks.register(check_settings)
+        checks.register(check_deployment)

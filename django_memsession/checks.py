@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
-from django.core.checks import CheckMessage, Error
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning
 
-from . import conf
+from . import conf, control
+
+ENGINE = "django_memsession"
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -14,3 +19,46 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]
         Error(problem.msg, hint=problem.hint, id=problem.id, obj="settings")
         for problem in conf.problems()
     ]
+
+
+def _workers_from_environment() -> tuple[int, str] | None:
+    """How many worker processes the environment asks for, and where it says so."""
+    concurrency = os.environ.get("WEB_CONCURRENCY", "").strip()
+    if concurrency.isdigit() and int(concurrency) > 1:
+        return int(concurrency), f"WEB_CONCURRENCY={concurrency}"
+    args = os.environ.get("GUNICORN_CMD_ARGS", "")
+    match = re.search(r"(?:--workers[=\s]+|-w\s*)(\d+)", args)
+    if match and int(match.group(1)) > 1:
+        return int(match.group(1)), f"GUNICORN_CMD_ARGS={args!r}"
+    return None
+
+
+def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Warnings about where this engine would not work as users expect."""
+    if getattr(settings, "SESSION_ENGINE", "") != ENGINE:
+        return []
+    found: list[CheckMessage] = []
+    workers = _workers_from_environment()
+    if workers is not None:
+        count, source = workers
+        found.append(
+            Warning(
+                f"{source} asks for {count} worker processes, but django_memsession keeps "
+                "sessions in the memory of one process: users whose requests reach another "
+                "worker look logged out.",
+                hint="Run one worker with threads (gunicorn --workers 1 --threads 8), or use a "
+                "shared session engine (database or cache) for several processes.",
+                id="memsession.W001",
+            )
+        )
+    if conf.conf.CONTROL is True and not control.available():
+        found.append(
+            Warning(
+                "This platform has no Unix sockets: the control channel is off, so "
+                "prunesessions, clearsessions and the admin page reach only their own process.",
+                hint="Set MEMSESSION_CONTROL = False to silence this warning; the pruner "
+                "thread still removes expired sessions.",
+                id="memsession.W002",
+            )
+        )
+    return found

@@ -65,3 +65,18 @@ def global_clock(memsession: MemoryStore) -> Iterator[FakeClock]:
     store.clock = fake
     yield fake
     store.clock = real
+
+
+@pytest.fixture
+def control_dir() -> Iterator[str]:
+    """A private control directory with a short path (AF_UNIX paths are limited to ~100 bytes),
+    set as ``MEMSESSION_CONTROL_DIR`` for the test."""
+    import shutil
+    import tempfile
+
+    from django.test import override_settings
+
+    path = tempfile.mkdtemp(prefix="ms-")
+    with override_settings(MEMSESSION_CONTROL_DIR=path):
+        yield path
+    shutil.rmtree(path, ignore_errors=True)

@@ -63,3 +63,7 @@ STATIC_URL = "/static/"
 MEMSESSION_CONTROL_DIR = os.environ.get(
     "MEMSESSION_CONTROL_DIR", os.path.join(tempfile.gettempdir(), f"memsession-tests-{os.getpid()}")
 )
+
+# The pruner thread is off in the suite (tests run passes themselves, with a fake clock); the
+# real-server tests turn it on through the environment.
+MEMSESSION_PRUNE_INTERVAL = float(os.environ.get("MEMSESSION_TEST_PRUNE_INTERVAL", "0"))
