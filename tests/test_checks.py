@@ -95,3 +95,33 @@ def test_building_the_store_with_a_bad_setting_raises_the_same_text():
 def test_default_session_cap_fits_a_small_budget():
     with override_settings(MEMSESSION_MAX_SIZE="1M"):
         assert conf.limits().max_session_bytes == 1024 * 1024 // 8
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {"WEB_CONCURRENCY": "4"},
+        {"GUNICORN_CMD_ARGS": "--bind 127.0.0.1:8000 --workers 3"},
+        {"GUNICORN_CMD_ARGS": "-w 2"},
+    ],
+)
+def test_several_workers_in_the_environment_are_a_warning(monkeypatch, environ):
+    from django_memsession.checks import check_deployment
+
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert [message.id for message in check_deployment()] == ["memsession.W001"]
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [{}, {"WEB_CONCURRENCY": "1"}, {"GUNICORN_CMD_ARGS": "--workers 1 --threads 8"}],
+)
+def test_one_worker_is_no_warning(monkeypatch, environ):
+    from django_memsession.checks import check_deployment
+
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.delenv("GUNICORN_CMD_ARGS", raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    assert check_deployment() == []

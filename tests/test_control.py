@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from django.test import override_settings
+from processes import store_process
 
 from django_memsession import control
 from django_memsession.runtime import get_store
@@ -231,37 +232,3 @@ def test_who_listens(monkeypatch, argv, expected):
 
 def test_a_test_run_does_not_listen():
     assert control.should_listen() is False
-
-
-# -- helpers --------------------------------------------------------------------------------------
-
-TESTS_DIR = Path(__file__).resolve().parent
-
-
-class store_process:
-    """Run tests/store_process.py with this test's control directory; yield its pid."""
-
-    def __init__(self, control_dir: str, short: int = 0, long: int = 1) -> None:
-        self.env = {
-            **os.environ,
-            "MEMSESSION_CONTROL_DIR": control_dir,
-            "DJANGO_SETTINGS_MODULE": "testsite.settings",
-        }
-        self.args = [sys.executable, str(TESTS_DIR / "store_process.py"), str(short), str(long)]
-
-    def __enter__(self) -> int:
-        self.proc = subprocess.Popen(
-            self.args, env=self.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-        line = self.proc.stdout.readline()
-        assert line.startswith("ready"), line
-        return self.proc.pid
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
