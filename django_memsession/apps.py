@@ -5,6 +5,8 @@ from django.core import checks
 class MemsessionConfig(AppConfig):
     name = "django_memsession"
     verbose_name = "Memory sessions"
+    # Pinned so that a project's DEFAULT_AUTO_FIELD never asks for a migration of this app.
+    default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
         from .checks import check_deployment, check_settings

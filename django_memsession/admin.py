@@ -1,0 +1,240 @@
+"""The admin stats page: every live process's store at a glance, its history, "Prune now".
+
+The page lives where the admin puts the (table-less) ``Stats`` model's changelist,
+``/admin/django_memsession/stats/``, so it is listed on the admin index and guarded by the
+model's permissions: ``view`` to see it (and its JSON), ``change`` to prune. Figures come from
+every process of the project through the control channel (``control.gather``), or from this
+process alone where the channel is off.
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.template.defaultfilters import filesizeformat
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from .control import Gathered, gather
+from .models import Stats
+
+PLOT_WIDTH, PLOT_HEIGHT = 640, 160
+PLOT_MARGIN_LEFT, PLOT_MARGIN_RIGHT, PLOT_MARGIN_Y = 70, 60, 14
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _when(timestamp: float | None) -> datetime.datetime | None:
+    if timestamp is None:
+        return None
+    return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    days, seconds = divmod(seconds, 86400)
+    hours, seconds = divmod(seconds, 3600)
+    minutes, seconds = divmod(seconds, 60)
+    parts = [f"{days} d"] if days else []
+    if days or hours:
+        parts.append(f"{hours} h")
+    if not days:
+        parts.append(f"{minutes} min")
+    if not days and not hours:
+        parts.append(f"{seconds} s")
+    return " ".join(parts)
+
+
+def process_row(figures: dict[str, Any]) -> dict[str, Any]:
+    """One process's figures, shaped for the template (and the JSON view)."""
+    max_bytes = figures["max_bytes"]
+    pruner = figures.get("pruner") or {}
+    last = pruner.get("last_pass")
+    return {
+        "pid": figures["pid"],
+        "uptime": figures.get("uptime", 0.0),
+        "uptime_display": _duration(figures.get("uptime", 0.0)),
+        "entries": figures["entries"],
+        "bytes": figures["bytes"],
+        "max_bytes": max_bytes,
+        "low_water_bytes": figures["low_water_bytes"],
+        "used_percent": round(100 * figures["bytes"] / max_bytes, 1) if max_bytes else 0.0,
+        "low_water_percent": round(100 * figures["low_water_bytes"] / max_bytes, 1)
+        if max_bytes
+        else 0.0,
+        "hits": figures["hits"],
+        "misses": figures["misses"],
+        "hit_ratio": _ratio(figures["hits"], figures["hits"] + figures["misses"]),
+        "evictions": figures["evictions"],
+        "expired": figures["expired"],
+        "restored": figures.get("restored", 0),
+        "pruner_alive": bool(pruner.get("alive")),
+        "pruner_interval": pruner.get("interval"),
+        "last_pass": None
+        if not last
+        else {
+            "time": last["time"],
+            "when": _when(last["time"]),
+            "removed": last["removed"],
+            "bytes_freed": last["bytes_freed"],
+            "duration_ms": round(last["duration"] * 1000, 1),
+        },
+        "plot": history_plot(figures.get("history") or [], max_bytes),
+    }
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summed = {
+        key: sum(row[key] for row in rows)
+        for key in ("entries", "bytes", "max_bytes", "hits", "misses", "evictions", "expired")
+    }
+    summed["hit_ratio"] = _ratio(summed["hits"], summed["hits"] + summed["misses"])
+    summed["used_percent"] = (
+        round(100 * summed["bytes"] / summed["max_bytes"], 1) if summed["max_bytes"] else 0.0
+    )
+    summed["processes"] = len(rows)
+    return summed
+
+
+def history_plot(history: list[dict[str, Any]], max_bytes: int) -> dict[str, Any] | None:
+    """Polylines for bytes (against the budget) and entries over time; None under 2 samples.
+
+    Drawn on the server as inline SVG: no JavaScript, no CDN, readable as plain markup.
+    """
+    if len(history) < 2:
+        return None
+    start, end = history[0]["time"], history[-1]["time"]
+    span = (end - start) or 1.0
+    top_entries = max(max(sample["entries"] for sample in history), 1)
+    inner_width = PLOT_WIDTH - PLOT_MARGIN_LEFT - PLOT_MARGIN_RIGHT
+    inner_height = PLOT_HEIGHT - 2 * PLOT_MARGIN_Y
+
+    def x(sample: dict[str, Any]) -> float:
+        return PLOT_MARGIN_LEFT + inner_width * (sample["time"] - start) / span
+
+    def y(fraction: float) -> float:
+        return PLOT_MARGIN_Y + inner_height * (1 - min(max(fraction, 0.0), 1.0))
+
+    bytes_points = " ".join(
+        f"{x(s):.1f},{y(s['bytes'] / max_bytes if max_bytes else 0):.1f}" for s in history
+    )
+    entries_points = " ".join(f"{x(s):.1f},{y(s['entries'] / top_entries):.1f}" for s in history)
+    peak_bytes = max(sample["bytes"] for sample in history)
+    return {
+        "width": PLOT_WIDTH,
+        "height": PLOT_HEIGHT,
+        "left": PLOT_MARGIN_LEFT,
+        "right": PLOT_WIDTH - PLOT_MARGIN_RIGHT,
+        "top": PLOT_MARGIN_Y,
+        "bottom": PLOT_HEIGHT - PLOT_MARGIN_Y,
+        "label_y": PLOT_HEIGHT - 2,
+        "bytes_points": bytes_points,
+        "entries_points": entries_points,
+        "max_bytes": max_bytes,
+        "top_entries": top_entries,
+        "peak_bytes": peak_bytes,
+        "samples": len(history),
+        "start": _when(start),
+        "end": _when(end),
+    }
+
+
+@admin.register(Stats)
+class StatsAdmin(admin.ModelAdmin):
+    """No add, change or delete of rows: the changelist *is* the stats page."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_urls(self) -> list[URLPattern]:
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        wrap = self.admin_site.admin_view
+        return [
+            path("", wrap(self.stats_view), name=f"{prefix}_changelist"),
+            path("json/", wrap(self.json_view), name=f"{prefix}_json"),
+            path("prune/", wrap(self.prune_view), name=f"{prefix}_prune"),
+        ]
+
+    def _gather(self, request: HttpRequest, command: str = "stats") -> tuple[Gathered, list]:
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        gathered = gather(command)  # type: ignore[arg-type]
+        return gathered, [process_row(figures) for figures in gathered.processes]
+
+    def stats_view(self, request: HttpRequest) -> HttpResponse:
+        gathered, rows = self._gather(request)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Session store",
+            "subtitle": None,
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "processes": rows,
+            "totals": totals(rows),
+            "errors": gathered.errors,
+            "split": gathered.split,
+            "channel_on": gathered.channel_on,
+            "can_prune": self.has_change_permission(request),
+            "prune_url": reverse(f"{self.admin_site.name}:django_memsession_stats_prune"),
+            "json_url": reverse(f"{self.admin_site.name}:django_memsession_stats_json"),
+            "now": timezone.now(),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "django_memsession/stats.html", context)
+
+    def json_view(self, request: HttpRequest) -> JsonResponse:
+        gathered, rows = self._gather(request)
+        for row in rows:
+            row.pop("plot")
+            if row["last_pass"]:
+                row["last_pass"].pop("when")
+        return JsonResponse(
+            {
+                "processes": rows,
+                "totals": totals(rows),
+                "split": gathered.split,
+                "channel_on": gathered.channel_on,
+                "errors": gathered.errors,
+            }
+        )
+
+    def prune_view(self, request: HttpRequest) -> HttpResponse:
+        return require_POST(self._prune)(request)
+
+    def _prune(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        gathered = gather("prune")
+        removed_total = freed_total = 0
+        for figures in gathered.processes:
+            result = figures["result"]
+            removed = result["removed"] + result["evicted"]
+            freed = result["bytes_freed"] + result["bytes_evicted"]
+            removed_total += removed
+            freed_total += freed
+            messages.info(
+                request,
+                f"Process {figures['pid']}: removed {removed} sessions "
+                f"({filesizeformat(freed)}); {figures['entries']} left.",
+            )
+        messages.success(
+            request,
+            f"Pruned {len(gathered.processes)} process(es): removed {removed_total} sessions "
+            f"({filesizeformat(freed_total)}) in total.",
+        )
+        for error in gathered.errors:
+            messages.error(request, error)
+        return HttpResponseRedirect(
+            reverse(f"{self.admin_site.name}:django_memsession_stats_changelist")
+        )
