@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import islice
 
 from .sizing import EntrySizer
 
@@ -102,29 +103,47 @@ class SegmentedLRU:
 
     Within a segment, the least recently used goes first. A later segment is touched only when
     every earlier one is empty, so anonymous traffic cannot evict logged-in users while they fit.
+
+    Each segment is two ``OrderedDict`` s, *front* and *back*, whose order is front then back;
+    outside a prune pass the front is empty. A pass walks the back from its cold end in chunks,
+    dropping expired entries and moving the others, in order, to the end of the front, so the
+    lock is released between chunks without losing the walk's place (an ``OrderedDict``
+    iterator dies at the first change, and copying a million keys up front holds the lock for
+    a quarter of a second). Hits and writes always go to the end of the back, so the order stays
+    exact LRU throughout. When the back is empty the two swap.
     """
 
-    __slots__ = ("segments",)
+    __slots__ = ("fronts", "segments")
 
     def __init__(self) -> None:
         self.segments: tuple[OrderedDict[str, bytes], ...] = tuple(
             OrderedDict() for _ in SEGMENT_NAMES
         )
+        self.fronts: list[OrderedDict[str, bytes]] = [OrderedDict() for _ in SEGMENT_NAMES]
 
     def find(self, key: str) -> tuple[int, bytes] | tuple[None, None]:
         # Authenticated first: on the sites this is built for, most requests are logged in.
         for index in (AUTHENTICATED, RETURNING, PROBATION):
             value = self.segments[index].get(key)
+            if value is None and self.fronts[index]:
+                value = self.fronts[index].get(key)
             if value is not None:
                 return index, value
         return None, None
 
+    def _pop(self, key: str, index: int) -> bytes:
+        value = self.segments[index].pop(key, None)
+        return self.fronts[index].pop(key) if value is None else value
+
     def touch(self, key: str, index: int) -> None:
         """A hit: most recently used; a probation entry that comes back is promoted."""
+        back = self.segments[index]
         if index == PROBATION:
-            self.segments[RETURNING][key] = self.segments[PROBATION].pop(key)
+            self.segments[RETURNING][key] = self._pop(key, PROBATION)
+        elif key in back:
+            back.move_to_end(key)
         else:
-            self.segments[index].move_to_end(key)
+            back[key] = self.fronts[index].pop(key)
 
     def segment_for_write(self, previous: int | None, authenticated: bool) -> int:
         """Where a saved session goes, given the segment it was in (None: it is new)."""
@@ -135,19 +154,21 @@ class SegmentedLRU:
         return RETURNING if previous == AUTHENTICATED else previous
 
     def put(self, key: str, value: bytes, index: int, old_index: int | None) -> None:
-        if old_index is not None and old_index != index:
-            del self.segments[old_index][key]
-        segment = self.segments[index]
-        segment[key] = value
-        segment.move_to_end(key)
+        if old_index is not None:
+            self._pop(key, old_index)
+        self.segments[index][key] = value
 
     def remove(self, key: str, index: int) -> None:
-        del self.segments[index][key]
+        self._pop(key, index)
+
+    def _ordered(self, index: int) -> Iterator[tuple[str, bytes]]:
+        yield from self.fronts[index].items()
+        yield from self.segments[index].items()
 
     def coldest(self, limit: int) -> Iterator[tuple[int, str, bytes]]:
         """Up to ``limit`` entries of each segment from its cold end, coldest segment first."""
-        for index, segment in enumerate(self.segments):
-            for taken, (key, value) in enumerate(segment.items()):
+        for index in range(len(SEGMENT_NAMES)):
+            for taken, (key, value) in enumerate(self._ordered(index)):
                 if taken >= limit:
                     break
                 yield index, key, value
@@ -158,28 +179,47 @@ class SegmentedLRU:
         ``spare`` (the entry just written) sits at its segment's hot end, so skipping it costs at
         most one step.
         """
-        for index, segment in enumerate(self.segments):
-            for key, value in segment.items():
+        for index in range(len(SEGMENT_NAMES)):
+            for key, value in self._ordered(index):
                 if key != spare:
                     return index, key, value
         return None
 
+    def scan(self, index: int, limit: int, expired: Callable[[str, bytes], bool]) -> bool:
+        """One chunk of a prune walk over segment ``index``: up to ``limit`` entries from the
+        cold end of its back; those for which ``expired(key, value)`` is true are dropped, the
+        rest move to the end of the front. Returns whether the walk is through."""
+        back, front = self.segments[index], self.fronts[index]
+        for key, value in list(islice(back.items(), limit)):
+            del back[key]
+            if not expired(key, value):
+                front[key] = value
+        if back:
+            return False
+        # Through: the front becomes the segment, and the old back goes with its table, which
+        # is as large as the segment ever was (dicts never shrink).
+        self.segments = tuple(
+            front if i == index else segment for i, segment in enumerate(self.segments)
+        )
+        self.fronts[index] = OrderedDict()
+        return True
+
+    def items(self) -> Iterator[tuple[str, bytes]]:
+        for index in range(len(SEGMENT_NAMES)):
+            yield from self._ordered(index)
+
     def __len__(self) -> int:
-        return sum(len(segment) for segment in self.segments)
+        return sum(len(segment) for segment in self.segments) + sum(map(len, self.fronts))
 
     def sizes(self) -> dict[str, int]:
-        return {name: len(seg) for name, seg in zip(SEGMENT_NAMES, self.segments, strict=True)}
-
-    def keys_snapshot(self) -> list[str]:
-        """Every key, as a list: one C-level copy per segment, for chunked passes."""
-        keys: list[str] = []
-        for segment in self.segments:
-            keys.extend(segment)
-        return keys
+        return {
+            name: len(self.segments[index]) + len(self.fronts[index])
+            for index, name in enumerate(SEGMENT_NAMES)
+        }
 
     def clear(self) -> None:
-        for segment in self.segments:
-            segment.clear()
+        self.segments = tuple(OrderedDict() for _ in SEGMENT_NAMES)
+        self.fronts = [OrderedDict() for _ in SEGMENT_NAMES]
 
 
 class MemoryStore:
@@ -202,6 +242,7 @@ class MemoryStore:
         self.sizer = sizer or EntrySizer()
         self.on_event = on_event
         self._lock = threading.Lock()
+        self._prune_lock = threading.Lock()
         self._policy = SegmentedLRU()
         # Recently evicted keys -> the expiry they had: a save of one stores it again.
         self._remembered: OrderedDict[str, float] = OrderedDict()
@@ -312,48 +353,66 @@ class MemoryStore:
     def prune_expired(self, *, chunk_size: int = 1000, dry_run: bool = False) -> PruneResult:
         """Remove every expired session (and forget expired remembered keys).
 
-        Holds the lock for at most ``chunk_size`` entries at a time and yields between chunks, so
-        a request waits on a prune for well under a millisecond per chunk.
+        Walks each segment in chunks of ``chunk_size`` entries (see :class:`SegmentedLRU`),
+        holding the lock for one chunk at a time and yielding between chunks, so a request waits
+        on a prune for a fraction of a millisecond per chunk, however many sessions there are.
         """
         result = PruneResult()
         now = self.clock()
-        started = time.perf_counter()
-        with self._lock:
-            keys = self._policy.keys_snapshot()
-            remembered = list(self._remembered)
-        result.longest_lock_hold = time.perf_counter() - started
-        for start in range(0, len(keys), chunk_size):
-            held_since = time.perf_counter()
-            with self._lock:
-                for key in keys[start : start + chunk_size]:
-                    index, value = self._policy.find(key)
-                    if value is None or HEADER.unpack_from(value)[0] > now:
-                        continue
-                    size = self.sizer.entry(len(key), len(value))
-                    result.removed += 1
-                    result.bytes_freed += size
-                    if not dry_run:
-                        self._policy.remove(key, index)
-                        self._bytes -= size
-                        self.expired += 1
-            result.longest_lock_hold = max(
-                result.longest_lock_hold, time.perf_counter() - held_since
-            )
-            time.sleep(0)  # let waiting request threads take the lock (and the GIL) now
-        if not dry_run:
-            for start in range(0, len(remembered), chunk_size):
+
+        def expired(key: str, value: bytes) -> bool:
+            if HEADER.unpack_from(value)[0] > now:
+                return False
+            size = self.sizer.entry(len(key), len(value))
+            result.removed += 1
+            result.bytes_freed += size
+            if dry_run:
+                return False
+            self._bytes -= size
+            self.expired += 1
+            return True
+
+        with self._prune_lock:  # one walk at a time; requests never wait on this lock
+            for index in range(len(SEGMENT_NAMES)):
                 with self._lock:
-                    for key in remembered[start : start + chunk_size]:
-                        until = self._remembered.get(key)
-                        if until is not None and until <= now:
-                            self._forget(key)
-                time.sleep(0)
+                    # Entries written during the walk join the back's hot end; the bound lets
+                    # it look at those too, but never chase a stream of new writes for ever.
+                    budget = 2 * len(self._policy.segments[index]) + chunk_size
+                through = False
+                while not through and budget > 0:
+                    held_since = time.perf_counter()
+                    with self._lock:
+                        through = self._policy.scan(index, chunk_size, expired)
+                    result.longest_lock_hold = max(
+                        result.longest_lock_hold, time.perf_counter() - held_since
+                    )
+                    budget -= chunk_size
+                    time.sleep(0)  # let waiting request threads take the lock (and the GIL)
+        if not dry_run:
+            self._forget_expired(now, chunk_size)
             if result.removed:
                 result.events.append(
                     StoreEvent("expired", result.removed, result.bytes_freed, "prune")
                 )
                 self._emit(result.events)
         return result
+
+    def _forget_expired(self, now: float, chunk_size: int) -> None:
+        """Drop remembered keys whose sessions would have expired by now, in chunks."""
+        with self._lock:
+            remaining = len(self._remembered)
+        while remaining > 0:
+            with self._lock:
+                for _ in range(min(chunk_size, remaining, len(self._remembered))):
+                    key, until = self._remembered.popitem(last=False)
+                    if until > now:
+                        self._remembered[key] = until  # still restorable: back in the queue
+                    else:
+                        size = self.sizer.remembered(len(key))
+                        self._remembered_bytes -= size
+                        self._bytes -= size
+            remaining -= chunk_size
+            time.sleep(0)
 
     def shrink(self, *, chunk_size: int = 1000, dry_run: bool = False) -> PruneResult:
         """Bring the store down to the low-water mark, evicting cold sessions in chunks."""
@@ -449,6 +508,7 @@ class MemoryStore:
     def after_fork_in_child(self, consistent: bool) -> None:
         """A fresh lock for the child; recount if the fork may have caught a write half-done."""
         self._lock = threading.Lock()
+        self._prune_lock = threading.Lock()
         self.created_at = self.clock()
         if not consistent:
             self._bytes = self._recount()
@@ -460,11 +520,7 @@ class MemoryStore:
     # -- internals (call with the lock held) ---------------------------------------------------
 
     def _recount(self) -> int:
-        total = sum(
-            self.sizer.entry(len(key), len(value))
-            for segment in self._policy.segments
-            for key, value in segment.items()
-        )
+        total = sum(self.sizer.entry(len(key), len(value)) for key, value in self._policy.items())
         self._remembered_bytes = sum(self.sizer.remembered(len(key)) for key in self._remembered)
         return total + self._remembered_bytes
 

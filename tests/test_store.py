@@ -267,3 +267,31 @@ def test_reconfigure_to_a_smaller_budget_evicts_to_fit(make_store, sizer):
     fill(store, 100)
     store.reconfigure(Limits(max_bytes=8 * 1024, max_session_bytes=1024, low_water=0.75))
     assert store.stats()["bytes"] <= 8 * 1024
+
+
+def test_a_prune_walk_keeps_exact_lru_order_while_requests_touch_entries():
+    from django_memsession.store import AUTHENTICATED, SegmentedLRU
+
+    lru = SegmentedLRU()
+    for key in "abcdef":
+        lru.put(key, b"v", AUTHENTICATED, None)
+    lru.scan(AUTHENTICATED, 2, lambda key, value: key == "b")  # the walk drops b, passes a
+    lru.touch("a", AUTHENTICATED)  # a hit on an entry the walk has passed
+    lru.touch("d", AUTHENTICATED)  # a hit on one it has not reached
+    lru.put("g", b"v", AUTHENTICATED, None)  # a new session during the walk
+    while not lru.scan(AUTHENTICATED, 2, lambda key, value: False):
+        pass
+    assert [key for key, _ in lru.items()] == list("cefadg")
+    assert lru.fronts[AUTHENTICATED] == {}
+
+
+def test_the_victim_during_a_prune_walk_is_still_the_least_recently_used():
+    from django_memsession.store import AUTHENTICATED, SegmentedLRU
+
+    lru = SegmentedLRU()
+    for key in "abcd":
+        lru.put(key, b"v", AUTHENTICATED, None)
+    lru.scan(AUTHENTICATED, 2, lambda key, value: False)  # a, b now in the front
+    assert lru.victim(spare=None)[1] == "a"
+    lru.touch("a", AUTHENTICATED)
+    assert lru.victim(spare=None)[1] == "b"
