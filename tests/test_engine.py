@@ -5,6 +5,7 @@ Modelled on the behaviours Django's own ``SessionTestsMixin`` checks for every b
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import timedelta
 
@@ -89,6 +90,27 @@ def test_values_round_trip_like_json(session):
     loaded = SessionStore(session.session_key)
     assert loaded["t"] == [1, 2]
     assert loaded["d"] == {"1": "int key"}
+
+
+class TaggingSerializer:
+    """A custom SESSION_SERIALIZER that leaves a mark on what it loads."""
+
+    def dumps(self, obj):
+        return json.dumps(obj).encode()
+
+    def loads(self, data):
+        return {**json.loads(data), "loaded_by": "tagging"}
+
+
+def test_a_changed_session_serializer_is_used_from_the_next_session_on(session):
+    session["a"] = 1
+    session.save()
+    with override_settings(SESSION_SERIALIZER=f"{__name__}.TaggingSerializer"):
+        tagged = SessionStore()
+        tagged["b"] = 2
+        tagged.save()
+        assert SessionStore(tagged.session_key)["loaded_by"] == "tagging"
+    assert "loaded_by" not in SessionStore(session.session_key)
 
 
 def test_loaded_dict_is_not_shared_between_requests(session):
