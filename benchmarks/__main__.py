@@ -84,9 +84,15 @@ def main() -> None:
         report["scale"] = {
             "save": _scale("save", quick=args.quick),
             "prune": _scale("prune", quick=args.quick),
-            "flood": _scale("flood", quick=args.quick),
+            "flood": {
+                "request path only": _scale("flood", "0", quick=args.quick),
+                "pruner pass every 100k": _scale("flood", "100000", quick=args.quick),
+            },
             "memory": {
-                engine: _scale("memory", engine, quick=args.quick)
+                engine: {
+                    **_scale("memory", engine, "rss", quick=args.quick),
+                    **_scale("memory", engine, "tracemalloc", quick=args.quick),
+                }
                 for engine in ("memsession", "locmem", "dict")
             },
         }

@@ -2,9 +2,9 @@
 
 Measuring every entry with ``pympler.asizeof.asizeof()`` on the request path costs 5-15 µs a call,
 more than a whole JSON round trip of a small session. An entry here is always the same shape (a
-``str`` key, a ``bytes`` value, a slot in an ``OrderedDict``), so its size has a closed form. The
-parts of that form are *measured with asizeof* once per process (:class:`EntrySizer`), and the
-tests hold the closed form to ``asizeof`` and ``tracemalloc`` on varied sessions.
+``str`` key, a ``bytes`` value, a node in an ``OrderedDict``), so its size has a closed form
+(:class:`EntrySizer`); the containers' tables are measured in O(1) (:func:`table_size`). The tests
+hold the store's running total to ``asizeof`` of the whole store (exactly) and to ``tracemalloc``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import math
 import re
 import sys
 from collections import OrderedDict
-from functools import cache
+from typing import Any
 
-__all__ = ["EntrySizer", "format_size", "parse_size"]
+__all__ = ["EntrySizer", "format_size", "parse_size", "table_size"]
 
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
@@ -63,14 +63,14 @@ def _align(size: int, alignment: int) -> int:
 
 
 class EntrySizer:
-    """Closed-form sizes of the store's entries, calibrated against ``pympler.asizeof``.
+    """Closed-form sizes of the store's entries, as ``pympler.asizeof`` measures them.
 
-    An entry is a ``str`` key mapped to a ``bytes`` value inside an ``OrderedDict``; a remembered
-    (recently evicted) key is a ``str`` mapped to a ``float``. ``asizeof`` rounds every object up to
-    its alignment and charges a container's table and nodes (``sys.getsizeof`` of the container)
-    to the container; we share that charge out per slot, averaged over the fill levels an
-    ``OrderedDict`` passes through as it grows (its table doubles, so the share per slot moves by
-    about ±10 %).
+    A stored session is a ``str`` key mapped to a ``bytes`` value in an ``OrderedDict``; a
+    remembered (recently evicted) key is a ``str`` mapped to a ``float``. ``asizeof`` rounds every
+    object up to its alignment, and charges a container ``sys.getsizeof(container)``: its hash
+    table and node index, which grow in steps (see :func:`table_size`), plus one list node per
+    entry. An entry's size here is its key, its value and its node: exactly what removing it
+    frees. The tables are measured, not estimated, by the store.
     """
 
     def __init__(self) -> None:
@@ -80,7 +80,7 @@ class EntrySizer:
         self.str_header = sys.getsizeof("")  # a compact ASCII str; session keys are ASCII
         self.bytes_header = sys.getsizeof(b"")
         self.float_size = asizeof.asizeof(1.5)
-        self.slot_size = _calibrate_slot_size()
+        self.node_size = ODICT_NODE_SIZE
 
     def str_size(self, length: int) -> int:
         return _align(self.str_header + length, self.alignment)
@@ -89,29 +89,28 @@ class EntrySizer:
         return _align(self.bytes_header + length, self.alignment)
 
     def entry(self, key_length: int, value_length: int) -> int:
-        """Bytes one stored session costs: its key, its value and its share of the container."""
-        return self.str_size(key_length) + self.bytes_size(value_length) + self.slot_size
+        """Bytes one stored session costs: its key, its value and its list node."""
+        return self.str_size(key_length) + self.bytes_size(value_length) + self.node_size
 
     def remembered(self, key_length: int) -> int:
-        """Bytes one remembered evicted key costs: the key, its expiry and its slot."""
-        return self.str_size(key_length) + self.float_size + self.slot_size
+        """Bytes one remembered evicted key costs: the key, its expiry and its list node."""
+        return self.str_size(key_length) + self.float_size + self.node_size
 
 
-@cache
-def _calibrate_slot_size() -> int:
-    """Average charge of one ``OrderedDict`` slot (its share of the table, its node).
+_odict_sizeof = OrderedDict.__sizeof__  # a quarter of the cost of going through sys.getsizeof
+_GC_HEADER = sys.getsizeof(OrderedDict()) - _odict_sizeof(OrderedDict())
+# sys.getsizeof(OrderedDict) counts exactly one node (key, hash, two links) per entry.
+ODICT_NODE_SIZE = sys.getsizeof(OrderedDict.fromkeys("ab")) - sys.getsizeof(
+    OrderedDict.fromkeys("a")
+)
 
-    ``asizeof`` charges a container exactly ``sys.getsizeof(container)`` on top of its items (the
-    tests check this), so the share is measured here with ``sys.getsizeof`` while one container
-    grows through two doublings of its table: about 3 ms, once per process. The keys must be
-    ``str``: a dict whose keys are all ``str`` uses a smaller entry (no stored hash per slot)
-    than one with other keys, a difference of about 12 bytes per slot.
+
+def table_size(container: OrderedDict[Any, Any]) -> int:
+    """What ``asizeof`` charges for an ``OrderedDict`` beyond one node per entry: its hash table
+    and its node index.
+
+    Measured, not estimated: a table grows in steps (doubling, and under steady churn of new
+    keys in and old keys out it settles at up to three slots per live entry) and never shrinks.
+    ``OrderedDict.__sizeof__`` is O(1).
     """
-    container: OrderedDict[str, None] = OrderedDict()
-    empty = sys.getsizeof(container)
-    samples = []
-    for count in range(1, 8193):
-        container[str(count)] = None
-        if count >= 2048:
-            samples.append((sys.getsizeof(container) - empty) / count)
-    return round(sum(samples) / len(samples))
+    return _odict_sizeof(container) + _GC_HEADER - len(container) * ODICT_NODE_SIZE

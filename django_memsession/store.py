@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from itertools import islice
 
-from .sizing import EntrySizer
+from .sizing import EntrySizer, table_size
 
 __all__ = ["EntryTooLarge", "Limits", "MemoryStore", "PutResult", "SegmentedLRU", "StoreEvent"]
 
@@ -69,8 +69,19 @@ class Limits:
 
     @property
     def remember_bytes(self) -> int:
-        """Budget share for remembering evicted keys (so eviction is not logout)."""
+        """The slice of the budget set aside for the keys of evicted sessions (so eviction is
+        not logout)."""
         return self.max_bytes // 16
+
+    @property
+    def session_bytes(self) -> int:
+        """The rest, for sessions and their tables.
+
+        Remembering a key takes room too; were it taken from the sessions' room, each eviction
+        would free only a fraction of what it evicts, and one write could cascade into many
+        evictions. A slice of its own keeps one eviction's effect whole.
+        """
+        return self.max_bytes - self.remember_bytes
 
 
 @dataclass(frozen=True)
@@ -111,15 +122,22 @@ class SegmentedLRU:
     iterator dies at the first change, and copying a million keys up front holds the lock for
     a quarter of a second). Hits and writes always go to the end of the back, so the order stays
     exact LRU throughout. When the back is empty the two swap.
+
+    ``table_bytes`` is the exact size of the containers beyond their entries' list nodes
+    (:func:`~django_memsession.sizing.table_size`), kept up to date by every method that adds or
+    removes an entry. It is not a per-entry constant: a
+    table's share per entry swings by a factor of two with its fill, and under steady churn
+    (new sessions in, old ones out) a table settles at up to three slots per live entry.
     """
 
-    __slots__ = ("fronts", "segments")
+    __slots__ = ("fronts", "segments", "table_bytes")
 
     def __init__(self) -> None:
         self.segments: tuple[OrderedDict[str, bytes], ...] = tuple(
             OrderedDict() for _ in SEGMENT_NAMES
         )
         self.fronts: list[OrderedDict[str, bytes]] = [OrderedDict() for _ in SEGMENT_NAMES]
+        self.table_bytes = self.measure_tables()
 
     def find(self, key: str) -> tuple[int, bytes] | tuple[None, None]:
         # Authenticated first: on the sites this is built for, most requests are logged in.
@@ -131,19 +149,29 @@ class SegmentedLRU:
                 return index, value
         return None, None
 
+    def _insert(self, container: OrderedDict[str, bytes], key: str, value: bytes) -> None:
+        before = table_size(container)
+        container[key] = value
+        self.table_bytes += table_size(container) - before
+
     def _pop(self, key: str, index: int) -> bytes:
-        value = self.segments[index].pop(key, None)
-        return self.fronts[index].pop(key) if value is None else value
+        container = self.segments[index]
+        if key not in container:
+            container = self.fronts[index]
+        before = table_size(container)
+        value = container.pop(key)
+        self.table_bytes += table_size(container) - before
+        return value
 
     def touch(self, key: str, index: int) -> None:
         """A hit: most recently used; a probation entry that comes back is promoted."""
         back = self.segments[index]
         if index == PROBATION:
-            self.segments[RETURNING][key] = self._pop(key, PROBATION)
+            self._insert(self.segments[RETURNING], key, self._pop(key, PROBATION))
         elif key in back:
             back.move_to_end(key)
         else:
-            back[key] = self.fronts[index].pop(key)
+            self._insert(back, key, self._pop(key, index))
 
     def segment_for_write(self, previous: int | None, authenticated: bool) -> int:
         """Where a saved session goes, given the segment it was in (None: it is new)."""
@@ -154,9 +182,16 @@ class SegmentedLRU:
         return RETURNING if previous == AUTHENTICATED else previous
 
     def put(self, key: str, value: bytes, index: int, old_index: int | None) -> None:
+        back = self.segments[index]
+        if old_index == index and key in back:
+            # In place: a new entry slot per update would make the table resize (O(n)) every
+            # few hundred thousand updates of a large store.
+            back[key] = value
+            back.move_to_end(key)
+            return
         if old_index is not None:
             self._pop(key, old_index)
-        self.segments[index][key] = value
+        self._insert(back, key, value)
 
     def remove(self, key: str, index: int) -> None:
         self._pop(key, index)
@@ -190,23 +225,29 @@ class SegmentedLRU:
         cold end of its back; those for which ``expired(key, value)`` is true are dropped, the
         rest move to the end of the front. Returns whether the walk is through."""
         back, front = self.segments[index], self.fronts[index]
+        before = table_size(back) + table_size(front)
         for key, value in list(islice(back.items(), limit)):
             del back[key]
             if not expired(key, value):
                 front[key] = value
-        if back:
-            return False
-        # Through: the front becomes the segment, and the old back goes with its table, which
-        # is as large as the segment ever was (dicts never shrink).
-        self.segments = tuple(
-            front if i == index else segment for i, segment in enumerate(self.segments)
-        )
-        self.fronts[index] = OrderedDict()
-        return True
+        through = not back
+        if through:
+            # The front becomes the segment, and the old back goes with its table, which is as
+            # large as the segment ever was (dicts never shrink).
+            self.segments = tuple(
+                front if i == index else segment for i, segment in enumerate(self.segments)
+            )
+            back = self.fronts[index] = OrderedDict()
+        self.table_bytes += table_size(back) + table_size(front) - before
+        return through
 
     def items(self) -> Iterator[tuple[str, bytes]]:
         for index in range(len(SEGMENT_NAMES)):
             yield from self._ordered(index)
+
+    def measure_tables(self) -> int:
+        """``table_bytes`` measured afresh (for tests: it must equal the running figure)."""
+        return sum(map(table_size, (*self.segments, *self.fronts)))
 
     def __len__(self) -> int:
         return sum(len(segment) for segment in self.segments) + sum(map(len, self.fronts))
@@ -216,10 +257,6 @@ class SegmentedLRU:
             name: len(self.segments[index]) + len(self.fronts[index])
             for index, name in enumerate(SEGMENT_NAMES)
         }
-
-    def clear(self) -> None:
-        self.segments = tuple(OrderedDict() for _ in SEGMENT_NAMES)
-        self.fronts = [OrderedDict() for _ in SEGMENT_NAMES]
 
 
 class MemoryStore:
@@ -246,8 +283,9 @@ class MemoryStore:
         self._policy = SegmentedLRU()
         # Recently evicted keys -> the expiry they had: a save of one stores it again.
         self._remembered: OrderedDict[str, float] = OrderedDict()
-        self._remembered_bytes = 0
-        self._bytes = 0  # running total: entries + remembered keys
+        # Running totals; with the policy's table_bytes they make up the store's size.
+        self._entry_bytes = 0  # sessions: key, value, list node
+        self._remembered_bytes = table_size(self._remembered)  # remembered keys and their table
         self.created_at = clock()
         self._reset_counters()
 
@@ -314,7 +352,7 @@ class MemoryStore:
             if old_value is not None:  # a live session
                 if create:
                     return PutResult.EXISTS
-                self._bytes -= self.sizer.entry(len(key), len(old_value))
+                self._entry_bytes -= self.sizer.entry(len(key), len(old_value))
                 previous, result = index, PutResult.STORED
             elif create:
                 self._forget(key)
@@ -330,9 +368,9 @@ class MemoryStore:
             if result is not PutResult.MISSING:
                 segment = self._policy.segment_for_write(previous, authenticated)
                 self._policy.put(key, value, segment, index)
-                self._bytes += size
-                if self._bytes > self.limits.max_bytes:
-                    self._make_room(self.limits.max_bytes, now, spare=key, events=events)
+                self._entry_bytes += size
+                if self._session_bytes() > self.limits.session_bytes:
+                    self._make_room(self.limits.session_bytes, now, spare=key, events=events)
         if events:
             self._emit(events)
         return result
@@ -345,7 +383,7 @@ class MemoryStore:
             if value is None:
                 return False
             self._policy.remove(key, index)
-            self._bytes -= self.sizer.entry(len(key), len(value))
+            self._entry_bytes -= self.sizer.entry(len(key), len(value))
             return True
 
     # -- background work, in chunks -----------------------------------------------------------
@@ -368,7 +406,7 @@ class MemoryStore:
             result.bytes_freed += size
             if dry_run:
                 return False
-            self._bytes -= size
+            self._entry_bytes -= size
             self.expired += 1
             return True
 
@@ -408,9 +446,7 @@ class MemoryStore:
                     if until > now:
                         self._remembered[key] = until  # still restorable: back in the queue
                     else:
-                        size = self.sizer.remembered(len(key))
-                        self._remembered_bytes -= size
-                        self._bytes -= size
+                        self._remembered_bytes -= self.sizer.remembered(len(key))
             remaining -= chunk_size
             time.sleep(0)
 
@@ -420,7 +456,7 @@ class MemoryStore:
         target = self.limits.low_water_bytes
         if dry_run:
             with self._lock:
-                excess = self._bytes - target
+                excess = self._total() - target
                 for _, key, value in self._policy.coldest(len(self._policy)):
                     if excess <= 0:
                         break
@@ -433,10 +469,15 @@ class MemoryStore:
             held_since = time.perf_counter()
             events: list[StoreEvent] = []
             with self._lock:
-                if self._bytes <= target:
+                if self._total() <= target:
                     break
                 evicted = self._make_room(
-                    target, self.clock(), spare=None, events=events, max_evictions=chunk_size
+                    target,
+                    self.clock(),
+                    spare=None,
+                    events=events,
+                    max_evictions=chunk_size,
+                    with_remembered=True,
                 )
             result.longest_lock_hold = max(
                 result.longest_lock_hold, time.perf_counter() - held_since
@@ -463,7 +504,7 @@ class MemoryStore:
             figures: dict[str, object] = {
                 "pid": os.getpid(),
                 "entries": len(self._policy),
-                "bytes": self._bytes,
+                "bytes": self._total(),
                 "max_bytes": self.limits.max_bytes,
                 "low_water_bytes": self.limits.low_water_bytes,
                 "max_session_bytes": self.limits.max_session_bytes,
@@ -483,10 +524,10 @@ class MemoryStore:
     def clear(self) -> None:
         """Empty the store and reset its counters (for tests)."""
         with self._lock:
-            self._policy.clear()
-            self._remembered.clear()
-            self._remembered_bytes = 0
-            self._bytes = 0
+            self._policy = SegmentedLRU()
+            self._remembered = OrderedDict()
+            self._entry_bytes = 0
+            self._remembered_bytes = table_size(self._remembered)
             self._reset_counters()
 
     def reconfigure(self, limits: Limits) -> None:
@@ -495,15 +536,15 @@ class MemoryStore:
         with self._lock:
             self.limits = limits
             self._trim_remembered()
-            if self._bytes > limits.max_bytes:
-                self._make_room(limits.max_bytes, self.clock(), spare=None, events=events)
+            if self._session_bytes() > limits.session_bytes:
+                self._make_room(limits.session_bytes, self.clock(), spare=None, events=events)
         if events:
             self._emit(events)
 
     def accounted_bytes(self) -> int:
-        """The running total, recomputed from scratch (for tests: it must equal ``stats()``)."""
+        """The store's size measured afresh (for tests: it must equal ``stats()["bytes"]``)."""
         with self._lock:
-            return self._recount()
+            return sum(self._measure())
 
     def after_fork_in_child(self, consistent: bool) -> None:
         """A fresh lock for the child; recount if the fork may have caught a write half-done."""
@@ -511,7 +552,7 @@ class MemoryStore:
         self._prune_lock = threading.Lock()
         self.created_at = self.clock()
         if not consistent:
-            self._bytes = self._recount()
+            self._entry_bytes, self._policy.table_bytes, self._remembered_bytes = self._measure()
 
     @property
     def lock(self) -> threading.Lock:
@@ -519,10 +560,20 @@ class MemoryStore:
 
     # -- internals (call with the lock held) ---------------------------------------------------
 
-    def _recount(self) -> int:
-        total = sum(self.sizer.entry(len(key), len(value)) for key, value in self._policy.items())
-        self._remembered_bytes = sum(self.sizer.remembered(len(key)) for key in self._remembered)
-        return total + self._remembered_bytes
+    def _session_bytes(self) -> int:
+        return self._entry_bytes + self._policy.table_bytes
+
+    def _total(self) -> int:
+        return self._entry_bytes + self._policy.table_bytes + self._remembered_bytes
+
+    def _measure(self) -> tuple[int, int, int]:
+        """Entry, table and remembered bytes measured afresh (O(n): tests and after a fork)."""
+        sizer = self.sizer
+        entries = sum(sizer.entry(len(key), len(value)) for key, value in self._policy.items())
+        remembered = table_size(self._remembered) + sum(
+            sizer.remembered(len(key)) for key in self._remembered
+        )
+        return entries, self._policy.measure_tables(), remembered
 
     def _make_room(
         self,
@@ -532,12 +583,15 @@ class MemoryStore:
         spare: str | None,
         events: list[StoreEvent],
         max_evictions: int | None = None,
+        with_remembered: bool = False,
     ) -> int:
-        """Remove entries until the total is at most ``target``: expired first, then LRU.
+        """Remove entries until the sessions' bytes (``with_remembered``: the total) are at most
+        ``target``: expired first, then LRU.
 
         Returns how many entries were evicted. ``spare`` (the entry just written) is never taken;
         ``max_evictions`` bounds one call (the background shrink works in chunks).
         """
+        used = self._total if with_remembered else self._session_bytes
         expired_count = expired_bytes = 0
         probe = [
             (index, key, value)
@@ -545,24 +599,24 @@ class MemoryStore:
             if HEADER.unpack_from(value)[0] <= now and key != spare
         ]
         for index, key, value in probe:
-            if self._bytes <= target:
+            if used() <= target:
                 break
             size = self.sizer.entry(len(key), len(value))
             self._policy.remove(key, index)
-            self._bytes -= size
+            self._entry_bytes -= size
             expired_count += 1
             expired_bytes += size
         evicted_count = evicted_bytes = 0
-        while self._bytes > target and (max_evictions is None or evicted_count < max_evictions):
+        while used() > target and (max_evictions is None or evicted_count < max_evictions):
             victim = self._policy.victim(spare)
             if victim is None:
-                if not self._drop_oldest_remembered():
+                if not (with_remembered and self._drop_oldest_remembered()):
                     break
                 continue
             index, key, value = victim
             size = self.sizer.entry(len(key), len(value))
             self._policy.remove(key, index)
-            self._bytes -= size
+            self._entry_bytes -= size
             evicted_count += 1
             evicted_bytes += size
             self._remember(key, HEADER.unpack_from(value)[0])
@@ -575,31 +629,29 @@ class MemoryStore:
         return evicted_count
 
     def _remember(self, key: str, expires_at: float) -> None:
-        size = self.sizer.remembered(len(key))
+        before = table_size(self._remembered)
         self._remembered[key] = expires_at
-        self._remembered_bytes += size
-        self._bytes += size
+        self._remembered_bytes += (
+            self.sizer.remembered(len(key)) + table_size(self._remembered) - before
+        )
         self._trim_remembered()
 
     def _trim_remembered(self) -> None:
         while self._remembered_bytes > self.limits.remember_bytes:
-            self._drop_oldest_remembered()
+            if not self._drop_oldest_remembered():
+                break
 
     def _drop_oldest_remembered(self) -> bool:
         if not self._remembered:
             return False
         key, _ = self._remembered.popitem(last=False)
-        size = self.sizer.remembered(len(key))
-        self._remembered_bytes -= size
-        self._bytes -= size
+        self._remembered_bytes -= self.sizer.remembered(len(key))
         return True
 
     def _forget(self, key: str) -> float | None:
         until = self._remembered.pop(key, None)
         if until is not None:
-            size = self.sizer.remembered(len(key))
-            self._remembered_bytes -= size
-            self._bytes -= size
+            self._remembered_bytes -= self.sizer.remembered(len(key))
         return until
 
     def _remove_expired(
@@ -607,7 +659,7 @@ class MemoryStore:
     ) -> None:
         self._policy.remove(key, index)
         size = self.sizer.entry(len(key), len(value))
-        self._bytes -= size
+        self._entry_bytes -= size
         self.expired += 1
         events.append(StoreEvent("expired", 1, size, reason))
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import gc
 import random
+import time
 import tracemalloc
+from collections import OrderedDict
 
 import pytest
 from pympler import asizeof
 
-from django_memsession.sizing import format_size, parse_size
+from django_memsession.sizing import ODICT_NODE_SIZE, format_size, parse_size, table_size
 from django_memsession.store import Limits, MemoryStore
 
 
@@ -51,31 +53,35 @@ def _random_payload(rng: random.Random) -> bytes:
     return rng.randbytes(rng.choice([0, 1, 7, 60, 300, 1000, 9000]))
 
 
-def test_entry_size_matches_asizeof_of_key_and_value(sizer):
+def test_entry_size_is_asizeof_of_key_and_value_plus_one_list_node(sizer):
     rng = random.Random(7)
     for _ in range(200):
         key = "k" * rng.choice([8, 32, 40, 64])
         value = _random_payload(rng)
-        expected = asizeof.asizeof(key) + asizeof.asizeof(value)
-        assert sizer.entry(len(key), len(value)) - sizer.slot_size == expected
+        expected = asizeof.asizeof(key) + asizeof.asizeof(value) + sizer.node_size
+        assert sizer.entry(len(key), len(value)) == expected
 
 
-def test_container_share_is_what_asizeof_charges_for_the_container(sizer):
-    from collections import OrderedDict
-
-    # A hash table's share per slot swings with its fill (it doubles when full), so compare the
-    # mean over fills spread across more than one doubling.
-    shares = []
-    for count in range(2000, 9000, 700):
-        container = OrderedDict((f"{n:032d}", b"v" * (n % 300)) for n in range(count))
-        items = asizeof.asizeof(*container.keys(), *container.values())
-        shares.append((asizeof.asizeof(container) - items) / count)
-    mean = sum(shares) / len(shares)
-    assert abs(mean - sizer.slot_size) <= 0.10 * sizer.slot_size
+def _churned(count: int) -> OrderedDict[str, bytes]:
+    """A container after ``count`` new keys went in and the oldest went out, many times over."""
+    container: OrderedDict[str, bytes] = OrderedDict()
+    for n in range(count * 7):
+        container[f"{n:032d}"] = b"v"
+        if len(container) > count:
+            container.popitem(last=False)
+    return container
 
 
-def _filled(count: int, sizer, seed: int) -> MemoryStore:
-    store = MemoryStore(Limits(1 << 40, 1 << 30, 0.75), sizer=sizer)
+@pytest.mark.parametrize("count", [0, 1, 5, 6, 1000, 1365, 1366, 5000])
+def test_table_size_and_one_node_per_entry_are_what_asizeof_charges_the_container(count):
+    grown = OrderedDict((f"{n:032d}", b"v") for n in range(count))
+    for container in (grown, _churned(count)):
+        expected = asizeof.flatsize(container)
+        assert table_size(container) + len(container) * ODICT_NODE_SIZE == expected
+
+
+def _filled(count: int, sizer, seed: int, clock=None) -> MemoryStore:
+    store = MemoryStore(Limits(1 << 40, 1 << 30, 0.75), sizer=sizer, clock=clock or time.time)
     rng = random.Random(seed)
     for n in range(count):
         store.put(
@@ -88,6 +94,12 @@ def _filled(count: int, sizer, seed: int) -> MemoryStore:
     return store
 
 
+def _asizeof_store(store: MemoryStore) -> int:
+    """pympler's measure of everything the store holds: containers, keys, values, expiries."""
+    policy = store._policy
+    return asizeof.asizeof(*policy.segments, *policy.fronts, store._remembered)
+
+
 @pytest.mark.parametrize(
     "count",
     [
@@ -96,11 +108,40 @@ def _filled(count: int, sizer, seed: int) -> MemoryStore:
         pytest.param(60_000, marks=pytest.mark.heavy),
     ],
 )
-def test_accounted_bytes_are_within_10_percent_of_asizeof(count, sizer):
+def test_accounted_bytes_are_asizeof_of_the_store(count, sizer):
     store = _filled(count, sizer, seed=count)
-    measured = asizeof.asizeof(store._policy.segments)
-    accounted = store.stats()["bytes"]
-    assert abs(accounted - measured) <= 0.10 * measured
+    assert store.stats()["bytes"] == _asizeof_store(store)
+
+
+def test_accounted_bytes_stay_asizeof_of_the_store_through_churn(sizer, clock):
+    """Creates, updates, promotions, deletes, expiry, evictions, remembered keys, a prune walk
+    and a shrink: after each phase the running total is still exactly what asizeof measures."""
+    store = _filled(3000, sizer, seed=1, clock=clock)
+    rng = random.Random(2)
+    store.reconfigure(
+        Limits(max_bytes=store.stats()["bytes"], max_session_bytes=1 << 20, low_water=0.5)
+    )
+    for n in range(3000, 9000):  # a flood into a full store: evictions, remembered keys
+        key = f"{n:032d}"
+        store.put(
+            key,
+            _random_payload(rng),
+            clock() + rng.choice([5, 3600]),
+            authenticated=False,
+            create=True,
+        )
+        if n % 3 == 0:
+            store.get(key)  # promoted to the returning segment
+        if n % 7 == 0:
+            store.delete(f"{n - 5:032d}")
+    assert store.stats()["evictions"] > 0 and store.stats()["remembered"] > 0
+    assert store.stats()["bytes"] == _asizeof_store(store)
+    clock.advance(10)
+    store.prune_expired(chunk_size=100)
+    assert store.stats()["expired"] > 0
+    assert store.stats()["bytes"] == _asizeof_store(store)
+    store.shrink(chunk_size=100)
+    assert store.stats()["bytes"] == _asizeof_store(store)
 
 
 @pytest.mark.parametrize(

@@ -27,6 +27,17 @@ def fill(store, count: int, start: int = 0, **kw) -> None:
         assert put(store, key(n), **kw) is PutResult.STORED
 
 
+def capacity(make_store, **limits) -> int:
+    """How many ``put`` sessions a fresh store with these limits holds before its first eviction
+    (the tables of the containers count too, so this is found by filling, not by dividing)."""
+    probe = make_store(**limits)
+    count = 0
+    while probe.stats()["evictions"] == 0:
+        put(probe, key(count))
+        count += 1
+    return count - 1
+
+
 def test_put_then_get_returns_the_payload(make_store):
     store = make_store()
     put(store, key(1), b'{"a":1}')
@@ -58,7 +69,7 @@ def test_expired_session_is_never_returned(make_store, clock):
     clock.advance(10)
     assert store.get(key(1)) is None
     assert store.stats()["expired"] == 1
-    assert store.stats()["bytes"] == 0
+    assert (store.stats()["entries"], store.stats()["bytes"]) == (0, store.accounted_bytes())
 
 
 def test_exists_is_false_once_expired(make_store, clock):
@@ -86,14 +97,25 @@ def test_create_over_an_expired_key_succeeds(make_store, clock):
 
 def test_write_over_budget_evicts_least_recently_used(make_store):
     store = make_store(max_bytes=20 * 1024)
-    per_entry = store.sizer.entry(32, 108)
-    capacity = store.limits.max_bytes // per_entry
-    fill(store, capacity)
+    full = capacity(make_store, max_bytes=20 * 1024)
+    fill(store, full, authenticated=True)  # one segment: plain LRU
     store.get(key(0))  # key 0 is now the most recently used
-    put(store, key(capacity))
+    put(store, key(full), authenticated=True)
     assert store.get(key(0)) is not None
     assert not store.exists(key(1))
     assert store.stats()["evictions"] >= 1
+
+
+def test_each_write_into_a_full_store_evicts_one_session_of_its_size(make_store):
+    # Remembering an evicted key takes room from its own slice of the budget, not from the
+    # sessions': otherwise each eviction would free a fraction of what it evicts.
+    store = make_store(max_bytes=20 * 1024)
+    full = capacity(make_store, max_bytes=20 * 1024)
+    fill(store, full + 1)
+    evicted = store.stats()["evictions"]
+    fill(store, 10, start=full + 1)
+    assert store.stats()["evictions"] - evicted == 10
+    assert store.stats()["remembered"] > 0
 
 
 def test_accounted_bytes_never_exceed_the_budget(make_store):
@@ -105,9 +127,9 @@ def test_accounted_bytes_never_exceed_the_budget(make_store):
 
 def test_write_over_budget_removes_expired_entries_before_live_ones(make_store, clock):
     store = make_store(max_bytes=20 * 1024)
-    capacity = store.limits.max_bytes // store.sizer.entry(32, 108)
+    full = capacity(make_store, max_bytes=20 * 1024)
     put(store, key(0), ttl=5)  # coldest, and about to expire
-    fill(store, capacity - 1, start=1)
+    fill(store, full - 1, start=1)
     clock.advance(6)
     put(store, key(9999))
     stats = store.stats()
@@ -130,8 +152,7 @@ def test_oversized_entry_is_refused_and_leaves_the_previous_version(make_store):
 
 def test_evicted_key_is_stored_again_by_an_update(make_store):
     store = make_store(max_bytes=20 * 1024)
-    capacity = store.limits.max_bytes // store.sizer.entry(32, 108)
-    fill(store, capacity + 1)
+    fill(store, capacity(make_store, max_bytes=20 * 1024) + 1)
     assert not store.exists(key(0))
     assert put(store, key(0), b"back", create=False) is PutResult.RESTORED
     assert store.get(key(0)) == b"back"
@@ -139,8 +160,7 @@ def test_evicted_key_is_stored_again_by_an_update(make_store):
 
 def test_deleted_key_is_never_restored(make_store):
     store = make_store(max_bytes=20 * 1024)
-    capacity = store.limits.max_bytes // store.sizer.entry(32, 108)
-    fill(store, capacity + 1)
+    fill(store, capacity(make_store, max_bytes=20 * 1024) + 1)
     assert store.stats()["remembered"] > 0
     store.delete(key(0))  # logout of a session that had been evicted
     assert put(store, key(0), create=False) is PutResult.MISSING
@@ -148,9 +168,8 @@ def test_deleted_key_is_never_restored(make_store):
 
 def test_evicted_key_past_its_expiry_is_not_restored(make_store, clock):
     store = make_store(max_bytes=20 * 1024)
-    capacity = store.limits.max_bytes // store.sizer.entry(32, 108)
     put(store, key(0), ttl=60)
-    fill(store, capacity, start=1)
+    fill(store, capacity(make_store, max_bytes=20 * 1024), start=1)
     assert store.stats()["remembered"] > 0
     clock.advance(61)
     assert put(store, key(0), create=False) is PutResult.MISSING
@@ -164,12 +183,13 @@ def test_remembered_keys_are_bounded_and_counted(make_store):
     assert stats["bytes"] == store.accounted_bytes()
 
 
-def test_delete_removes_the_entry_and_its_bytes(make_store):
+def test_delete_removes_the_entry_and_frees_exactly_its_bytes(make_store):
     store = make_store()
-    put(store, key(1))
+    put(store, key(1), b"x" * 100)
+    stored = store.stats()["bytes"]
     assert store.delete(key(1))
     assert store.get(key(1)) is None
-    assert store.stats()["bytes"] == 0
+    assert stored - store.stats()["bytes"] == store.sizer.entry(32, 8 + 100)
 
 
 def test_running_total_equals_a_recount_after_mixed_operations(make_store, clock):
@@ -204,10 +224,10 @@ def test_returning_guest_outlives_a_flood_of_new_sessions(make_store):
 
 def test_authenticated_sessions_alone_over_budget_evict_their_own_lru(make_store):
     store = make_store(max_bytes=20 * 1024)
-    capacity = store.limits.max_bytes // store.sizer.entry(32, 108)
-    fill(store, capacity + 10, authenticated=True)
+    full = capacity(make_store, max_bytes=20 * 1024)
+    fill(store, full + 10, authenticated=True)
     assert not store.exists(key(0))
-    assert store.exists(key(capacity + 9))
+    assert store.exists(key(full + 9))
 
 
 def test_prune_removes_only_expired_sessions(make_store, clock):
@@ -232,7 +252,7 @@ def test_prune_dry_run_counts_without_removing(make_store, clock):
 
 def test_shrink_brings_the_store_to_the_low_water_mark(make_store):
     store = make_store(max_bytes=40 * 1024, low_water=0.5)
-    fill(store, store.limits.max_bytes // store.sizer.entry(32, 108))
+    fill(store, capacity(make_store, max_bytes=40 * 1024, low_water=0.5))
     result = store.shrink(chunk_size=10)
     assert result.evicted > 0
     assert store.stats()["bytes"] <= store.limits.low_water_bytes
@@ -242,8 +262,7 @@ def test_events_are_reported_once_per_batch(make_store):
     store = make_store(max_bytes=20 * 1024)
     received: list[list[StoreEvent]] = []
     store.on_event = received.append
-    capacity = store.limits.max_bytes // store.sizer.entry(32, 108)
-    fill(store, capacity)
+    fill(store, capacity(make_store, max_bytes=20 * 1024))
     put(store, key(99999), b"q" * 1500)  # needs several evictions
     assert len(received) == 1
     (event,) = received[0]
@@ -257,7 +276,11 @@ def test_clear_empties_the_store_and_resets_counters(make_store):
     store.get(key(0))
     store.clear()
     stats = store.stats()
-    assert (stats["entries"], stats["bytes"], stats["hits"]) == (0, 0, 0)
+    assert (stats["entries"], stats["bytes"], stats["hits"]) == (
+        0,
+        make_store().stats()["bytes"],
+        0,
+    )
 
 
 def test_reconfigure_to_a_smaller_budget_evicts_to_fit(make_store, sizer):
