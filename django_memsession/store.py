@@ -226,8 +226,10 @@ class SegmentedLRU:
         rest move to the end of the front. Returns whether the walk is through."""
         back, front = self.segments[index], self.fronts[index]
         before = table_size(back) + table_size(front)
-        for key, value in list(islice(back.items(), limit)):
-            del back[key]
+        # Keys, not items: a tuple per entry would be a GC-tracked allocation, and a collection
+        # started inside the chunk would traverse every table of the store with the lock held.
+        for key in list(islice(back, limit)):
+            value = back.pop(key)
             if not expired(key, value):
                 front[key] = value
         through = not back
