@@ -59,6 +59,61 @@ def _engine_table(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _scale_lines(scale: dict[str, Any]) -> list[str]:
+    save, prune, memory = scale["save"], scale["prune"], scale["memory"]
+    mem, locmem, bare = memory["memsession"], memory["locmem"], memory["dict"]
+    lines = [
+        "| measure | figure | target |",
+        "|---|---|---|",
+        f"| load-modify-save with {save['stored']['1M']:,} stored vs 1,000 stored | "
+        f"{save['1M']['median']:.1f} vs {save['1k']['median']:.1f} µs: "
+        f"**{save['ratio']:.2f}x** | ≤ 1.2x |",
+        f"| prune {prune['expired']:,} expired sessions | "
+        f"**{prune['sessions_per_second'] / 1000:,.0f}k sessions/s** "
+        f"({prune['seconds']:.2f} s) | ≥ 500k/s |",
+        f"| longest lock hold during that prune (chunks of {prune['chunk_size']}) | "
+        f"{prune['longest_lock_hold_ms']:.1f} ms | bounded by the chunk |",
+        f"| a concurrent request's wait during that prune, p50 / p99 / max | "
+        f"{prune['request_wait_ms']['p50']:.3f} / **{prune['request_wait_ms']['p99']:.3f}** / "
+        f"{prune['request_wait_ms']['max']:.3f} ms | p99 ≤ 5 ms |",
+        f"| RSS per stored 300 B session: memsession / LocMem / bare dict of JSON | "
+        f"**{mem['rss_per_session']:.0f}** / {locmem['rss_per_session']:.0f} / "
+        f"{bare['rss_per_session']:.0f} B "
+        f"({mem['rss_per_session'] / locmem['rss_per_session']:.2f}x LocMem) "
+        "| ≤ 643 B (stretch ≤ 560 B) |",
+        f"| tracemalloc per session: memsession / LocMem / bare dict | "
+        f"{mem['tracemalloc_per_session']:.0f} / {locmem['tracemalloc_per_session']:.0f} / "
+        f"{bare['tracemalloc_per_session']:.0f} B | |",
+        f"| accounted bytes vs tracemalloc | **{mem['accounted_vs_tracemalloc']:.3f}x** | "
+        "within ±10 % |",
+    ]
+    for label, flood in scale["flood"].items():
+        lines.append(
+            f"| flood of {flood['created']:,} new sessions into {flood['budget'] >> 20} MiB, "
+            f"{label}: highest accounted bytes / budget; peak RSS growth / budget | "
+            f"{flood['max_accounted'] / flood['budget']:.4f}; "
+            f"**{flood['peak_rss_growth_vs_budget']:.2f}x** | ≤ 1; ≤ 1.3x |"
+        )
+    return lines
+
+
+def _http_lines(results: dict[str, Any]) -> list[str]:
+    if "skipped" in results:
+        return [f"skipped: {results['skipped']}"]
+    workloads = list(results["memsession"])
+    lines = [
+        "| workload | memsession | LocMem | db | memsession / LocMem | memsession / db |",
+        "|---|---|---|---|---|---|",
+    ]
+    for workload in workloads:
+        ours, locmem, db = (results[e][workload]["median"] for e in ("memsession", "locmem", "db"))
+        lines.append(
+            f"| {workload} | {ours:.0f} | {locmem:.0f} | {db:.0f} | "
+            f"**{ours / locmem:.2f}x** | **{ours / db:.2f}x** |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
@@ -96,11 +151,11 @@ def main() -> None:
                 for engine in ("memsession", "locmem", "dict")
             },
         }
-        print(json.dumps(report["scale"], indent=1), flush=True)
+        print("\n".join(_scale_lines(report["scale"])), flush=True)
     if "http" in parts:
-        print("http (requests/s)", flush=True)
+        print("http (requests/s, median over interleaved rounds)", flush=True)
         report["http"] = http.run(args.quick)
-        print(json.dumps(report["http"], indent=1), flush=True)
+        print("\n".join(_http_lines(report["http"])), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
