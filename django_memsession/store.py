@@ -438,17 +438,24 @@ class MemoryStore:
         return result
 
     def _forget_expired(self, now: float, chunk_size: int) -> None:
-        """Drop remembered keys whose sessions would have expired by now, in chunks."""
+        """Drop remembered keys whose sessions would have expired by now, in chunks.
+
+        One turn of the queue: each key is taken from the front and, while still restorable,
+        put back at the end. Putting back takes a new slot of the table, which may grow it.
+        """
         with self._lock:
             remaining = len(self._remembered)
         while remaining > 0:
             with self._lock:
-                for _ in range(min(chunk_size, remaining, len(self._remembered))):
-                    key, until = self._remembered.popitem(last=False)
+                remembered = self._remembered
+                table_before = table_size(remembered)
+                for _ in range(min(chunk_size, remaining, len(remembered))):
+                    key, until = remembered.popitem(last=False)
                     if until > now:
-                        self._remembered[key] = until  # still restorable: back in the queue
+                        remembered[key] = until
                     else:
                         self._remembered_bytes -= self.sizer.remembered(len(key))
+                self._remembered_bytes += table_size(remembered) - table_before
             remaining -= chunk_size
             time.sleep(0)
 

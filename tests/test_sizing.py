@@ -164,3 +164,20 @@ def test_accounted_bytes_are_within_10_percent_of_tracemalloc(count, sizer):
         tracemalloc.stop()
     accounted = store.stats()["bytes"]
     assert abs(accounted - measured) <= 0.10 * measured, (accounted, measured)
+
+
+def test_accounted_bytes_stay_asizeof_of_the_store_through_repeated_prunes(sizer, clock):
+    """Each pass turns the queue of remembered keys once (taking each key that is still
+    restorable and putting it back), which fills the table's free slots until it is rebuilt,
+    to the size the keys then need: here smaller, as most of them were deleted (logouts)."""
+    store = MemoryStore(Limits(512 * 1024, 4 * 1024, 0.75), sizer=sizer, clock=clock)
+    for n in range(5000):
+        store.put(f"{n:032d}", b"v" * 100, clock() + 3600, authenticated=False, create=True)
+    remembered = list(store._remembered)
+    for key in remembered[: len(remembered) * 9 // 10]:
+        store.delete(key)
+    table = table_size(store._remembered)
+    for _ in range(40):
+        store.prune_expired()
+        assert store.stats()["bytes"] == _asizeof_store(store)
+    assert table_size(store._remembered) < table
