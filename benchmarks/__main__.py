@@ -97,15 +97,14 @@ def _scale_lines(scale: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _http_lines(results: dict[str, Any]) -> list[str]:
+def _http_lines(results: dict[str, Any], unit: str) -> list[str]:
     if "skipped" in results:
         return [f"skipped: {results['skipped']}"]
-    workloads = list(results["memsession"])
     lines = [
-        "| workload | memsession | LocMem | db | memsession / LocMem | memsession / db |",
+        f"| workload ({unit}) | memsession | LocMem | db | memsession / LocMem | memsession / db |",
         "|---|---|---|---|---|---|",
     ]
-    for workload in workloads:
+    for workload in results["memsession"]:
         ours, locmem, db = (results[e][workload]["median"] for e in ("memsession", "locmem", "db"))
         lines.append(
             f"| {workload} | {ours:.0f} | {locmem:.0f} | {db:.0f} | "
@@ -153,9 +152,12 @@ def main() -> None:
         }
         print("\n".join(_scale_lines(report["scale"])), flush=True)
     if "http" in parts:
-        print("http (requests/s, median over interleaved rounds)", flush=True)
+        print("http: gunicorn and wrk on 127.0.0.1, median over interleaved rounds", flush=True)
         report["http"] = http.run(args.quick)
-        print("\n".join(_http_lines(report["http"])), flush=True)
+        print("\n".join(_http_lines(report["http"], "requests/s")), flush=True)
+        print("Django's WSGI handler in process, no network", flush=True)
+        report["handler"] = http.handler_costs(args.quick)
+        print("\n".join(_http_lines(report["handler"], "µs per request")), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))

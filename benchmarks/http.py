@@ -7,6 +7,7 @@ load-modify-save) and a new visitor on every request (no cookie: a session is cr
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -96,11 +97,35 @@ def _wait_ready(url: str, server: subprocess.Popen) -> str:
 
 
 def _wrk(wrk: str, url: str, seconds: int, cookie: str | None) -> float:
-    args = [wrk, "-t2", "-c8", f"-d{seconds}s", "--latency"]
+    args = [wrk, "-t1", "-c4", f"-d{seconds}s", "--latency"]
     if cookie:
         args += ["-H", f"Cookie: {cookie}"]
     output = subprocess.run([*args, url], capture_output=True, text=True, check=True).stdout
     return float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+
+
+def handler_costs(quick: bool) -> dict[str, Any]:
+    """µs per request through Django's handler in process (``benchmarks.handler``), per engine:
+    each measure in a fresh process, engines in a new order each round; medians."""
+    rounds = 1 if quick else 5
+    samples: dict[str, dict[str, list[float]]] = {engine: {} for engine in ENGINES}
+    order = list(ENGINES)
+    rng = random.Random(2)
+    for _ in range(rounds):
+        rng.shuffle(order)
+        for engine in order:
+            command = [sys.executable, "-m", "benchmarks.handler", ENGINES[engine]]
+            if quick:
+                command.append("--quick")
+            output = subprocess.run(
+                command, cwd=REPO_ROOT, capture_output=True, text=True, check=True
+            ).stdout
+            for workload, value in json.loads(output.strip().splitlines()[-1]).items():
+                samples[engine].setdefault(workload, []).append(value)
+    return {
+        engine: {workload: summary(values) for workload, values in workloads.items()}
+        for engine, workloads in samples.items()
+    }
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -112,7 +137,7 @@ def run(quick: bool) -> dict[str, Any]:
     wrk = ensure_wrk()
     if wrk is None:
         return {"skipped": "wrk is not installed (apt-get install wrk)"}
-    seconds, rounds = (2, 1) if quick else (4, 5)
+    seconds, rounds = (2, 1) if quick else (3, 9)
     servers = {engine: (_free_port(), None) for engine in ENGINES}
     cookies: dict[str, str] = {}
     samples: dict[str, dict[str, list[float]]] = {
@@ -142,7 +167,7 @@ def run(quick: bool) -> dict[str, Any]:
     results: dict[str, Any] = {
         "seconds_per_run": seconds,
         "rounds": rounds,
-        "server": "gunicorn gthread, 1 worker x 4 threads; wrk -t2 -c8",
+        "server": "gunicorn gthread, 1 worker x 4 threads; wrk -t1 -c4",
     }
     for engine, workloads in samples.items():
         results[engine] = {name: summary(values) for name, values in workloads.items()}
