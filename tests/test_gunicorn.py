@@ -7,10 +7,13 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import IO
 
 import pytest
 from processes import TESTS_DIR, run_command
@@ -29,9 +32,24 @@ def get_json(url: str) -> dict:
         return json.loads(response.read())
 
 
+@dataclass
+class Server:
+    base: str
+    stderr: IO[bytes]
+
+    def log(self) -> str:
+        """What the server (master and workers) has written to stderr so far."""
+        self.stderr.seek(0)
+        return self.stderr.read().decode(errors="replace")
+
+
 @contextmanager
-def gunicorn(control_dir: str, *options: str, prune_interval: float = 0) -> Iterator[str]:
-    """Run gunicorn on 127.0.0.1 with the test site; yield its base URL; stop it afterwards."""
+def gunicorn(control_dir: str, *options: str, prune_interval: float = 0) -> Iterator[Server]:
+    """Run gunicorn on 127.0.0.1 with the test site; yield it; stop it afterwards.
+
+    Its stderr goes to a file, not a pipe: nobody reads a pipe while the test runs, and a full
+    pipe would block the server.
+    """
     port = free_port()
     env = {
         **os.environ,
@@ -44,27 +62,27 @@ def gunicorn(control_dir: str, *options: str, prune_interval: float = 0) -> Iter
     args = [sys.executable, "-m", "gunicorn", "testsite.wsgi:application"]
     args += ["--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--threads", "4"]
     args += ["--graceful-timeout", "2", *options]
-    server = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                get_json(f"{base}/session/stats/")
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(server.stderr.read().decode()) from None
-                time.sleep(0.1)
-        yield base
-    finally:
-        server.terminate()
+    with tempfile.TemporaryFile() as stderr:
+        process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        server = Server(f"http://127.0.0.1:{port}", stderr)
         try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        server.stderr.close()
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    get_json(f"{server.base}/session/stats/")
+                    break
+                except OSError:
+                    if process.poll() is not None or time.monotonic() > deadline:
+                        raise AssertionError(server.log()) from None
+                    time.sleep(0.1)
+            yield server
+        finally:
+            process.terminate()
+            try:
+                process.wait(15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 def prune_json(control_dir: str, *extra: str) -> dict:
@@ -89,7 +107,8 @@ def make_sessions(base: str, count: int, expiry: int) -> set[int]:
 
 @pytest.mark.parametrize("command", ["prunesessions", "clearsessions"])
 def test_a_command_removes_expired_sessions_from_the_servers_memory(control_dir, command):
-    with gunicorn(control_dir, "--workers", "1") as base:
+    with gunicorn(control_dir, "--workers", "1") as server:
+        base = server.base
         make_sessions(base, 5, expiry=1)
         make_sessions(base, 2, expiry=3600)
         assert get_json(f"{base}/session/stats/")["entries"] == 7
@@ -113,21 +132,24 @@ def sessions_on_both_workers(base: str) -> tuple[set[int], int]:
 
 
 def test_preload_with_two_workers_both_are_reached_and_pruned(control_dir):
-    with gunicorn(control_dir, "--workers", "2", "--preload") as base:
-        pids, made = sessions_on_both_workers(base)
+    with gunicorn(control_dir, "--workers", "2", "--preload") as server:
+        pids, made = sessions_on_both_workers(server.base)
         wait_until_expired(control_dir, made)
         result = run_command("prunesessions", control_dir=control_dir)
         after = prune_json(control_dir, "--dry-run")
+        log = server.log()
     assert result.returncode == 0, result.stderr
     assert f"total over 2 process(es): removed {made} sessions" in result.stdout
     assert "sessions are split between them" in result.stderr
     assert {p["pid"] for p in after["processes"]} == pids
     assert after["total"]["entries"] == 0
+    # The worker that started second saw the first one's socket and said so.
+    assert "other process(es) of this project hold a session store" in log
 
 
 def test_preload_each_worker_runs_its_own_pruner_thread(control_dir):
-    with gunicorn(control_dir, "--workers", "2", "--preload", prune_interval=0.3) as base:
-        pids, _ = sessions_on_both_workers(base)
+    with gunicorn(control_dir, "--workers", "2", "--preload", prune_interval=0.3) as server:
+        pids, _ = sessions_on_both_workers(server.base)
         deadline = time.monotonic() + 20
         emptied_by_the_threads = False
         while not emptied_by_the_threads and time.monotonic() < deadline:
