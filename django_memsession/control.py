@@ -299,9 +299,12 @@ def should_listen() -> bool:
     """
     if "pytest" in sys.modules:
         return False
-    program = os.path.basename(sys.argv[0]) if sys.argv else ""
-    is_manage = program in {"manage.py", "django-admin", "django-admin.py"} or (
-        program == "__main__.py" and "django" in sys.argv[0]
+    program = sys.argv[0] if sys.argv else ""
+    name = os.path.basename(program)
+    # ``python -m django``: the program is django/__main__.py (and only the folder name says so:
+    # a virtualenv called "django-site" holds gunicorn/__main__.py too).
+    is_manage = name in {"manage.py", "django-admin", "django-admin.py"} or (
+        name == "__main__.py" and os.path.basename(os.path.dirname(program)) == "django"
     )
     if is_manage:
         return len(sys.argv) > 1 and sys.argv[1] in SERVING_COMMANDS

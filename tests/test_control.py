@@ -222,6 +222,10 @@ def test_control_false_means_this_process_only(control_dir):
         (["/usr/bin/django-admin", "shell"], False),
         (["/srv/venv/bin/gunicorn", "site.wsgi"], True),
         (["/srv/venv/bin/uvicorn", "site.asgi:application"], True),
+        (["/srv/venv/lib/python3.12/site-packages/django/__main__.py", "migrate"], False),
+        (["/srv/venv/lib/python3.12/site-packages/django/__main__.py", "runserver"], True),
+        # python -m gunicorn from a virtualenv whose path says "django"
+        (["/srv/django-shop/venv/lib/python3.12/site-packages/gunicorn/__main__.py"], True),
     ],
 )
 def test_who_listens(monkeypatch, argv, expected):
