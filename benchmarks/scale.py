@@ -36,17 +36,21 @@ def _fill(store: Any, count: int, payload: bytes, expires_at: float) -> list[str
     return keys
 
 
+def _stored_payload() -> bytes:
+    """A 300 B session as the engine stores it (Django's default serializer)."""
+    from django_memsession.serializers import get_codec
+
+    return get_codec("django.contrib.sessions.serializers.JSONSerializer").dumps(make_session(300))
+
+
 def measure_save(quick: bool) -> dict[str, Any]:
     setup_django()
     import django_memsession
     from django_memsession import runtime
-    from django_memsession.serializers import get_codec
     from django_memsession.store import MemoryStore
 
     big_count = 100_000 if quick else 1_000_000
-    payload = get_codec("django.contrib.sessions.serializers.JSONSerializer").dumps(
-        make_session(300)
-    )
+    payload = _stored_payload()
     expires = time.time() + 3600
     stores = {}
     keys = {}
@@ -76,13 +80,10 @@ def measure_save(quick: bool) -> dict[str, Any]:
 def measure_prune(quick: bool) -> dict[str, Any]:
     setup_django()
     from django_memsession import runtime
-    from django_memsession.serializers import get_codec
     from django_memsession.store import MemoryStore
 
     count = 100_000 if quick else 1_000_000
-    payload = get_codec("django.contrib.sessions.serializers.JSONSerializer").dumps(
-        make_session(300)
-    )
+    payload = _stored_payload()
     now = [time.time()]
     store = MemoryStore(runtime.conf.limits(), clock=lambda: now[0])
     _fill(store, count, payload, now[0] + 10)

@@ -178,5 +178,3 @@ def _settings_changed(*, setting: str, **kwargs: Any) -> None:
         store.reconfigure(conf.limits())
     for hook in settings_hooks:
         hook(setting)
-    for hook in settings_hooks:
-        hook(setting)
