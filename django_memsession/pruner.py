@@ -98,7 +98,7 @@ def _run_pass(store: MemoryStore, *, dry_run: bool) -> PassResult:
     started_at = store.clock()
     started = time.perf_counter()
     expired = store.prune_expired(dry_run=dry_run)
-    shrunk = store.shrink(dry_run=dry_run)
+    shrunk = store.shrink(dry_run=dry_run, freed_first=expired.bytes_freed)
     result = PassResult(
         started_at=started_at,
         duration=time.perf_counter() - started,

@@ -15,6 +15,7 @@ logging and signals all happen outside it; events gathered under the lock are ha
 
 from __future__ import annotations
 
+import math
 import os
 import struct
 import threading
@@ -35,6 +36,8 @@ HEADER_SIZE = HEADER.size
 # Segments, coldest first: eviction takes from the first non-empty one.
 PROBATION, RETURNING, AUTHENTICATED = 0, 1, 2
 SEGMENT_NAMES = ("probation", "returning", "authenticated")
+
+KEY_LENGTH = 32  # of the keys the engine makes (used for estimates only)
 
 # How many of the coldest entries of each segment a write over budget looks at for expired ones
 # before it evicts live sessions: bounded work per request; the pruner does the thorough job.
@@ -459,20 +462,35 @@ class MemoryStore:
             remaining -= chunk_size
             time.sleep(0)
 
-    def shrink(self, *, chunk_size: int = 1000, dry_run: bool = False) -> PruneResult:
-        """Bring the store down to the low-water mark, evicting cold sessions in chunks."""
+    def shrink(
+        self, *, chunk_size: int = 1000, dry_run: bool = False, freed_first: int = 0
+    ) -> PruneResult:
+        """Bring the store down to the low-water mark, evicting cold sessions in chunks.
+
+        ``dry_run`` estimates instead, in O(1) (walking the coldest sessions to count them would
+        hold the lock for as many sessions as there are to evict): the bytes over the mark, less
+        ``freed_first`` (what the pass would already have removed as expired), in sessions of
+        the mean size, each of which leaves its key remembered while the remembered keys' slice
+        has room.
+        """
         result = PruneResult()
         target = self.limits.low_water_bytes
         if dry_run:
             with self._lock:
-                excess = self._total() - target
-                for _, key, value in self._policy.coldest(len(self._policy)):
-                    if excess <= 0:
-                        break
-                    size = self.sizer.entry(len(key), len(value))
-                    excess -= size
-                    result.evicted += 1
-                    result.bytes_evicted += size
+                excess = self._total() - freed_first - target
+                entries, entry_bytes = len(self._policy), self._entry_bytes
+                room = self.limits.remember_bytes - self._remembered_bytes
+            if excess > 0 and entries:
+                mean = entry_bytes / entries
+                remembered = self.sizer.remembered(KEY_LENGTH)
+                while_room = max(0, room) // remembered  # evictions that also remember a key
+                if excess <= while_room * (mean - remembered):
+                    evictions = math.ceil(excess / (mean - remembered))
+                else:
+                    rest = excess - while_room * (mean - remembered)
+                    evictions = while_room + math.ceil(rest / mean)
+                result.evicted = min(entries, evictions)
+                result.bytes_evicted = round(result.evicted * mean)
             return result
         while True:
             held_since = time.perf_counter()

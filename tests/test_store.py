@@ -258,6 +258,18 @@ def test_shrink_brings_the_store_to_the_low_water_mark(make_store):
     assert store.stats()["bytes"] <= store.limits.low_water_bytes
 
 
+@pytest.mark.parametrize("sessions", [1.0, 3.0], ids=["full", "after a flood"])
+def test_shrink_dry_run_estimates_what_a_shrink_evicts_and_evicts_nothing(make_store, sessions):
+    store = make_store(max_bytes=40 * 1024, low_water=0.5)
+    fill(store, int(sessions * capacity(make_store, max_bytes=40 * 1024, low_water=0.5)))
+    entries = store.stats()["entries"]
+    estimate = store.shrink(dry_run=True)
+    assert store.stats()["entries"] == entries
+    done = store.shrink()
+    assert abs(estimate.evicted - done.evicted) <= 2  # tables that grow are not foreseen
+    assert abs(estimate.bytes_evicted - done.bytes_evicted) <= 2 * store.sizer.entry(32, 108)
+
+
 def test_events_are_reported_once_per_batch(make_store):
     store = make_store(max_bytes=20 * 1024)
     received: list[list[StoreEvent]] = []
