@@ -25,6 +25,8 @@ from .control import Gathered, gather
 from .models import Stats
 
 PLOT_WIDTH, PLOT_HEIGHT = 640, 160
+# Seconds to wait for each process's prune: a pass over a million sessions takes about one.
+PRUNE_TIMEOUT = 10.0
 PLOT_MARGIN_LEFT, PLOT_MARGIN_RIGHT, PLOT_MARGIN_Y = 70, 60, 14
 
 
@@ -215,7 +217,7 @@ class StatsAdmin(admin.ModelAdmin):
     def _prune(self, request: HttpRequest) -> HttpResponse:
         if not self.has_change_permission(request):
             raise PermissionDenied
-        gathered = gather("prune")
+        gathered = gather("prune", timeout=PRUNE_TIMEOUT)
         removed_total = freed_total = 0
         for figures in gathered.processes:
             result = figures["result"]

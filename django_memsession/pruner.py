@@ -30,6 +30,9 @@ logger = logging.getLogger("django_memsession")
 # Bounded records: 360 samples are six hours at the default interval of 60 s.
 HISTORY_SAMPLES = 360
 PASS_RECORDS = 100
+# clearsessions (a cron job) can wait for a large store's pass; a pass over a million sessions
+# takes about a second.
+CLEAR_EXPIRED_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,7 @@ def clear_expired() -> None:
     """
     from .control import gather
 
-    gathered = gather("prune")
+    gathered = gather("prune", timeout=CLEAR_EXPIRED_TIMEOUT)
     for error in gathered.errors:
         logger.warning("clear_expired: %s", error)
 

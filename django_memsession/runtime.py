@@ -86,10 +86,13 @@ def stats() -> dict[str, Any]:
 
 
 def clear() -> None:
-    """Empty this process's store and reset its counters (for tests)."""
+    """Empty this process's store and reset its counters, the once-a-minute eviction warning's
+    among them (for tests)."""
     store = peek_store()
     if store is not None:
         store.clear()
+    with _eviction_log_lock:
+        _eviction_log.update(count=0, bytes=0, since=0.0)
 
 
 # -- events -> signals and logging (never under the store's lock) -------------------------------
