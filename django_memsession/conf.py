@@ -97,14 +97,15 @@ def problems() -> list[Problem]:
                 )
             )
         else:
-            if max_bytes is not None and session_bytes > max_bytes:
+            if max_bytes is not None and session_bytes > max_bytes // 2:
                 found.append(
                     Problem(
                         "memsession.E004",
-                        f"MEMSESSION_MAX_SESSION_SIZE ({format_size(session_bytes)}) is larger "
-                        f"than MEMSESSION_MAX_SIZE ({format_size(max_bytes)}).",
-                        "One session must fit in the store: lower MEMSESSION_MAX_SESSION_SIZE "
-                        "(e.g. to a tenth of MEMSESSION_MAX_SIZE) or raise MEMSESSION_MAX_SIZE.",
+                        f"MEMSESSION_MAX_SESSION_SIZE ({format_size(session_bytes)}) is more "
+                        f"than half of MEMSESSION_MAX_SIZE ({format_size(max_bytes)}).",
+                        "A session that large would evict every other one: lower "
+                        "MEMSESSION_MAX_SESSION_SIZE (e.g. to a tenth of MEMSESSION_MAX_SIZE) "
+                        "or raise MEMSESSION_MAX_SIZE.",
                     )
                 )
     low_water = conf.LOW_WATER

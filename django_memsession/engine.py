@@ -75,7 +75,13 @@ class SessionStore(SessionBase):
         return cache
 
     async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
-        return self._get_session(no_load)  # aload() is load(): the store does no I/O
+        self.accessed = True
+        cache: dict[str, Any] | None = self.__dict__.get("_session_cache")
+        if cache is None:
+            cache = self._session_cache = (
+                {} if self.session_key is None or no_load else await self.aload()
+            )
+        return cache
 
     _session = property(_get_session)
 
@@ -123,6 +129,10 @@ class SessionStore(SessionBase):
         if self.session_key is None:
             return self.create()
         data = self._get_session(no_load=must_create)
+        if self.session_key is None:
+            # Loading found no session (expired, deleted): an update of nothing, as with
+            # Django's engines. Through SessionMiddleware the load comes first and save() creates.
+            raise UpdateError
         payload = current_codec().dumps(data)
         try:
             result = get_store().put(

@@ -107,6 +107,9 @@ class PruneResult:
     events: list[StoreEvent] = field(default_factory=list)
 
 
+_EMPTY_FRONTS = len(SEGMENT_NAMES) * table_size(OrderedDict())
+
+
 class SegmentedLRU:
     """The eviction policy: three LRU segments, the coldest evicted first.
 
@@ -128,12 +131,14 @@ class SegmentedLRU:
 
     ``table_bytes`` is the exact size of the containers beyond their entries' list nodes
     (:func:`~django_memsession.sizing.table_size`), kept up to date by every method that adds or
-    removes an entry. It is not a per-entry constant: a
-    table's share per entry swings by a factor of two with its fill, and under steady churn
-    (new sessions in, old ones out) a table settles at up to three slots per live entry.
+    removes an entry. It is not a per-entry constant: a table's share per entry swings by a
+    factor of two with its fill, and under steady churn (new sessions in, old ones out) a table
+    settles at up to three slots per live entry. ``front_bytes`` is the part of it in the fronts:
+    during a walk, how far the second table of the segment being walked has grown; it is freed
+    when the walk is through.
     """
 
-    __slots__ = ("fronts", "segments", "table_bytes")
+    __slots__ = ("front_bytes", "fronts", "segments", "table_bytes")
 
     def __init__(self) -> None:
         self.segments: tuple[OrderedDict[str, bytes], ...] = tuple(
@@ -141,6 +146,7 @@ class SegmentedLRU:
         )
         self.fronts: list[OrderedDict[str, bytes]] = [OrderedDict() for _ in SEGMENT_NAMES]
         self.table_bytes = self.measure_tables()
+        self.front_bytes = 0
 
     def find(self, key: str) -> tuple[int, bytes] | tuple[None, None]:
         # Authenticated first: on the sites this is built for, most requests are logged in.
@@ -159,11 +165,14 @@ class SegmentedLRU:
 
     def _pop(self, key: str, index: int) -> bytes:
         container = self.segments[index]
-        if key not in container:
+        in_front = key not in container
+        if in_front:
             container = self.fronts[index]
         before = table_size(container)
         value = container.pop(key)
         self.table_bytes += table_size(container) - before
+        if in_front:
+            self.measure_fronts()
         return value
 
     def touch(self, key: str, index: int) -> None:
@@ -228,7 +237,7 @@ class SegmentedLRU:
         cold end of its back; those for which ``expired(key, value)`` is true are dropped, the
         rest move to the end of the front. Returns whether the walk is through."""
         back, front = self.segments[index], self.fronts[index]
-        before = table_size(back) + table_size(front)
+        back_before, front_before = table_size(back), table_size(front)
         # Keys, not items: a tuple per entry would be a GC-tracked allocation, and a collection
         # started inside the chunk would traverse every table of the store with the lock held.
         for key in list(islice(back, limit)):
@@ -242,9 +251,13 @@ class SegmentedLRU:
             self.segments = tuple(
                 front if i == index else segment for i, segment in enumerate(self.segments)
             )
-            back = self.fronts[index] = OrderedDict()
-        self.table_bytes += table_size(back) + table_size(front) - before
+            back = self.fronts[index] = OrderedDict()  # the new front
+        self.table_bytes += table_size(back) + table_size(front) - back_before - front_before
+        self.measure_fronts()
         return through
+
+    def measure_fronts(self) -> None:
+        self.front_bytes = sum(map(table_size, self.fronts)) - _EMPTY_FRONTS
 
     def items(self) -> Iterator[tuple[str, bytes]]:
         for index in range(len(SEGMENT_NAMES)):
@@ -431,13 +444,11 @@ class MemoryStore:
                     )
                     budget -= chunk_size
                     time.sleep(0)  # let waiting request threads take the lock (and the GIL)
-        if not dry_run:
-            self._forget_expired(now, chunk_size)
-            if result.removed:
-                result.events.append(
-                    StoreEvent("expired", result.removed, result.bytes_freed, "prune")
-                )
-                self._emit(result.events)
+            if not dry_run:
+                self._forget_expired(now, chunk_size)
+        if not dry_run and result.removed:
+            result.events.append(StoreEvent("expired", result.removed, result.bytes_freed, "prune"))
+            self._emit(result.events)
         return result
 
     def _forget_expired(self, now: float, chunk_size: int) -> None:
@@ -459,6 +470,7 @@ class MemoryStore:
                     else:
                         self._remembered_bytes -= self.sizer.remembered(len(key))
                 self._remembered_bytes += table_size(remembered) - table_before
+                self._trim_remembered()  # a table that grew may not fit the slice any more
             remaining -= chunk_size
             time.sleep(0)
 
@@ -492,10 +504,15 @@ class MemoryStore:
                 result.evicted = min(entries, evictions)
                 result.bytes_evicted = round(result.evicted * mean)
             return result
-        while True:
+        with self._lock:
+            # Bounded: under a flood, writes refill the store as fast as a shrink empties it.
+            chunks_left = len(self._policy) // chunk_size + 1
+        while chunks_left > 0:
+            chunks_left -= 1
             held_since = time.perf_counter()
             events: list[StoreEvent] = []
             with self._lock:
+                target = self.limits.low_water_bytes
                 if self._total() <= target:
                     break
                 evicted = self._make_room(
@@ -580,6 +597,7 @@ class MemoryStore:
         self.created_at = self.clock()
         if not consistent:
             self._entry_bytes, self._policy.table_bytes, self._remembered_bytes = self._measure()
+            self._policy.measure_fronts()
 
     @property
     def lock(self) -> threading.Lock:
@@ -588,7 +606,10 @@ class MemoryStore:
     # -- internals (call with the lock held) ---------------------------------------------------
 
     def _session_bytes(self) -> int:
-        return self._entry_bytes + self._policy.table_bytes
+        """What writes are charged for: sessions and their tables, less a prune walk's passing
+        second table (counted in the store's size, but evicting live sessions to pay for a table
+        freed a moment later would throw away a tenth of a full store on every pass)."""
+        return self._entry_bytes + self._policy.table_bytes - self._policy.front_bytes
 
     def _total(self) -> int:
         return self._entry_bytes + self._policy.table_bytes + self._remembered_bytes
@@ -618,7 +639,11 @@ class MemoryStore:
         Returns how many entries were evicted. ``spare`` (the entry just written) is never taken;
         ``max_evictions`` bounds one call (the background shrink works in chunks).
         """
-        used = self._total if with_remembered else self._session_bytes
+
+        def used() -> int:
+            session_bytes = self._session_bytes()
+            return session_bytes + self._remembered_bytes if with_remembered else session_bytes
+
         expired_count = expired_bytes = 0
         probe = [
             (index, key, value)

@@ -50,9 +50,15 @@ def test_low_water_outside_zero_one_is_e003(value):
         assert ids() == ["memsession.E003"]
 
 
-def test_session_cap_above_budget_is_e004():
-    with override_settings(MEMSESSION_MAX_SIZE="1M", MEMSESSION_MAX_SESSION_SIZE="2M"):
+@pytest.mark.parametrize("cap", ["2M", "1M", "513K"])
+def test_session_cap_above_half_the_budget_is_e004(cap):
+    with override_settings(MEMSESSION_MAX_SIZE="1M", MEMSESSION_MAX_SESSION_SIZE=cap):
         assert ids() == ["memsession.E004"]
+
+
+def test_session_cap_of_half_the_budget_is_accepted():
+    with override_settings(MEMSESSION_MAX_SIZE="1M", MEMSESSION_MAX_SESSION_SIZE="512K"):
+        assert ids() == []
 
 
 @pytest.mark.parametrize("value", [-1, "60", float("inf")])

@@ -204,6 +204,14 @@ def test_save_after_deletion_in_another_request_raises_update_error(session):
         other.save()
 
 
+def test_save_of_a_key_that_no_longer_exists_without_loading_it_raises_update_error():
+    # SessionMiddleware loads before it saves; code that saves a stale key directly gets
+    # UpdateError, as from Django's db and cache engines.
+    with pytest.raises(UpdateError):
+        SessionStore("a" * 32).save()
+    assert stats()["entries"] == 0
+
+
 def test_save_after_eviction_stores_the_session_again(session):
     with override_settings(MEMSESSION_MAX_SIZE="64K", MEMSESSION_MAX_SESSION_SIZE="4K"):
         session["a"] = 1

@@ -187,3 +187,13 @@ def test_threads_start_on_first_use_of_the_store_not_at_import_or_check(tmp_path
     after_import, after_check, after_first_use = json.loads(result.stdout.splitlines()[-1])
     assert (after_import, after_check) == ([], [])
     assert after_first_use == ["django_memsession-control", "django_memsession-pruner"]
+
+
+def test_memory_is_released_only_through_glibc_and_never_fails_elsewhere(monkeypatch):
+    pruner_module._malloc_trim.cache_clear()
+    monkeypatch.setattr(pruner_module.sys, "platform", "win32")
+    try:
+        assert pruner_module._malloc_trim() is None
+        pruner_module.release_free_memory()  # a no-op, not an error
+    finally:
+        pruner_module._malloc_trim.cache_clear()

@@ -180,4 +180,5 @@ def test_accounted_bytes_stay_asizeof_of_the_store_through_repeated_prunes(sizer
     for _ in range(40):
         store.prune_expired()
         assert store.stats()["bytes"] == _asizeof_store(store)
+        assert store.stats()["remembered_bytes"] <= store.limits.remember_bytes
     assert table_size(store._remembered) < table

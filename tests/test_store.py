@@ -330,3 +330,47 @@ def test_the_victim_during_a_prune_walk_is_still_the_least_recently_used():
     assert lru.victim(spare=None)[1] == "a"
     lru.touch("a", AUTHENTICATED)
     assert lru.victim(spare=None)[1] == "b"
+
+
+def test_a_prune_walk_evicts_no_session_to_pay_for_its_passing_second_table(
+    make_store, monkeypatch
+):
+    """A walk moves a segment's entries into a new table, and the old one is freed only when
+    the walk is through: writes meanwhile must not evict live sessions for that."""
+    from django_memsession import store as store_module
+
+    store = make_store(max_bytes=256 * 1024)
+    full = capacity(make_store, max_bytes=256 * 1024)
+    fill(store, full, authenticated=True)
+    updates = iter(range(full))
+
+    def write_between_chunks(seconds: float) -> None:
+        for _ in range(3):  # other requests save their sessions, same size as before
+            put(store, key(next(updates)), create=False, authenticated=True)
+
+    monkeypatch.setattr(store_module.time, "sleep", write_between_chunks)
+    store.prune_expired(chunk_size=20)
+    assert store.stats()["evictions"] == 0
+    assert store.stats()["bytes"] == store.accounted_bytes()
+
+
+def test_a_shrink_under_a_flood_of_writes_ends(make_store, monkeypatch):
+    from django_memsession import store as store_module
+
+    store = make_store(max_bytes=64 * 1024, low_water=0.5)
+    fill(store, capacity(make_store, max_bytes=64 * 1024, low_water=0.5))
+    new_keys = iter(range(10_000, 1_000_000))
+    calls = []
+
+    def flood_between_chunks(seconds: float) -> None:
+        calls.append(seconds)
+        if len(calls) > 1000:
+            raise AssertionError("the shrink chases the flood for ever")
+        for _ in range(30):  # more new sessions than a chunk of 10 evicts
+            put(store, key(next(new_keys)))
+
+    monkeypatch.setattr(store_module.time, "sleep", flood_between_chunks)
+    entries = store.stats()["entries"]
+    result = store.shrink(chunk_size=10)
+    assert result.evicted > 0
+    assert len(calls) <= entries // 10 + 1  # at most one turn's worth of chunks
