@@ -25,9 +25,9 @@ from .control import Gathered, gather
 from .models import Stats
 
 PLOT_WIDTH, PLOT_HEIGHT = 640, 160
+PLOT_MARGIN_LEFT, PLOT_MARGIN_RIGHT, PLOT_MARGIN_Y = 70, 60, 14
 # Seconds to wait for each process's prune: a pass over a million sessions takes about one.
 PRUNE_TIMEOUT = 10.0
-PLOT_MARGIN_LEFT, PLOT_MARGIN_RIGHT, PLOT_MARGIN_Y = 70, 60, 14
 
 
 def _ratio(part: int, whole: int) -> float | None:

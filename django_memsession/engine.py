@@ -23,7 +23,7 @@ from django.utils.module_loading import import_string
 from .exceptions import SessionTooLarge
 from .runtime import get_store
 from .serializers import current_codec
-from .store import EntryTooLarge, PutResult
+from .store import KEY_LENGTH, EntryTooLarge, PutResult
 
 logger = logging.getLogger("django_memsession")
 
@@ -31,7 +31,6 @@ logger = logging.getLogger("django_memsession")
 # engine depend on the app registry.
 AUTH_SESSION_KEY = "_auth_user_id"
 
-KEY_LENGTH = 32
 _KEY_ALPHABET = VALID_KEY_CHARS.encode("ascii")
 _KEY_TABLE = bytes(_KEY_ALPHABET[byte % len(_KEY_ALPHABET)] for byte in range(256))
 # Bytes >= 252 (= 7 x 36) are dropped so every character is equally likely.

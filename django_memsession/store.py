@@ -37,7 +37,7 @@ HEADER_SIZE = HEADER.size
 PROBATION, RETURNING, AUTHENTICATED = 0, 1, 2
 SEGMENT_NAMES = ("probation", "returning", "authenticated")
 
-KEY_LENGTH = 32  # of the keys the engine makes (used for estimates only)
+KEY_LENGTH = 32  # of the keys the engine makes (Django's length); estimates use it
 
 # How many of the coldest entries of each segment a write over budget looks at for expired ones
 # before it evicts live sessions: bounded work per request; the pruner does the thorough job.
@@ -489,7 +489,7 @@ class MemoryStore:
         target = self.limits.low_water_bytes
         if dry_run:
             with self._lock:
-                excess = self._total() - freed_first - target
+                excess = self._charged_total() - freed_first - target
                 entries, entry_bytes = len(self._policy), self._entry_bytes
                 room = self.limits.remember_bytes - self._remembered_bytes
             if excess > 0 and entries:
@@ -513,7 +513,7 @@ class MemoryStore:
             events: list[StoreEvent] = []
             with self._lock:
                 target = self.limits.low_water_bytes
-                if self._total() <= target:
+                if self._charged_total() <= target:
                     break
                 evicted = self._make_room(
                     target,
@@ -611,6 +611,11 @@ class MemoryStore:
         freed a moment later would throw away a tenth of a full store on every pass)."""
         return self._entry_bytes + self._policy.table_bytes - self._policy.front_bytes
 
+    def _charged_total(self) -> int:
+        """The store's size as the low-water mark sees it: sessions (as writes are charged for
+        them) and remembered keys."""
+        return self._session_bytes() + self._remembered_bytes
+
     def _total(self) -> int:
         return self._entry_bytes + self._policy.table_bytes + self._remembered_bytes
 
@@ -640,9 +645,7 @@ class MemoryStore:
         ``max_evictions`` bounds one call (the background shrink works in chunks).
         """
 
-        def used() -> int:
-            session_bytes = self._session_bytes()
-            return session_bytes + self._remembered_bytes if with_remembered else session_bytes
+        used = self._charged_total if with_remembered else self._session_bytes
 
         expired_count = expired_bytes = 0
         probe = [
