@@ -1,1 +1,1 @@
-"""The benchmark suite: ``python -m benchmarks`` (see benchmarks/README.md)."""
+"""The benchmark suite: ``python -m benchmarks`` (see README.md, "Benchmarks")."""

@@ -5,11 +5,9 @@ adding ``"django_memsession"`` to ``INSTALLED_APPS`` adds its system checks, man
 and admin page.
 """
 
-from . import control as _control  # noqa: F401  (registers the control listener's hooks)
 from .engine import SessionStore
 from .exceptions import SessionTooLarge
-from .pruner import prune, start_pruner, stop_pruner
-from .runtime import clear, stats
+from .runtime import clear, prune, start_pruner, stats, stop_pruner
 
 __all__ = [
     "SessionStore",

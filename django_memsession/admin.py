@@ -3,8 +3,9 @@
 The page lives where the admin puts the (table-less) ``Stats`` model's changelist,
 ``/admin/django_memsession/stats/``, so it is listed on the admin index and guarded by the
 model's permissions: ``view`` to see it (and its JSON), ``change`` to prune. Figures come from
-every process of the project through the control channel (``control.gather``), or from this
-process alone where the channel is off.
+every process of the project through the control channel (``runtime.gather``), or from this
+process alone where the channel is off. Everything shown is read from typed
+:class:`~django_memsession.messages.ProcessReport` fields.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from .control import Gathered, gather
+from . import runtime
+from .messages import Gathered, ProcessReport, Sample, split_warning
 from .models import Stats
 
 PLOT_WIDTH, PLOT_HEIGHT = 640, 160
 PLOT_MARGIN_LEFT, PLOT_MARGIN_RIGHT, PLOT_MARGIN_Y = 70, 60, 14
-# Seconds to wait for each process's prune: a pass over a million sessions takes about one.
-PRUNE_TIMEOUT = 10.0
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -55,41 +55,41 @@ def _duration(seconds: float) -> str:
     return " ".join(parts)
 
 
-def process_row(figures: dict[str, Any]) -> dict[str, Any]:
+def process_row(report: ProcessReport) -> dict[str, Any]:
     """One process's figures, shaped for the template (and the JSON view)."""
-    max_bytes = figures["max_bytes"]
-    pruner = figures.get("pruner") or {}
-    last = pruner.get("last_pass")
+    stats = report.stats
+    max_bytes = stats.max_bytes
+    last = report.pruner.last_pass
     return {
-        "pid": figures["pid"],
-        "uptime": figures.get("uptime", 0.0),
-        "uptime_display": _duration(figures.get("uptime", 0.0)),
-        "entries": figures["entries"],
-        "bytes": figures["bytes"],
+        "pid": report.pid,
+        "uptime": report.uptime,
+        "uptime_display": _duration(report.uptime),
+        "entries": stats.entries,
+        "bytes": stats.bytes,
         "max_bytes": max_bytes,
-        "low_water_bytes": figures["low_water_bytes"],
-        "used_percent": round(100 * figures["bytes"] / max_bytes, 1) if max_bytes else 0.0,
-        "low_water_percent": round(100 * figures["low_water_bytes"] / max_bytes, 1)
+        "low_water_bytes": stats.low_water_bytes,
+        "used_percent": round(100 * stats.bytes / max_bytes, 1) if max_bytes else 0.0,
+        "low_water_percent": round(100 * stats.low_water_bytes / max_bytes, 1)
         if max_bytes
         else 0.0,
-        "hits": figures["hits"],
-        "misses": figures["misses"],
-        "hit_ratio": _ratio(figures["hits"], figures["hits"] + figures["misses"]),
-        "evictions": figures["evictions"],
-        "expired": figures["expired"],
-        "restored": figures.get("restored", 0),
-        "pruner_alive": bool(pruner.get("alive")),
-        "pruner_interval": pruner.get("interval"),
+        "hits": stats.hits,
+        "misses": stats.misses,
+        "hit_ratio": _ratio(stats.hits, stats.hits + stats.misses),
+        "evictions": stats.evictions,
+        "expired": stats.expired,
+        "restored": stats.restored,
+        "pruner_alive": report.pruner.alive,
+        "pruner_interval": report.pruner.interval,
         "last_pass": None
-        if not last
+        if last is None
         else {
-            "time": last["time"],
-            "when": _when(last["time"]),
-            "removed": last["removed"],
-            "bytes_freed": last["bytes_freed"],
-            "duration_ms": round(last["duration"] * 1000, 1),
+            "time": last.started_at,
+            "when": _when(last.started_at),
+            "removed": last.removed,
+            "bytes_freed": last.bytes_freed,
+            "duration_ms": round(last.duration * 1000, 1),
         },
-        "plot": history_plot(figures.get("history") or [], max_bytes),
+        "plot": history_plot(report.history, max_bytes),
     }
 
 
@@ -106,30 +106,30 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return summed
 
 
-def history_plot(history: list[dict[str, Any]], max_bytes: int) -> dict[str, Any] | None:
+def history_plot(history: list[Sample], max_bytes: int) -> dict[str, Any] | None:
     """Polylines for bytes (against the budget) and entries over time; None under 2 samples.
 
     Drawn on the server as inline SVG: no JavaScript, no CDN, readable as plain markup.
     """
     if len(history) < 2:
         return None
-    start, end = history[0]["time"], history[-1]["time"]
+    start, end = history[0].time, history[-1].time
     span = (end - start) or 1.0
-    top_entries = max(max(sample["entries"] for sample in history), 1)
+    top_entries = max(max(sample.entries for sample in history), 1)
     inner_width = PLOT_WIDTH - PLOT_MARGIN_LEFT - PLOT_MARGIN_RIGHT
     inner_height = PLOT_HEIGHT - 2 * PLOT_MARGIN_Y
 
-    def x(sample: dict[str, Any]) -> float:
-        return PLOT_MARGIN_LEFT + inner_width * (sample["time"] - start) / span
+    def x(sample: Sample) -> float:
+        return PLOT_MARGIN_LEFT + inner_width * (sample.time - start) / span
 
     def y(fraction: float) -> float:
         return PLOT_MARGIN_Y + inner_height * (1 - min(max(fraction, 0.0), 1.0))
 
     bytes_points = " ".join(
-        f"{x(s):.1f},{y(s['bytes'] / max_bytes if max_bytes else 0):.1f}" for s in history
+        f"{x(s):.1f},{y(s.bytes / max_bytes if max_bytes else 0):.1f}" for s in history
     )
-    entries_points = " ".join(f"{x(s):.1f},{y(s['entries'] / top_entries):.1f}" for s in history)
-    peak_bytes = max(sample["bytes"] for sample in history)
+    entries_points = " ".join(f"{x(s):.1f},{y(s.entries / top_entries):.1f}" for s in history)
+    peak_bytes = max(sample.bytes for sample in history)
     return {
         "width": PLOT_WIDTH,
         "height": PLOT_HEIGHT,
@@ -168,11 +168,11 @@ class StatsAdmin(admin.ModelAdmin):
             path("prune/", wrap(self.prune_view), name=f"{prefix}_prune"),
         ]
 
-    def _gather(self, request: HttpRequest, command: str = "stats") -> tuple[Gathered, list]:
+    def _gather(self, request: HttpRequest) -> tuple[Gathered, list[dict[str, Any]]]:
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
-        gathered = gather(command)  # type: ignore[arg-type]
-        return gathered, [process_row(figures) for figures in gathered.processes]
+        gathered = runtime.gather("report")
+        return gathered, [process_row(report) for report in gathered.processes]
 
     def stats_view(self, request: HttpRequest) -> HttpResponse:
         gathered, rows = self._gather(request)
@@ -186,6 +186,8 @@ class StatsAdmin(admin.ModelAdmin):
             "totals": totals(rows),
             "errors": gathered.errors,
             "split": gathered.split,
+            "split_warning": split_warning(len(rows)),
+            "problem": gathered.problem,
             "channel_on": gathered.channel_on,
             "can_prune": self.has_change_permission(request),
             "prune_url": reverse(f"{self.admin_site.name}:django_memsession_stats_prune"),
@@ -207,6 +209,7 @@ class StatsAdmin(admin.ModelAdmin):
                 "totals": totals(rows),
                 "split": gathered.split,
                 "channel_on": gathered.channel_on,
+                "problem": gathered.problem,
                 "errors": gathered.errors,
             }
         )
@@ -217,24 +220,26 @@ class StatsAdmin(admin.ModelAdmin):
     def _prune(self, request: HttpRequest) -> HttpResponse:
         if not self.has_change_permission(request):
             raise PermissionDenied
-        gathered = gather("prune", timeout=PRUNE_TIMEOUT)
+        gathered = runtime.gather("prune")
         removed_total = freed_total = 0
-        for figures in gathered.processes:
-            result = figures["result"]
-            removed = result["removed"] + result["evicted"]
-            freed = result["bytes_freed"] + result["bytes_evicted"]
-            removed_total += removed
-            freed_total += freed
+        for report in gathered.processes:
+            result = report.result
+            if result is None:
+                continue
+            removed_total += result.removed
+            freed_total += result.bytes_freed
             messages.info(
                 request,
-                f"Process {figures['pid']}: removed {removed} sessions "
-                f"({filesizeformat(freed)}); {figures['entries']} left.",
+                f"Process {report.pid}: removed {result.removed} sessions "
+                f"({filesizeformat(result.bytes_freed)}); {report.stats.entries} left.",
             )
         messages.success(
             request,
             f"Pruned {len(gathered.processes)} process(es): removed {removed_total} sessions "
             f"({filesizeformat(freed_total)}) in total.",
         )
+        if gathered.problem:
+            messages.error(request, f"The control channel could not be used: {gathered.problem}")
         for error in gathered.errors:
             messages.error(request, error)
         return HttpResponseRedirect(

@@ -8,6 +8,8 @@ first built), so a server that never runs checks — gunicorn, uvicorn, a projec
 from __future__ import annotations
 
 import math
+import os
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +23,12 @@ DEFAULT_MAX_SIZE = "64M"
 DEFAULT_MAX_SESSION_SIZE = 1024 * 1024  # capped at MAX_SIZE / 8 unless set explicitly
 DEFAULT_LOW_WATER = 0.75
 DEFAULT_PRUNE_INTERVAL = 60.0
+# Below these, every save would be refused or evict everything: a logged-in session serialized
+# is about 300 bytes, and the store's empty tables take a few kilobytes.
+MIN_MAX_SIZE = 64 * 1024
+MIN_MAX_SESSION_SIZE = 1024
+# Under a second the pruner would be a busy loop; above TIMEOUT_MAX its thread cannot wait.
+MIN_PRUNE_INTERVAL = 1.0
 
 
 class MemsessionSettings:
@@ -84,6 +92,15 @@ def problems() -> list[Problem]:
                 f"{exc} Example: MEMSESSION_MAX_SIZE = '64M'.",
             )
         )
+    if max_bytes is not None and max_bytes < MIN_MAX_SIZE:
+        found.append(
+            Problem(
+                "memsession.E008",
+                f"MEMSESSION_MAX_SIZE ({format_size(max_bytes)}) is too small to hold sessions.",
+                f"Write at least {format_size(MIN_MAX_SIZE)}, e.g. MEMSESSION_MAX_SIZE = '64M' "
+                "(the default).",
+            )
+        )
     session_cap = conf.MAX_SESSION_SIZE
     if session_cap is not None:
         try:
@@ -97,6 +114,16 @@ def problems() -> list[Problem]:
                 )
             )
         else:
+            if session_bytes < MIN_MAX_SESSION_SIZE:
+                found.append(
+                    Problem(
+                        "memsession.E009",
+                        f"MEMSESSION_MAX_SESSION_SIZE ({format_size(session_bytes)}) is too "
+                        "small to hold a logged-in session: every save would be refused.",
+                        f"Write at least {format_size(MIN_MAX_SESSION_SIZE)}, e.g. "
+                        "MEMSESSION_MAX_SESSION_SIZE = '64K', or None for the default.",
+                    )
+                )
             if max_bytes is not None and session_bytes > max_bytes // 2:
                 found.append(
                     Problem(
@@ -119,13 +146,18 @@ def problems() -> list[Problem]:
             )
         )
     interval = conf.PRUNE_INTERVAL
-    if interval is not None and not (_is_number(interval) and interval >= 0):
+    if interval is not None and not (
+        _is_number(interval)
+        and (interval == 0 or MIN_PRUNE_INTERVAL <= interval <= threading.TIMEOUT_MAX)
+    ):
         found.append(
             Problem(
                 "memsession.E005",
-                f"MEMSESSION_PRUNE_INTERVAL = {interval!r} is not a number of seconds.",
-                "Write a number of seconds >= 0, e.g. MEMSESSION_PRUNE_INTERVAL = 60; "
-                "0 or None turns the periodic pruner off.",
+                f"MEMSESSION_PRUNE_INTERVAL = {interval!r} is not a number of seconds the "
+                "pruner can wait.",
+                f"Write a number of seconds from {MIN_PRUNE_INTERVAL:g} to "
+                f"{threading.TIMEOUT_MAX:.0f}, e.g. MEMSESSION_PRUNE_INTERVAL = 60; 0 or None "
+                "turns the periodic pruner off.",
             )
         )
     if not isinstance(conf.CONTROL, bool):
@@ -138,11 +170,13 @@ def problems() -> list[Problem]:
             )
         )
     control_dir = conf.CONTROL_DIR
-    if control_dir is not None and not (isinstance(control_dir, str) and control_dir.strip()):
+    if control_dir is not None and not (
+        isinstance(control_dir, str) and control_dir.strip() and os.path.isabs(control_dir)
+    ):
         found.append(
             Problem(
                 "memsession.E007",
-                f"MEMSESSION_CONTROL_DIR = {control_dir!r} is not a directory path.",
+                f"MEMSESSION_CONTROL_DIR = {control_dir!r} is not an absolute directory path.",
                 "Write an absolute directory path as a string, e.g. "
                 "MEMSESSION_CONTROL_DIR = '/run/myproject/memsession', or None for the default "
                 "(under the system temp directory).",

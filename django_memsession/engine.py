@@ -1,14 +1,18 @@
-"""``SessionStore``: Django's ``SessionBase`` contract on one side, the memory store on the other.
+"""``SessionStore``: Django's ``SessionBase`` contract on one side, a store on the other.
 
 Thin on purpose. The store keeps serialized bytes, so no two requests ever share a live dict, and
-values round-trip exactly as through Django's db engine under ``SESSION_SERIALIZER``. The async
-methods are native: the store does no I/O, so they call the same code without a thread hop.
+values round-trip exactly as through Django's db engine under ``SESSION_SERIALIZER``. The engine
+talks to its store through the :class:`~django_memsession.backend.SessionBackend` interface only
+(``backend()``); the memory store's async twins do no I/O, so the async methods are native.
 """
 
 from __future__ import annotations
 
+import asyncio
+import datetime
 import logging
 import os
+from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
@@ -20,16 +24,22 @@ from django.contrib.sessions.backends.base import (
 )
 from django.utils.module_loading import import_string
 
+from . import runtime
+from .backend import SessionBackend
 from .exceptions import SessionTooLarge
-from .runtime import get_store
 from .serializers import current_codec
-from .store import KEY_LENGTH, EntryTooLarge, PutResult
+from .store import EntryTooLarge, PutResult
 
 logger = logging.getLogger("django_memsession")
 
 # django.contrib.auth.SESSION_KEY, spelled out: importing django.contrib.auth here would make the
 # engine depend on the app registry.
 AUTH_SESSION_KEY = "_auth_user_id"
+
+KEY_LENGTH = 32  # of the keys this engine makes: Django's length and alphabet
+# An expiry age beyond this many seconds (about 300 years), or NaN, is checked the way Django's
+# db engine computes its expiry date, so it raises what the db engine raises.
+_PLAUSIBLE_AGE = 1e10
 
 _KEY_ALPHABET = VALID_KEY_CHARS.encode("ascii")
 _KEY_TABLE = bytes(_KEY_ALPHABET[byte % len(_KEY_ALPHABET)] for byte in range(256))
@@ -51,6 +61,9 @@ def new_session_key() -> str:
 
 class SessionStore(SessionBase):
     """The session engine: ``SESSION_ENGINE = "django_memsession"``."""
+
+    # The store this engine talks to; another store kind's engine overrides it.
+    backend: Callable[[], SessionBackend] = staticmethod(runtime.get_store)
 
     def __init__(self, session_key: str | None = None) -> None:
         # What SessionBase.__init__ does, minus import_string(SESSION_SERIALIZER) on every
@@ -101,7 +114,12 @@ class SessionStore(SessionBase):
     # -- load ----------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
-        payload = get_store().get(self.session_key)
+        return self._decode(self.backend().get(self.session_key))
+
+    async def aload(self) -> dict[str, Any]:
+        return self._decode(await self.backend().aget(self.session_key))
+
+    def _decode(self, payload: bytes | None) -> dict[str, Any]:
         if payload is None:
             # Unknown, expired or evicted: an empty session that gets a fresh key on save.
             self._session_key = None
@@ -114,49 +132,73 @@ class SessionStore(SessionBase):
             logger.warning("Session data could not be deserialized; starting an empty session.")
             return {}
 
-    async def aload(self) -> dict[str, Any]:
-        return self.load()
-
     # -- save ----------------------------------------------------------------------------------
 
-    def _expires_at(self, data: dict[str, Any]) -> float:
+    def _expires_at(self, store: SessionBackend, data: dict[str, Any]) -> float:
         expiry = data.get("_session_expiry")
         age = self.get_session_cookie_age() if not expiry else self.get_expiry_age(expiry=expiry)
-        return get_store().clock() + age
+        if not -_PLAUSIBLE_AGE < age < _PLAUSIBLE_AGE:
+            # NaN, infinity, or centuries: ValueError or OverflowError, as Django's db engine
+            # raises computing its expire_date (never a session stored with a NaN expiry).
+            datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=age)
+        return store.clock() + age
 
     def save(self, must_create: bool = False) -> None:
         if self.session_key is None:
             return self.create()
         data = self._get_session(no_load=must_create)
+        store = self.backend()
+        try:
+            key, payload, expires_at, authenticated = self._put_args(store, data)
+            result = store.put(
+                key, payload, expires_at, authenticated=authenticated, create=must_create
+            )
+        except EntryTooLarge as exc:
+            raise self._too_large(exc) from None
+        self._check(result)
+        return None
+
+    async def asave(self, must_create: bool = False) -> None:
+        if self.session_key is None:
+            return await self.acreate()
+        data = await self._aget_session(no_load=must_create)
+        store = self.backend()
+        try:
+            key, payload, expires_at, authenticated = self._put_args(store, data)
+            result = await store.aput(
+                key, payload, expires_at, authenticated=authenticated, create=must_create
+            )
+        except EntryTooLarge as exc:
+            raise self._too_large(exc) from None
+        self._check(result)
+        return None
+
+    def _put_args(
+        self, store: SessionBackend, data: dict[str, Any]
+    ) -> tuple[str, bytes, float, bool]:
         if self.session_key is None:
             # Loading found no session (expired, deleted): an update of nothing, as with
             # Django's engines. Through SessionMiddleware the load comes first and save() creates.
             raise UpdateError
         payload = current_codec().dumps(data)
-        try:
-            result = get_store().put(
-                self.session_key,
-                payload,
-                self._expires_at(data),
-                authenticated=AUTH_SESSION_KEY in data,
-                create=must_create,
-            )
-        except EntryTooLarge as exc:
-            logger.error(
-                "Session not saved: %d bytes is over MEMSESSION_MAX_SESSION_SIZE (%d bytes). "
-                "The previous version of the session is kept.",
-                exc.size,
-                exc.limit,
-            )
-            raise SessionTooLarge(exc.size, exc.limit) from None
+        return self.session_key, payload, self._expires_at(store, data), AUTH_SESSION_KEY in data
+
+    @staticmethod
+    def _too_large(exc: EntryTooLarge) -> SessionTooLarge:
+        logger.error(
+            "Session not saved: %d bytes is over MEMSESSION_MAX_SESSION_SIZE (%d bytes). "
+            "The previous version of the session is kept.",
+            exc.size,
+            exc.limit,
+        )
+        return SessionTooLarge(exc.size, exc.limit)
+
+    @staticmethod
+    def _check(result: PutResult) -> None:
         if result is PutResult.EXISTS:
             raise CreateError
         if result is PutResult.MISSING:
             raise UpdateError
-        return None
-
-    async def asave(self, must_create: bool = False) -> None:
-        return self.save(must_create)
 
     def create(self) -> None:
         for _ in range(100):
@@ -170,34 +212,49 @@ class SessionStore(SessionBase):
         raise RuntimeError("Unable to create a new session key.")
 
     async def acreate(self) -> None:
-        return self.create()
+        for _ in range(100):
+            self._session_key = await self._aget_new_session_key()
+            try:
+                await self.asave(must_create=True)
+            except CreateError:
+                continue
+            self.modified = True
+            return
+        raise RuntimeError("Unable to create a new session key.")
 
     # -- the rest of the contract --------------------------------------------------------------
 
     def exists(self, session_key: str | None) -> bool:
         return bool(session_key) and (
-            self._validate_session_key(session_key) and get_store().exists(session_key)
+            self._validate_session_key(session_key) and self.backend().exists(session_key)
         )
 
     async def aexists(self, session_key: str | None) -> bool:
-        return self.exists(session_key)
+        return bool(session_key) and (
+            self._validate_session_key(session_key) and await self.backend().aexists(session_key)
+        )
 
     def delete(self, session_key: str | None = None) -> None:
         if session_key is None:
             if self.session_key is None:
                 return
             session_key = self.session_key
-        get_store().delete(session_key)
+        self.backend().delete(session_key)
 
     async def adelete(self, session_key: str | None = None) -> None:
-        return self.delete(session_key)
+        if session_key is None:
+            if self.session_key is None:
+                return
+            session_key = self.session_key
+        await self.backend().adelete(session_key)
 
     @classmethod
     def clear_expired(cls) -> None:
-        from .pruner import clear_expired
-
-        clear_expired()
+        """Prune every live process of this project (Django's ``clearsessions``), through the
+        control channel; within ``control.PRUNE_TIMEOUT`` however many processes hang."""
+        runtime.prune_everywhere()
 
     @classmethod
     async def aclear_expired(cls) -> None:
-        return cls.clear_expired()
+        # The fan-out waits on sockets: on a thread, never in the event loop.
+        await asyncio.to_thread(runtime.prune_everywhere)

@@ -1,7 +1,9 @@
-"""A pytest fixture for projects that use this engine (loaded through the ``pytest11`` entry point).
+"""The package's pytest plugin (loaded through the ``pytest11`` entry point).
 
-``memsession`` empties this process's session store before and after the test, so sessions made
-by one test never leak into the next, and yields the store for inspection::
+A test run serves no requests, so its processes do not listen on the control channel (a test
+that needs a listener starts one with ``runtime.start_listener()``). And the ``memsession``
+fixture empties this process's session store before and after the test, so sessions made by one
+test never leak into the next, and yields the store for inspection::
 
     def test_login_keeps_one_session(client, memsession):
         client.login(username="u", password="p")
@@ -17,6 +19,12 @@ import pytest
 
 if TYPE_CHECKING:
     from .store import MemoryStore
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    from . import runtime
+
+    runtime.set_listening(False)
 
 
 @pytest.fixture

@@ -1,183 +1,413 @@
-"""The one store of this process: built lazily from settings, kept right across forks and settings.
+"""The composition root: this process's services, built on first use, stopped at exit, started
+again in a forked child, and kept in step with settings. Nothing else in the package imports it
+but the public API (the engine, the package's functions, the admin page and the commands).
 
-Nothing happens at import time except connecting a ``setting_changed`` receiver. The store is
-built the first time something uses it (normally the first request that touches a session); then
-the *first-use hooks* run once per process — the pruner thread and the control socket register
-themselves here — so ``migrate``, ``shell``, ``check`` and runserver's autoreloader parent, which
-never touch a session, start nothing.
+The services, built in this order the first time anything uses the store (normally the first
+request that touches a session; ``stats()`` too):
 
-Fork safety (gunicorn ``--preload``): before a fork the store's lock is taken (with a timeout, so
-a thread stuck holding it cannot hang the parent); the child gets a fresh lock, recounts its bytes
-if the lock could not be taken, and runs its own first-use hooks when it first uses the store.
+1. the :class:`~django_memsession.store.MemoryStore`, from the validated settings, reporting
+   through an :class:`~django_memsession.events.EventReporter`;
+2. its :class:`~django_memsession.pruner.Pruner` (the thread runs when
+   ``MEMSESSION_PRUNE_INTERVAL`` is not 0);
+3. its :class:`~django_memsession.listener.Listener` on the control socket, when this process
+   serves requests (not a management command other than ``runserver``; not a test run, which the
+   package's pytest plugin says with :func:`set_listening`).
+
+Each is handed what it uses; none of them imports another. Importing this module starts nothing,
+so ``migrate``, ``shell``, ``check`` and runserver's autoreloader parent start nothing.
+
+Fork (gunicorn ``--preload``): before a fork the store's lock is taken (with a timeout, so a
+thread stuck holding it cannot hang the parent), paired per forking thread; the child gets fresh
+locks and starts its own pruner and listener on first use. A parent that forks stops its pruner
+and listener: a process that forks workers (gunicorn's master, with an app that touched the store
+at import) does not serve, so it must not answer for sessions or count as a process holding them;
+it starts them again if it uses the store after all.
 """
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from django.core.signals import setting_changed
-from django.dispatch import receiver
 
-from . import conf
-from .signals import sessions_evicted, sessions_expired
-from .sizing import format_size
-from .store import MemoryStore, StoreEvent
+from . import conf, control
+from .events import EventReporter
+from .listener import Listener
+from .messages import (
+    Gathered,
+    PassReport,
+    ProcessReport,
+    Request,
+    StoreStats,
+    from_dict,
+    split_warning,
+)
+from .pruner import Pruner
+from .store import MemoryStore
+
+__all__ = [
+    "clear",
+    "gather",
+    "get_store",
+    "peek_store",
+    "prune",
+    "prune_everywhere",
+    "report",
+    "set_listening",
+    "start_listener",
+    "start_pruner",
+    "stats",
+    "stop_listener",
+    "stop_pruner",
+]
 
 logger = logging.getLogger("django_memsession")
 
-_store: MemoryStore | None = None
-_build_lock = threading.Lock()
-_first_use_done = False
-_fork_lock_taken = False
+# Management commands that serve requests, and so hold a live store worth reaching.
+SERVING_COMMANDS = frozenset({"runserver", "runserver_plus"})
 
-# Callables run once per process on first use of the store, and after a fork in the child.
-first_use_hooks: list[Callable[[MemoryStore], None]] = []
-fork_child_hooks: list[Callable[[], None]] = []
-settings_hooks: list[Callable[[str], None]] = []
 
-# Evictions on the request path are summed and logged at most once per this many seconds.
-EVICTION_LOG_INTERVAL = 60.0
+class Services:
+    """This process's store and the services built around it."""
+
+    def __init__(self, store: MemoryStore, events: EventReporter) -> None:
+        self.store = store
+        self.events = events
+        self.pruner = Pruner(store)
+        self.listener: Listener | None = None
+        self.started = False
+
+    def handle(self, request: Request) -> ProcessReport:
+        """What this process answers on the control channel (and to its own fan-outs). A
+        listener never fans out: a prune is of this process's store only."""
+        if request.command == "prune":
+            return self.report(self.pruner.run_pass(dry_run=request.dry_run))
+        return self.report()
+
+    def report(self, result: PassReport | None = None) -> ProcessReport:
+        store = self.store
+        stats = from_dict(StoreStats, store.stats())
+        return ProcessReport(
+            pid=os.getpid(),
+            uptime=max(0.0, store.clock() - store.created_at),
+            stats=stats,
+            pruner=self.pruner.state(),
+            history=self.pruner.history(),
+            result=result,
+        )
+
+
+_store: MemoryStore | None = None  # set once this process's services run: the fast path
+_services: Services | None = None
+_lock = threading.Lock()
+_listening: bool | None = None
+_process_hooks_registered = False
+_fork = threading.local()
+_warned: set[str] = set()
 
 
 def get_store() -> MemoryStore:
-    """This process's store (built, and its first-use hooks run, on the first call)."""
+    """This process's store (its services built and started on the first call)."""
     store = _store
-    if store is None or not _first_use_done:
-        store = _build()
+    if store is None:
+        store = _start().store
     return store
 
 
-def _build() -> MemoryStore:
-    global _store, _first_use_done
-    with _build_lock:
-        if _store is None:
-            _store = MemoryStore(conf.limits(), on_event=_on_event)
-            os.register_at_fork(
-                before=_before_fork,
-                after_in_parent=_after_fork_in_parent,
-                after_in_child=_after_fork_in_child,
-            )
-        if not _first_use_done:
-            _first_use_done = True
-            for hook in first_use_hooks:
-                try:
-                    hook(_store)
-                except Exception:
-                    logger.exception(
-                        "django_memsession: a start-up hook failed; sessions still work"
-                    )
-        return _store
-
-
 def peek_store() -> MemoryStore | None:
-    """The store if this process has built one, without building it or running hooks."""
-    return _store
+    """The store if this process has built one, without building it or starting anything."""
+    return _services.store if _services is not None else None
+
+
+def _start() -> Services:
+    global _services, _store
+    with _lock:
+        services = _services
+        if services is None:
+            events = EventReporter()
+            store = MemoryStore(conf.limits(), on_event=events)
+            events.store = store
+            services = _services = Services(store, events)
+            _register_process_hooks()
+        if not services.started:
+            services.started = True
+            services.pruner.sample()
+            _start_pruner_thread(services, conf.prune_interval())
+            if should_listen():
+                _start_listener(services)
+        _store = services.store
+    return services
+
+
+def _start_pruner_thread(services: Services, interval: float) -> None:
+    try:
+        services.pruner.start(interval)
+    except Exception:
+        logger.exception("Session pruner did not start; sessions still work.")
+
+
+def _register_process_hooks() -> None:
+    global _process_hooks_registered
+    if not _process_hooks_registered:
+        _process_hooks_registered = True
+        os.register_at_fork(
+            before=_before_fork,
+            after_in_parent=_after_fork_in_parent,
+            after_in_child=_after_fork_in_child,
+        )
+        atexit.register(_stop_services)
+
+
+# -- the control listener -------------------------------------------------------------------------
+
+
+def set_listening(value: bool | None) -> None:
+    """Whether this process listens on the control channel: ``None`` (the default) decides from
+    the command line; the pytest plugin says ``False`` (a test run serves nothing)."""
+    global _listening
+    _listening = value
+
+
+def should_listen() -> bool:
+    """Whether this process serves requests: not a management command other than runserver.
+
+    runserver's autoreloader parent never uses the store, so only the serving child gets here.
+    """
+    if _listening is not None:
+        return _listening
+    program = sys.argv[0] if sys.argv else ""
+    name = os.path.basename(program)
+    # ``python -m django``: the program is django/__main__.py (and only the folder name says so:
+    # a virtualenv called "django-site" holds gunicorn/__main__.py too).
+    is_manage = name in {"manage.py", "django-admin", "django-admin.py"} or (
+        name == "__main__.py" and os.path.basename(os.path.dirname(program)) == "django"
+    )
+    if is_manage:
+        return len(sys.argv) > 1 and sys.argv[1] in SERVING_COMMANDS
+    return True
+
+
+def _warn_once(key: str, message: str, *args: Any) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        logger.warning(message, *args)
+
+
+def _start_listener(services: Services) -> Listener | None:
+    if services.listener is not None or not control.enabled():
+        return services.listener
+    directory = control.control_dir()
+    problem = control.dir_problem(directory, create=True)
+    if problem is not None:
+        _warn_once(
+            "dir",
+            "Session control channel off: %s. prunesessions and the admin page will not reach "
+            "this process; set MEMSESSION_CONTROL_DIR to a private directory (0700) of this "
+            "user, or MEMSESSION_CONTROL = False.",
+            problem,
+        )
+        return None
+    path = control.socket_path(os.getpid())
+    if len(os.fsencode(path)) > control.MAX_SOCKET_PATH:
+        _warn_once(
+            "path",
+            "Session control channel off: the socket path %s is longer than %d bytes; set "
+            "MEMSESSION_CONTROL_DIR to a shorter directory.",
+            path,
+            control.MAX_SOCKET_PATH,
+        )
+        return None
+    try:
+        services.listener = Listener(path, services.handle)
+    except OSError as exc:
+        _warn_once(
+            "bind", "Session control channel off: cannot listen on %s (%s).", path, exc.strerror
+        )
+        return None
+    others = control.live_peers()
+    if others:
+        logger.warning(
+            "%s (pids %s)",
+            split_warning(len(others) + 1),
+            ", ".join(str(pid) for pid in [os.getpid(), *others]),
+        )
+    return services.listener
+
+
+def start_listener() -> Listener | None:
+    """Listen for this process now (idempotent); ``None`` when the channel is off or cannot
+    start. Builds the store if needed."""
+    get_store()
+    assert _services is not None
+    with _lock:
+        return _start_listener(_services)
+
+
+def stop_listener() -> None:
+    services = _services
+    if services is None:
+        return
+    with _lock:
+        listener, services.listener = services.listener, None
+    if listener is not None:
+        listener.close()
+
+
+# -- the pruner ---------------------------------------------------------------------------------
+
+
+def prune(*, dry_run: bool = False) -> PassReport:
+    """Run one pass over this process's store now and return what it removed (or would)."""
+    get_store()
+    assert _services is not None
+    return _services.pruner.run_pass(dry_run=dry_run)
+
+
+def start_pruner(interval: float | None = None) -> bool:
+    """Start this process's pruner thread (``MEMSESSION_PRUNE_INTERVAL`` unless given); whether
+    a thread runs afterwards (an interval of 0 starts nothing)."""
+    get_store()
+    assert _services is not None
+    seconds = conf.prune_interval() if interval is None else float(interval)
+    return _services.pruner.start(seconds)
+
+
+def stop_pruner(timeout: float = 5.0) -> bool:
+    """Stop the pruner thread, waiting up to ``timeout`` seconds; whether it has stopped."""
+    services = _services
+    return True if services is None else services.pruner.stop(timeout)
+
+
+# -- figures and fan-out --------------------------------------------------------------------------
 
 
 def stats() -> dict[str, Any]:
-    """This process's figures: ``pid``, ``entries``, ``bytes``, ``max_bytes``, ``hits``, ``misses``,
-    ``evictions``, ``expired`` and more (see README, "Stats")."""
+    """This process's figures: ``pid``, ``entries``, ``bytes``, ``max_bytes``, ``hits``,
+    ``misses``, ``evictions``, ``expired`` and more (see README, "Stats")."""
     return get_store().stats()
+
+
+def report() -> ProcessReport:
+    """This process's full picture: stats, uptime, pruner, size history."""
+    get_store()
+    assert _services is not None
+    return _services.report()
 
 
 def clear() -> None:
     """Empty this process's store and reset its counters, the once-a-minute eviction warning's
     among them (for tests)."""
-    store = peek_store()
-    if store is not None:
-        store.clear()
-    with _eviction_log_lock:
-        _eviction_log.update(count=0, bytes=0, since=0.0)
+    services = _services
+    if services is not None:
+        services.store.clear()
+        services.events.reset()
 
 
-# -- events -> signals and logging (never under the store's lock) -------------------------------
-
-_eviction_log = {"count": 0, "bytes": 0, "since": 0.0}
-_eviction_log_lock = threading.Lock()
-
-
-def _on_event(events: list[StoreEvent]) -> None:
-    for event in events:
-        signal = sessions_evicted if event.kind == "evicted" else sessions_expired
-        signal.send(sender=MemoryStore, count=event.count, bytes=event.bytes, reason=event.reason)
-        if event.kind == "evicted" and event.reason == "write":
-            _log_write_evictions(event)
-        else:
-            logger.debug(
-                "%s %d sessions (%s) [%s]",
-                event.kind,
-                event.count,
-                format_size(event.bytes),
-                event.reason,
-            )
+def _local_handler() -> Callable[[Request], ProcessReport] | None:
+    services = _services
+    return services.handle if services is not None else None
 
 
-def _log_write_evictions(event: StoreEvent) -> None:
-    """One warning a minute at most: a full store under load must not flood the log."""
-    now = time.monotonic()
-    with _eviction_log_lock:
-        _eviction_log["count"] += event.count
-        _eviction_log["bytes"] += event.bytes
-        if now - _eviction_log["since"] < EVICTION_LOG_INTERVAL:
-            return
-        count, size = _eviction_log["count"], _eviction_log["bytes"]
-        _eviction_log.update(count=0, bytes=0, since=now)
-    store = _store
-    budget = format_size(store.limits.max_bytes) if store else "?"
-    logger.warning(
-        "Session store full: evicted %d least-recently-used sessions (%s) to stay within "
-        "MEMSESSION_MAX_SIZE (%s). Evicted users keep their current request but must log in "
-        "again later; raise MEMSESSION_MAX_SIZE if this happens often.",
-        count,
-        format_size(size),
-        budget,
-    )
+def gather(
+    command: str = "report", *, dry_run: bool = False, timeout: float | None = None
+) -> Gathered:
+    """Ask every live process of this project for ``command`` (``"report"`` or ``"prune"``),
+    this one directly when it holds a store."""
+    if timeout is None:
+        timeout = control.PRUNE_TIMEOUT if command == "prune" else control.REPORT_TIMEOUT
+    return control.fan_out(command, dry_run=dry_run, timeout=timeout, local=_local_handler())
 
 
-# -- fork ---------------------------------------------------------------------------------------
+def prune_everywhere(*, dry_run: bool = False, timeout: float | None = None) -> Gathered:
+    """Prune every live process of this project (``clearsessions``), all asked at once, within
+    ``control.PRUNE_TIMEOUT`` seconds unless given; errors are logged."""
+    gathered = gather("prune", dry_run=dry_run, timeout=timeout)
+    for error in gathered.errors:
+        logger.warning("clear_expired: %s", error)
+    if gathered.problem:
+        logger.warning("clear_expired: %s", gathered.problem)
+    return gathered
+
+
+# -- process events -----------------------------------------------------------------------------
+
+
+def _stop_services() -> None:
+    services = _services
+    if services is None:
+        return
+    stop_listener()
+    services.pruner.stop(timeout=1.0)
 
 
 def _before_fork() -> None:
-    global _fork_lock_taken
-    store = _store
-    _fork_lock_taken = store is not None and store.lock.acquire(timeout=1.0)
+    # Per forking thread: two threads forking at once must each release only what they took.
+    services = _services
+    store = services.store if services is not None else None
+    _fork.locked = store is not None and store.lock.acquire(timeout=1.0)
 
 
 def _after_fork_in_parent() -> None:
-    global _fork_lock_taken
-    if _fork_lock_taken and _store is not None:
-        _store.lock.release()
-    _fork_lock_taken = False
+    global _store
+    services = _services
+    if getattr(_fork, "locked", False) and services is not None:
+        services.store.lock.release()
+    _fork.locked = False
+    if services is None or not services.started:
+        return
+    # A process that forks is a master, not a server (see the module's docstring).
+    _store = None
+    services.started = False
+    listener, services.listener = services.listener, None
+    if listener is not None:
+        listener.close(wait=False)
+    services.pruner.stop(timeout=0)
 
 
 def _after_fork_in_child() -> None:
-    global _first_use_done, _fork_lock_taken
-    if _store is not None:
-        _store.after_fork_in_child(consistent=_fork_lock_taken)
-    _fork_lock_taken = False
-    _first_use_done = False  # this process starts its own pruner and listener on first use
-    for hook in fork_child_hooks:
-        try:
-            hook()
-        except Exception:
-            logger.exception("django_memsession: an after-fork hook failed")
+    global _services, _store, _lock
+    _lock = threading.Lock()
+    _store = None
+    services = _services
+    consistent = getattr(_fork, "locked", False)
+    _fork.locked = False
+    if services is None:
+        return
+    services.store.after_fork_in_child(consistent=consistent)
+    listener = services.listener
+    if listener is not None:
+        listener.close(unlink=False)  # the parent's socket: its file is the parent's
+    # The parent's threads do not exist here, and their locks may have been held at the fork.
+    events = EventReporter(services.store)
+    services.store.on_event = events
+    _services = Services(services.store, events)
 
 
 # -- settings -----------------------------------------------------------------------------------
 
 
-@receiver(setting_changed)
 def _settings_changed(*, setting: str, **kwargs: Any) -> None:
-    """``override_settings(MEMSESSION_*=...)`` takes effect on the live store."""
-    if not setting.startswith("MEMSESSION_"):
+    """``override_settings(MEMSESSION_*=...)`` takes effect on the live services."""
+    services = _services
+    if services is None or not setting.startswith("MEMSESSION_") or conf.problems():
         return
-    store = _store
-    if store is not None and not conf.problems():
-        store.reconfigure(conf.limits())
-    for hook in settings_hooks:
-        hook(setting)
+    services.store.reconfigure(conf.limits())
+    if not services.started:
+        return
+    if setting == "MEMSESSION_PRUNE_INTERVAL":
+        _start_pruner_thread(services, conf.prune_interval())
+    if setting in ("MEMSESSION_CONTROL", "MEMSESSION_CONTROL_DIR") and (
+        services.listener is not None or should_listen()
+    ):
+        stop_listener()
+        with _lock:
+            _start_listener(services)
+
+
+setting_changed.connect(_settings_changed, dispatch_uid="django_memsession.runtime")

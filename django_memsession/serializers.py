@@ -36,7 +36,7 @@ from django.utils.module_loading import import_string
 orjson: ModuleType | None
 try:
     import orjson
-except ImportError:  # optional accelerator: pip install django-memsession[fast]
+except ImportError:  # a dependency on CPython; absent on other implementations
     orjson = None
 
 __all__ = [
@@ -159,9 +159,7 @@ class OrjsonJSONCodec(StdlibJSONCodec):
 
     def __init__(self) -> None:
         if orjson is None:
-            raise ImproperlyConfigured(
-                "OrjsonJSONCodec needs orjson: pip install 'django-memsession[fast]'."
-            )
+            raise ImproperlyConfigured("OrjsonJSONCodec needs orjson: pip install orjson.")
         super().__init__()
 
     def dumps(self, session_dict: dict[str, Any]) -> bytes:

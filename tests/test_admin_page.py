@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
@@ -9,8 +10,9 @@ from django.contrib.auth.models import Permission, User
 from django.test import Client
 from django.urls import reverse
 
-from django_memsession import SessionStore
+from django_memsession import SessionStore, runtime
 from django_memsession import admin as stats_admin
+from django_memsession.messages import Sample
 from django_memsession.runtime import get_store
 
 STATS_URL = "/admin/django_memsession/stats/"
@@ -121,7 +123,7 @@ def test_history_is_plotted_as_inline_svg_once_there_are_two_samples(admin_clien
 
 def test_the_plot_scales_bytes_to_the_budget():
     plot = stats_admin.history_plot(
-        [{"time": 0, "entries": 0, "bytes": 0}, {"time": 10, "entries": 5, "bytes": 1000}], 1000
+        [Sample(time=0, entries=0, bytes=0), Sample(time=10, entries=5, bytes=1000)], 1000
     )
     first, last = plot["bytes_points"].split()
     assert float(first.split(",")[1]) == plot["bottom"]
@@ -130,17 +132,15 @@ def test_the_plot_scales_bytes_to_the_budget():
 
 
 def test_a_split_over_several_processes_is_warned_about(admin_client, monkeypatch):
-    from django_memsession import control
+    real = runtime.gather
 
-    real = control.gather
-
-    def two_processes(command="stats", **kwargs):
+    def two_processes(command="report", **kwargs):
         gathered = real(command, **kwargs)
-        other = dict(gathered.processes[0], pid=gathered.processes[0]["pid"] + 1)
-        gathered.processes.append(other)
+        mine = gathered.processes[0]
+        gathered.processes.append(dataclasses.replace(mine, pid=mine.pid + 1))
         return gathered
 
-    monkeypatch.setattr(stats_admin, "gather", two_processes)
+    monkeypatch.setattr(runtime, "gather", two_processes)
     html = admin_client.get(STATS_URL).content.decode()
     assert 'id="memsession-split-warning"' in html
     assert 'id="memsession-totals"' in html

@@ -44,7 +44,9 @@ class Server:
 
 
 @contextmanager
-def gunicorn(control_dir: str, *options: str, prune_interval: float = 0) -> Iterator[Server]:
+def gunicorn(
+    control_dir: str, *options: str, prune_interval: float = 0, app: str = "testsite.wsgi"
+) -> Iterator[Server]:
     """Run gunicorn on 127.0.0.1 with the test site; yield it; stop it afterwards.
 
     Its stderr goes to a file, not a pipe: nobody reads a pipe while the test runs, and a full
@@ -59,7 +61,7 @@ def gunicorn(control_dir: str, *options: str, prune_interval: float = 0) -> Iter
         "MEMSESSION_TEST_PRUNE_INTERVAL": str(prune_interval),
     }
     env.pop("WEB_CONCURRENCY", None)
-    args = [sys.executable, "-m", "gunicorn", "testsite.wsgi:application"]
+    args = [sys.executable, "-m", "gunicorn", f"{app}:application"]
     args += ["--bind", f"127.0.0.1:{port}", "--worker-class", "gthread", "--threads", "4"]
     args += ["--graceful-timeout", "2", *options]
     with tempfile.TemporaryFile() as stderr:
@@ -144,13 +146,27 @@ def test_preload_with_two_workers_both_are_reached_and_pruned(control_dir):
     assert {p["pid"] for p in after["processes"]} == pids
     assert after["total"]["entries"] == 0
     # The worker that started second saw the first one's socket and said so.
-    assert "other process(es) of this project hold a session store" in log
+    assert "2 processes hold a session store, so sessions are split" in log
+
+
+def test_preload_master_that_touched_the_store_is_not_a_serving_process(control_dir):
+    """The app uses the store at import, so gunicorn's master builds one before it forks: with
+    one worker there is one serving process, and nobody warns of a split."""
+    with gunicorn(control_dir, "--workers", "1", "--preload", app="testsite.wsgi_touching") as (
+        server
+    ):
+        (worker,) = make_sessions(server.base, 3, expiry=3600)
+        output = prune_json(control_dir, "--dry-run")
+        log = server.log()
+    assert [p["pid"] for p in output["processes"]] == [worker]
+    assert output["split"] is False
+    assert "hold a session store" not in log
 
 
 def test_preload_each_worker_runs_its_own_pruner_thread(control_dir):
-    with gunicorn(control_dir, "--workers", "2", "--preload", prune_interval=0.3) as server:
+    with gunicorn(control_dir, "--workers", "2", "--preload", prune_interval=1) as server:
         pids, _ = sessions_on_both_workers(server.base)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         emptied_by_the_threads = False
         while not emptied_by_the_threads and time.monotonic() < deadline:
             time.sleep(0.25)

@@ -16,7 +16,9 @@ from django.test import override_settings
 
 from django_memsession import SessionStore, prune, start_pruner, stop_pruner
 from django_memsession import pruner as pruner_module
-from django_memsession.runtime import get_store
+from django_memsession.messages import ProcessReport, PrunerState, from_json, to_json
+from django_memsession.pruner import Pruner
+from django_memsession.runtime import get_store, report
 
 TESTS_DIR = Path(__file__).resolve().parent
 
@@ -65,44 +67,62 @@ def test_dry_run_counts_without_removing(global_clock):
     assert get_store().stats()["entries"] == 3
 
 
+def pruner_state() -> PrunerState:
+    return report().pruner
+
+
 def test_prune_brings_an_over_full_store_down_to_low_water():
-    make_sessions(50, expiry=1000)
+    make_sessions(400, expiry=1000)
     store = get_store()
-    with override_settings(MEMSESSION_MAX_SIZE=store.stats()["bytes"] + 64):
+    with override_settings(MEMSESSION_MAX_SIZE="64K", MEMSESSION_LOW_WATER=0.5):
         result = prune()
         assert result.evicted > 0
         assert store.stats()["bytes"] <= store.limits.low_water_bytes
+
+
+def test_removed_is_expired_plus_evicted_everywhere(global_clock):
+    make_sessions(400, expiry=1000)
+    make_sessions(5, expiry=10)
+    global_clock.advance(11)
+    with override_settings(MEMSESSION_MAX_SIZE="64K", MEMSESSION_LOW_WATER=0.5):
+        result = prune()
+        last = pruner_state().last_pass
+    assert result.expired == 5 and result.evicted > 0
+    assert last is not None
+    assert (last.removed, last.bytes_freed) == (
+        result.expired + result.evicted,
+        result.expired_bytes + result.evicted_bytes,
+    )
 
 
 def test_each_pass_is_recorded_with_time_removed_bytes_and_duration(global_clock):
     make_sessions(2, expiry=10)
     global_clock.advance(11)
     prune()
-    last = pruner_module.report()["pruner"]["last_pass"]
-    assert last["time"] == global_clock.now
-    assert (last["removed"], last["bytes_freed"] > 0, last["duration"] >= 0) == (2, True, True)
+    last = pruner_state().last_pass
+    assert last is not None
+    assert last.started_at == global_clock.now
+    assert (last.removed, last.bytes_freed > 0, last.duration >= 0) == (2, True, True)
 
 
-def test_history_is_sampled_each_pass_and_bounded(monkeypatch):
-    monkeypatch.setattr(pruner_module, "_state", pruner_module._State())
+def test_history_is_sampled_each_pass_and_bounded(make_store):
+    pruner = Pruner(make_store())
     for _ in range(pruner_module.HISTORY_SAMPLES + 5):
-        prune()
-    history = pruner_module.report()["history"]
-    assert len(history) == pruner_module.HISTORY_SAMPLES
-    assert set(history[0]) == {"time", "entries", "bytes"}
+        pruner.run_pass()
+    assert len(pruner.history()) == pruner_module.HISTORY_SAMPLES
 
 
-def test_report_is_json_and_has_the_stats_uptime_and_pruner_state():
-    figures = json.loads(json.dumps(pruner_module.report()))
-    required = {"pid", "entries", "bytes", "max_bytes", "hits", "misses", "evictions", "expired"}
-    assert required <= set(figures)
-    assert figures["uptime"] >= 0
-    assert set(figures["pruner"]) >= {"alive", "interval", "passes", "last_pass"}
+def test_report_goes_through_the_codec_unchanged():
+    make_sessions(3, expiry=100)
+    prune()
+    before = report()
+    assert from_json(ProcessReport, to_json(before)) == before
+    assert (before.stats.entries, before.uptime >= 0) == (3, True)
 
 
 def test_interval_zero_starts_no_thread():
     assert start_pruner(0) is False
-    assert pruner_module.pruner_state()["alive"] is False
+    assert pruner_state().alive is False
 
 
 def test_the_thread_removes_expired_sessions_by_itself(global_clock):
@@ -110,14 +130,14 @@ def test_the_thread_removes_expired_sessions_by_itself(global_clock):
     global_clock.advance(11)
     assert start_pruner(0.02)
     assert wait_for(lambda: get_store().stats()["entries"] == 0)
-    state = pruner_module.pruner_state()
-    assert (state["alive"], state["interval"]) == (True, 0.02)
+    state = pruner_state()
+    assert (state.alive, state.interval) == (True, 0.02)
 
 
 def test_stop_pruner_stops_the_thread():
     start_pruner(0.02)
     assert stop_pruner()
-    assert pruner_module.pruner_state()["alive"] is False
+    assert pruner_state().alive is False
 
 
 def test_a_failing_pass_is_logged_and_the_thread_goes_on(monkeypatch, caplog):
@@ -132,21 +152,21 @@ def test_a_failing_pass_is_logged_and_the_thread_goes_on(monkeypatch, caplog):
         return real(**kwargs)
 
     monkeypatch.setattr(store, "prune_expired", fail_once)
-    before = pruner_module.pruner_state()["passes"]
+    before = pruner_state().passes
     with caplog.at_level(logging.ERROR, logger="django_memsession"):
         start_pruner(0.02)
-        assert wait_for(lambda: pruner_module.pruner_state()["passes"] > before)
-    assert pruner_module.pruner_state()["failures"] >= 1
+        assert wait_for(lambda: pruner_state().passes > before)
+    assert pruner_state().failures >= 1
     assert "a pass failed" in caplog.text
 
 
 def test_changing_the_interval_setting_restarts_the_thread():
     get_store()
-    start_pruner(0.5)
-    with override_settings(MEMSESSION_PRUNE_INTERVAL=0.25):
-        assert pruner_module.pruner_state()["interval"] == 0.25
+    start_pruner(5)
+    with override_settings(MEMSESSION_PRUNE_INTERVAL=3):
+        assert pruner_state().interval == 3
     # Back to the suite's setting (0): off.
-    assert pruner_module.pruner_state()["alive"] is False
+    assert pruner_state().alive is False
 
 
 LAZY_START = """

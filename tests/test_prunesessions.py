@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -110,6 +111,27 @@ def test_an_unreachable_process_gives_exit_status_2(control_dir):
     assert result.returncode == 2
     assert f"process {mute.pid} did not answer" in result.stderr
     assert "total over 1 process(es)" in result.stdout
+
+
+def test_a_stopped_process_gives_exit_status_2_naming_it(control_dir):
+    """A server stopped with SIGSTOP accepts connections but never answers: "some could not be
+    reached", within --timeout, not "no running server found"."""
+    with store_process(control_dir) as pid:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            result = run_command("prunesessions", "--timeout", "1", control_dir=control_dir)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+    assert result.returncode == 2
+    assert f"process {pid} did not answer within 1 s" in result.stderr
+
+
+def test_a_refused_control_directory_is_said_not_no_server_found(control_dir):
+    os.chmod(control_dir, 0o755)
+    result = run_command("prunesessions", control_dir=control_dir)
+    assert result.returncode == 2
+    assert "the control directory was refused" in result.stderr
+    assert "open to other users" in result.stderr
 
 
 def test_help_documents_the_exit_status(capsys):

@@ -96,8 +96,7 @@ def _filled(count: int, sizer, seed: int, clock=None) -> MemoryStore:
 
 def _asizeof_store(store: MemoryStore) -> int:
     """pympler's measure of everything the store holds: containers, keys, values, expiries."""
-    policy = store._policy
-    return asizeof.asizeof(*policy.segments, *policy.fronts, store._remembered)
+    return asizeof.asizeof(*store.containers())
 
 
 @pytest.mark.parametrize(
@@ -173,12 +172,12 @@ def test_accounted_bytes_stay_asizeof_of_the_store_through_repeated_prunes(sizer
     store = MemoryStore(Limits(512 * 1024, 4 * 1024, 0.75), sizer=sizer, clock=clock)
     for n in range(5000):
         store.put(f"{n:032d}", b"v" * 100, clock() + 3600, authenticated=False, create=True)
-    remembered = list(store._remembered)
+    remembered = list(store._remembered.keys)
     for key in remembered[: len(remembered) * 9 // 10]:
         store.delete(key)
-    table = table_size(store._remembered)
+    table = table_size(store._remembered.keys)
     for _ in range(40):
         store.prune_expired()
         assert store.stats()["bytes"] == _asizeof_store(store)
         assert store.stats()["remembered_bytes"] <= store.limits.remember_bytes
-    assert table_size(store._remembered) < table
+    assert table_size(store._remembered.keys) < table

@@ -9,16 +9,12 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.template.defaultfilters import filesizeformat
 
-from django_memsession.control import gather
+from django_memsession import runtime
+from django_memsession.control import PRUNE_TIMEOUT
+from django_memsession.messages import Gathered, ProcessReport, split_warning
 
 EXIT_NONE_REACHED = 1
 EXIT_SOME_UNREACHABLE = 2
-
-SPLIT_WARNING = (
-    "Warning: {count} processes hold a session store, so sessions are split between them and "
-    "users whose requests reach another process look logged out. Run one process with threads "
-    "(gunicorn --workers 1 --threads 8) or use a shared session store."
-)
 
 
 def _size(value: int) -> str:
@@ -31,8 +27,8 @@ class Command(BaseCommand):
         "project (reached through the control channel), and bring over-full stores down to "
         "MEMSESSION_LOW_WATER.\n\n"
         "Exit status: 0 when every process found was pruned; 1 when no running process was "
-        f"found; {EXIT_SOME_UNREACHABLE} when some processes were pruned and others could "
-        "not be reached."
+        f"found; {EXIT_SOME_UNREACHABLE} when some process could not be reached (it did not "
+        "answer within --timeout, or the control directory was refused)."
     )
 
     def create_parser(self, prog_name: str, subcommand: str, **kwargs: Any) -> CommandParser:
@@ -52,18 +48,22 @@ class Command(BaseCommand):
         parser.add_argument(
             "--timeout",
             type=float,
-            default=5.0,
-            help="Seconds to wait for each process (default: 5).",
+            default=PRUNE_TIMEOUT,
+            help="Seconds to wait for the processes, all asked at once "
+            f"(default: {PRUNE_TIMEOUT:g}).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
         dry_run: bool = options["dry_run"]
-        gathered = gather("prune", dry_run=dry_run, timeout=options["timeout"])
-        rows = [_row(figures) for figures in gathered.processes]
+        gathered = runtime.gather("prune", dry_run=dry_run, timeout=options["timeout"])
+        rows = [_row(report) for report in gathered.processes]
         total = {
             key: sum(row[key] for row in rows)
             for key in ("removed", "bytes_freed", "entries", "bytes")
         }
+        errors = list(gathered.errors)
+        if gathered.problem:
+            errors.append(gathered.problem)
         if options["json"]:
             self.stdout.write(
                 json.dumps(
@@ -71,23 +71,21 @@ class Command(BaseCommand):
                         "dry_run": dry_run,
                         "processes": rows,
                         "total": total,
-                        "errors": gathered.errors,
+                        "errors": errors,
                         "split": gathered.split,
                     },
                     indent=2,
                 )
             )
         else:
-            self._print_text(rows, total, gathered.errors, dry_run, gathered.split)
-        if not rows:
+            self._print_text(rows, total, errors, dry_run, gathered.split)
+        if errors:
             raise CommandError(
-                _none_found(gathered.channel_on, gathered.searched), returncode=EXIT_NONE_REACHED
-            )
-        if gathered.errors:
-            raise CommandError(
-                f"{len(gathered.errors)} process(es) could not be reached.",
+                f"{len(errors)} process(es) or places could not be reached.",
                 returncode=EXIT_SOME_UNREACHABLE,
             )
+        if not rows:
+            raise CommandError(_none_found(gathered), returncode=EXIT_NONE_REACHED)
 
     def _print_text(
         self,
@@ -113,39 +111,39 @@ class Command(BaseCommand):
                 )
             )
         if split:
-            self.stderr.write(self.style.WARNING(SPLIT_WARNING.format(count=len(rows))))
+            self.stderr.write(self.style.WARNING(f"Warning: {split_warning(len(rows))}"))
         for error in errors:
             self.stderr.write(self.style.ERROR(error))
 
 
-def _row(figures: dict[str, Any]) -> dict[str, int]:
-    result = figures["result"]
-    removed = result["removed"] + result["evicted"]
-    freed = result["bytes_freed"] + result["bytes_evicted"]
-    entries, size = figures["entries"], figures["bytes"]
-    if result.get("dry_run"):
+def _row(report: ProcessReport) -> dict[str, int]:
+    result = report.result
+    if result is None:
+        raise CommandError(f"process {report.pid} answered without a prune result")
+    entries, size = report.stats.entries, report.stats.bytes
+    if result.dry_run:
         # Nothing was removed: show what would be left.
-        entries, size = entries - removed, size - freed
+        entries, size = entries - result.removed, size - result.bytes_freed
     return {
-        "pid": figures["pid"],
-        "removed": removed,
-        "bytes_freed": freed,
+        "pid": report.pid,
+        "removed": result.removed,
+        "bytes_freed": result.bytes_freed,
         "entries": entries,
         "bytes": size,
     }
 
 
-def _none_found(channel_on: bool, searched: str) -> str:
-    if not channel_on:
+def _none_found(gathered: Gathered) -> str:
+    if not gathered.channel_on:
         return (
             "No running server reached: the control channel is off (MEMSESSION_CONTROL = False, "
             "or no Unix sockets on this platform), so only this process could be pruned, and it "
             "holds no sessions."
         )
     return (
-        f"No running server of this project found in {searched}. Likely causes: no server is "
-        "running, or it has not served a session since it started; the server runs with a "
-        "different MEMSESSION_CONTROL_DIR or SECRET_KEY; or it has a private /tmp "
+        f"No running server of this project found in {gathered.searched}. Likely causes: "
+        "no server is running, or it has not served a session since it started; the server "
+        "runs with a different MEMSESSION_CONTROL_DIR or SECRET_KEY; or it has a private /tmp "
         "(systemd PrivateTmp=yes), in which case set MEMSESSION_CONTROL_DIR to a directory both "
         "can see."
     )

@@ -1,0 +1,316 @@
+"""One process's control socket, and the thread that serves it.
+
+Built to stay up whatever arrives on the socket:
+
+- One thread runs a selector loop over the listening socket and every open connection, so a
+  slow or idle client holds nothing but its own connection: each connection has a deadline for
+  its whole request (``REQUEST_DEADLINE``), not per read, and when ``MAX_CONNECTIONS`` are open
+  the oldest is dropped for the newest.
+- A frame's MAC is checked over its raw bytes before anything is parsed
+  (:func:`~django_memsession.control.open_request`); refusals are logged, at most once per
+  ``LOG_INTERVAL`` for each reason, never with the frame's content.
+- Signed requests are answered on a thread of their own (a prune can take a second), at most
+  ``MAX_ANSWERING`` at once; the loop goes on meanwhile.
+- No exception of any type ends the loop: one that escapes it is logged and the loop starts
+  again. If the socket file disappears (removed by hand, or by a client that wrongly took the
+  process for dead), the listener binds it again.
+
+The listener knows only its ``handler``; it imports neither the store nor the runtime.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .control import (
+    FRAME,
+    MAC_SIZE,
+    MAX_REQUEST_BYTES,
+    Handler,
+    Refused,
+    ReplayGuard,
+    open_request,
+    sign_reply,
+)
+from .messages import Reply, Request
+
+__all__ = ["Listener"]
+
+logger = logging.getLogger("django_memsession")
+
+REQUEST_DEADLINE = 2.0  # seconds a client has to send its whole request
+REPLY_TIMEOUT = 10.0  # seconds a client has to take its reply
+MAX_CONNECTIONS = 32
+MAX_ANSWERING = 4
+POLL_INTERVAL = 0.25  # how often the loop looks at its stop flag and its socket file
+LOG_INTERVAL = 10.0
+
+
+@dataclass
+class _Connection:
+    sock: socket.socket
+    deadline: float
+    buffer: bytearray = field(default_factory=bytearray)
+
+
+class Listener:
+    """Listens on ``path`` and answers signed requests with ``handler(request)``."""
+
+    def __init__(self, path: Path, handler: Handler) -> None:
+        self.path = path
+        self.handler = handler
+        self.pid = os.getpid()
+        self._stop = threading.Event()
+        self._guard = ReplayGuard()
+        self._answering = threading.BoundedSemaphore(MAX_ANSWERING)
+        self._logged: dict[str, tuple[float, int]] = {}
+        self._sock: socket.socket | None = None
+        self._inode: tuple[int, int] | None = None
+        self._bind()
+        self.thread = threading.Thread(
+            target=self._run, name="django_memsession-control", daemon=True
+        )
+        self.thread.start()
+
+    # -- the socket ------------------------------------------------------------------------------
+
+    def _bind(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()  # a socket left by a dead process that had this pid
+            old_umask = os.umask(0o177)
+            try:
+                sock.bind(str(self.path))
+            finally:
+                os.umask(old_umask)
+            os.chmod(self.path, 0o600)
+            sock.listen(64)
+            sock.setblocking(False)
+            info = os.stat(self.path)
+        except BaseException:
+            sock.close()
+            raise
+        self._sock, self._inode = sock, (info.st_dev, info.st_ino)
+
+    def _socket_file_is_ours(self) -> bool:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            return False
+        return (info.st_dev, info.st_ino) == self._inode
+
+    # -- the loop --------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._serve()
+            except BaseException:
+                logger.exception("Session control listener failed; it starts again.")
+                self._stop.wait(0.5)
+        self._close_socket()
+
+    def _serve(self) -> None:
+        connections: dict[int, _Connection] = {}
+        with selectors.DefaultSelector() as selector:
+            listening = self._sock
+            assert listening is not None
+            selector.register(listening, selectors.EVENT_READ)
+            try:
+                while not self._stop.is_set():
+                    if listening is not self._sock:  # rebound: watch the new socket
+                        selector.unregister(listening)
+                        listening = self._sock
+                        assert listening is not None
+                        selector.register(listening, selectors.EVENT_READ)
+                    for key, _ in selector.select(POLL_INTERVAL):
+                        if key.fileobj is listening:
+                            self._accept(listening, selector, connections)
+                        else:
+                            self._read(connections[key.fd], selector, connections)
+                    self._expire(selector, connections)
+                    self._keep_socket_file()
+            finally:
+                for connection in connections.values():
+                    connection.sock.close()
+
+    def _accept(
+        self,
+        listening: socket.socket,
+        selector: selectors.BaseSelector,
+        connections: dict[int, _Connection],
+    ) -> None:
+        for _ in range(MAX_CONNECTIONS):
+            try:
+                sock, _address = listening.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:  # e.g. out of file descriptors: try again on the next turn
+                self._refusal("could not accept a connection")
+                return
+            if len(connections) >= MAX_CONNECTIONS:
+                oldest = min(connections.values(), key=lambda c: c.deadline)
+                self._drop(oldest, selector, connections, "too many open connections")
+            sock.setblocking(False)
+            connection = _Connection(sock, time.monotonic() + REQUEST_DEADLINE)
+            connections[sock.fileno()] = connection
+            selector.register(sock, selectors.EVENT_READ)
+
+    def _read(
+        self,
+        connection: _Connection,
+        selector: selectors.BaseSelector,
+        connections: dict[int, _Connection],
+    ) -> None:
+        try:
+            chunk = connection.sock.recv(MAX_REQUEST_BYTES + FRAME.size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(connection, selector, connections, "connection error")
+            return
+        if not chunk:
+            if connection.buffer:
+                self._drop(connection, selector, connections, "incomplete request")
+            else:  # a probe (live_peers) or a client that gave up: nothing to refuse
+                self._forget(connection, selector, connections)
+                connection.sock.close()
+            return
+        buffer = connection.buffer
+        buffer += chunk
+        if len(buffer) < FRAME.size:
+            return
+        (length,) = FRAME.unpack_from(buffer)
+        if not MAC_SIZE < length <= MAX_REQUEST_BYTES:
+            self._drop(connection, selector, connections, "frame length out of bounds", reply=True)
+            return
+        if len(buffer) < FRAME.size + length:
+            return
+        self._forget(connection, selector, connections)
+        try:
+            request = open_request(bytes(buffer[FRAME.size : FRAME.size + length]))
+            self._guard.check(request)
+        except Refused as exc:
+            self._refusal(str(exc))
+            self._send_refusal(connection.sock)
+            return
+        if not self._answering.acquire(blocking=False):
+            self._refusal("too many requests at once")
+            self._send_refusal(connection.sock, request.nonce, "busy; try again")
+            return
+        threading.Thread(
+            target=self._answer,
+            args=(connection.sock, request),
+            name="django_memsession-answer",
+            daemon=True,
+        ).start()
+
+    def _expire(
+        self, selector: selectors.BaseSelector, connections: dict[int, _Connection]
+    ) -> None:
+        now = time.monotonic()
+        for connection in [c for c in connections.values() if c.deadline <= now]:
+            self._drop(connection, selector, connections, "request not sent in time")
+
+    def _keep_socket_file(self) -> None:
+        if self._stop.is_set() or self._socket_file_is_ours():
+            return
+        logger.warning("Session control socket %s was removed; listening on it again.", self.path)
+        old = self._sock
+        self._bind()
+        if old is not None:
+            old.close()
+
+    def _forget(
+        self,
+        connection: _Connection,
+        selector: selectors.BaseSelector,
+        connections: dict[int, _Connection],
+    ) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            selector.unregister(connection.sock)
+        connections.pop(connection.sock.fileno(), None)
+
+    def _drop(
+        self,
+        connection: _Connection,
+        selector: selectors.BaseSelector,
+        connections: dict[int, _Connection],
+        reason: str,
+        *,
+        reply: bool = False,
+    ) -> None:
+        self._forget(connection, selector, connections)
+        self._refusal(reason)
+        if reply:
+            self._send_refusal(connection.sock)
+        else:
+            connection.sock.close()
+
+    # -- answers -------------------------------------------------------------------------------
+
+    def _answer(self, sock: socket.socket, request: Request) -> None:
+        try:
+            try:
+                reply = Reply(ok=True, report=self.handler(request))
+            except Exception:
+                logger.exception("Session control channel: answering a %s failed.", request.command)
+                reply = Reply(ok=False, error="the process failed to answer; see its log")
+            sock.setblocking(True)
+            sock.settimeout(REPLY_TIMEOUT)
+            sock.sendall(sign_reply(reply, request.nonce))
+        except Exception:
+            logger.warning("Session control channel: a reply could not be sent.")
+        finally:
+            sock.close()
+            self._answering.release()
+
+    def _send_refusal(self, sock: socket.socket, nonce: str = "", error: str = "refused") -> None:
+        """Best effort, without blocking the loop: the client may be gone or not reading."""
+        with contextlib.suppress(OSError):
+            sock.send(sign_reply(Reply(ok=False, error=error), nonce))
+        sock.close()
+
+    def _refusal(self, reason: str) -> None:
+        """Log a refusal, at most once per ``LOG_INTERVAL`` for each reason (with a count), so a
+        flood of garbage cannot flood the log."""
+        now = time.monotonic()
+        last, suppressed = self._logged.get(reason, (0.0, 0))
+        if now - last < LOG_INTERVAL:
+            self._logged[reason] = (last, suppressed + 1)
+            return
+        self._logged[reason] = (now, 0)
+        more = f" ({suppressed} more since the last report)" if suppressed else ""
+        logger.warning("Session control channel refused a request: %s%s.", reason, more)
+
+    # -- stopping ------------------------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def close(self, *, unlink: bool = True, wait: bool = True) -> None:
+        """Stop listening. ``unlink=False`` (a forked child closing what it inherited) leaves
+        the socket file to the process it belongs to; ``wait=False`` does not join the thread."""
+        self._stop.set()
+        if os.getpid() != self.pid or not self.thread.is_alive():
+            self._close_socket()  # a forked child has no thread: close what it inherited
+        elif wait and self.thread is not threading.current_thread():
+            self.thread.join(2.0)
+        if unlink and os.getpid() == self.pid and self._socket_file_is_ours():
+            with contextlib.suppress(OSError):
+                self.path.unlink()

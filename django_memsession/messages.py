@@ -1,0 +1,267 @@
+"""Every message of the control channel, typed, and the one codec they go through.
+
+A message is a frozen dataclass of JSON-ready fields: ``int``, ``float``, ``bool``, ``str``,
+``None``, ``dict[str, int]``, lists of messages, and nested messages. :func:`to_json` writes one;
+:func:`from_json` reads one back and checks every field against its annotation, so a reply that
+lacks a field or holds the wrong type is a :class:`MessageError` naming it, never a ``KeyError``
+in a command or a 500 on the admin page. Readers use fields, never raw dict keys.
+
+Parsing is bounded: the caller bounds the size; integers of more than 20 digits, ``NaN`` and
+``Infinity`` are refused; nesting deeper than Python's recursion limit is a ``MessageError``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar, Union
+
+__all__ = [
+    "Gathered",
+    "MessageError",
+    "PassReport",
+    "ProcessReport",
+    "PrunerState",
+    "Reply",
+    "Request",
+    "Sample",
+    "StoreStats",
+    "from_json",
+    "split_warning",
+    "to_json",
+]
+
+M = TypeVar("M")
+
+MAX_INT_DIGITS = 20
+COMMANDS = ("report", "prune")
+
+
+class MessageError(ValueError):
+    """A message that is not what its type says; the text names the field, never its value."""
+
+
+# -- the messages -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a client asks one process. Signed as raw bytes before it is parsed (see control)."""
+
+    command: str
+    sent_at: float
+    nonce: str
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class PassReport:
+    """What one prune pass removed (or, ``dry_run``, would remove).
+
+    ``removed`` is always expired plus evicted sessions, wherever it is shown.
+    """
+
+    started_at: float
+    duration: float
+    expired: int
+    expired_bytes: int
+    evicted: int
+    evicted_bytes: int
+    longest_lock_hold: float
+    dry_run: bool = False
+
+    @property
+    def removed(self) -> int:
+        return self.expired + self.evicted
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.expired_bytes + self.evicted_bytes
+
+
+@dataclass(frozen=True)
+class PrunerState:
+    alive: bool
+    interval: float | None
+    passes: int
+    failures: int
+    last_pass: PassReport | None
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The store's size at one moment, for the admin page's plot."""
+
+    time: float
+    entries: int
+    bytes: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """One store's figures: what ``django_memsession.stats()`` returns, typed."""
+
+    pid: int
+    entries: int
+    bytes: int
+    max_bytes: int
+    low_water_bytes: int
+    max_session_bytes: int
+    remembered: int
+    remembered_bytes: int
+    hits: int
+    misses: int
+    evictions: int
+    expired: int
+    restored: int
+    rejected: int
+    segments: dict[str, int]
+    created_at: float
+
+
+@dataclass(frozen=True)
+class ProcessReport:
+    """One process's answer: its store, its pruner, its history, and a pass if it ran one."""
+
+    pid: int
+    uptime: float
+    stats: StoreStats
+    pruner: PrunerState
+    history: list[Sample] = field(default_factory=list)
+    result: PassReport | None = None
+
+
+@dataclass(frozen=True)
+class Reply:
+    ok: bool
+    report: ProcessReport | None = None
+    error: str | None = None
+
+
+@dataclass
+class Gathered:
+    """Reports of every live process reached (this one included when it holds a store)."""
+
+    processes: list[ProcessReport] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    channel_on: bool = True
+    searched: str = ""
+    # Why the channel could not be used at all (e.g. the control directory was refused).
+    problem: str | None = None
+
+    @property
+    def split(self) -> bool:
+        """More than one process holds a store: sessions are split between them."""
+        return len(self.processes) > 1
+
+
+def split_warning(count: int) -> str:
+    """The advice for a project whose sessions are split between processes (written once)."""
+    return (
+        f"{count} processes hold a session store, so sessions are split between them and users "
+        "whose requests reach another process look logged out. Run one process with threads "
+        "(gunicorn --workers 1 --threads 8) or use a shared session store."
+    )
+
+
+# -- the codec ----------------------------------------------------------------------------------
+
+
+def to_json(message: Any) -> bytes:
+    return json.dumps(dataclasses.asdict(message), separators=(",", ":"), allow_nan=False).encode()
+
+
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise MessageError("an integer with too many digits")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise MessageError(f"{name} is not allowed")
+
+
+def from_json(cls: type[M], data: bytes) -> M:
+    """Parse ``data`` as a ``cls`` message; :class:`MessageError` for anything else."""
+    try:
+        raw = json.loads(data, parse_int=_bounded_int, parse_constant=_no_constant)
+    except MessageError:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise MessageError(f"not a {cls.__name__}: not JSON ({type(exc).__name__})") from None
+    return from_dict(cls, raw)
+
+
+def from_dict(cls: type[M], raw: Any, path: str = "") -> M:
+    """Build a ``cls`` message from parsed JSON, checking each field against its annotation."""
+    name = path or cls.__name__
+    if not isinstance(raw, dict):
+        raise MessageError(f"{name}: expected an object")
+    hints = _hints(cls)
+    values: dict[str, Any] = {}
+    for spec in dataclasses.fields(cls):  # type: ignore[arg-type]
+        where = f"{name}.{spec.name}"
+        if spec.name not in raw:
+            has_default = (
+                spec.default is not dataclasses.MISSING
+                or spec.default_factory is not dataclasses.MISSING
+            )
+            if has_default:
+                continue
+            raise MessageError(f"{where}: missing")
+        values[spec.name] = _check(hints[spec.name], raw[spec.name], where)
+    return cls(**values)
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _check(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [option for option in options if option is not type(None)]
+        return _check(inner, value, where)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise MessageError(f"{where}: expected a list")
+        return [_check(item, element, f"{where}[{i}]") for i, element in enumerate(value)]
+    if origin is dict:
+        key_type, value_type = typing.get_args(hint)
+        if not isinstance(value, dict):
+            raise MessageError(f"{where}: expected an object")
+        return {
+            _check(key_type, key, where): _check(value_type, element, f"{where}.{key}")
+            for key, element in value.items()
+        }
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, where)  # type: ignore[arg-type]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise MessageError(f"{where}: expected true or false")
+        return value
+    if hint is int:
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise MessageError(f"{where}: expected an integer")
+        return value
+    if hint is float:
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise MessageError(f"{where}: expected a number")
+        if not math.isfinite(value):
+            raise MessageError(f"{where}: expected a finite number")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise MessageError(f"{where}: expected a string")
+        return value
+    raise TypeError(f"{where}: no codec for {hint!r}")  # a programming error, not bad input
