@@ -3,6 +3,8 @@ and the same text stops the store from being built where checks never run."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.core.management import call_command
@@ -61,14 +63,18 @@ def test_session_cap_of_half_the_budget_is_accepted():
         assert ids() == []
 
 
-@pytest.mark.parametrize("value", [-1, "60", float("inf")])
+@pytest.mark.parametrize(
+    "value", [-1, "60", float("inf"), 0.2, 0.999, threading.TIMEOUT_MAX * 2, 10**12]
+)
 def test_bad_prune_interval_is_e005(value):
+    """Negative, not a number, a busy loop (under 1 s), or longer than a thread can wait (a
+    pruner thread with that interval would die on its first wait)."""
     with override_settings(MEMSESSION_PRUNE_INTERVAL=value):
         assert ids() == ["memsession.E005"]
 
 
-@pytest.mark.parametrize("value", [0, None])
-def test_prune_interval_off_is_accepted(value):
+@pytest.mark.parametrize("value", [0, None, 1, 60, 86400.5])
+def test_prune_interval_off_or_sensible_is_accepted(value):
     with override_settings(MEMSESSION_PRUNE_INTERVAL=value):
         assert ids() == []
 
@@ -78,9 +84,40 @@ def test_control_not_a_bool_is_e006():
         assert ids() == ["memsession.E006"]
 
 
-def test_control_dir_not_a_path_is_e007():
-    with override_settings(MEMSESSION_CONTROL_DIR=""):
+@pytest.mark.parametrize("value", ["", "run/memsession", "./sockets", 42])
+def test_control_dir_not_an_absolute_path_is_e007(value):
+    with override_settings(MEMSESSION_CONTROL_DIR=value):
         assert ids() == ["memsession.E007"]
+
+
+@pytest.mark.parametrize("value", ["1K", "63K", 4096])
+def test_max_size_too_small_to_hold_sessions_is_e008(value):
+    with override_settings(MEMSESSION_MAX_SIZE=value):
+        assert ids() == ["memsession.E008"]
+
+
+@pytest.mark.parametrize("value", [100, "512", "1023"])
+def test_max_session_size_too_small_for_a_logged_in_session_is_e009(value):
+    """Below 1 KiB every save of a logged-in session would be a 400."""
+    with override_settings(MEMSESSION_MAX_SESSION_SIZE=value):
+        assert ids() == ["memsession.E009"]
+
+
+def test_the_smallest_accepted_settings_hold_a_logged_in_session():
+    from django_memsession import SessionStore
+
+    with override_settings(MEMSESSION_MAX_SIZE="64K", MEMSESSION_MAX_SESSION_SIZE="1K"):
+        assert ids() == []
+        session = SessionStore()
+        session.update(
+            {
+                "_auth_user_id": "123456",
+                "_auth_user_backend": "django.contrib.auth.backends.ModelBackend",
+                "_auth_user_hash": "0" * 64,
+            }
+        )
+        session.save()
+        assert SessionStore(session.session_key).load()["_auth_user_id"] == "123456"
 
 
 def test_manage_py_check_fails_on_a_bad_setting():

@@ -434,3 +434,47 @@ def test_instance_has_every_attribute_sessionbase_init_sets():
     ours = SessionStore()
     assert set(vars(base)) - {"serializer"} <= set(vars(ours))
     assert ours.serializer is base.serializer
+
+
+def test_expiry_follows_time_frozen_and_moved_by_freezegun():
+    """Django's engines compute expiry from the current time; so does this one, looked up when
+    it is needed (a store that bound ``time.time`` at import would ignore freezegun)."""
+    freezegun = pytest.importorskip("freezegun")
+    with freezegun.freeze_time("2031-01-01 12:00:00") as frozen:
+        session = SessionStore()
+        session["cart"] = [1]
+        session.set_expiry(60)
+        session.save()
+        frozen.tick(59)
+        assert SessionStore(session.session_key).load() == {"cart": [1], "_session_expiry": 60}
+        frozen.tick(2)
+        assert SessionStore(session.session_key).load() == {}
+
+
+def test_save_must_create_over_an_expired_unpruned_session_raises_create_error(global_clock):
+    """As with Django's db engine, whose expired row is still there until clearsessions."""
+    old = SessionStore()
+    old.set_expiry(10)
+    old.save()
+    global_clock.advance(11)
+    again = SessionStore(old.session_key)
+    again._session_cache = {"new": True}
+    with pytest.raises(CreateError):
+        again.save(must_create=True)
+
+
+@pytest.mark.parametrize(
+    ("expiry", "error"),
+    [(float("nan"), ValueError), (float("inf"), OverflowError), (1e20, OverflowError)],
+)
+@pytest.mark.django_db
+def test_an_expiry_the_db_engine_cannot_store_raises_what_it_raises(expiry, error):
+    from django.contrib.sessions.backends.db import SessionStore as DatabaseSession
+
+    for engine in (DatabaseSession, SessionStore):
+        session = engine()
+        session["n"] = 1
+        session.set_expiry(expiry)
+        with pytest.raises(error):
+            session.save()
+    assert stats()["entries"] == 0
