@@ -106,6 +106,23 @@ class RedisServer:
         finally:
             client.close()
 
+    def calls(self, *commands: str) -> int:
+        """How many times the server ran these commands (all but the fixture's own when none is
+        named), from its own counters: the engine is neither watched nor mocked. Commands a
+        script runs count too."""
+        client = self.client()
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
+        own = ("info", "config", "client", "hello", "flushall", "replicaof", "ping")
+        counted = 0
+        for name, figures in stats.items():
+            command = name.removeprefix("cmdstat_").split("|")[0]
+            if command in commands or (not commands and command not in own):
+                counted += figures["calls"]
+        return counted
+
     def set_maxmemory(self, size: str | int, policy: str) -> None:
         client = self.client()
         try:
@@ -159,3 +176,17 @@ def redis_url(redis_server: RedisServer, settings) -> Iterator[str]:
     store.reset()
     yield redis_server.url
     store.reset()
+
+
+OUR_MIDDLEWARE = "django_memsession.middleware.SessionMiddleware"
+DJANGOS_MIDDLEWARE = "django.contrib.sessions.middleware.SessionMiddleware"
+
+
+@pytest.fixture
+def redis_site(redis_url: str, settings) -> str:
+    """The test site on the Redis engine, with this package's SessionMiddleware in the place of
+    Django's."""
+    settings.MIDDLEWARE = [
+        OUR_MIDDLEWARE if name == DJANGOS_MIDDLEWARE else name for name in settings.MIDDLEWARE
+    ]
+    return redis_url

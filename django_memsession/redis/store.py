@@ -55,10 +55,18 @@ HEADER_SIZE = 1 + EXPIRY_DIGITS
 # save the deleted session.
 TOMBSTONE_AGE_FACTOR = 2
 
-# Redis error codes that mean "cannot answer now", not "wrong request".
-UNAVAILABLE_CODES = frozenset(
-    {"READONLY", "OOM", "LOADING", "MASTERDOWN", "MISCONF", "BUSY", "NOREPLICAS", "TRYAGAIN"}
-)
+# Redis error codes that mean "cannot answer now", not "wrong request", and what each means.
+UNAVAILABLE_CODES = {
+    "OOM": "Redis is out of memory and refuses writes (maxmemory is reached and its "
+    "maxmemory-policy evicts nothing; volatile-ttl would evict the shortest-lived sessions)",
+    "READONLY": "Redis is a read-only replica (a failover in progress, or the URL names a replica)",
+    "LOADING": "Redis is loading its data set",
+    "MASTERDOWN": "Redis is a replica that lost its master",
+    "MISCONF": "Redis refuses writes because it cannot save to disk",
+    "BUSY": "Redis is busy running a script",
+    "NOREPLICAS": "Redis has too few replicas to accept writes",
+    "TRYAGAIN": "Redis asks to try again",
+}
 
 # KEYS[1] the session; ARGV[1] now (ms, web server's clock); ARGV[2] slack (ms).
 # Returns the key's value. A session record whose TTL is shorter than the rest of its age is on
@@ -137,18 +145,27 @@ def unpack(record: bytes | None, now: float) -> Loaded | None:
     return Loaded(record[HEADER_SIZE:], expires_at)
 
 
+# For redis-py versions whose exceptions do not carry the code (before 7).
+_CODES_BY_CLASS = {
+    redis.exceptions.ReadOnlyError: "READONLY",
+    redis.exceptions.OutOfMemoryError: "OOM",
+}
+
+
 def _availability_reason(exc: redis.RedisError) -> str | None:
     """Why Redis could not answer, in words that never hold a key or data; None for a bug."""
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         # redis-py's own messages: host, port, errno; never a command's arguments.
         return f"{type(exc).__name__}: {exc}"
     if isinstance(exc, redis.ResponseError):
-        code = getattr(exc, "status_code", None) or str(exc).split(" ", 1)[0]
-        # Errors raised inside a script keep their code in the message (Redis 7).
-        if code not in UNAVAILABLE_CODES:
-            code = str(exc).split(" ", 1)[0]
+        # redis-py keeps the error code apart; Redis 7 keeps it for errors inside a script too.
+        code = (
+            getattr(exc, "status_code", None)
+            or _CODES_BY_CLASS.get(type(exc))
+            or str(exc).split(" ", 1)[0]
+        )
         if code in UNAVAILABLE_CODES:
-            return f"{type(exc).__name__} ({code})"
+            return f"{UNAVAILABLE_CODES[code]} ({code})"
     return None
 
 
