@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
+from collections.abc import Callable
 
 from django.contrib.sessions.middleware import SessionMiddleware as DjangoSessionMiddleware
 from django.http import HttpRequest, HttpResponse
@@ -33,25 +33,28 @@ class SessionUnavailableResponse(HttpResponse):
 
 
 class OutageLog:
-    """One log line when an outage starts, a reminder at most every ``interval`` seconds while
-    it lasts (with the count of failed requests), one line when it ends."""
+    """One log line per outage, not one per request.
 
-    def __init__(self, interval: float = 60.0, clock: Any = time.monotonic) -> None:
+    An outage starts with a failure after ``interval`` seconds without any: that is logged. While
+    failures go on, a reminder with their count is logged at most once per ``interval``.
+    """
+
+    def __init__(self, interval: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.interval = interval
         self.clock = clock
-        self.active = False
         self._lock = threading.Lock()
+        self._last_failure: float | None = None
         self._last_logged = 0.0
         self._failed = 0  # requests failed since the last line
 
     def failed(self, exc: SessionBackendUnavailable, retry_after: int) -> None:
         now = self.clock()
         with self._lock:
+            starting = self._last_failure is None or now - self._last_failure >= self.interval
+            self._last_failure = now
             self._failed += 1
-            starting = not self.active
             if not starting and now - self._last_logged < self.interval:
                 return
-            self.active = True
             self._last_logged = now
             failed, self._failed = self._failed, 0
         if starting:
@@ -62,22 +65,11 @@ class OutageLog:
             )
         else:
             logger.error(
-                "Session store still unavailable: %d requests answered 503 in the last %d s: %s",
+                "Session store still unavailable: %d requests answered 503 since the last "
+                "message: %s",
                 failed,
-                round(self.interval),
                 exc.reason,
             )
-
-    def recovered(self) -> None:
-        with self._lock:
-            if not self.active:
-                return
-            self.active = False
-            failed, self._failed = self._failed, 0
-        logger.warning(
-            "Session store available again (%d more requests answered 503 before it came back).",
-            failed,
-        )
 
 
 outages = OutageLog()
@@ -104,12 +96,9 @@ class SessionMiddleware(DjangoSessionMiddleware):
                 return response
             return self.unavailable(request, outage)
         try:
-            response = super().process_response(request, response)
+            return super().process_response(request, response)
         except SessionBackendUnavailable as exc:  # while saving
             return self.unavailable(request, exc)
-        if outages.active and outage is None and session is not None and session.accessed:
-            outages.recovered()
-        return response
 
     def unavailable(
         self, request: HttpRequest, exc: SessionBackendUnavailable
@@ -126,4 +115,7 @@ class SessionMiddleware(DjangoSessionMiddleware):
         response = SessionUnavailableResponse(body, content_type=content_type)
         response["Retry-After"] = str(self.retry_after)
         response["Cache-Control"] = "no-store"
+        # Django logs every 5xx response ("Service Unavailable: /path"); OutageLog has logged
+        # this one, once per outage rather than once per request.
+        response._has_been_logged = True  # type: ignore[attr-defined]
         return response

@@ -70,14 +70,15 @@ UNAVAILABLE_CODES = {
 
 # KEYS[1] the session; ARGV[1] now (ms, web server's clock); ARGV[2] slack (ms).
 # Returns the key's value. A session record whose TTL is shorter than the rest of its age is on
-# probation and has now come back: it gets the rest of its age. Never creates a key.
+# probation and has now come back: it gets the rest of its age. Never creates a key. pcall: on a
+# read-only replica (a failover) the load still answers, and the promotion waits for the next.
 LOAD_SCRIPT = """
 local record = redis.call('GET', KEYS[1])
 local expires_at = record and string.byte(record, 1) == 83 and tonumber(string.sub(record, 2, 16))
 if expires_at then
   local rest = expires_at - tonumber(ARGV[1])
   if rest > 0 and redis.call('PTTL', KEYS[1]) < rest - tonumber(ARGV[2]) then
-    redis.call('PEXPIRE', KEYS[1], rest)
+    redis.pcall('PEXPIRE', KEYS[1], rest)
   end
 end
 return record
