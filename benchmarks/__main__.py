@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import engines, http
+from . import engines, http, redis_engines
 from .common import REPO_ROOT, machine, setup_django
 
 TARGETS = {
@@ -119,13 +119,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument(
         "--only",
-        choices=["engines", "scale", "http"],
+        choices=["engines", "scale", "http", "redis"],
         action="append",
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args()
-    parts = args.only or ["engines", "scale", "http"]
-    setup_django()
+    parts = args.only or ["engines", "scale", "http", "redis"]
+    redis_server = redis_engines.RedisServer() if "redis" in parts else None
+    setup_django(**(redis_engines.settings(redis_server.url) if redis_server else {}))
     report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "started": time.time()}
     if "engines" in parts:
         print("engines (µs per operation, median (min-max) over interleaved rounds)", flush=True)
@@ -158,6 +159,22 @@ def main() -> None:
         print("Django's WSGI handler in process, no network", flush=True)
         report["handler"] = http.handler_costs(args.quick)
         print("\n".join(_http_lines(report["handler"], "µs per request")), flush=True)
+    if redis_server is not None:
+        print(
+            "redis: engines on one loopback redis-server (µs per operation, median (min-max) "
+            "over interleaved rounds)",
+            flush=True,
+        )
+        try:
+            report["redis"] = redis_engines.run(
+                redis_server.url,
+                rounds=3 if args.quick else 15,
+                target_ms=2 if args.quick else 20,
+                quick=args.quick,
+            )
+        finally:
+            redis_server.stop()
+        print("\n".join(redis_engines.table(report["redis"])), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))

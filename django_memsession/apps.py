@@ -10,6 +10,10 @@ class MemsessionConfig(AppConfig):
 
     def ready(self) -> None:
         from .checks import check_deployment, check_settings
+        from .redis.checks import check_redis_deployment, check_redis_settings
 
         checks.register(check_settings)
         checks.register(check_deployment)
+        # Silent unless SESSION_ENGINE is "django_memsession.redis"; they import no redis.
+        checks.register(check_redis_settings)
+        checks.register(check_redis_deployment, deploy=True)

@@ -10,7 +10,7 @@ from django_memsession.runtime import get_store
 from django_memsession.sizing import EntrySizer
 from django_memsession.store import Limits, MemoryStore
 
-pytest_plugins = ["browser"]
+pytest_plugins = ["browser", "redis_server"]
 
 
 class FakeClock:

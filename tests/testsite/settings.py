@@ -67,3 +67,14 @@ MEMSESSION_CONTROL_DIR = os.environ.get(
 # The pruner thread is off in the suite (tests run passes themselves, with a fake clock); the
 # real-server tests turn it on through the environment.
 MEMSESSION_PRUNE_INTERVAL = float(os.environ.get("MEMSESSION_TEST_PRUNE_INTERVAL", "0"))
+
+# The Redis engine, for the real-server tests that ask for it through the environment.
+if os.environ.get("MEMSESSION_TEST_REDIS_URL"):
+    SESSION_ENGINE = "django_memsession.redis"
+    MEMSESSION_REDIS_URL = os.environ["MEMSESSION_TEST_REDIS_URL"]
+    MIDDLEWARE = [
+        "django_memsession.middleware.SessionMiddleware"
+        if name == "django.contrib.sessions.middleware.SessionMiddleware"
+        else name
+        for name in MIDDLEWARE
+    ]

@@ -12,4 +12,7 @@ urlpatterns = [
     path("session/step/", views.step, name="step-session"),
     path("session/blob/", views.store_blob, name="blob-session"),
     path("session/stats/", views.store_stats, name="store-stats"),
+    path("session/sign-in/", views.sign_in, name="sign-in-session"),
+    path("session/sign-out/", views.sign_out, name="sign-out-session"),
+    path("session/whoami/", views.whoami, name="whoami-session"),
 ]

@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable
 
 from django.http import HttpRequest, JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 import django_memsession
 
@@ -46,3 +47,31 @@ def store_blob(request: HttpRequest) -> JsonResponse:
 def store_stats(request: HttpRequest) -> JsonResponse:
     """This process's figures (touches the store, never a session)."""
     return JsonResponse(django_memsession.stats())
+
+
+@csrf_exempt
+def sign_in(request: HttpRequest) -> JsonResponse:
+    """What ``django.contrib.auth.login()`` does to the session, without a user table: a new key,
+    and the user's id under Django's key (for real servers whose database the test cannot
+    reach)."""
+    request.session.cycle_key()
+    request.session["_auth_user_id"] = request.GET.get("user", "1")
+    return JsonResponse({"pid": os.getpid(), "user": request.session["_auth_user_id"]})
+
+
+@csrf_exempt
+def sign_out(request: HttpRequest) -> JsonResponse:
+    """What ``django.contrib.auth.logout()`` does to the session: ``flush()`` (deleted)."""
+    request.session.flush()
+    return JsonResponse({"pid": os.getpid()})
+
+
+def whoami(request: HttpRequest) -> JsonResponse:
+    """The serving process, and what the session says (reads it, changes nothing)."""
+    return JsonResponse(
+        {
+            "pid": os.getpid(),
+            "user": request.session.get("_auth_user_id"),
+            "visits": request.session.get("visits"),
+        }
+    )

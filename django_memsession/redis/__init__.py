@@ -1,0 +1,25 @@
+"""The engine on Redis: ``SESSION_ENGINE = "django_memsession.redis"``.
+
+Needs ``MEMSESSION_REDIS_URL`` and ``pip install "django-memsession[redis]"``. ``SessionStore``
+is imported on first access, so that importing this package (for its exception, its checks or its
+settings) does not import redis.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .exceptions import SessionBackendUnavailable
+
+if TYPE_CHECKING:
+    from .engine import SessionStore
+
+__all__ = ["SessionBackendUnavailable", "SessionStore"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "SessionStore":
+        from .engine import SessionStore
+
+        return SessionStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,102 @@
+"""System checks for the Redis engine: its settings (at startup), and Redis itself (``check
+--deploy``). Only when ``SESSION_ENGINE`` is ``"django_memsession.redis"``; nothing here imports
+redis unless the deploy check runs for that engine.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import CheckMessage, Error, Warning
+
+from . import conf
+
+
+def _engine_in_use() -> bool:
+    return getattr(settings, "SESSION_ENGINE", "") == conf.ENGINE
+
+
+def check_redis_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    if not _engine_in_use():
+        return []
+    return [
+        Error(problem.msg, hint=problem.hint, id=problem.id, obj="settings")
+        for problem in conf.problems()
+    ]
+
+
+POLICY_WARNINGS = {
+    "noeviction": (
+        "memsession.W101",
+        "Redis runs maxmemory-policy noeviction: once it is full it refuses every write, so "
+        "new visitors get no session and users cannot log in (a 503) until keys expire.",
+    ),
+    "allkeys": (
+        "memsession.W102",
+        "Redis runs maxmemory-policy {policy}: when full it evicts logged-in users as readily "
+        "as one-shot anonymous sessions, and can evict the tombstone that stops a concurrent "
+        "request from undoing a logout.",
+    ),
+    "volatile": (
+        "memsession.W103",
+        "Redis runs maxmemory-policy {policy}: when full it evicts sessions without regard to "
+        "their TTL, so a flood of new anonymous sessions can evict logged-in users.",
+    ),
+}
+POLICY_HINT = (
+    "Set maxmemory-policy volatile-ttl (CONFIG SET maxmemory-policy volatile-ttl, and in "
+    "redis.conf): every key this engine writes has a TTL, and new anonymous sessions the "
+    "shortest, so they are evicted first."
+)
+
+
+def check_redis_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """Pings Redis and reads its eviction policy (``check --deploy`` only)."""
+    if not _engine_in_use() or conf.problems():
+        return []
+    import redis
+
+    from .exceptions import SessionBackendUnavailable
+    from .store import RedisStore
+
+    config = conf.store_settings()
+    store = RedisStore(config)
+    try:
+        try:
+            store.ping()
+        except (SessionBackendUnavailable, redis.RedisError) as exc:
+            reason = (
+                exc.reason if isinstance(exc, SessionBackendUnavailable) else type(exc).__name__
+            )
+            return [
+                Error(
+                    f"Redis at {conf.redacted(config.url)} does not answer: {reason}.",
+                    hint="Check MEMSESSION_REDIS_URL, that Redis runs, and that this machine "
+                    "may reach it: every request that uses the session will be a 503.",
+                    id="memsession.E107",
+                )
+            ]
+        try:
+            policy = store.client.config_get("maxmemory-policy").get("maxmemory-policy")
+        except redis.RedisError:
+            policy = None
+    finally:
+        store.close()
+    if not policy:
+        return [
+            Warning(
+                "Could not tell Redis's maxmemory-policy: CONFIG GET is not allowed for this "
+                "connection (managed Redis services often block it).",
+                hint=f"Make sure it is volatile-ttl in your provider's settings. {POLICY_HINT}",
+                id="memsession.W104",
+            )
+        ]
+    if policy == "volatile-ttl":
+        return []
+    family = "noeviction" if policy == "noeviction" else policy.split("-", 1)[0]
+    found = POLICY_WARNINGS.get(family)
+    if found is None:
+        return []
+    check_id, message = found
+    return [Warning(message.format(policy=policy), hint=POLICY_HINT, id=check_id)]

@@ -1,0 +1,204 @@
+"""The Redis engine's settings, read through one object with typed defaults, and their validation.
+
+The same :func:`problems` feed the system checks (at startup) and :func:`store_settings` (when the
+store is first built), so a server that never runs checks fails with the same message instead of
+misbehaving later. Nothing here imports redis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+
+from ..sizing import parse_size
+
+ENGINE = "django_memsession.redis"
+
+DEFAULT_PREFIX = "memsession:"
+# One hour: long enough for a visitor's first visit to come back for a second page (which
+# promotes the session to its full age), short enough that a flood of one-shot sessions leaves
+# Redis within the hour and, under volatile-ttl, is evicted before anything a real user holds.
+DEFAULT_PROBATION_AGE = 3600
+DEFAULT_MAX_SESSION_SIZE = 1024 * 1024
+
+# Connection-pool options for a web request. redis-py's own defaults (5 s timeouts, three
+# retries with backoff, also on timeouts) let a hung Redis hold a request for 20 s or more; these
+# fail a request within about 1 s per Redis call. The retry policy (one retry, on a dropped
+# connection only, never after a timeout) is set in ``store.py``, unless OPTIONS gives "retry".
+DEFAULT_OPTIONS: dict[str, Any] = {
+    "socket_timeout": 1.0,
+    "socket_connect_timeout": 1.0,
+    "socket_keepalive": True,
+    "health_check_interval": 0,
+}
+
+URL_SCHEMES = ("redis", "rediss", "unix")
+
+
+class RedisSettings:
+    """Shadows Django's settings: each ``MEMSESSION_REDIS_*`` setting with its default.
+
+    Properties read ``django.conf.settings`` on every access, so ``override_settings`` works.
+    """
+
+    @property
+    def URL(self) -> Any:
+        return getattr(settings, "MEMSESSION_REDIS_URL", None)
+
+    @property
+    def PREFIX(self) -> Any:
+        return getattr(settings, "MEMSESSION_REDIS_PREFIX", DEFAULT_PREFIX)
+
+    @property
+    def OPTIONS(self) -> Any:
+        return getattr(settings, "MEMSESSION_REDIS_OPTIONS", {})
+
+    @property
+    def PROBATION_AGE(self) -> Any:
+        return getattr(settings, "MEMSESSION_REDIS_PROBATION_AGE", DEFAULT_PROBATION_AGE)
+
+    @property
+    def MAX_SESSION_SIZE(self) -> Any:
+        # The memory engine's setting, with the same meaning: the largest one session may be.
+        return getattr(settings, "MEMSESSION_MAX_SESSION_SIZE", None)
+
+
+conf = RedisSettings()
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One bad setting: a stable id (``memsession.E101``), what is wrong, and what to write."""
+
+    id: str
+    msg: str
+    hint: str
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """What the store is built from: validated, with the defaults filled in."""
+
+    url: str
+    prefix: str
+    options: dict[str, Any]
+    probation_age: float
+    max_session_bytes: int
+
+
+def redacted(url: str) -> str:
+    """The URL without its password, for messages and logs."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def problems() -> list[Problem]:
+    """Every problem with the current ``MEMSESSION_REDIS_*`` settings; empty when all is well."""
+    found: list[Problem] = []
+    url = conf.URL
+    if url is None:
+        found.append(
+            Problem(
+                "memsession.E101",
+                "MEMSESSION_REDIS_URL is not set; SESSION_ENGINE = 'django_memsession.redis' "
+                "needs it.",
+                "Write the Redis server's URL, e.g. MEMSESSION_REDIS_URL = "
+                "'redis://127.0.0.1:6379/0' (also rediss:// for TLS, unix:///path/redis.sock).",
+            )
+        )
+    elif not (isinstance(url, str) and urlsplit(url).scheme in URL_SCHEMES):
+        shown = redacted(url) if isinstance(url, str) else repr(url)
+        found.append(
+            Problem(
+                "memsession.E101",
+                f"MEMSESSION_REDIS_URL = {shown!r} is not a redis://, rediss:// or unix:// URL.",
+                "Write e.g. MEMSESSION_REDIS_URL = 'redis://127.0.0.1:6379/0'.",
+            )
+        )
+    if not isinstance(conf.PREFIX, str):
+        found.append(
+            Problem(
+                "memsession.E102",
+                f"MEMSESSION_REDIS_PREFIX = {conf.PREFIX!r} is not a string.",
+                f"Write a string that no other user of this Redis database starts its keys "
+                f"with, e.g. the default {DEFAULT_PREFIX!r}.",
+            )
+        )
+    options = conf.OPTIONS
+    if not (isinstance(options, dict) and all(isinstance(name, str) for name in options)):
+        found.append(
+            Problem(
+                "memsession.E103",
+                f"MEMSESSION_REDIS_OPTIONS = {options!r} is not a dict of redis-py "
+                "connection-pool options.",
+                "Write a dict, e.g. MEMSESSION_REDIS_OPTIONS = {'max_connections': 50, "
+                "'socket_timeout': 1.0}; {} keeps the defaults.",
+            )
+        )
+    else:
+        for name in ("socket_timeout", "socket_connect_timeout"):
+            value = options.get(name, DEFAULT_OPTIONS[name])
+            if not (_is_number(value) and value > 0):
+                found.append(
+                    Problem(
+                        "memsession.E104",
+                        f"MEMSESSION_REDIS_OPTIONS[{name!r}] = {value!r} is not a number of "
+                        "seconds: a Redis that hangs would hold every request forever.",
+                        f"Write a number of seconds, e.g. {name!r}: 1.0 (the default).",
+                    )
+                )
+    age = conf.PROBATION_AGE
+    if not (_is_number(age) and age > 0):
+        found.append(
+            Problem(
+                "memsession.E105",
+                f"MEMSESSION_REDIS_PROBATION_AGE = {age!r} is not a positive number of seconds.",
+                "Write how long a new anonymous session lives until it comes back, e.g. "
+                f"MEMSESSION_REDIS_PROBATION_AGE = {DEFAULT_PROBATION_AGE} (an hour).",
+            )
+        )
+    size = conf.MAX_SESSION_SIZE
+    if size is not None:
+        try:
+            parse_size(size)
+        except ValueError as exc:
+            found.append(
+                Problem(
+                    "memsession.E106",
+                    f"MEMSESSION_MAX_SESSION_SIZE = {size!r} is not a size.",
+                    f"{exc} Example: MEMSESSION_MAX_SESSION_SIZE = '1M', or None for the default.",
+                )
+            )
+    return found
+
+
+def store_settings() -> StoreSettings:
+    """The validated settings; ``ImproperlyConfigured`` with the system check's text otherwise."""
+    found = problems()
+    if found:
+        raise ImproperlyConfigured(
+            "; ".join(f"{problem.msg} {problem.hint} ({problem.id})" for problem in found)
+        )
+    size = conf.MAX_SESSION_SIZE
+    return StoreSettings(
+        url=conf.URL,
+        prefix=conf.PREFIX,
+        options={**DEFAULT_OPTIONS, **conf.OPTIONS},
+        probation_age=float(conf.PROBATION_AGE),
+        max_session_bytes=DEFAULT_MAX_SESSION_SIZE if size is None else parse_size(size),
+    )
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
