@@ -7,13 +7,14 @@ and admin page.
 
 from .engine import SessionStore
 from .exceptions import SessionTooLarge
-from .runtime import clear, prune, start_pruner, stats, stop_pruner
+from .runtime import clear, prune, snapshot, start_pruner, stats, stop_pruner
 
 __all__ = [
     "SessionStore",
     "SessionTooLarge",
     "clear",
     "prune",
+    "snapshot",
     "start_pruner",
     "stats",
     "stop_pruner",

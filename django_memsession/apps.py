@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.conf import settings
 from django.core import checks
 
 
@@ -17,3 +18,10 @@ class MemsessionConfig(AppConfig):
         # Silent unless SESSION_ENGINE is "django_memsession.redis"; they import no redis.
         checks.register(check_redis_settings)
         checks.register(check_redis_deployment, deploy=True)
+        if getattr(settings, "SESSION_ENGINE", "") == "django_memsession":
+            from . import runtime
+
+            # With snapshots on, SIGTERM must reach the shutdown path where nothing else handles
+            # it (runserver, plain processes); ready() runs in the main thread, where a handler
+            # can be installed.
+            runtime.install_signal_handlers()

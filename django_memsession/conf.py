@@ -23,6 +23,7 @@ DEFAULT_MAX_SIZE = "64M"
 DEFAULT_MAX_SESSION_SIZE = 1024 * 1024  # capped at MAX_SIZE / 8 unless set explicitly
 DEFAULT_LOW_WATER = 0.75
 DEFAULT_PRUNE_INTERVAL = 60.0
+DEFAULT_SNAPSHOT_INTERVAL = 300.0
 # Below these, every save would be refused or evict everything: a logged-in session serialized
 # is about 300 bytes, and the store's empty tables take a few kilobytes.
 MIN_MAX_SIZE = 64 * 1024
@@ -60,6 +61,14 @@ class MemsessionSettings:
     @property
     def CONTROL_DIR(self) -> Any:
         return getattr(settings, "MEMSESSION_CONTROL_DIR", None)
+
+    @property
+    def SNAPSHOT_PATH(self) -> Any:
+        return getattr(settings, "MEMSESSION_SNAPSHOT_PATH", None)
+
+    @property
+    def SNAPSHOT_INTERVAL(self) -> Any:
+        return getattr(settings, "MEMSESSION_SNAPSHOT_INTERVAL", DEFAULT_SNAPSHOT_INTERVAL)
 
 
 conf = MemsessionSettings()
@@ -146,10 +155,7 @@ def problems() -> list[Problem]:
             )
         )
     interval = conf.PRUNE_INTERVAL
-    if interval is not None and not (
-        _is_number(interval)
-        and (interval == 0 or MIN_PRUNE_INTERVAL <= interval <= threading.TIMEOUT_MAX)
-    ):
+    if interval is not None and not _interval_ok(interval):
         found.append(
             Problem(
                 "memsession.E005",
@@ -182,7 +188,78 @@ def problems() -> list[Problem]:
                 "(under the system temp directory).",
             )
         )
+    found += _snapshot_problems()
     return found
+
+
+def _interval_ok(value: object) -> bool:
+    return _is_number(value) and (
+        value == 0 or MIN_PRUNE_INTERVAL <= value <= threading.TIMEOUT_MAX  # type: ignore[operator]
+    )
+
+
+def _snapshot_problems() -> list[Problem]:
+    found: list[Problem] = []
+    path = conf.SNAPSHOT_PATH
+    if path is not None:
+        if not (isinstance(path, (str, os.PathLike)) and os.path.isabs(path)):
+            found.append(
+                Problem(
+                    "memsession.E010",
+                    f"MEMSESSION_SNAPSHOT_PATH = {path!r} is not an absolute file path.",
+                    "Write the absolute path of one file, e.g. MEMSESSION_SNAPSHOT_PATH = "
+                    "'/var/lib/myproject/sessions.snapshot', or None (the default) for no "
+                    "snapshots.",
+                )
+            )
+        else:
+            directory = os.path.dirname(os.fspath(path))
+            try:
+                mode = os.stat(directory).st_mode
+            except OSError:
+                found.append(
+                    Problem(
+                        "memsession.E011",
+                        f"The directory of MEMSESSION_SNAPSHOT_PATH ({directory}) does not exist.",
+                        "Create it (mode 0700, owned by the user the server runs as), or "
+                        "point MEMSESSION_SNAPSHOT_PATH at a file in an existing directory.",
+                    )
+                )
+            else:
+                if mode & 0o022:
+                    found.append(
+                        Problem(
+                            "memsession.E011",
+                            f"The directory of MEMSESSION_SNAPSHOT_PATH ({directory}) is "
+                            "writable by other users.",
+                            "The snapshot holds session keys (credentials): anyone who can "
+                            "write in its directory can replace or remove it. Use a directory "
+                            f"only this user can write (chmod go-w {directory}, or 0700).",
+                        )
+                    )
+    interval = conf.SNAPSHOT_INTERVAL
+    if interval is not None and not _interval_ok(interval):
+        found.append(
+            Problem(
+                "memsession.E012",
+                f"MEMSESSION_SNAPSHOT_INTERVAL = {interval!r} is not a number of seconds the "
+                "snapshot writer can wait.",
+                f"Write a number of seconds from {MIN_PRUNE_INTERVAL:g} to "
+                f"{threading.TIMEOUT_MAX:.0f}, e.g. 300 (the default); 0 or None writes only at "
+                "shutdown and on demand.",
+            )
+        )
+    return found
+
+
+def snapshot_path() -> str | None:
+    """The snapshot file, or None when snapshots are off. Assumes :func:`problems` is empty."""
+    path = conf.SNAPSHOT_PATH
+    return None if path is None else os.fspath(path)
+
+
+def snapshot_interval() -> float:
+    return float(conf.SNAPSHOT_INTERVAL or 0)
 
 
 def limits() -> Limits:

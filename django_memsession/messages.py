@@ -29,7 +29,10 @@ __all__ = [
     "PrunerState",
     "Reply",
     "Request",
+    "RestoreReport",
     "Sample",
+    "SnapshotReport",
+    "SnapshotState",
     "StoreStats",
     "from_json",
     "split_warning",
@@ -39,7 +42,7 @@ __all__ = [
 M = TypeVar("M")
 
 MAX_INT_DIGITS = 20
-COMMANDS = ("report", "prune")
+COMMANDS = ("report", "prune", "snapshot")
 
 
 class MessageError(ValueError):
@@ -125,8 +128,44 @@ class StoreStats:
 
 
 @dataclass(frozen=True)
+class SnapshotReport:
+    """One snapshot written: when it began, how long it took, what it holds, and why."""
+
+    started_at: float
+    duration: float
+    sessions: int
+    bytes: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    """What a process put back from the snapshot when it started, and what it left out."""
+
+    at: float
+    sessions: int
+    expired: int
+    journaled: int  # written or deleted after the snapshot began: never brought back
+    left_out: int  # over the budget
+    duration: float
+    snapshot_started_at: float
+
+
+@dataclass(frozen=True)
+class SnapshotState:
+    path: str
+    owner: bool
+    holder: int | None
+    interval: float | None
+    last: SnapshotReport | None
+    restored: RestoreReport | None
+    failures: int
+
+
+@dataclass(frozen=True)
 class ProcessReport:
-    """One process's answer: its store, its pruner, its history, and a pass if it ran one."""
+    """One process's answer: its store, its pruner, its history, its snapshot, and the pass or
+    the snapshot it was asked for."""
 
     pid: int
     uptime: float
@@ -134,6 +173,10 @@ class ProcessReport:
     pruner: PrunerState
     history: list[Sample] = field(default_factory=list)
     result: PassReport | None = None
+    snapshot: SnapshotState | None = None
+    written: SnapshotReport | None = None
+    # Why the process did not do what it was asked (e.g. it does not own the snapshot).
+    refused: str | None = None
 
 
 @dataclass(frozen=True)

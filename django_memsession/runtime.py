@@ -13,6 +13,11 @@ request that touches a session; ``stats()`` too):
    serves requests (not a management command other than ``runserver``; not a test run, which the
    package's pytest plugin says with :func:`set_listening`).
 
+With ``MEMSESSION_SNAPSHOT_PATH``, a :class:`~django_memsession.snapshot.Snapshotter` comes
+between 1 and 2: it restores the snapshot into the store before anything else can use it, and
+writes it on its schedule, on demand, and at exit (``atexit``, and a SIGTERM handler where the
+process has none of its own).
+
 Each is handed what it uses; none of them imports another. Importing this module starts nothing,
 so ``migrate``, ``shell``, ``check`` and runserver's autoreloader parent start nothing.
 
@@ -29,9 +34,11 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import signal
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from django.core.signals import setting_changed
@@ -44,11 +51,13 @@ from .messages import (
     PassReport,
     ProcessReport,
     Request,
+    SnapshotReport,
     StoreStats,
     from_dict,
     split_warning,
 )
 from .pruner import Pruner
+from .snapshot import NotOwner, Snapshotter
 from .store import MemoryStore
 
 __all__ = [
@@ -60,6 +69,7 @@ __all__ = [
     "prune_everywhere",
     "report",
     "set_listening",
+    "snapshot",
     "start_listener",
     "start_pruner",
     "stats",
@@ -76,21 +86,44 @@ SERVING_COMMANDS = frozenset({"runserver", "runserver_plus"})
 class Services:
     """This process's store and the services built around it."""
 
-    def __init__(self, store: MemoryStore, events: EventReporter) -> None:
+    def __init__(
+        self, store: MemoryStore, events: EventReporter, snapshot_path: str | None
+    ) -> None:
         self.store = store
         self.events = events
         self.pruner = Pruner(store)
         self.listener: Listener | None = None
+        self.snapshotter: Snapshotter | None = None
+        if snapshot_path is not None:
+            self.snapshotter = Snapshotter(store, Path(snapshot_path))
+            store.on_journal = self.snapshotter.journal_write
         self.started = False
+        self.restored = False  # the snapshot is restored once per process, on first use
 
     def handle(self, request: Request) -> ProcessReport:
         """What this process answers on the control channel (and to its own fan-outs). A
-        listener never fans out: a prune is of this process's store only."""
+        listener never fans out: a prune or a snapshot is of this process's store only."""
         if request.command == "prune":
             return self.report(self.pruner.run_pass(dry_run=request.dry_run))
+        if request.command == "snapshot":
+            try:
+                return self.report(written=self.write_snapshot("on demand"))
+            except (NotOwner, OSError, SnapshotsOff) as exc:
+                return self.report(refused=str(exc))
         return self.report()
 
-    def report(self, result: PassReport | None = None) -> ProcessReport:
+    def write_snapshot(self, reason: str) -> SnapshotReport:
+        if self.snapshotter is None:
+            raise SnapshotsOff("snapshots are off (MEMSESSION_SNAPSHOT_PATH is not set)")
+        return self.snapshotter.write(reason)
+
+    def report(
+        self,
+        result: PassReport | None = None,
+        *,
+        written: SnapshotReport | None = None,
+        refused: str | None = None,
+    ) -> ProcessReport:
         store = self.store
         stats = from_dict(StoreStats, store.stats())
         return ProcessReport(
@@ -100,7 +133,14 @@ class Services:
             pruner=self.pruner.state(),
             history=self.pruner.history(),
             result=result,
+            snapshot=self.snapshotter.state() if self.snapshotter is not None else None,
+            written=written,
+            refused=refused,
         )
+
+
+class SnapshotsOff(Exception):
+    """Asked for a snapshot where ``MEMSESSION_SNAPSHOT_PATH`` is not set."""
 
 
 _store: MemoryStore | None = None  # set once this process's services run: the fast path
@@ -133,16 +173,33 @@ def _start() -> Services:
             events = EventReporter()
             store = MemoryStore(conf.limits(), on_event=events)
             events.store = store
-            services = _services = Services(store, events)
+            services = _services = Services(store, events, conf.snapshot_path())
             _register_process_hooks()
         if not services.started:
             services.started = True
+            _start_snapshots(services)
             services.pruner.sample()
             _start_pruner_thread(services, conf.prune_interval())
             if should_listen():
                 _start_listener(services)
+            install_signal_handlers()
         _store = services.store
     return services
+
+
+def _start_snapshots(services: Services) -> None:
+    snapshotter = services.snapshotter
+    if snapshotter is None:
+        return
+    try:
+        if not services.restored:
+            services.restored = True
+            snapshotter.restore()
+        elif not snapshotter.claim.held:
+            snapshotter.resume()
+        snapshotter.start(conf.snapshot_interval())
+    except Exception:
+        logger.exception("Session snapshots did not start; sessions still work.")
 
 
 def _start_pruner_thread(services: Services, interval: float) -> None:
@@ -300,6 +357,14 @@ def report() -> ProcessReport:
     return _services.report()
 
 
+def snapshot() -> SnapshotReport:
+    """Write this process's snapshot now; what it wrote. Raises ``SnapshotsOff`` without
+    ``MEMSESSION_SNAPSHOT_PATH``, ``NotOwner`` where another process owns the file."""
+    get_store()
+    assert _services is not None
+    return _services.write_snapshot("on demand")
+
+
 def clear() -> None:
     """Empty this process's store and reset its counters, the once-a-minute eviction warning's
     among them (for tests)."""
@@ -339,11 +404,43 @@ def prune_everywhere(*, dry_run: bool = False, timeout: float | None = None) -> 
 
 
 def _stop_services() -> None:
+    """The shutdown path (``atexit``, SIGTERM): stop serving the channel and pruning, then
+    write the final snapshot and give its claim up."""
     services = _services
     if services is None:
         return
     stop_listener()
     services.pruner.stop(timeout=1.0)
+    if services.snapshotter is not None:
+        services.snapshotter.shutdown()
+
+
+_signal_handlers_installed = False
+
+
+def install_signal_handlers() -> None:
+    """With snapshots on, make SIGTERM run the shutdown path where nothing else handles it
+    (runserver, a plain Python process; Python's default for SIGTERM is to die without
+    ``atexit``): our handler runs it, then dies by the signal as the default would. A server's
+    own handler (gunicorn, uvicorn) is never replaced: those exit through ``atexit``. Only the
+    main thread can install a handler; elsewhere this does nothing."""
+    global _signal_handlers_installed
+    if _signal_handlers_installed or conf.problems() or conf.snapshot_path() is None:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return
+    _signal_handlers_installed = True
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    try:
+        _stop_services()
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _before_fork() -> None:
@@ -368,6 +465,8 @@ def _after_fork_in_parent() -> None:
     if listener is not None:
         listener.close(wait=False)
     services.pruner.stop(timeout=0)
+    if services.snapshotter is not None:
+        services.snapshotter.abandon()
 
 
 def _after_fork_in_child() -> None:
@@ -379,14 +478,23 @@ def _after_fork_in_child() -> None:
     _fork.locked = False
     if services is None:
         return
-    services.store.after_fork_in_child(consistent=consistent)
+    store = services.store
+    store.after_fork_in_child(consistent=consistent)
     listener = services.listener
     if listener is not None:
         listener.close(unlink=False)  # the parent's socket: its file is the parent's
+    snapshotter = services.snapshotter
+    if snapshotter is not None:
+        parent_owned = snapshotter.claim.held or services.restored
+        snapshotter.forget()
+        if parent_owned:
+            # The parent's sessions came from the snapshot: the child that claims it restores
+            # them, once; copies in every child would outlive a logout served by one of them.
+            store.clear()
     # The parent's threads do not exist here, and their locks may have been held at the fork.
-    events = EventReporter(services.store)
-    services.store.on_event = events
-    _services = Services(services.store, events)
+    events = EventReporter(store)
+    store.on_event = events
+    _services = Services(store, events, conf.snapshot_path() if snapshotter else None)
 
 
 # -- settings -----------------------------------------------------------------------------------

@@ -5,9 +5,19 @@ clock and sizes from an injected :class:`~django_memsession.sizing.EntrySizer`, 
 instead of sleeping. The eviction policy is :class:`~django_memsession.lru.SegmentedLRU`; the keys
 of evicted sessions are :class:`~django_memsession.remembered.RememberedKeys`.
 
-Layout, chosen for memory (see README, "Memory"): one ``bytes`` value per session, whose first 8
-bytes are its expiry time, so an entry is a key, a value and a slot in an ``OrderedDict``; no
-per-entry tuple, float or bookkeeping object. Recency is the ``OrderedDict`` order.
+Layout, chosen for memory (see README, "Memory"): one ``bytes`` value per session, whose first 12
+bytes are its expiry time and its journal epoch, so an entry is a key, a value and a slot in an
+``OrderedDict``; no per-entry tuple, float or bookkeeping object. Recency is the ``OrderedDict``
+order.
+
+Journal (when snapshots are on, see :mod:`~django_memsession.snapshot`): a snapshot is copied
+while requests go on, so after a crash the file may hold an older version of a session written
+after the copy began, or a session deleted since. The store tells its ``on_journal`` callback,
+after the lock is released, about the first write or delete of each session in each *epoch* (one
+epoch per snapshot); a restore leaves out every session journaled since its snapshot began.
+Each entry carries the epoch it was last journaled in, so a session written on every request
+is journaled once per snapshot, not once per write. A new session is not journaled (it cannot be
+in an older snapshot at an older version); its first update is.
 
 Locking: one ``threading.Lock``, held only for dictionary work. Packing, sizing, serialization,
 logging and signals all happen outside it; events gathered under the lock are handed to the
@@ -22,7 +32,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -36,16 +46,22 @@ __all__ = [
     "MemoryStore",
     "PruneResult",
     "PutResult",
+    "RestoreResult",
     "StoreEvent",
     "wall_clock",
 ]
 
-HEADER = struct.Struct("<d")  # expires_at, seconds since the epoch, on the store's clock
+# expires_at (seconds since the epoch, on the store's clock); the journal epoch of the entry's
+# last journaled write (NOT_JOURNALED: none).
+HEADER = struct.Struct("<dI")
 HEADER_SIZE = HEADER.size
+NOT_JOURNALED = 0
 
 # How many of the coldest entries of each segment a write over budget looks at for expired ones
 # before it evicts live sessions: bounded work per request; the pruner does the thorough job.
 EXPIRED_PROBE = 8
+# A restore fills this share of the sessions' room with entries; their tables take the rest.
+RESTORE_FILL = 0.9
 
 
 def wall_clock() -> float:
@@ -105,6 +121,15 @@ class StoreEvent:
 
 
 @dataclass
+class RestoreResult:
+    """What a restore put back, and what it left out (expired; over the budget, or present)."""
+
+    sessions: int = 0
+    expired: int = 0
+    left_out: int = 0
+
+
+@dataclass
 class PruneResult:
     """What a walk removed: expired sessions, and live ones evicted to reach the low-water mark.
 
@@ -143,11 +168,15 @@ class MemoryStore:
         clock: Callable[[], float] = wall_clock,
         sizer: EntrySizer | None = None,
         on_event: Callable[[list[StoreEvent]], None] | None = None,
+        on_journal: Callable[[str, int], None] | None = None,
     ) -> None:
         self.limits = limits
         self.clock = clock
         self.sizer = sizer or EntrySizer()
         self.on_event = on_event
+        self.on_journal = on_journal
+        # The current journal epoch; NOT_JOURNALED while nothing journals.
+        self.epoch = NOT_JOURNALED
         self._lock = threading.Lock()
         self._prune_lock = threading.Lock()
         self._policy = SegmentedLRU()
@@ -206,7 +235,8 @@ class MemoryStore:
         not deleted or expired since) stores it again: eviction is not logout. Raises
         :class:`EntryTooLarge` before touching anything.
         """
-        value = HEADER.pack(expires_at) + payload
+        tag = NOT_JOURNALED if create else self.epoch
+        value = HEADER.pack(expires_at, tag) + payload
         size = self.sizer.entry(len(key), len(value))
         if size > self.limits.max_session_bytes:
             with self._lock:
@@ -214,10 +244,14 @@ class MemoryStore:
             raise EntryTooLarge(size, self.limits.max_session_bytes)
         now = self.clock()
         events: list[StoreEvent] = []
+        journal_epoch = NOT_JOURNALED
         with self._lock:
             index, old_value = self._policy.find(key)
             if old_value is not None and create:
                 return PutResult.EXISTS
+            if tag != self.epoch and not create:  # a snapshot began since the value was packed
+                tag = self.epoch
+                value = HEADER.pack(expires_at, tag) + payload
             was_expired = old_value is not None and HEADER.unpack_from(old_value)[0] <= now
             if was_expired:
                 self._remove_expired(key, index, old_value, events, "write")
@@ -225,6 +259,8 @@ class MemoryStore:
             if old_value is not None:  # an update of a live session
                 self._entry_bytes -= self.sizer.entry(len(key), len(old_value))
                 previous, result = index, PutResult.STORED
+                if not create and HEADER.unpack_from(old_value)[1] != tag:
+                    journal_epoch = tag
             elif create:
                 self._remembered.forget(key)
                 previous, result = None, PutResult.STORED
@@ -236,6 +272,7 @@ class MemoryStore:
                     # Somebody is using it right now: not a probation newcomer.
                     previous, result = RETURNING, PutResult.RESTORED
                     self.restored += 1
+                    journal_epoch = tag
             if result is not PutResult.MISSING:
                 segment = self._policy.segment_for_write(previous, authenticated)
                 self._policy.put(key, value, segment, index)
@@ -244,20 +281,28 @@ class MemoryStore:
                     self._make_room(
                         self.limits.session_bytes, now, reason="write", spare=key, events=events
                     )
+        if journal_epoch and self.on_journal is not None:
+            self.on_journal(key, journal_epoch)
         if events:
             self._emit(events)
         return result
 
     def delete(self, key: str) -> bool:
-        """Remove a session for good (logout, flush): it is not remembered, so never restored."""
+        """Remove a session for good (logout, flush): it is not remembered, so never restored,
+        and it is journaled (even if it was evicted: a snapshot may still hold it)."""
         with self._lock:
             self._remembered.forget(key)
             index, value = self._policy.find(key)
-            if value is None:
-                return False
-            self._policy.remove(key, index)
-            self._entry_bytes -= self.sizer.entry(len(key), len(value))
-            return True
+            epoch = self.epoch
+            journal = epoch != NOT_JOURNALED and (
+                value is None or HEADER.unpack_from(value)[1] != epoch
+            )
+            if value is not None:
+                self._policy.remove(key, index)
+                self._entry_bytes -= self.sizer.entry(len(key), len(value))
+        if journal and self.on_journal is not None:
+            self.on_journal(key, epoch)
+        return value is not None
 
     # The async twins: the store does no I/O, so they are the same calls, made from the loop.
 
@@ -407,6 +452,99 @@ class MemoryStore:
             evictions = while_room + math.ceil(rest / mean)
         result.evicted = min(entries, evictions)
         result.evicted_bytes = round(result.evicted * mean)
+        return result
+
+    # -- snapshots -----------------------------------------------------------------------------
+
+    def begin_epoch(self, epoch: int) -> None:
+        """Start journal epoch ``epoch`` (a snapshot begins): from now on, the first write or
+        delete of each session is journaled under it."""
+        with self._lock:
+            self.epoch = epoch
+
+    def copy_chunks(self, *, chunk_size: int = 1000) -> Iterator[list[tuple[int, str, bytes]]]:
+        """Every entry as ``(segment, key, value)``, coldest segment first and each segment from
+        its cold end: the order a restore rebuilds recency from.
+
+        Copied in chunks by the prune walk (the lock is held for one chunk at a time, the values
+        are shared, not copied), so requests go on meanwhile. A session written during the copy
+        may appear twice, the later copy being the newer: a restore keeps the last. Entries
+        written so often during the copy that the walk's bound runs out are copied at the end
+        in one hold.
+        """
+        copied: list[tuple[int, str, bytes]] = []
+        index = 0
+
+        def keep(key: str, value: bytes) -> bool:  # reads the current ``copied`` and ``index``
+            copied.append((index, key, value))
+            return False
+
+        with self._prune_lock:  # one walk at a time, prunes included
+            for index in range(len(SEGMENT_NAMES)):
+                with self._lock:
+                    budget = 2 * len(self._policy.segments[index]) + chunk_size
+                through = False
+                while not through:
+                    with self._lock:
+                        if budget <= 0:
+                            copied.extend(
+                                (index, key, value)
+                                for key, value in self._policy.segments[index].items()
+                            )
+                            break
+                        through = self._policy.scan(index, chunk_size, keep)
+                    budget -= chunk_size
+                    if copied:
+                        yield copied
+                        copied = []
+                    time.sleep(0)
+                if copied:
+                    yield copied
+                    copied = []
+
+    def restore(self, records: list[tuple[int, str, bytes]]) -> RestoreResult:
+        """Put back sessions from a snapshot: ``(segment, key, value)`` in the order
+        :meth:`copy_chunks` gives them (a later copy of a key wins).
+
+        Expired sessions are left out. When they do not all fit in the budget (it was lowered),
+        the most valuable come back first: logged-in, then returning, then new sessions, the
+        most recently used of each first. Keys already in the store are left alone.
+        """
+        now = self.clock()
+        sizer = self.sizer
+        result = RestoreResult()
+        room = self.limits.session_bytes * RESTORE_FILL
+        chosen: list[tuple[int, str, bytes]] = []
+        seen: set[str] = set()
+        used = 0
+        # Backwards: the most valuable and most recent first, and the newest copy of a key.
+        for index, key, value in reversed(records):
+            if key in seen:
+                continue
+            seen.add(key)
+            if HEADER.unpack_from(value)[0] <= now:
+                result.expired += 1
+                continue
+            size = sizer.entry(len(key), len(value))
+            if used + size > room or size > self.limits.max_session_bytes:
+                result.left_out += 1
+                continue
+            used += size
+            chosen.append((index, key, value))
+        events: list[StoreEvent] = []
+        with self._lock:
+            for index, key, value in reversed(chosen):
+                if self._policy.find(key)[1] is not None:
+                    result.left_out += 1
+                    continue
+                self._policy.put(key, value, index, None)
+                self._entry_bytes += sizer.entry(len(key), len(value))
+                result.sessions += 1
+            if self._session_bytes() > self.limits.session_bytes:
+                self._make_room(
+                    self.limits.session_bytes, now, reason="restore", spare=None, events=events
+                )
+        self._emit(events)
         return result
 
     # -- inspection and tests ----------------------------------------------------------------

@@ -1,0 +1,301 @@
+"""Sessions survive restarts: the snapshot writer, handed its store and its path.
+
+- **Restore**, on the first use of the store, before the process serves a session: claim the
+  snapshot (:class:`~django_memsession.snapshot_file.Claim`), read it, leave out every session
+  journaled since it began (written or deleted after its copy may have been taken: never a
+  rolled-back version, never an undone logout), put the rest back (:meth:`MemoryStore.restore`).
+  If another process holds the claim and claimed it before this process started (the old worker
+  of a graceful reload, finishing its requests and about to write its final snapshot), wait for
+  it, up to ``HANDOFF_TIMEOUT``; if it claimed after (a sibling worker), start empty: each
+  session lives in one process only.
+- **Write**: at shutdown, every ``MEMSESSION_SNAPSHOT_INTERVAL`` seconds (a thread), and on
+  demand. A write starts a new journal epoch, copies the store in chunks while requests go on,
+  writes the file outside the store's lock, and then drops the journals the new file makes
+  obsolete.
+- Only the process holding the claim writes; a process that forks (gunicorn's master) gives its
+  claim up and never writes.
+
+A refused file (tampered, truncated, foreign, future format) is logged once at WARNING with the
+word "snapshot", set aside for inspection, and the process starts empty. A write that fails
+(full disk, permissions) is logged and the previous snapshot stays; the process goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from .messages import RestoreReport, SnapshotReport, SnapshotState
+from .snapshot_file import (
+    Claim,
+    Journal,
+    SnapshotRefused,
+    read_snapshot,
+    set_aside,
+    write_snapshot,
+)
+from .store import MemoryStore
+
+__all__ = ["HANDOFF_TIMEOUT", "NotOwner", "Snapshotter"]
+
+logger = logging.getLogger("django_memsession")
+
+# Seconds a new process waits for the process it replaces to write its final snapshot (gunicorn's
+# default graceful timeout is 30 s).
+HANDOFF_TIMEOUT = 30.0
+HANDOFF_POLL = 0.05
+
+
+class NotOwner(Exception):
+    """This process does not own the snapshot file (another process claimed it)."""
+
+
+def _process_started_at() -> float | None:
+    """When this process started (Linux: /proc), or None where that cannot be read."""
+    try:
+        with open("/proc/self/stat", "rb") as stat_file:
+            fields = stat_file.read().rsplit(b")", 1)[1].split()
+        ticks = int(fields[19])  # field 22, counted from the state (field 3)
+        with open("/proc/stat", "rb") as system:
+            boot = next(int(line.split()[1]) for line in system if line.startswith(b"btime"))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+class Snapshotter:
+    """One process's snapshot: its claim, its journals, its writes and their records."""
+
+    def __init__(self, store: MemoryStore, path: Path) -> None:
+        self.store = store
+        self.path = path
+        self.claim = Claim(path)
+        self.journal = Journal(path)
+        self._lock = threading.Lock()  # one write at a time
+        self._state_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._interval = 0.0
+        self.last: SnapshotReport | None = None
+        self.restored: RestoreReport | None = None
+        self.failures = 0
+        self.holder: int | None = None  # the pid that owns the file, when not this process
+
+    # -- restore ---------------------------------------------------------------------------------
+
+    def restore(self) -> RestoreReport | None:
+        """Claim the snapshot and put its sessions back; None when another process owns it."""
+        if not self._take_claim():
+            return None
+        epoch = max([0, *self.journal.existing()])
+        report = None
+        try:
+            data = read_snapshot(self.path)
+        except FileNotFoundError:
+            data = None
+        except SnapshotRefused as exc:
+            aside = set_aside(self.path)
+            logger.warning(
+                "Session snapshot %s refused: %s. Starting with an empty store; the file was "
+                "moved to %s for inspection.",
+                self.path,
+                exc,
+                aside or "(could not be moved)",
+            )
+            data = None
+        except OSError as exc:
+            logger.warning(
+                "Session snapshot %s could not be read (%s); starting with an empty store.",
+                self.path,
+                exc.strerror,
+            )
+            data = None
+        if data is not None:
+            started = time.perf_counter()
+            journaled = self.journal.keys_matching(
+                (key for _, key, _ in data.records), self.journal.hashes_since(data.epoch)
+            )
+            records = [record for record in data.records if record[1] not in journaled]
+            result = self.store.restore(records)
+            epoch = max(epoch, data.epoch)
+            report = RestoreReport(
+                at=self.store.clock(),
+                sessions=result.sessions,
+                expired=result.expired,
+                journaled=len(journaled),
+                left_out=result.left_out,
+                duration=time.perf_counter() - started,
+                snapshot_started_at=data.started_at,
+            )
+            logger.info(
+                "Session snapshot restored: %d sessions (%d expired, %d changed after it began, "
+                "%d over the budget left out).",
+                result.sessions,
+                result.expired,
+                len(journaled),
+                result.left_out,
+            )
+        # Journal from now on under a new epoch; the old journals stay until a newer snapshot.
+        self._begin_epoch(epoch + 1)
+        with self._state_lock:
+            self.restored = report
+        return report
+
+    def _take_claim(self) -> bool:
+        try:
+            if self.claim.try_take():
+                return True
+        except OSError as exc:
+            logger.warning(
+                "Session snapshots off: cannot use %s (%s).", self.claim.path, exc.strerror
+            )
+            return False
+        holder = self.claim.holder()
+        started_at = _process_started_at()
+        predecessor = holder is not None and started_at is not None and holder[1] < started_at
+        if predecessor:
+            deadline = time.monotonic() + HANDOFF_TIMEOUT
+            while time.monotonic() < deadline:
+                time.sleep(HANDOFF_POLL)
+                if self.claim.try_take():
+                    return True
+        self.holder = holder[0] if holder else None
+        logger.warning(
+            "Session snapshot %s belongs to process %s%s: this process starts with an empty "
+            "store and writes no snapshot. Sessions are split between processes.",
+            self.path,
+            self.holder if self.holder is not None else "?",
+            f" (still there after {HANDOFF_TIMEOUT:g} s)" if predecessor else "",
+        )
+        return False
+
+    def _begin_epoch(self, epoch: int) -> None:
+        self.journal.open(epoch)
+        self.store.begin_epoch(epoch)
+
+    # -- write -----------------------------------------------------------------------------------
+
+    def write(self, reason: str = "on demand") -> SnapshotReport:
+        """Write the snapshot now; raises :class:`NotOwner`, or ``OSError`` (logged, and the
+        previous snapshot intact)."""
+        if not self.claim.held:
+            raise NotOwner(f"the snapshot belongs to process {self.holder}")
+        with self._lock:
+            started_at = self.store.clock()
+            started = time.perf_counter()
+            epoch = self.store.epoch + 1
+            self._begin_epoch(epoch)
+            try:
+                written = write_snapshot(
+                    self.path, self.store.copy_chunks(), epoch=epoch, started_at=started_at
+                )
+            except OSError as exc:
+                with self._state_lock:
+                    self.failures += 1
+                logger.error(
+                    "Session snapshot not written to %s (%s); the previous one is kept.",
+                    self.path,
+                    exc.strerror or exc,
+                )
+                raise
+            self.journal.remove_before(epoch)
+            report = SnapshotReport(
+                started_at=started_at,
+                duration=time.perf_counter() - started,
+                sessions=written.sessions,
+                bytes=written.bytes,
+                reason=reason,
+            )
+            with self._state_lock:
+                self.last = report
+        logger.debug("Session snapshot written (%s): %d sessions.", reason, written.sessions)
+        return report
+
+    def journal_write(self, key: str, epoch: int) -> None:
+        """The store's ``on_journal`` callback."""
+        try:
+            self.journal.append(key, epoch)
+        except OSError as exc:
+            logger.error("Session snapshot journal not written (%s).", exc.strerror)
+
+    # -- the thread ------------------------------------------------------------------------------
+
+    def _loop(self, stop: threading.Event, interval: float) -> None:
+        while not stop.wait(interval):
+            try:
+                self.write("periodic")
+            except Exception:
+                logger.exception("Session snapshot: a periodic write failed; the next one runs.")
+
+    def start(self, interval: float) -> None:
+        """Write every ``interval`` seconds on a thread (0: only at shutdown and on demand)."""
+        self.stop_thread()
+        if interval <= 0 or not self.claim.held:
+            return
+        self._stop = threading.Event()
+        self._interval = interval
+        self._thread = threading.Thread(
+            target=self._loop,
+            args=(self._stop, interval),
+            name="django_memsession-snapshot",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop_thread(self, timeout: float = 5.0) -> None:
+        thread, self._thread = self._thread, None
+        self._stop.set()
+        if thread is not None and thread is not threading.current_thread() and timeout:
+            thread.join(timeout)
+
+    # -- process events ------------------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        """The final snapshot, then the claim goes: the next process restores it."""
+        self.stop_thread()
+        if self.claim.held:
+            with contextlib.suppress(Exception):
+                self.write("shutdown")
+        self.journal.close()
+        self.claim.release()
+
+    def abandon(self) -> None:
+        """This process forked (it is a master, not a server): give the claim up, write
+        nothing. Its children inherited its sessions; they drop them (see ``forget``)."""
+        self.stop_thread(timeout=0)
+        self.journal.close()
+        self.claim.release()
+
+    def forget(self) -> None:
+        """In a forked child: the claim and the journals are the parent's. Closing our copies
+        of their descriptors leaves the parent's as they are."""
+        self._thread = None
+        self.journal.close()
+        self.claim.release()
+
+    def resume(self) -> bool:
+        """Take the claim back without restoring (a process that forked and then used its
+        store after all: its sessions are live, the file is its own); whether it could."""
+        try:
+            if not self.claim.try_take():
+                return False
+        except OSError:
+            return False
+        self._begin_epoch(max([self.store.epoch, *self.journal.existing()]) + 1)
+        return True
+
+    def state(self) -> SnapshotState:
+        with self._state_lock:
+            return SnapshotState(
+                path=str(self.path),
+                owner=self.claim.held,
+                holder=self.holder,
+                interval=self._interval if self._thread is not None else None,
+                last=self.last,
+                restored=self.restored,
+                failures=self.failures,
+            )
