@@ -90,6 +90,40 @@ def process_row(report: ProcessReport) -> dict[str, Any]:
             "duration_ms": round(last.duration * 1000, 1),
         },
         "plot": history_plot(report.history, max_bytes),
+        "snapshot": snapshot_row(report),
+    }
+
+
+def snapshot_row(report: ProcessReport) -> dict[str, Any] | None:
+    """The last snapshot written and what was restored at start (None: snapshots off)."""
+    state = report.snapshot
+    if state is None:
+        return None
+    last, restored = state.last, state.restored
+    return {
+        "path": state.path,
+        "owner": state.owner,
+        "holder": state.holder,
+        "failures": state.failures,
+        "last": None
+        if last is None
+        else {
+            "time": last.started_at,
+            "when": _when(last.started_at),
+            "sessions": last.sessions,
+            "bytes": last.bytes,
+            "duration_ms": round(last.duration * 1000, 1),
+            "reason": last.reason,
+        },
+        "restored": None
+        if restored is None
+        else {
+            "time": restored.at,
+            "sessions": restored.sessions,
+            "expired": restored.expired,
+            "journaled": restored.journaled,
+            "left_out": restored.left_out,
+        },
     }
 
 
@@ -203,6 +237,8 @@ class StatsAdmin(admin.ModelAdmin):
             row.pop("plot")
             if row["last_pass"]:
                 row["last_pass"].pop("when")
+            if row["snapshot"] and row["snapshot"]["last"]:
+                row["snapshot"]["last"].pop("when")
         return JsonResponse(
             {
                 "processes": rows,

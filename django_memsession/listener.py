@@ -83,21 +83,28 @@ class Listener:
     # -- the socket ------------------------------------------------------------------------------
 
     def _bind(self) -> None:
+        """Bind and listen on a temporary name, then rename it into place: the socket file
+        appears only once it accepts connections (a client that met a bound socket not yet
+        listening would take it for a dead one and remove it)."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        temporary = self.path.with_name(self.path.name + "~")  # the pid in the name: ours alone
         try:
             with contextlib.suppress(FileNotFoundError):
-                self.path.unlink()  # a socket left by a dead process that had this pid
+                temporary.unlink()
             old_umask = os.umask(0o177)
             try:
-                sock.bind(str(self.path))
+                sock.bind(str(temporary))
             finally:
                 os.umask(old_umask)
-            os.chmod(self.path, 0o600)
+            os.chmod(temporary, 0o600)
             sock.listen(64)
             sock.setblocking(False)
-            info = os.stat(self.path)
+            info = os.stat(temporary)
+            os.replace(temporary, self.path)  # over a socket left by a dead process's pid
         except BaseException:
             sock.close()
+            with contextlib.suppress(OSError):
+                temporary.unlink()
             raise
         self._sock, self._inode = sock, (info.st_dev, info.st_ino)
 

@@ -271,7 +271,7 @@ def _start_listener(services: Services) -> Listener | None:
         )
         return None
     path = control.socket_path(os.getpid())
-    if len(os.fsencode(path)) > control.MAX_SOCKET_PATH:
+    if len(os.fsencode(path)) + 1 > control.MAX_SOCKET_PATH:  # bound as <path>~ first
         _warn_once(
             "path",
             "Session control channel off: the socket path %s is longer than %d bytes; set "

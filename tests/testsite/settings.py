@@ -78,3 +78,8 @@ if os.environ.get("MEMSESSION_TEST_REDIS_URL"):
         else name
         for name in MIDDLEWARE
     ]
+
+# Snapshots, for the real-server tests that ask for them through the environment.
+if os.environ.get("MEMSESSION_TEST_SNAPSHOT_PATH"):
+    MEMSESSION_SNAPSHOT_PATH = os.environ["MEMSESSION_TEST_SNAPSHOT_PATH"]
+    MEMSESSION_SNAPSHOT_INTERVAL = float(os.environ.get("MEMSESSION_TEST_SNAPSHOT_INTERVAL", "0"))

@@ -1,0 +1,351 @@
+"""Snapshots: what a restore brings back (and never brings back), signed files, bad files."""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from django.test import override_settings
+from pympler import asizeof
+
+from django_memsession import snapshot_file
+from django_memsession.lru import AUTHENTICATED, PROBATION, RETURNING
+from django_memsession.snapshot import Snapshotter
+from django_memsession.store import Limits, MemoryStore
+
+
+@pytest.fixture
+def snapshot_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "snapshots"
+    directory.mkdir(mode=0o700)
+    return directory
+
+
+@pytest.fixture
+def make(clock, sizer, snapshot_dir):
+    """A store and its snapshotter, as one process would have them."""
+    made: list[Snapshotter] = []
+
+    def build(max_bytes: int = 1024 * 1024) -> Snapshotter:
+        store = MemoryStore(Limits(max_bytes, max_bytes // 8, 0.75), clock=clock, sizer=sizer)
+        snapshotter = Snapshotter(store, snapshot_dir / "sessions.snapshot")
+        store.on_journal = snapshotter.journal_write
+        made.append(snapshotter)
+        return snapshotter
+
+    yield build
+    for snapshotter in made:
+        snapshotter.journal.close()
+        snapshotter.claim.release()
+
+
+def key(n: int) -> str:
+    return f"{n:032d}"
+
+
+def put(store: MemoryStore, n: int, data: bytes = b"{}", *, ttl: float = 3600, auth=False):
+    return store.put(key(n), data, store.clock() + ttl, authenticated=auth, create=False)
+
+
+def create(store: MemoryStore, n: int, data: bytes = b"{}", *, ttl: float = 3600, auth=False):
+    return store.put(key(n), data, store.clock() + ttl, authenticated=auth, create=True)
+
+
+def crash(process: Snapshotter) -> None:
+    """What kill -9 leaves: the files as they are; the claim goes with the process."""
+    process.journal.close()
+    process.claim.release()
+
+
+def started(make, **kwargs) -> Snapshotter:
+    process = make(**kwargs)
+    process.restore()
+    return process
+
+
+def contents(store: MemoryStore) -> dict[str, tuple[int, bytes]]:
+    return {k: (i, v[12:]) for i, k, v in (r for chunk in store.copy_chunks() for r in chunk)}
+
+
+# -- what comes back ----------------------------------------------------------------------------
+
+
+def test_every_live_session_comes_back_with_its_data_expiry_segment_and_recency(make, clock):
+    old = started(make)
+    for n in range(3):
+        create(old.store, n, b'{"n": %d}' % n)
+    create(old.store, 10, b'{"user": 1}', auth=True)
+    old.store.get(key(0))  # key 0 comes back: returning, most recently used
+    old.shutdown()
+    new = started(make)
+    assert new.restored is not None and new.restored.sessions == 4
+    order = [k for chunk in new.store.copy_chunks() for _, k, _ in chunk]
+    assert order == [key(1), key(2), key(0), key(10)]
+    assert new.store.stats()["segments"] == {"probation": 2, "returning": 1, "authenticated": 1}
+    assert new.store.get(key(1)) == b'{"n": 1}'
+    clock.advance(3601)
+    assert new.store.get(key(2)) is None
+
+
+def test_accounting_stays_exact_after_a_restore(make):
+    old = started(make)
+    for n in range(500):
+        create(old.store, n, b"x" * (n % 300))
+    old.shutdown()
+    new = started(make)
+    assert new.store.stats()["bytes"] == asizeof.asizeof(*new.store.containers())
+
+
+def test_sessions_that_expired_while_down_do_not_come_back(make, clock):
+    old = started(make)
+    create(old.store, 1, ttl=10)
+    create(old.store, 2, ttl=1000)
+    old.shutdown()
+    clock.advance(11)
+    new = started(make)
+    assert (new.restored.sessions, new.restored.expired) == (1, 1)
+    assert new.store.get(key(1)) is None
+
+
+def test_a_lowered_budget_brings_back_the_most_valuable_first(make):
+    old = started(make)
+    for n in range(200):
+        create(old.store, n, b"p" * 400)  # probation
+    for n in range(200, 260):
+        create(old.store, n, b"u" * 400, auth=True)
+    old.shutdown()
+    new = started(make, max_bytes=64 * 1024)
+    segments = new.store.stats()["segments"]
+    assert segments["authenticated"] == 60
+    assert 0 < segments["probation"] < 200
+    assert new.store.get(key(199)) is not None  # the most recent probation sessions
+    assert new.store.get(key(0)) is None
+    assert new.store.stats()["bytes"] <= 64 * 1024
+
+
+# -- what never comes back ----------------------------------------------------------------------
+
+
+def test_a_logout_after_the_last_snapshot_is_not_undone_by_a_crash(make):
+    old = started(make)
+    create(old.store, 1, auth=True)
+    create(old.store, 2, auth=True)
+    old.write()
+    old.store.delete(key(1))  # a logout, then kill -9
+    crash(old)
+    new = started(make)
+    assert new.store.get(key(1)) is None
+    assert new.store.get(key(2)) is not None
+
+
+def test_a_session_changed_after_the_last_snapshot_is_not_rolled_back_by_a_crash(make):
+    old = started(make)
+    create(old.store, 1, b'{"token": "unused"}')
+    old.write()
+    put(old.store, 1, b'{"token": "used"}')
+    crash(old)
+    new = started(make)
+    assert new.store.get(key(1)) is None  # as last written, or not at all: never the old one
+    assert new.restored.journaled == 1
+
+
+def test_a_logout_of_an_evicted_session_is_journaled_too(make):
+    """The snapshot holds it even if the store no longer does."""
+    old = started(make)
+    create(old.store, 1)
+    old.write()
+    old.store.delete(key(1))
+    old.store.delete(key(1))  # gone already: a second logout is still safe
+    crash(old)
+    assert started(make).store.get(key(1)) is None
+
+
+def test_changes_made_while_the_snapshot_is_copied_are_never_rolled_back(make, monkeypatch):
+    old = started(make, max_bytes=8 * 1024 * 1024)
+    for n in range(5000):
+        create(old.store, n)
+    real = old.store.copy_chunks
+
+    def interfering(**kwargs):
+        for count, chunk in enumerate(real(**kwargs)):
+            if count == 2:  # the copy is under way: a logout and an update land
+                old.store.delete(key(1))  # already copied
+                put(old.store, 4999, b'{"v": 2}')  # not copied yet
+                put(old.store, 2, b'{"v": 2}')  # already copied, at its old version
+            yield chunk
+
+    monkeypatch.setattr(old.store, "copy_chunks", interfering)
+    old.write()
+    crash(old)
+    new = started(make, max_bytes=8 * 1024 * 1024)
+    assert new.store.get(key(1)) is None
+    assert new.store.get(key(2)) is None  # its copy in the file is the old version
+    assert new.store.get(key(4999)) in (None, b'{"v": 2}')
+    assert new.store.get(key(3)) is not None
+
+
+def test_a_session_written_every_request_is_journaled_once_per_snapshot(make):
+    old = started(make)
+    create(old.store, 1)
+    old.write()
+    for _ in range(100):
+        put(old.store, 1, b'{"n": 1}')
+    journal = old.journal.file(old.store.epoch).read_bytes()
+    assert len(journal) == snapshot_file.HASH_SIZE
+
+
+def test_the_journal_holds_no_session_key(make):
+    old = started(make)
+    create(old.store, 123456)
+    old.write()
+    old.store.delete(key(123456))
+    data = old.journal.file(old.store.epoch).read_bytes()
+    assert key(123456).encode() not in data and len(data) == snapshot_file.HASH_SIZE
+
+
+def test_a_graceful_shutdown_keeps_every_session_written_up_to_it(make):
+    old = started(make)
+    create(old.store, 1)
+    old.write()
+    put(old.store, 1, b'{"v": 2}')  # after the periodic snapshot
+    create(old.store, 2)
+    old.shutdown()
+    new = started(make)
+    assert (new.store.get(key(1)), new.store.get(key(2))) == (b'{"v": 2}', b"{}")
+
+
+# -- one process owns the file ----------------------------------------------------------------
+
+
+def test_a_second_process_gets_nothing_and_writes_nothing(make, caplog):
+    owner = started(make)
+    create(owner.store, 1)
+    owner.write()
+    with caplog.at_level(logging.WARNING, logger="django_memsession"):
+        sibling = started(make)
+    assert (sibling.restored, sibling.store.stats()["entries"]) == (None, 0)
+    assert f"belongs to process {os.getpid()}" in caplog.text
+    with pytest.raises(Exception, match="belongs to process"):
+        sibling.write()
+
+
+# -- the file ---------------------------------------------------------------------------------
+
+
+def test_the_file_is_private_and_no_larger_than_the_store(make):
+    old = started(make)
+    for n in range(2000):
+        create(old.store, n, b'{"cart": [1, 2, 3], "visits": 12}' + b" " * 250)
+    report = old.write()
+    path = old.path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert report.bytes == path.stat().st_size
+    assert report.bytes <= 1.2 * old.store.stats()["bytes"]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda data: data[:-10],  # truncated
+        lambda data: data[:100] + bytes([data[100] ^ 1]) + data[101:],  # one bit flipped
+        lambda data: b"",  # empty
+        lambda data: data.replace(b"snapshot\n\x01", b"snapshot\n\x09", 1),  # future format
+        lambda data: b"\x80\x04\x95" + data,  # a pickle, say
+    ],
+    ids=["truncated", "tampered", "empty", "future-version", "foreign-format"],
+)
+def test_a_bad_file_is_refused_set_aside_and_logged_and_the_store_starts_empty(
+    make, caplog, damage
+):
+    old = started(make)
+    create(old.store, 1)
+    old.shutdown()
+    old.path.write_bytes(damage(old.path.read_bytes()))
+    with caplog.at_level(logging.WARNING, logger="django_memsession"):
+        new = started(make)
+    assert new.store.stats()["entries"] == 0
+    (line,) = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "snapshot" in line.getMessage()
+    assert not old.path.exists()
+    assert len(list(old.path.parent.glob("sessions.snapshot.rejected-*"))) == 1
+
+
+def test_a_file_signed_with_another_secret_key_is_refused(make, caplog):
+    with override_settings(SECRET_KEY="another project"):
+        old = started(make)
+        create(old.store, 1)
+        old.shutdown()
+    with caplog.at_level(logging.WARNING, logger="django_memsession"):
+        new = started(make)
+    assert new.store.stats()["entries"] == 0
+    assert "bad signature" in caplog.text
+
+
+def test_a_rotated_secret_key_still_reads_the_file_through_the_fallbacks(make):
+    with override_settings(SECRET_KEY="the old key"):
+        old = started(make)
+        create(old.store, 1)
+        old.write()
+        old.store.delete(key(1))  # journaled under the old key
+        create(old.store, 2)
+        crash(old)
+    with override_settings(SECRET_KEY="the new key", SECRET_KEY_FALLBACKS=["the old key"]):
+        new = started(make)
+    assert (new.store.get(key(1)), new.store.get(key(2))) == (None, None)
+    with override_settings(SECRET_KEY="the new key", SECRET_KEY_FALLBACKS=["the old key"]):
+        old2 = new
+        create(old2.store, 3)
+        old2.shutdown()
+        assert started(make).store.get(key(3)) == b"{}"
+
+
+def test_a_failed_write_on_a_full_disk_keeps_the_previous_snapshot(make, monkeypatch, caplog):
+    old = started(make)
+    create(old.store, 1)
+    old.write()
+    before = old.path.read_bytes()
+    real_fsync = os.fsync
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with caplog.at_level(logging.ERROR, logger="django_memsession"), pytest.raises(OSError):
+        old.write()
+    monkeypatch.setattr(os, "fsync", real_fsync)
+    assert old.path.read_bytes() == before
+    assert list(old.path.parent.glob("*.tmp-*")) == []
+    assert "No space left on device" in caplog.text
+
+
+def test_the_snapshot_thread_survives_a_failing_write(make, monkeypatch, caplog):
+    old = started(make)
+    calls = {"n": 0}
+    done = threading.Event()
+    real = old.write
+
+    def flaky(reason: str = "") -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        done.set()
+        return real(reason)
+
+    monkeypatch.setattr(old, "write", flaky)
+    with caplog.at_level(logging.ERROR, logger="django_memsession"):
+        old.start(0.02)
+        assert done.wait(10)
+    old.stop_thread()
+    assert "a periodic write failed" in caplog.text
+
+
+def test_sessions_and_segments_round_trip_through_the_file_format(snapshot_dir):
+    path = snapshot_dir / "f"
+    records = [(PROBATION, key(1), b"a"), (RETURNING, key(2), b""), (AUTHENTICATED, key(3), b"c")]
+    snapshot_file.write_snapshot(path, [records], epoch=7, started_at=1.5)
+    data = snapshot_file.read_snapshot(path)
+    assert (data.epoch, data.started_at, data.records) == (7, 1.5, records)
