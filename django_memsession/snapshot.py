@@ -44,9 +44,11 @@ __all__ = ["HANDOFF_TIMEOUT", "NotOwner", "Snapshotter"]
 
 logger = logging.getLogger("django_memsession")
 
-# Seconds a new process waits for the process it replaces to write its final snapshot (gunicorn's
-# default graceful timeout is 30 s).
-HANDOFF_TIMEOUT = 30.0
+# Seconds a new process waits for the process it replaces to write its final snapshot. An old
+# gunicorn worker told to stop finishes its requests and exits within a second or two; a sibling
+# worker that claimed the file before this one started (a recycled worker under --max-requests
+# with several workers) never lets go, and this is what its first request waits.
+HANDOFF_TIMEOUT = 10.0
 HANDOFF_POLL = 0.05
 
 
@@ -54,17 +56,19 @@ class NotOwner(Exception):
     """This process does not own the snapshot file (another process claimed it)."""
 
 
-def _process_started_at() -> float | None:
-    """When this process started (Linux: /proc), or None where that cannot be read."""
-    try:
-        with open("/proc/self/stat", "rb") as stat_file:
-            fields = stat_file.read().rsplit(b")", 1)[1].split()
-        ticks = int(fields[19])  # field 22, counted from the state (field 3)
-        with open("/proc/stat", "rb") as system:
-            boot = next(int(line.split()[1]) for line in system if line.startswith(b"btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return None
+# When this process started serving this code: when the package was imported, or when the
+# process was forked from one that had imported it (gunicorn --preload). Exact to the
+# millisecond, where /proc's start time is only as exact as the boot time's whole seconds.
+_started_at = time.time()
+
+
+def _note_fork() -> None:
+    global _started_at
+    _started_at = time.time()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_note_fork)
 
 
 class Snapshotter:
@@ -155,8 +159,9 @@ class Snapshotter:
             )
             return False
         holder = self.claim.holder()
-        started_at = _process_started_at()
-        predecessor = holder is not None and started_at is not None and holder[1] < started_at
+        # Claimed before this process started: the process this one replaces (a graceful
+        # reload), about to write its final snapshot. Claimed after: a sibling, for good.
+        predecessor = holder is not None and holder[1] < _started_at
         if predecessor:
             deadline = time.monotonic() + HANDOFF_TIMEOUT
             while time.monotonic() < deadline:

@@ -36,6 +36,7 @@ def get_json(url: str) -> dict:
 class Server:
     base: str
     stderr: IO[bytes]
+    process: subprocess.Popen[bytes]
 
     def log(self) -> str:
         """What the server (master and workers) has written to stderr so far."""
@@ -45,7 +46,11 @@ class Server:
 
 @contextmanager
 def gunicorn(
-    control_dir: str, *options: str, prune_interval: float = 0, app: str = "testsite.wsgi"
+    control_dir: str,
+    *options: str,
+    prune_interval: float = 0,
+    app: str = "testsite.wsgi",
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Server]:
     """Run gunicorn on 127.0.0.1 with the test site; yield it; stop it afterwards.
 
@@ -59,6 +64,7 @@ def gunicorn(
         "PYTHONPATH": str(TESTS_DIR),
         "MEMSESSION_CONTROL_DIR": control_dir,
         "MEMSESSION_TEST_PRUNE_INTERVAL": str(prune_interval),
+        **(extra_env or {}),
     }
     env.pop("WEB_CONCURRENCY", None)
     args = [sys.executable, "-m", "gunicorn", f"{app}:application"]
@@ -66,7 +72,7 @@ def gunicorn(
     args += ["--graceful-timeout", "2", *options]
     with tempfile.TemporaryFile() as stderr:
         process = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
-        server = Server(f"http://127.0.0.1:{port}", stderr)
+        server = Server(f"http://127.0.0.1:{port}", stderr, process)
         try:
             deadline = time.monotonic() + 30
             while True:

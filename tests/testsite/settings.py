@@ -5,7 +5,7 @@ import tempfile
 
 BASE_DIR = os.path.dirname(os.path.abspath(__file__))
 
-SECRET_KEY = "memsession-tests-not-secret"
+SECRET_KEY = os.environ.get("MEMSESSION_TEST_SECRET_KEY", "memsession-tests-not-secret")
 DEBUG = False
 ALLOWED_HOSTS = ["127.0.0.1", "localhost", "testserver"]
 

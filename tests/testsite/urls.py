@@ -10,6 +10,7 @@ urlpatterns = [
     path("session/make/", views.make_session, name="make-session"),
     path("session/read/", views.read_session, name="read-session"),
     path("session/step/", views.step, name="step-session"),
+    path("session/slow-step/", views.slow_step, name="slow-step-session"),
     path("session/blob/", views.store_blob, name="blob-session"),
     path("session/stats/", views.store_stats, name="store-stats"),
     path("session/sign-in/", views.sign_in, name="sign-in-session"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
 
 from django.http import HttpRequest, JsonResponse
@@ -36,6 +37,15 @@ def step(request: HttpRequest) -> JsonResponse:
         between_load_and_save(request.session.session_key)
     request.session["visits"] = visits + 1
     return JsonResponse({"visits": visits + 1})
+
+
+def slow_step(request: HttpRequest) -> JsonResponse:
+    """Load the session, wait ``?seconds=``, then change it: a request still running in an old
+    worker while a graceful reload starts new ones."""
+    visits = request.session.get("visits", 0)
+    time.sleep(float(request.GET["seconds"]))
+    request.session["visits"] = visits + 1
+    return JsonResponse({"pid": os.getpid(), "visits": visits + 1})
 
 
 def store_blob(request: HttpRequest) -> JsonResponse:
