@@ -173,7 +173,11 @@ def _start() -> Services:
             events = EventReporter()
             store = MemoryStore(conf.limits(), on_event=events)
             events.store = store
-            services = _services = Services(store, events, conf.snapshot_path())
+            # Only a serving process restores and writes the snapshot: a management command
+            # (shell, migrate, prunesessions) must neither take the server's sessions nor wait
+            # for its claim.
+            snapshot_path = conf.snapshot_path() if should_listen() else None
+            services = _services = Services(store, events, snapshot_path)
             _register_process_hooks()
         if not services.started:
             services.started = True
@@ -510,6 +514,8 @@ def _settings_changed(*, setting: str, **kwargs: Any) -> None:
         return
     if setting == "MEMSESSION_PRUNE_INTERVAL":
         _start_pruner_thread(services, conf.prune_interval())
+    if setting == "MEMSESSION_SNAPSHOT_INTERVAL" and services.snapshotter is not None:
+        services.snapshotter.start(conf.snapshot_interval())
     if setting in ("MEMSESSION_CONTROL", "MEMSESSION_CONTROL_DIR") and (
         services.listener is not None or should_listen()
     ):

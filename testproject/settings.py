@@ -92,6 +92,14 @@ MEMSESSION_PRUNE_INTERVAL = 30
 if "MEMSESSION_CONTROL_DIR" in os.environ:
     MEMSESSION_CONTROL_DIR = os.environ["MEMSESSION_CONTROL_DIR"]
 
+# Sessions survive restarts (a runserver reload keeps the cart and the login): the store is
+# written to a snapshot beside the database, in a directory only this user can enter (the file
+# holds session keys), at exit and every minute, and read back when the server starts.
+SNAPSHOT_DIR = Path(DATABASES["default"]["NAME"]).parent / "sessions"
+SNAPSHOT_DIR.mkdir(mode=0o700, exist_ok=True)
+MEMSESSION_SNAPSHOT_PATH = str(SNAPSHOT_DIR / "sessions.snapshot")
+MEMSESSION_SNAPSHOT_INTERVAL = 60
+
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "shop:home"
 LOGOUT_REDIRECT_URL = "shop:home"

@@ -13,11 +13,18 @@ TESTS_DIR = Path(__file__).resolve().parent
 class store_process:
     """Run tests/store_process.py with this test's control directory; yield its pid."""
 
-    def __init__(self, control_dir: str, short: int = 0, long: int = 1) -> None:
+    def __init__(
+        self,
+        control_dir: str,
+        short: int = 0,
+        long: int = 1,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         self.env = {
             **os.environ,
             "MEMSESSION_CONTROL_DIR": control_dir,
             "DJANGO_SETTINGS_MODULE": "testsite.settings",
+            **(extra_env or {}),
         }
         self.args = [sys.executable, str(TESTS_DIR / "store_process.py"), str(short), str(long)]
 

@@ -199,3 +199,40 @@ def test_json_view_has_the_same_figures(admin_client):
 
 def test_json_view_for_a_view_only_user():
     assert staff_client("view_stats").get(JSON_URL).status_code == 200
+
+
+def test_the_last_snapshot_and_what_was_restored_are_shown_per_process(admin_client, monkeypatch):
+    from django_memsession.messages import RestoreReport, SnapshotReport, SnapshotState
+
+    real = runtime.gather
+
+    def with_snapshot(command="report", **kwargs):
+        gathered = real(command, **kwargs)
+        state = SnapshotState(
+            path="/var/lib/site/sessions.snapshot",
+            owner=True,
+            holder=None,
+            interval=300.0,
+            last=SnapshotReport(
+                started_at=1.7e9, duration=0.0123, sessions=41, bytes=20480, reason="periodic"
+            ),
+            restored=RestoreReport(
+                at=1.7e9,
+                sessions=38,
+                expired=2,
+                journaled=1,
+                left_out=0,
+                duration=0.01,
+                snapshot_started_at=1.7e9,
+            ),
+            failures=0,
+        )
+        gathered.processes[0] = dataclasses.replace(gathered.processes[0], snapshot=state)
+        return gathered
+
+    monkeypatch.setattr(runtime, "gather", with_snapshot)
+    html = admin_client.get(STATS_URL).content.decode()
+    data = admin_client.get(JSON_URL).json()
+    assert "41 sessions (20.0\xa0KB) in 12.3 ms" in html
+    assert "restored at start: 38 sessions (2 expired, 1 changed since" in html
+    assert data["processes"][0]["snapshot"]["last"]["sessions"] == 41

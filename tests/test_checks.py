@@ -168,3 +168,38 @@ def test_one_worker_is_no_warning(monkeypatch, environ):
     for name, value in environ.items():
         monkeypatch.setenv(name, value)
     assert check_deployment() == []
+
+
+@pytest.mark.parametrize("value", ["sessions.snapshot", "./var/s", 42, ""])
+def test_snapshot_path_not_absolute_is_e010(value):
+    with override_settings(MEMSESSION_SNAPSHOT_PATH=value):
+        assert ids() == ["memsession.E010"]
+
+
+def test_snapshot_path_in_a_missing_directory_is_e011(tmp_path):
+    with override_settings(MEMSESSION_SNAPSHOT_PATH=str(tmp_path / "nowhere" / "s.snapshot")):
+        assert ids() == ["memsession.E011"]
+
+
+def test_snapshot_directory_writable_by_others_is_e011(tmp_path):
+    """The snapshot holds session keys: nobody else may replace or remove it."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    with override_settings(MEMSESSION_SNAPSHOT_PATH=str(shared / "s.snapshot")):
+        (message,) = check_settings()
+    assert message.id == "memsession.E011"
+    assert "chmod go-w" in message.hint
+
+
+def test_a_private_snapshot_directory_is_accepted(tmp_path):
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    with override_settings(MEMSESSION_SNAPSHOT_PATH=str(private / "s.snapshot")):
+        assert ids() == []
+
+
+@pytest.mark.parametrize("value", [-1, 0.5, "300", float("nan"), threading.TIMEOUT_MAX * 2])
+def test_bad_snapshot_interval_is_e012(value):
+    with override_settings(MEMSESSION_SNAPSHOT_INTERVAL=value):
+        assert ids() == ["memsession.E012"]

@@ -238,3 +238,88 @@ def test_login_keeps_the_cart_under_a_new_key_and_logout_ends_the_session(
     assert (after_logout["user"], after_logout["signed_in_banner"]) == ("", False)
     assert after_logout["cart"] == {}
     assert after_logout["visits"] == 1  # a fresh session
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class _Visitor:
+    """A browser's cookies and forms, over real HTTP."""
+
+    def __init__(self, base: str) -> None:
+        import http.cookiejar
+        import urllib.request
+
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def get(self, path: str) -> str:
+        with self.opener.open(self.base + path, timeout=15) as response:
+            return response.read().decode()
+
+    def post(self, path: str, page: str, **data: str) -> str:
+        import re
+        import urllib.parse
+
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        body = urllib.parse.urlencode({"csrfmiddlewaretoken": token, **data}).encode()
+        request = urllib.request.Request(self.base + path, data=body)
+        request.add_header("Referer", self.base + "/")
+        with self.opener.open(request, timeout=15) as response:
+            return response.read().decode()
+
+
+@pytest.mark.heavy
+def test_runserver_reload_keeps_the_cart(demo_env: dict[str, str], tmp_path: Path) -> None:
+    """A real ``manage.py runserver`` with its autoreloader: a touched source file restarts the
+    serving process, and the visitor's cart is still there (the demo keeps a snapshot)."""
+    import re
+    import time
+
+    port = _free_port()
+    log_path = tmp_path / "runserver.log"
+    watched = REPO_ROOT / "testproject" / "shop" / "views.py"
+    with log_path.open("wb") as log:
+        server = subprocess.Popen(
+            [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}"],
+            cwd=REPO_ROOT,
+            env=demo_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            visitor = _Visitor(f"http://127.0.0.1:{port}")
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    page = visitor.get("/")
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, log_path.read_text()
+                    time.sleep(0.2)
+            visitor.post("/cart/tea/add/", page, quantity="2")
+            starts = log_path.read_text().count("Starting development server")
+            os.utime(watched)  # as an editor's save would
+            while log_path.read_text().count("Starting development server") == starts:
+                assert time.monotonic() < deadline, log_path.read_text()
+                time.sleep(0.2)
+            while True:
+                try:
+                    page = visitor.get("/")
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, log_path.read_text()
+                    time.sleep(0.2)
+        finally:
+            server.terminate()
+            server.wait(20)
+    cart = page.split('<section id="cart">', 1)[1]
+    row = re.search(r"<td>Green tea, 100 g</td>\s*<td class=\"num\">(\d+)</td>", cart)
+    assert row is not None, cart
+    assert row.group(1) == "2"

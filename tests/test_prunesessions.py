@@ -146,3 +146,32 @@ def test_help_documents_the_exit_status(capsys):
 def test_the_command_process_itself_does_not_listen(control_dir):
     run_command("prunesessions", control_dir=control_dir)
     assert os.listdir(control_dir) == []
+
+
+def test_snapshotsessions_asks_every_process_and_prints_what_each_wrote(control_dir, tmp_path):
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    env = {"MEMSESSION_TEST_SNAPSHOT_PATH": str(state / "sessions.snapshot")}
+    with (
+        store_process(control_dir, long=3, extra_env=env) as owner,
+        store_process(control_dir, long=2, extra_env=env) as sibling,
+    ):
+        result = run_command("snapshotsessions", control_dir=control_dir)
+        as_json = run_command("snapshotsessions", "--json", control_dir=control_dir)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith(f"pid {owner}: wrote 3 sessions (")
+    assert lines[1] == (f"pid {sibling}: nothing written: the snapshot belongs to process {owner}")
+    assert lines[2].startswith("total over 2 process(es): 1 wrote 3 sessions")
+    output = json.loads(as_json.stdout)
+    assert [(p["pid"], p["written"], p["sessions"]) for p in output["processes"]] == [
+        (owner, True, 3),
+        (sibling, False, 0),
+    ]
+
+
+def test_snapshotsessions_where_snapshots_are_off_says_so(control_dir):
+    with store_process(control_dir) as pid:
+        result = run_command("snapshotsessions", control_dir=control_dir)
+    assert result.returncode == 0
+    assert f"pid {pid}: nothing written: snapshots are off" in result.stdout

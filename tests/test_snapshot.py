@@ -349,3 +349,50 @@ def test_sessions_and_segments_round_trip_through_the_file_format(snapshot_dir):
     snapshot_file.write_snapshot(path, [records], epoch=7, started_at=1.5)
     data = snapshot_file.read_snapshot(path)
     assert (data.epoch, data.started_at, data.records) == (7, 1.5, records)
+
+
+# -- the shutdown path of a plain process ---------------------------------------------------------
+
+
+def test_sigterm_to_a_plain_process_writes_the_snapshot_then_ends_it(control_dir, snapshot_dir):
+    """A plain Python process (as runserver) has no SIGTERM handler: Python's default dies
+    without atexit. The package installs one that writes the snapshot, then dies by the signal."""
+    import signal
+
+    from processes import store_process
+
+    path = snapshot_dir / "sessions.snapshot"
+    process = store_process(
+        control_dir, long=3, extra_env={"MEMSESSION_TEST_SNAPSHOT_PATH": str(path)}
+    )
+    with process as pid:
+        os.kill(pid, signal.SIGTERM)
+        process.proc.wait(20)
+    assert process.proc.returncode == -signal.SIGTERM
+    assert len(snapshot_file.read_snapshot(path).records) == 3
+
+
+def test_a_process_with_its_own_sigterm_handler_keeps_it(control_dir, snapshot_dir):
+    """A server's own handler (gunicorn's, uvicorn's) is never replaced."""
+    import subprocess
+    import sys
+
+    from processes import TESTS_DIR
+
+    script = (
+        f"import os, signal, sys; sys.path.insert(0, {str(TESTS_DIR)!r});"
+        "mine = lambda *a: None; signal.signal(signal.SIGTERM, mine);"
+        "import django; django.setup();"
+        "import django_memsession; django_memsession.stats();"
+        "print(signal.getsignal(signal.SIGTERM) is mine)"
+    )
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "testsite.settings",
+        "MEMSESSION_CONTROL_DIR": control_dir,
+        "MEMSESSION_TEST_SNAPSHOT_PATH": str(snapshot_dir / "s.snapshot"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "True", result.stderr
