@@ -271,7 +271,7 @@ class RedisStore:
         and the next load tries again; a save writes it settled anyway.
         """
         try:
-            self._promote(keys=[key], args=[_rest_ms(loaded, now)])
+            self._evalsha(self._promote, key, _rest_ms(loaded, now))
         except redis.RedisError as exc:
             if _availability_reason(exc) is None:
                 raise
@@ -307,10 +307,21 @@ class RedisStore:
         """
         args = self._update_args(payload, expires_at, ttl_ms, full_ttl_ms, may_restore)
         try:
-            result = self._update(keys=[self.prefix + session_key.encode()], args=args)
+            result = self._evalsha(self._update, self.prefix + session_key.encode(), *args)
         except redis.RedisError as exc:
             _unavailable(exc)
         return RESULTS[result]
+
+    def _evalsha(self, script: Any, key: bytes, *args: bytes | int) -> Any:
+        """Run one of our scripts on one key: ``EVALSHA``, and ``SCRIPT LOAD`` first if Redis
+        lost it (a restart, ``SCRIPT FLUSH``). What redis-py's ``Script.__call__`` does, without
+        its per-call import and argument copies on the path every save takes."""
+        try:
+            return self.client.execute_command("EVALSHA", script.sha, 1, key, *args)
+        except redis.exceptions.NoScriptError:
+            # Redis ran nothing: sending it again cannot apply a write twice.
+            script.sha = self.client.script_load(script.script)
+            return self.client.execute_command("EVALSHA", script.sha, 1, key, *args)
 
     def exists(self, session_key: str) -> bool:
         try:
@@ -326,14 +337,15 @@ class RedisStore:
         except redis.RedisError as exc:
             _unavailable(exc)
 
-    def create_many(self, sessions: Iterable[tuple[str, bytes, float, int]]) -> int:
+    def create_many(self, sessions: Iterable[tuple[str, bytes, float, int, bool]]) -> int:
         """Create many sessions in one pipelined round trip (imports, tests, benchmarks): each
-        ``(session_key, payload, expires_at, ttl_ms)`` exactly as :meth:`create` writes it, as
-        settled sessions. Returns how many were created."""
+        ``(session_key, payload, expires_at, ttl_ms, settled)`` exactly as :meth:`create` writes
+        it. Returns how many were created."""
         try:
             pipe = self.client.pipeline(transaction=False)
-            for session_key, payload, expires_at, ttl_ms in sessions:
-                pipe.set(self.key(session_key), pack(payload, expires_at), px=ttl_ms, nx=True)
+            for session_key, payload, expires_at, ttl_ms, settled in sessions:
+                record = pack(payload, expires_at, settled)
+                pipe.set(self.key(session_key), record, px=ttl_ms, nx=True)
             return sum(1 for created in pipe.execute() if created)
         except redis.RedisError as exc:
             _unavailable(exc)
