@@ -91,6 +91,20 @@ def test_unknown_valid_looking_key_loads_empty_and_creates_nothing(redis_server)
     assert raw(redis_server, "a" * 32) == (None, -2)
 
 
+def test_a_load_without_a_key_is_empty_and_makes_no_redis_call(redis_server):
+    s = SessionStore("not a valid key")  # SessionBase drops an invalid key: session_key is None
+    before = redis_server.calls()
+    assert s.load() == {}
+    assert redis_server.calls() == before
+
+
+async def test_an_async_load_without_a_key_is_empty_and_makes_no_redis_call(redis_server):
+    s = SessionStore()
+    before = redis_server.calls()
+    assert await s.aload() == {}
+    assert redis_server.calls() == before
+
+
 def test_unknown_key_gets_a_fresh_key_on_save():
     s = SessionStore("a" * 32)
     s["x"] = 1

@@ -110,16 +110,24 @@ class SessionStore(SessionBase):
     # -- load ----------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
+        session_key = self.session_key
+        if session_key is None:
+            # No key, or one that failed validation (SessionBase sets it to None): no session,
+            # and no Redis call. Django's tests call load() directly on such sessions.
+            return {}
         try:
-            loaded = get_store().load(self.session_key)
+            loaded = get_store().load(session_key)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
         return self._decoded(loaded)
 
     async def aload(self) -> dict[str, Any]:
+        session_key = self.session_key
+        if session_key is None:
+            return {}  # as in load()
         try:
-            loaded = await get_store().aload(self.session_key)
+            loaded = await get_store().aload(session_key)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
