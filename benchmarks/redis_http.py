@@ -154,7 +154,7 @@ def run(redis_url: str, quick: bool) -> dict[str, Any]:
     wrk = ensure_wrk()
     if wrk is None:
         return {"skipped": "wrk is not installed (apt-get install wrk)"}
-    seconds, rounds = (2, 1) if quick else (3, 7)
+    seconds, rounds = (2, 1) if quick else (3, 9)
     servers: dict[str, tuple[int, subprocess.Popen | None]] = {
         engine: (_free_port(), None) for engine in _ENGINES
     }
