@@ -2,9 +2,12 @@
 other.
 
 Thin on purpose: the store does the round trips, this decides what to write. A load is one
-round trip, a create one (``SET NX PX``), a save of an existing session one (a script that
-refuses to undo a delete). Values round-trip exactly as through Django's db engine under
-``SESSION_SERIALIZER``. The async methods are native, on ``redis.asyncio``.
+round trip (a ``GET``; the first load of a session back from probation also promotes it), a
+create one (``SET NX PX``), a save of an existing session one (a script that refuses to undo a
+delete). A new anonymous session is written on probation (a short TTL); one that this object
+loaded, or that holds a logged-in user, with its full age. Values round-trip exactly as through
+Django's db engine under ``SESSION_SERIALIZER``. The async methods are native, on
+``redis.asyncio``.
 
 When Redis cannot answer, every method raises
 :class:`~django_memsession.redis.exceptions.SessionBackendUnavailable` and notes it on
