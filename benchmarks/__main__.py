@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import engines, http, redis_engines
+from . import engines, http, redis_engines, redis_http
 from .common import REPO_ROOT, machine, setup_django
 
 TARGETS = {
@@ -119,13 +119,14 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument(
         "--only",
-        choices=["engines", "scale", "http", "redis"],
+        choices=["engines", "scale", "http", "redis", "redis-http"],
         action="append",
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args()
-    parts = args.only or ["engines", "scale", "http", "redis"]
-    redis_server = redis_engines.RedisServer() if "redis" in parts else None
+    parts = args.only or ["engines", "scale", "http", "redis", "redis-http"]
+    uses_redis = "redis" in parts or "redis-http" in parts
+    redis_server = redis_engines.RedisServer() if uses_redis else None
     setup_django(**(redis_engines.settings(redis_server.url) if redis_server else {}))
     report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "started": time.time()}
     if "engines" in parts:
@@ -159,22 +160,33 @@ def main() -> None:
         print("Django's WSGI handler in process, no network", flush=True)
         report["handler"] = http.handler_costs(args.quick)
         print("\n".join(_http_lines(report["handler"], "µs per request")), flush=True)
-    if redis_server is not None:
-        print(
-            "redis: engines on one loopback redis-server (µs per operation, median (min-max) "
-            "over interleaved rounds)",
-            flush=True,
-        )
-        try:
+    try:
+        if "redis" in parts:
+            assert redis_server is not None
+            print(
+                "redis: engines on one loopback redis-server (µs per operation, median "
+                "(min-max) over interleaved rounds)",
+                flush=True,
+            )
             report["redis"] = redis_engines.run(
                 redis_server.url,
                 rounds=3 if args.quick else 15,
                 target_ms=2 if args.quick else 20,
                 quick=args.quick,
             )
-        finally:
+            print("\n".join(redis_engines.table(report["redis"])), flush=True)
+        if "redis-http" in parts:
+            assert redis_server is not None
+            print(
+                "redis-http: gunicorn (2 workers x 4 threads) and wrk on 127.0.0.1, one "
+                "redis-server, median over interleaved rounds",
+                flush=True,
+            )
+            report["redis_http"] = redis_http.run(redis_server.url, args.quick)
+            print("\n".join(redis_http.table(report["redis_http"])), flush=True)
+    finally:
+        if redis_server is not None:
             redis_server.stop()
-        print("\n".join(redis_engines.table(report["redis"])), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -24,7 +25,7 @@ from redis_server import RedisServer
 
 from django_memsession import SessionTooLarge
 from django_memsession.redis import SessionStore
-from django_memsession.redis.store import get_store
+from django_memsession.redis.store import get_store, unpack
 
 pytestmark = pytest.mark.usefixtures("redis_url")
 
@@ -88,6 +89,20 @@ def test_unknown_valid_looking_key_loads_empty_and_creates_nothing(redis_server)
     assert s.load() == {}
     assert s.session_key is None
     assert raw(redis_server, "a" * 32) == (None, -2)
+
+
+def test_a_load_without_a_key_is_empty_and_makes_no_redis_call(redis_server):
+    s = SessionStore("not a valid key")  # SessionBase drops an invalid key: session_key is None
+    before = redis_server.calls()
+    assert s.load() == {}
+    assert redis_server.calls() == before
+
+
+async def test_an_async_load_without_a_key_is_empty_and_makes_no_redis_call(redis_server):
+    s = SessionStore()
+    before = redis_server.calls()
+    assert await s.aload() == {}
+    assert redis_server.calls() == before
 
 
 def test_unknown_key_gets_a_fresh_key_on_save():
@@ -279,7 +294,11 @@ def test_test_cookie(session):
 def test_instance_has_every_attribute_sessionbase_init_sets():
     from django.contrib.sessions.backends.base import SessionBase
 
-    assert set(vars(SessionBase())) <= set(vars(SessionStore()))
+    base = SessionBase()
+    ours = SessionStore()
+    # serializer is a property (read when used, not imported on every request).
+    assert set(vars(base)) - {"serializer"} <= set(vars(ours))
+    assert ours.serializer is base.serializer
 
 
 # -- logout is not undone; eviction is not logout ------------------------------------------------
@@ -381,6 +400,105 @@ def test_a_session_shorter_than_the_probation_age_keeps_its_own_age(session, red
     SessionStore(session.session_key).load()
     _, ttl = raw(redis_server, session.session_key)
     assert 0 < ttl <= 30_000
+
+
+def test_a_new_anonymous_session_is_marked_on_probation_and_settled_when_it_comes_back(
+    session, redis_server
+):
+    session["cart"] = ["tea"]
+    session.save()
+    assert raw(redis_server, session.session_key)[0][:1] == b"P"
+    SessionStore(session.session_key).load()
+    assert raw(redis_server, session.session_key)[0][:1] == b"S"
+
+
+def test_a_load_of_a_settled_session_is_one_plain_get(session, redis_server):
+    session["_auth_user_id"] = "42"
+    session.save()
+    before = redis_server.calls(), redis_server.calls("get")
+    assert SessionStore(session.session_key)["_auth_user_id"] == "42"
+    assert (redis_server.calls() - before[0], redis_server.calls("get") - before[1]) == (1, 1)
+
+
+def test_only_the_first_return_from_probation_costs_a_promotion(session, redis_server):
+    session.save()
+    before = redis_server.calls("evalsha")
+    for _ in range(3):
+        SessionStore(session.session_key).load()
+    assert redis_server.calls("evalsha") - before == 1
+
+
+def test_a_promotion_never_undoes_a_logout(session, redis_server):
+    """A load's GET finds the session on probation; a logout in another request lands before
+    the load's promotion: the promotion leaves the tombstone."""
+    session.save()
+    store = get_store()
+    record, _ = raw(redis_server, session.session_key)
+    loaded = unpack(record, store.clock())
+    assert loaded is not None
+    session.delete()
+    store._promote_once(store.key(session.session_key), loaded, store.clock())
+    assert raw(redis_server, session.session_key)[0] == b"T"
+
+
+def test_a_save_never_puts_a_settled_session_back_on_probation(session, redis_server, settings):
+    session["cart"] = ["tea"]
+    session.save()  # on probation
+    SessionStore(session.session_key).load()  # it came back: settled, full age
+    session["cart"] = ["tea", "milk"]
+    session.save()  # the first object, which never loaded it, saves again
+    value, ttl = raw(redis_server, session.session_key)
+    assert value[:1] == b"S"
+    assert ttl > settings.SESSION_COOKIE_AGE * 1000 - 60_000
+
+
+def test_a_session_as_short_as_the_probation_age_is_stored_settled(session, redis_server):
+    session.set_expiry(30)
+    session.save()
+    assert raw(redis_server, session.session_key)[0][:1] == b"S"
+
+
+def test_freezegun_moves_the_expiry_of_redis_sessions():
+    freezegun = pytest.importorskip("freezegun")
+    with freezegun.freeze_time() as frozen:
+        s = SessionStore()
+        s["a"] = 1
+        s.set_expiry(60)
+        s.save()
+        frozen.tick(59)
+        assert SessionStore(s.session_key).get("a") == 1
+        frozen.tick(2)
+        assert SessionStore(s.session_key).get("a") is None
+        assert not s.exists(s.session_key)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork() on this platform")
+def test_a_forked_child_builds_its_own_store_and_pool():
+    parent = get_store()
+    parent.ping()
+    session = SessionStore()
+    session["a"] = 1
+    session.save()
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            own = get_store()
+            works = SessionStore(session.session_key)["a"] == 1
+            code = 0 if own is not parent and own.client is not parent.client and works else 2
+        finally:
+            os.write(writer, bytes([code]))
+            os._exit(code)
+    os.close(writer)
+    try:
+        answer = os.read(reader, 1)
+    finally:
+        os.close(reader)
+        os.waitpid(pid, 0)
+    assert answer == b"\x00"
+    assert get_store() is parent  # the parent's store is untouched
+    assert SessionStore(session.session_key)["a"] == 1
 
 
 def test_every_key_the_engine_writes_has_a_ttl(redis_server):

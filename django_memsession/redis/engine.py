@@ -2,9 +2,12 @@
 other.
 
 Thin on purpose: the store does the round trips, this decides what to write. A load is one
-round trip, a create one (``SET NX PX``), a save of an existing session one (a script that
-refuses to undo a delete). Values round-trip exactly as through Django's db engine under
-``SESSION_SERIALIZER``. The async methods are native, on ``redis.asyncio``.
+round trip (a ``GET``; the first load of a session back from probation also promotes it), a
+create one (``SET NX PX``), a save of an existing session one (a script that refuses to undo a
+delete). A new anonymous session is written on probation (a short TTL); one that this object
+loaded, or that holds a logged-in user, with its full age. Values round-trip exactly as through
+Django's db engine under ``SESSION_SERIALIZER``. The async methods are native, on
+``redis.asyncio``.
 
 When Redis cannot answer, every method raises
 :class:`~django_memsession.redis.exceptions.SessionBackendUnavailable` and notes it on
@@ -16,17 +19,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.contrib.sessions.backends.base import (
     VALID_KEY_CHARS,
     CreateError,
     SessionBase,
     UpdateError,
 )
+from django.utils.module_loading import import_string
 
 from ..engine import new_session_key
 from ..exceptions import SessionTooLarge
@@ -43,12 +46,20 @@ AUTH_SESSION_KEY = "_auth_user_id"
 # What an update of a session deleted or expired since it was loaded returns: never brought back.
 REFUSED = (UpdateResult.DELETED, UpdateResult.GONE)
 
+# Ages (in seconds) this far from zero skip the datetime check in _expiry_age(): 100 years, far
+# inside what datetime can represent from today.
+SANE_AGE = 100 * 365 * 24 * 3600
+
 
 class SessionStore(SessionBase):
     """The session engine: ``SESSION_ENGINE = "django_memsession.redis"``."""
 
     def __init__(self, session_key: str | None = None) -> None:
-        super().__init__(session_key)
+        # What SessionBase.__init__ does, minus import_string(SESSION_SERIALIZER) on every
+        # request (about 1 µs): load() and save() use the cached codec, which follows the setting.
+        self._session_key = session_key
+        self.accessed = False
+        self.modified = False
         # The expiry of the version this object last loaded or wrote: a save may store the
         # session again only if it was live then (evicted, not expired).
         self._known_expires_at: float | None = None
@@ -56,13 +67,31 @@ class SessionStore(SessionBase):
         self._came_back = False
         self.outage: SessionBackendUnavailable | None = None
 
-    @contextmanager
-    def _noting_outage(self) -> Iterator[None]:
-        try:
-            yield
-        except SessionBackendUnavailable as exc:
-            self.outage = exc
-            raise
+    @property
+    def serializer(self) -> Any:  # SessionBase.encode()/decode() use it
+        return import_string(settings.SESSION_SERIALIZER)
+
+    # SessionBase's lazy loading, without raising and catching an AttributeError on the first
+    # access of every request.
+
+    def _get_session(self, no_load: bool = False) -> dict[str, Any]:
+        self.accessed = True
+        cache: dict[str, Any] | None = self.__dict__.get("_session_cache")
+        if cache is None:
+            cache = self._session_cache = {} if self.session_key is None or no_load else self.load()
+        return cache
+
+    async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
+        # Also SessionBase's own (Django 5.0+), so that Django 4.2 has it too.
+        self.accessed = True
+        cache: dict[str, Any] | None = self.__dict__.get("_session_cache")
+        if cache is None:
+            cache = self._session_cache = (
+                {} if self.session_key is None or no_load else await self.aload()
+            )
+        return cache
+
+    _session = property(_get_session)
 
     def _validate_session_key(self, key: Any) -> bool:
         """Only keys this engine could have made: 8-64 characters of ``[a-z0-9]``.
@@ -78,28 +107,33 @@ class SessionStore(SessionBase):
     async def _aget_new_session_key(self) -> str:
         return new_session_key()
 
-    async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
-        # SessionBase's own (Django 5.0+), spelled out so Django 4.2 has it too.
-        self.accessed = True
-        try:
-            return self._session_cache
-        except AttributeError:
-            if self.session_key is None or no_load:
-                self._session_cache = {}
-            else:
-                self._session_cache = await self.aload()
-            return self._session_cache
+    # Every store call below notes an outage on self.outage (for the middleware) with a plain
+    # try/except: a context manager would cost about 1 µs on every call's success path.
 
     # -- load ----------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
-        with self._noting_outage():
-            loaded = get_store().load(self.session_key)
+        session_key = self.session_key
+        if session_key is None:
+            # No key, or one that failed validation (SessionBase sets it to None): no session,
+            # and no Redis call. Django's tests call load() directly on such sessions.
+            return {}
+        try:
+            loaded = get_store().load(session_key)
+        except SessionBackendUnavailable as exc:
+            self.outage = exc
+            raise
         return self._decoded(loaded)
 
     async def aload(self) -> dict[str, Any]:
-        with self._noting_outage():
-            loaded = await get_store().aload(self.session_key)
+        session_key = self.session_key
+        if session_key is None:
+            return {}  # as in load()
+        try:
+            loaded = await get_store().aload(session_key)
+        except SessionBackendUnavailable as exc:
+            self.outage = exc
+            raise
         return self._decoded(loaded)
 
     def _decoded(self, loaded: Loaded | None) -> dict[str, Any]:
@@ -128,16 +162,29 @@ class SessionStore(SessionBase):
             # Django's engines. Through SessionMiddleware the load comes first and save() creates.
             raise UpdateError
         store = get_store()
-        write = self._write(store, data)
-        with self._noting_outage():
+        payload, expires_at, ttl, full_ttl, now = self._write(store, data)
+        try:
             if must_create:
-                if not store.create(self.session_key, write.payload, write.expires_at, write.ttl):
+                if not store.create(
+                    self.session_key, payload, expires_at, ttl, settled=ttl >= full_ttl
+                ):
                     raise CreateError
-            elif store.update(self.session_key, *write.update_args(self._known_expires_at)) in (
-                REFUSED
+            elif (
+                store.update(
+                    self.session_key,
+                    payload,
+                    expires_at,
+                    ttl,
+                    full_ttl,
+                    may_restore=self._may_restore(now),
+                )
+                in REFUSED
             ):
                 raise UpdateError
-        self._known_expires_at = write.expires_at
+        except SessionBackendUnavailable as exc:
+            self.outage = exc
+            raise
+        self._known_expires_at = expires_at
 
     async def asave(self, must_create: bool = False) -> None:
         if self.session_key is None:
@@ -146,22 +193,42 @@ class SessionStore(SessionBase):
         if self.session_key is None:
             raise UpdateError
         store = get_store()
-        write = self._write(store, data)
-        with self._noting_outage():
+        payload, expires_at, ttl, full_ttl, now = self._write(store, data)
+        try:
             if must_create:
                 if not await store.acreate(
-                    self.session_key, write.payload, write.expires_at, write.ttl
+                    self.session_key, payload, expires_at, ttl, settled=ttl >= full_ttl
                 ):
                     raise CreateError
             elif (
-                await store.aupdate(self.session_key, *write.update_args(self._known_expires_at))
+                await store.aupdate(
+                    self.session_key,
+                    payload,
+                    expires_at,
+                    ttl,
+                    full_ttl,
+                    may_restore=self._may_restore(now),
+                )
                 in REFUSED
             ):
                 raise UpdateError
-        self._known_expires_at = write.expires_at
+        except SessionBackendUnavailable as exc:
+            self.outage = exc
+            raise
+        self._known_expires_at = expires_at
 
-    def _write(self, store: RedisStore, data: dict[str, Any]) -> _Write:
-        """What to store: the payload, its expiry, and its TTL (probation or full age)."""
+    def _may_restore(self, now: float) -> bool:
+        """Whether a save that finds the key missing stores the session again: only if this
+        object saw it live and unexpired. Then Redis evicted it, and eviction is not logout; a
+        session that expired is not brought back."""
+        known = self._known_expires_at
+        return known is not None and known > now
+
+    def _write(
+        self, store: RedisStore, data: dict[str, Any]
+    ) -> tuple[bytes, float, int, int, float]:
+        """What to store: the payload, its expiry, its TTL (the probation age for a new anonymous
+        session, else its full age), its full age (both in ms), and now (the store's clock)."""
         payload = current_codec().dumps(data)
         limit = store.config.max_session_bytes
         if len(payload) > limit:
@@ -174,17 +241,23 @@ class SessionStore(SessionBase):
             raise SessionTooLarge(len(payload), limit)
         age = self._expiry_age(data)
         full_ttl = max(1, math.ceil(age * 1000))
-        settled = self._came_back or AUTH_SESSION_KEY in data
-        ttl = full_ttl if settled else min(full_ttl, store.probation_ms)
+        if self._came_back or AUTH_SESSION_KEY in data:
+            ttl = full_ttl
+        else:
+            ttl = min(full_ttl, store.probation_ms)
         now = store.clock()
-        return _Write(payload, now + age, ttl, full_ttl, now)
+        return payload, now + age, ttl, full_ttl, now
 
     def _expiry_age(self, data: dict[str, Any]) -> float:
         """Seconds until the session expires, as Django computes it (``set_expiry()``,
         ``SESSION_COOKIE_AGE``). A NaN age raises ValueError and an infinite or too distant one
         OverflowError, as the db engine's ``get_expiry_date()`` does."""
-        age = self.get_expiry_age(expiry=data.get("_session_expiry"))
-        datetime.now(UTC) + timedelta(seconds=age)
+        expiry = data.get("_session_expiry")
+        # No expiry set is the common case: skip get_expiry_age()'s timezone.now() (about 1 µs).
+        age = self.get_expiry_age(expiry=expiry) if expiry else self.get_session_cookie_age()
+        if not -SANE_AGE < age < SANE_AGE:
+            # NaN, infinite, or centuries: let datetime raise what the db engine raises.
+            datetime.now(UTC) + timedelta(seconds=age)
         return age
 
     def create(self) -> None:
@@ -214,30 +287,42 @@ class SessionStore(SessionBase):
     def exists(self, session_key: str | None) -> bool:
         if not self._validate_session_key(session_key):
             return False
-        with self._noting_outage():
+        try:
             return get_store().exists(session_key)
+        except SessionBackendUnavailable as exc:
+            self.outage = exc
+            raise
 
     async def aexists(self, session_key: str | None) -> bool:
         if not self._validate_session_key(session_key):
             return False
-        with self._noting_outage():
+        try:
             return await get_store().aexists(session_key)
+        except SessionBackendUnavailable as exc:
+            self.outage = exc
+            raise
 
     def delete(self, session_key: str | None = None) -> None:
         if session_key is None:
             session_key = self.session_key
         if not self._validate_session_key(session_key):
             return
-        with self._noting_outage():
+        try:
             get_store().delete(session_key)
+        except SessionBackendUnavailable as exc:
+            self.outage = exc
+            raise
 
     async def adelete(self, session_key: str | None = None) -> None:
         if session_key is None:
             session_key = self.session_key
         if not self._validate_session_key(session_key):
             return
-        with self._noting_outage():
+        try:
             await get_store().adelete(session_key)
+        except SessionBackendUnavailable as exc:
+            self.outage = exc
+            raise
 
     @classmethod
     def clear_expired(cls) -> None:
@@ -247,24 +332,3 @@ class SessionStore(SessionBase):
     @classmethod
     async def aclear_expired(cls) -> None:
         """Nothing to do, as :meth:`clear_expired`."""
-
-
-class _Write:
-    """One version of a session about to be stored."""
-
-    __slots__ = ("expires_at", "full_ttl", "now", "payload", "ttl")
-
-    def __init__(
-        self, payload: bytes, expires_at: float, ttl: int, full_ttl: int, now: float
-    ) -> None:
-        self.payload = payload
-        self.now = now
-        self.expires_at = expires_at
-        self.ttl = ttl  # ms: the probation TTL for a new anonymous session, else full_ttl
-        self.full_ttl = full_ttl  # ms: the rest of its age
-
-    def update_args(self, known_expires_at: float | None) -> tuple[bytes, float, int, int, bool]:
-        # A missing key is stored again only if this object saw the session live and unexpired:
-        # then Redis evicted it, and eviction is not logout.
-        may_restore = known_expires_at is not None and known_expires_at > self.now
-        return self.payload, self.expires_at, self.ttl, self.full_ttl, may_restore

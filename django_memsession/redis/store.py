@@ -3,9 +3,12 @@
 Knows nothing of Django requests (the engine in ``engine.py`` does). One key per session,
 ``<prefix><session key>``, holding one of:
 
-* a session record, ``b"S"`` + its expiry (15 digits, ms since the epoch on the web server's
-  clock) + the serialized session; its TTL is the session's age, or the shorter probation age
-  while a new anonymous session has not come back;
+* a session record: a kind byte + its expiry (15 digits, ms since the epoch on the web server's
+  clock) + the serialized session. ``b"S"`` (settled): its TTL is the rest of the session's age.
+  ``b"P"`` (on probation): a new anonymous session, stored with the shorter probation TTL until
+  it comes back or logs in. The kind is in the value, not guessed from the TTL, so a load of a
+  settled session (nearly every load) is one plain ``GET``; only the first load of a session on
+  probation takes a second round trip, to promote it;
 * a tombstone, ``b"T"``, written by a delete (logout, ``flush()``, ``cycle_key()``), so that a
   concurrent save can never bring the session back. It outlives a probation TTL, so under
   ``volatile-ttl`` a flood of new sessions is evicted before any tombstone.
@@ -14,24 +17,24 @@ Every write sets a TTL, and nothing but these keys is written: no index grows wi
 TTLs are sent relative (``PX``) so the web server's and Redis's clocks need not agree; the
 expiry in the record lets a load refuse a session that has expired by the web server's clock.
 
-Each call is one round trip. Errors that mean "Redis cannot answer now" (refused, timed out,
-read-only replica, out of memory, loading) become :class:`SessionBackendUnavailable`; anything
-else (a bug) is raised as redis-py raised it. A dropped connection is retried once on a fresh
-connection; a timeout is never retried, so a write that may have been applied is not re-sent.
+Each call is one round trip (the first load of a session back from probation, two). Errors
+that mean "Redis cannot answer now" (refused, timed out, read-only replica, out of memory,
+loading) become :class:`SessionBackendUnavailable`; anything else (a bug) is raised as redis-py
+raised it. A dropped connection is retried once on a fresh connection; a timeout is never
+retried, so a write that may have been applied is not re-sent.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import threading
-import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import Any, NoReturn
 
 import redis
 import redis.asyncio
@@ -40,13 +43,17 @@ from django.core.signals import setting_changed
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..store import wall_clock
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
 
 __all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "reset"]
 
-SESSION = b"S"
+SESSION = b"S"  # a settled session: its TTL is the rest of its age
+PROBATION = b"P"  # a new anonymous session, on its probation TTL until it comes back
 TOMBSTONE = b"T"
+RECORD_KINDS = (SESSION, PROBATION)
+PROBATION_BYTE = PROBATION[0]
 EXPIRY_DIGITS = 15  # ms since the epoch: enough until the year 33658
 HEADER_SIZE = 1 + EXPIRY_DIGITS
 
@@ -68,55 +75,51 @@ UNAVAILABLE_CODES = {
     "TRYAGAIN": "Redis asks to try again",
 }
 
-# KEYS[1] the session; ARGV[1] now (ms, web server's clock); ARGV[2] slack (ms).
-# Returns the key's value. A session record whose TTL is shorter than the rest of its age is on
-# probation and has now come back: it gets the rest of its age. Never creates a key. pcall: on a
-# read-only replica (a failover) the load still answers, and the promotion waits for the next.
-LOAD_SCRIPT = """
-local record = redis.call('GET', KEYS[1])
-local expires_at = record and string.byte(record, 1) == 83 and tonumber(string.sub(record, 2, 16))
-if expires_at then
-  local rest = expires_at - tonumber(ARGV[1])
-  if rest > 0 and redis.call('PTTL', KEYS[1]) < rest - tonumber(ARGV[2]) then
-    redis.pcall('PEXPIRE', KEYS[1], rest)
-  end
+# KEYS[1] the session; ARGV[1] the rest of its age (ms, by the web server's clock).
+# Returns 1 if the session was on probation and is now settled with its full TTL, else 0. Only a
+# record still on probation changes (SETRANGE keeps the value's TTL, PEXPIRE sets the new one):
+# a tombstone written since the load stays a tombstone, a session settled since stays as it is.
+PROMOTE_SCRIPT = """
+if redis.call('GETRANGE', KEYS[1], 0, 0) ~= 'P' then
+  return 0
 end
-return record
+redis.call('SETRANGE', KEYS[1], 0, 'S')
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
 """
 
 # KEYS[1] the session; ARGV[1] the new record; ARGV[2] its TTL (ms); ARGV[3] the rest of its
 # full age (ms); ARGV[4] now (ms, web server's clock); ARGV[5] "1" if a missing key was evicted
 # (the engine saw the session live) rather than expired.
 # Returns 1 stored, 2 stored again after eviction, 0 deleted (a tombstone), -1 gone (expired).
+# A record on probation ("P") written over a settled one ("S": another request saw the session
+# come back) is stored settled, with its full age: a save never puts a session back on probation.
 UPDATE_SCRIPT = """
 local header = redis.call('GETRANGE', KEYS[1], 0, 15)
 local kind = string.sub(header, 1, 1)
 if kind == 'T' then
   return 0
 end
+local record = ARGV[1]
 local ttl = tonumber(ARGV[2])
 if kind == '' then
   if ARGV[5] ~= '1' then
     return -1
   end
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+  redis.call('SET', KEYS[1], record, 'PX', ttl)
   return 2
 end
 local expires_at = tonumber(string.sub(header, 2, 16))
 if expires_at and expires_at <= tonumber(ARGV[4]) then
   return -1
 end
-local current = redis.call('PTTL', KEYS[1])
-if current > ttl then
-  ttl = math.min(current, tonumber(ARGV[3]))
+if kind == 'S' and string.byte(record, 1) == 80 then
+  record = 'S' .. string.sub(record, 2)
+  ttl = tonumber(ARGV[3])
 end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
+redis.call('SET', KEYS[1], record, 'PX', ttl)
 return 1
 """
-
-# How far a record's TTL may fall short of the rest of its age before a load counts it as on
-# probation: the two are measured a round trip apart, on two clocks.
-PROBATION_SLACK_MS = 1000
 
 
 class UpdateResult(Enum):
@@ -126,19 +129,28 @@ class UpdateResult(Enum):
     GONE = -1  # missing and expired by the engine's clock
 
 
-@dataclass(frozen=True, slots=True)
+# The update script's answers (a dict lookup costs a tenth of Enum's own call).
+RESULTS = {result.value: result for result in UpdateResult}
+
+
 class Loaded:
-    payload: bytes
-    expires_at: float  # seconds since the epoch, on the store's clock
+    """A live session as loaded: its serialized data and its expiry."""
+
+    __slots__ = ("expires_at", "payload")
+
+    def __init__(self, payload: bytes, expires_at: float) -> None:
+        self.payload = payload
+        self.expires_at = expires_at  # seconds since the epoch, on the store's clock
 
 
-def pack(payload: bytes, expires_at: float) -> bytes:
-    return b"%c%0*d" % (SESSION[0], EXPIRY_DIGITS, int(expires_at * 1000)) + payload
+def pack(payload: bytes, expires_at: float, settled: bool = True) -> bytes:
+    """A session record: its kind (settled, or on probation), its expiry, its data."""
+    return b"%c%0*d" % (83 if settled else 80, EXPIRY_DIGITS, int(expires_at * 1000)) + payload
 
 
 def unpack(record: bytes | None, now: float) -> Loaded | None:
     """A live session from a stored value; None for nothing, a tombstone or an expired one."""
-    if not record or record[:1] != SESSION or len(record) < HEADER_SIZE:
+    if not record or record[:1] not in RECORD_KINDS or len(record) < HEADER_SIZE:
         return None
     expires_at = int(record[1:HEADER_SIZE]) / 1000
     if expires_at <= now:
@@ -170,15 +182,20 @@ def _availability_reason(exc: redis.RedisError) -> str | None:
     return None
 
 
-@contextmanager
-def _translated() -> Iterator[None]:
-    try:
-        yield
-    except redis.RedisError as exc:
-        reason = _availability_reason(exc)
-        if reason is None:
-            raise
-        raise SessionBackendUnavailable(reason) from exc
+def _unavailable(exc: redis.RedisError) -> NoReturn:
+    """Raise what a redis-py error means: ours for an outage, the error itself for a bug.
+
+    Called from ``except`` clauses rather than wrapping each call in a context manager: the
+    success path then costs nothing (a generator-based context manager costs about 1 µs a call).
+    """
+    reason = _availability_reason(exc)
+    if reason is None:
+        raise exc
+    raise SessionBackendUnavailable(reason) from exc
+
+
+def _rest_ms(loaded: Loaded, now: float) -> int:
+    return max(1, math.ceil((loaded.expires_at - now) * 1000))
 
 
 @dataclass
@@ -186,22 +203,23 @@ class _AsyncClient:
     """One event loop's client (with its own pool) and its scripts."""
 
     client: redis.asyncio.Redis
-    load: Any
+    promote: Any
     update: Any
-    pid: int
 
 
 class RedisStore:
     """Sessions in one Redis database, under one key prefix. Thread-safe; one per process."""
 
-    def __init__(self, config: StoreSettings, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, config: StoreSettings, clock: Callable[[], float] = wall_clock) -> None:
         self.config = config
+        # The web server's clock, for session expiries. wall_clock looks time.time up on each
+        # call, so freezegun or time-machine in a test moves it as it moves Django's own engines.
         self.clock = clock
         self.prefix = config.prefix.encode()
         self.probation_ms = max(1, int(config.probation_age * 1000))
         self.tombstone_ms = self.probation_ms * TOMBSTONE_AGE_FACTOR
         self.client = redis.Redis.from_url(config.url, **self._options(Retry))
-        self._load = self.client.register_script(LOAD_SCRIPT)
+        self._promote = self.client.register_script(PROMOTE_SCRIPT)
         self._update = self.client.register_script(UPDATE_SCRIPT)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncClient] = (
             weakref.WeakKeyDictionary()
@@ -220,23 +238,57 @@ class RedisStore:
     def key(self, session_key: str) -> bytes:
         return self.prefix + session_key.encode()
 
+    def _update_args(
+        self, payload: bytes, expires_at: float, ttl_ms: int, full_ttl_ms: int, may_restore: bool
+    ) -> list[bytes | int]:
+        record = pack(payload, expires_at, settled=ttl_ms >= full_ttl_ms)
+        return [record, ttl_ms, full_ttl_ms, int(self.clock() * 1000), int(may_restore)]
+
     # -- sync ----------------------------------------------------------------------------------
 
     def load(self, session_key: str) -> Loaded | None:
-        """The live session under this key, or None. Promotes one on probation; creates nothing."""
-        now = self.clock()
-        with _translated():
-            record = self._load(
-                keys=[self.key(session_key)], args=[int(now * 1000), PROBATION_SLACK_MS]
-            )
-        return unpack(record, now)
+        """The live session under this key, or None. Creates nothing.
 
-    def create(self, session_key: str, payload: bytes, expires_at: float, ttl_ms: int) -> bool:
+        One plain ``GET``. A session on probation has come back: :meth:`_promote_once` settles
+        it (the one load that costs a second round trip).
+        """
+        key = self.prefix + session_key.encode()
+        try:
+            record = self.client.get(key)
+        except redis.RedisError as exc:
+            _unavailable(exc)
+        now = self.clock()
+        loaded = unpack(record, now)
+        if loaded is not None and record[0] == PROBATION_BYTE:
+            self._promote_once(key, loaded, now)
+        return loaded
+
+    def _promote_once(self, key: bytes, loaded: Loaded, now: float) -> None:
+        """Give a session that came back from probation the rest of its age.
+
+        Best effort: the session is loaded whatever happens here. If Redis cannot take the write
+        now (a read-only replica during a failover, a timeout), the record stays on probation
+        and the next load tries again; a save writes it settled anyway.
+        """
+        try:
+            self._evalsha(self._promote, key, _rest_ms(loaded, now))
+        except redis.RedisError as exc:
+            if _availability_reason(exc) is None:
+                raise
+
+    def create(
+        self, session_key: str, payload: bytes, expires_at: float, ttl_ms: int, settled: bool
+    ) -> bool:
         """Store a new session unless the key is taken (by a session or a tombstone)."""
-        with _translated():
+        try:
             created = self.client.set(
-                self.key(session_key), pack(payload, expires_at), px=ttl_ms, nx=True
+                self.prefix + session_key.encode(),
+                pack(payload, expires_at, settled),
+                px=ttl_ms,
+                nx=True,
             )
+        except redis.RedisError as exc:
+            _unavailable(exc)
         return bool(created)
 
     def update(
@@ -248,44 +300,61 @@ class RedisStore:
         full_ttl_ms: int,
         may_restore: bool,
     ) -> UpdateResult:
-        """Store a new version of a session, unless it was deleted (or is gone and expired)."""
-        with _translated():
-            result = self._update(
-                keys=[self.key(session_key)],
-                args=self._update_args(payload, expires_at, ttl_ms, full_ttl_ms, may_restore),
-            )
-        return UpdateResult(result)
+        """Store a new version of a session, unless it was deleted (or is gone and expired).
 
-    def _update_args(
-        self, payload: bytes, expires_at: float, ttl_ms: int, full_ttl_ms: int, may_restore: bool
-    ) -> list[bytes | int]:
-        now_ms = int(self.clock() * 1000)
-        return [pack(payload, expires_at), ttl_ms, full_ttl_ms, now_ms, int(may_restore)]
+        The TTL is ``ttl_ms``: the full age ``full_ttl_ms``, or less for a session on probation
+        (stored as such, unless it has been settled meanwhile).
+        """
+        args = self._update_args(payload, expires_at, ttl_ms, full_ttl_ms, may_restore)
+        try:
+            result = self._evalsha(self._update, self.prefix + session_key.encode(), *args)
+        except redis.RedisError as exc:
+            _unavailable(exc)
+        return RESULTS[result]
+
+    def _evalsha(self, script: Any, key: bytes, *args: bytes | int) -> Any:
+        """Run one of our scripts on one key: ``EVALSHA``, and ``SCRIPT LOAD`` first if Redis
+        lost it (a restart, ``SCRIPT FLUSH``). What redis-py's ``Script.__call__`` does, without
+        its per-call import and argument copies on the path every save takes."""
+        try:
+            return self.client.execute_command("EVALSHA", script.sha, 1, key, *args)
+        except redis.exceptions.NoScriptError:
+            # Redis ran nothing: sending it again cannot apply a write twice.
+            script.sha = self.client.script_load(script.script)
+            return self.client.execute_command("EVALSHA", script.sha, 1, key, *args)
 
     def exists(self, session_key: str) -> bool:
-        now = self.clock()
-        with _translated():
+        try:
             header = self.client.getrange(self.key(session_key), 0, HEADER_SIZE - 1)
-        return unpack(header, now) is not None
+        except redis.RedisError as exc:
+            _unavailable(exc)
+        return unpack(header, self.clock()) is not None
 
     def delete(self, session_key: str) -> None:
         """Replace the session with a tombstone: no concurrent save can bring it back."""
-        with _translated():
+        try:
             self.client.set(self.key(session_key), TOMBSTONE, px=self.tombstone_ms)
+        except redis.RedisError as exc:
+            _unavailable(exc)
 
-    def create_many(self, sessions: Iterable[tuple[str, bytes, float, int]]) -> int:
+    def create_many(self, sessions: Iterable[tuple[str, bytes, float, int, bool]]) -> int:
         """Create many sessions in one pipelined round trip (imports, tests, benchmarks): each
-        ``(session_key, payload, expires_at, ttl_ms)`` exactly as :meth:`create` writes it.
-        Returns how many were created."""
-        with _translated():
+        ``(session_key, payload, expires_at, ttl_ms, settled)`` exactly as :meth:`create` writes
+        it. Returns how many were created."""
+        try:
             pipe = self.client.pipeline(transaction=False)
-            for session_key, payload, expires_at, ttl_ms in sessions:
-                pipe.set(self.key(session_key), pack(payload, expires_at), px=ttl_ms, nx=True)
+            for session_key, payload, expires_at, ttl_ms, settled in sessions:
+                record = pack(payload, expires_at, settled)
+                pipe.set(self.key(session_key), record, px=ttl_ms, nx=True)
             return sum(1 for created in pipe.execute() if created)
+        except redis.RedisError as exc:
+            _unavailable(exc)
 
     def ping(self) -> bool:
-        with _translated():
+        try:
             return bool(self.client.ping())
+        except redis.RedisError as exc:
+            _unavailable(exc)
 
     def close(self) -> None:
         self.client.close()
@@ -295,37 +364,46 @@ class RedisStore:
     def _async_client(self) -> _AsyncClient:
         loop = asyncio.get_running_loop()
         found = self._async.get(loop)
-        if found is None or found.pid != os.getpid():
+        if found is None:
             client = redis.asyncio.Redis.from_url(
                 self.config.url, **self._options(redis.asyncio.retry.Retry)
             )
             found = _AsyncClient(
                 client,
-                client.register_script(LOAD_SCRIPT),
+                client.register_script(PROMOTE_SCRIPT),
                 client.register_script(UPDATE_SCRIPT),
-                os.getpid(),
             )
             with self._async_lock:
                 self._async[loop] = found
         return found
 
     async def aload(self, session_key: str) -> Loaded | None:
-        now = self.clock()
         connection = self._async_client()
-        with _translated():
-            record = await connection.load(
-                keys=[self.key(session_key)], args=[int(now * 1000), PROBATION_SLACK_MS]
-            )
-        return unpack(record, now)
+        key = self.prefix + session_key.encode()
+        try:
+            record = await connection.client.get(key)
+        except redis.RedisError as exc:
+            _unavailable(exc)
+        now = self.clock()
+        loaded = unpack(record, now)
+        if loaded is not None and record[0] == PROBATION_BYTE:
+            try:
+                await connection.promote(keys=[key], args=[_rest_ms(loaded, now)])
+            except redis.RedisError as exc:  # best effort, as in _promote_once()
+                if _availability_reason(exc) is None:
+                    raise
+        return loaded
 
     async def acreate(
-        self, session_key: str, payload: bytes, expires_at: float, ttl_ms: int
+        self, session_key: str, payload: bytes, expires_at: float, ttl_ms: int, settled: bool
     ) -> bool:
         client = self._async_client().client
-        with _translated():
+        try:
             created = await client.set(
-                self.key(session_key), pack(payload, expires_at), px=ttl_ms, nx=True
+                self.key(session_key), pack(payload, expires_at, settled), px=ttl_ms, nx=True
             )
+        except redis.RedisError as exc:
+            _unavailable(exc)
         return bool(created)
 
     async def aupdate(
@@ -338,46 +416,64 @@ class RedisStore:
         may_restore: bool,
     ) -> UpdateResult:
         connection = self._async_client()
-        with _translated():
-            result = await connection.update(
-                keys=[self.key(session_key)],
-                args=self._update_args(payload, expires_at, ttl_ms, full_ttl_ms, may_restore),
-            )
-        return UpdateResult(result)
+        args = self._update_args(payload, expires_at, ttl_ms, full_ttl_ms, may_restore)
+        try:
+            result = await connection.update(keys=[self.key(session_key)], args=args)
+        except redis.RedisError as exc:
+            _unavailable(exc)
+        return RESULTS[result]
 
     async def aexists(self, session_key: str) -> bool:
-        now = self.clock()
         client = self._async_client().client
-        with _translated():
+        try:
             header = await client.getrange(self.key(session_key), 0, HEADER_SIZE - 1)
-        return unpack(header, now) is not None
+        except redis.RedisError as exc:
+            _unavailable(exc)
+        return unpack(header, self.clock()) is not None
 
     async def adelete(self, session_key: str) -> None:
         client = self._async_client().client
-        with _translated():
+        try:
             await client.set(self.key(session_key), TOMBSTONE, px=self.tombstone_ms)
+        except redis.RedisError as exc:
+            _unavailable(exc)
 
 
 # -- the process's store --------------------------------------------------------------------------
 
 _store: RedisStore | None = None
-_store_pid = 0
 _store_lock = threading.Lock()
 
 
 def get_store() -> RedisStore:
-    """This process's store, built on first use; rebuilt in a forked child (its own pool)."""
-    global _store, _store_pid
+    """This process's store, built on first use; rebuilt in a forked child (its own pool).
+
+    The hot path is one global read: a fork is noticed by :func:`_forget_after_fork`, not by
+    comparing ``os.getpid()`` on every call.
+    """
     store = _store
-    if store is None or _store_pid != os.getpid():
-        with _store_lock:
-            if _store is None or _store_pid != os.getpid():
-                # In a forked child the parent's pool is dropped, not closed: its sockets are
-                # the parent's.
-                _store = RedisStore(store_settings())
-                _store_pid = os.getpid()
-            store = _store
+    if store is None:
+        store = _build()
     return store
+
+
+def _build() -> RedisStore:
+    global _store
+    with _store_lock:
+        if _store is None:
+            _store = RedisStore(store_settings())
+        return _store
+
+
+def _forget_after_fork() -> None:
+    """In a forked child: drop the parent's store without closing it (its sockets are the
+    parent's, still in use there), and a lock another thread may have held at the fork."""
+    global _store, _store_lock
+    _store = None
+    _store_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 def reset() -> None:
@@ -385,7 +481,7 @@ def reset() -> None:
     global _store
     with _store_lock:
         store, _store = _store, None
-    if store is not None and _store_pid == os.getpid():
+    if store is not None:
         store.close()
 
 
