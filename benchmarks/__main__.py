@@ -94,6 +94,29 @@ def _scale_lines(scale: dict[str, Any]) -> list[str]:
             f"{flood['max_accounted'] / flood['budget']:.4f}; "
             f"**{flood['peak_rss_growth_vs_budget']:.2f}x** | ≤ 1; ≤ 1.3x |"
         )
+    snap = scale.get("snapshot")
+    if snap:
+        waits, cycle = snap["request_wait_ms"], snap["cycle"]
+        lines += [
+            f"| snapshot of {snap['sessions']:,} sessions vs creating them | "
+            f"{snap['snapshot_seconds']:.2f} vs {snap['create_seconds']:.2f} s: "
+            f"**{snap['snapshot_vs_create']:.2f}x** | ≤ 0.3x |",
+            f"| a concurrent request's wait during that snapshot, p50 / p99 / max | "
+            f"{waits['p50']:.3f} / **{waits['p99']:.3f}** / **{waits['max']:.3f}** ms "
+            "| p99 ≤ 5 ms, max ≤ 20 ms |",
+            f"| restore of that file at start vs creating them | "
+            f"{snap['restore_seconds']:.2f} s: **{snap['restore_vs_create']:.2f}x**; accounted "
+            f"bytes {'=' if snap['restored_accounting_equals_asizeof'] else '≠'} asizeof "
+            "| ≤ 0.3x; = |",
+            f"| snapshot file size vs the store's accounted bytes | "
+            f"**{snap['file_vs_accounted']:.2f}x** | ≤ 1.2x |",
+            f"| load-modify-save with snapshots on vs off (journaled once per snapshot) | "
+            f"{cycle['on']['median']:.1f} vs {cycle['off']['median']:.1f} µs: "
+            f"**{cycle['steady_ratio']:.2f}x** | ≤ 1.1x |",
+            f"| the first save of a session after a snapshot began (one journal write) | "
+            f"{cycle['on first']['median']:.1f} vs {cycle['off first']['median']:.1f} µs: "
+            f"{cycle['first_write_ratio']:.2f}x | |",
+        ]
     return lines
 
 
@@ -140,6 +163,7 @@ def main() -> None:
         report["scale"] = {
             "save": _scale("save", quick=args.quick),
             "prune": _scale("prune", quick=args.quick),
+            "snapshot": _scale("snapshot", quick=args.quick),
             "flood": {
                 "request path only": _scale("flood", "0", quick=args.quick),
                 "pruner pass every 100k": _scale("flood", "100000", quick=args.quick),

@@ -511,35 +511,62 @@ class MemoryStore:
         most recently used of each first. Keys already in the store are left alone.
         """
         now = self.clock()
-        sizer = self.sizer
         result = RestoreResult()
         room = self.limits.session_bytes * RESTORE_FILL
-        chosen: list[tuple[int, str, bytes]] = []
-        seen: set[str] = set()
-        used = 0
-        # Backwards: the most valuable and most recent first, and the newest copy of a key.
-        for index, key, value in reversed(records):
-            if key in seen:
-                continue
-            seen.add(key)
-            if HEADER.unpack_from(value)[0] <= now:
-                result.expired += 1
-                continue
-            size = sizer.entry(len(key), len(value))
-            if used + size > room or size > self.limits.max_session_bytes:
-                result.left_out += 1
-                continue
-            used += size
-            chosen.append((index, key, value))
+        largest = self.limits.max_session_bytes
+        unpack = HEADER.unpack_from
+        sizes = self.sizer.entries([(len(key), len(value)) for _, key, value in records])
+        live = [unpack(value)[0] > now for _, _, value in records]
+        distinct = len({key for _, key, _ in records}) == len(records)
+        total = sum(size for size, alive in zip(sizes, live, strict=True) if alive)
+        chosen: list[tuple[int, str, bytes, int]]
+        if distinct and total <= room and max(sizes, default=0) <= largest:
+            # The usual case: every live session fits, each once.
+            chosen = [
+                (index, key, value, size)
+                for (index, key, value), size, alive in zip(records, sizes, live, strict=True)
+                if alive
+            ]
+            result.expired = len(records) - len(chosen)
+            used = total
+        else:
+            chosen, used = [], 0
+            seen: set[str] = set()
+            # Backwards: the most valuable and most recent first, the newest copy of a key.
+            for (index, key, value), size, alive in zip(
+                reversed(records), reversed(sizes), reversed(live), strict=True
+            ):
+                if key in seen:
+                    continue
+                seen.add(key)
+                if not alive:
+                    result.expired += 1
+                elif used + size > room or size > largest:
+                    result.left_out += 1
+                else:
+                    used += size
+                    chosen.append((index, key, value, size))
+            chosen.reverse()
         events: list[StoreEvent] = []
         with self._lock:
-            for index, key, value in reversed(chosen):
-                if self._policy.find(key)[1] is not None:
-                    result.left_out += 1
-                    continue
-                self._policy.put(key, value, index, None)
-                self._entry_bytes += sizer.entry(len(key), len(value))
-                result.sessions += 1
+            policy = self._policy
+            if not len(policy):
+                # The usual case, a store not yet serving: straight into the segments, the
+                # tables measured once at the end.
+                segments = policy.segments
+                for index, key, value, _ in chosen:
+                    segments[index][key] = value
+                self._entry_bytes += used
+                policy.table_bytes = policy.measure_tables()
+                result.sessions = len(chosen)
+            else:
+                for index, key, value, size in chosen:
+                    if policy.find(key)[1] is not None:
+                        result.left_out += 1
+                        continue
+                    policy.put(key, value, index, None)
+                    self._entry_bytes += size
+                    result.sessions += 1
             if self._session_bytes() > self.limits.session_bytes:
                 self._make_room(
                     self.limits.session_bytes, now, reason="restore", spare=None, events=events
