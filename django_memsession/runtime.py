@@ -314,8 +314,9 @@ def stop_listener() -> None:
     services = _services
     if services is None:
         return
-    with _lock:
-        listener, services.listener = services.listener, None
+    # No lock: one attribute swap is atomic, and the SIGTERM handler comes here, possibly while
+    # the main thread holds the build lock (a signal handler waiting on it would never return).
+    listener, services.listener = services.listener, None
     if listener is not None:
         listener.close()
 
