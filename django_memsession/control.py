@@ -260,6 +260,20 @@ def _recv_exact(conn: socket.socket, size: int, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
+def _connect(conn: socket.socket, path: Path, deadline: float) -> None:
+    """Connect, trying again while the listener's backlog is full (EAGAIN: it is busy, not
+    gone) until the deadline."""
+    while True:
+        conn.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            conn.connect(str(path))
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError from None
+            time.sleep(0.01)
+
+
 def request(
     path: Path, command: str, *, dry_run: bool = False, timeout: float = REPORT_TIMEOUT
 ) -> ProcessReport:
@@ -269,8 +283,8 @@ def request(
     deadline = time.monotonic() + timeout
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(timeout)
-            conn.connect(str(path))
+            _connect(conn, path, deadline)
+            conn.settimeout(max(0.001, deadline - time.monotonic()))
             conn.sendall(sign_request(message))
             (length,) = FRAME.unpack(_recv_exact(conn, FRAME.size, deadline))
             if not MAC_SIZE <= length <= MAX_REPLY_BYTES:

@@ -3,6 +3,7 @@ replies, and a client that never mistakes a live process for a dead one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -314,17 +315,43 @@ def test_an_idle_client_is_dropped_at_its_deadline(listener, monkeypatch):
         assert conn.recv(100) == b""  # closed by the listener, well before our 5 s
 
 
-def test_more_connections_than_the_limit_drop_the_oldest_and_serve_the_new(listener):
+def test_more_connections_than_the_limit_wait_their_turn_and_are_served(listener):
+    """Idle connections fill every slot: a valid request waits in the backlog until their
+    deadline frees one, then is answered."""
     held = []
     for _ in range(listener_module.MAX_CONNECTIONS + 10):
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(str(listener.path))
         held.append(conn)
     try:
-        assert still_serves(listener)
+        assert still_serves(listener, timeout=listener_module.REQUEST_DEADLINE + 3)
     finally:
         for conn in held:
             conn.close()
+
+
+def test_a_flood_of_junk_connections_does_not_stop_valid_requests(listener, caplog):
+    """Four threads connecting, sending an unsigned frame and closing, as fast as they can."""
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as conn:
+                conn.connect(str(listener.path))
+                conn.send(b"\0\0\0\x40" + b"z" * 64)
+
+    threads = [threading.Thread(target=flood) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="django_memsession"):
+            answered = [still_serves(listener) for _ in range(20)]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert all(answered)
+    assert "listener failed" not in caplog.text
 
 
 def test_a_removed_socket_file_is_bound_again(listener):
