@@ -426,9 +426,9 @@ _signal_handlers_installed = False
 def install_signal_handlers() -> None:
     """With snapshots on, make SIGTERM run the shutdown path where nothing else handles it
     (runserver, a plain Python process; Python's default for SIGTERM is to die without
-    ``atexit``): our handler runs it, then dies by the signal as the default would. A server's
-    own handler (gunicorn, uvicorn) is never replaced: those exit through ``atexit``. Only the
-    main thread can install a handler; elsewhere this does nothing."""
+    ``atexit``). A server's own handler (gunicorn, uvicorn) is never replaced: those exit
+    through ``atexit``. Only the main thread can install a handler; elsewhere this does
+    nothing."""
     global _signal_handlers_installed
     if _signal_handlers_installed or conf.problems() or conf.snapshot_path() is None:
         return
@@ -441,11 +441,12 @@ def install_signal_handlers() -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    try:
-        _stop_services()
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+    """End the process as the default would, but through ``SystemExit``: the main thread's
+    stack unwinds first (releasing any lock it held: writing the snapshot from inside the
+    handler could wait for ever on a lock the interrupted code holds), then ``atexit`` writes
+    the snapshot. The exit status is the shell's for a SIGTERM, 143."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise SystemExit(128 + signum)
 
 
 def _before_fork() -> None:

@@ -220,12 +220,17 @@ class Snapshotter:
         logger.debug("Session snapshot written (%s): %d sessions.", reason, written.sessions)
         return report
 
-    def journal_write(self, key: str, epoch: int) -> None:
-        """The store's ``on_journal`` callback."""
+    def journal_write(self, key: str, epoch: int) -> bool:
+        """The store's ``on_journal`` callback: whether the change is journaled."""
         try:
-            self.journal.append(key, epoch)
+            return self.journal.append(key, epoch)
         except OSError as exc:
-            logger.error("Session snapshot journal not written (%s).", exc.strerror)
+            logger.error(
+                "Session snapshot journal not written (%s): after a crash, this session may "
+                "come back as it was at the last snapshot.",
+                exc.strerror,
+            )
+            return False
 
     # -- the thread ------------------------------------------------------------------------------
 

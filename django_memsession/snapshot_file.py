@@ -258,12 +258,15 @@ class Journal:
         fd = os.open(self.file(epoch), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._fds[epoch] = fd
 
-    def append(self, key: str, epoch: int) -> None:
+    def append(self, key: str, epoch: int) -> bool:
         """One ``write()``: in the operating system's hands (so it survives ``kill -9``) before
-        the request that made it returns."""
+        the change is made. False when there is no journal for ``epoch`` (this process does
+        not own the snapshot, or forked)."""
         fd = self._fds.get(epoch)
-        if fd is not None:  # else: a newer snapshot already holds this write
-            os.write(fd, key_hash(key, self.journal_key))
+        if fd is None:
+            return False
+        os.write(fd, key_hash(key, self.journal_key))
+        return True
 
     def existing(self) -> list[int]:
         prefix = f"{self.path.name}.journal-"

@@ -168,7 +168,7 @@ class MemoryStore:
         clock: Callable[[], float] = wall_clock,
         sizer: EntrySizer | None = None,
         on_event: Callable[[list[StoreEvent]], None] | None = None,
-        on_journal: Callable[[str, int], None] | None = None,
+        on_journal: Callable[[str, int], bool] | None = None,
     ) -> None:
         self.limits = limits
         self.clock = clock
@@ -235,23 +235,26 @@ class MemoryStore:
         not deleted or expired since) stores it again: eviction is not logout. Raises
         :class:`EntryTooLarge` before touching anything.
         """
-        tag = NOT_JOURNALED if create else self.epoch
-        value = HEADER.pack(expires_at, tag) + payload
-        size = self.sizer.entry(len(key), len(value))
+        size = self.sizer.entry(len(key), HEADER_SIZE + len(payload))
         if size > self.limits.max_session_bytes:
             with self._lock:
                 self.rejected += 1
             raise EntryTooLarge(size, self.limits.max_session_bytes)
         now = self.clock()
         events: list[StoreEvent] = []
-        journal_epoch = NOT_JOURNALED
-        with self._lock:
+        tag = NOT_JOURNALED
+        while True:
+            if not create:
+                tag = self._journal_first(key)
+            value = HEADER.pack(expires_at, tag) + payload
+            self._lock.acquire()
+            if tag == NOT_JOURNALED or tag == self.epoch:
+                break  # (else a snapshot began since: journal under its epoch, and again)
+            self._lock.release()
+        try:
             index, old_value = self._policy.find(key)
             if old_value is not None and create:
                 return PutResult.EXISTS
-            if tag != self.epoch and not create:  # a snapshot began since the value was packed
-                tag = self.epoch
-                value = HEADER.pack(expires_at, tag) + payload
             was_expired = old_value is not None and HEADER.unpack_from(old_value)[0] <= now
             if was_expired:
                 self._remove_expired(key, index, old_value, events, "write")
@@ -259,8 +262,6 @@ class MemoryStore:
             if old_value is not None:  # an update of a live session
                 self._entry_bytes -= self.sizer.entry(len(key), len(old_value))
                 previous, result = index, PutResult.STORED
-                if not create and HEADER.unpack_from(old_value)[1] != tag:
-                    journal_epoch = tag
             elif create:
                 self._remembered.forget(key)
                 previous, result = None, PutResult.STORED
@@ -272,7 +273,6 @@ class MemoryStore:
                     # Somebody is using it right now: not a probation newcomer.
                     previous, result = RETURNING, PutResult.RESTORED
                     self.restored += 1
-                    journal_epoch = tag
             if result is not PutResult.MISSING:
                 segment = self._policy.segment_for_write(previous, authenticated)
                 self._policy.put(key, value, segment, index)
@@ -281,28 +281,50 @@ class MemoryStore:
                     self._make_room(
                         self.limits.session_bytes, now, reason="write", spare=key, events=events
                     )
-        if journal_epoch and self.on_journal is not None:
-            self.on_journal(key, journal_epoch)
+        finally:
+            self._lock.release()
         if events:
             self._emit(events)
         return result
 
     def delete(self, key: str) -> bool:
         """Remove a session for good (logout, flush): it is not remembered, so never restored,
-        and it is journaled (even if it was evicted: a snapshot may still hold it)."""
-        with self._lock:
+        and it is journaled first, always (even if it was evicted: a snapshot may hold it)."""
+        while True:
+            epoch = self.epoch
+            if epoch != NOT_JOURNALED and self.on_journal is not None:
+                self.on_journal(key, epoch)
+            self._lock.acquire()
+            if epoch == self.epoch:
+                break
+            self._lock.release()  # a snapshot began meanwhile: journal under its epoch too
+        try:
             self._remembered.forget(key)
             index, value = self._policy.find(key)
-            epoch = self.epoch
-            journal = epoch != NOT_JOURNALED and (
-                value is None or HEADER.unpack_from(value)[1] != epoch
-            )
             if value is not None:
                 self._policy.remove(key, index)
                 self._entry_bytes -= self.sizer.entry(len(key), len(value))
-        if journal and self.on_journal is not None:
-            self.on_journal(key, epoch)
+        finally:
+            self._lock.release()
         return value is not None
+
+    def _journal_first(self, key: str) -> int:
+        """Before an update: journal it, unless this session was journaled in this epoch
+        already; the epoch to tag the entry with (NOT_JOURNALED: nothing journals, or the
+        journal failed, so the next write tries again).
+
+        The journal is written before the entry is tagged, outside the lock: a tag of the
+        current epoch always means "journaled in it", so a concurrent write that sees the tag
+        may skip journaling and return at once, and a crash right after loses nothing. The
+        peek at the tag takes no lock: a stale answer only journals once more.
+        """
+        epoch = self.epoch
+        if epoch == NOT_JOURNALED or self.on_journal is None:
+            return NOT_JOURNALED
+        current = self._policy.find(key)[1]
+        if current is not None and HEADER.unpack_from(current)[1] == epoch:
+            return epoch
+        return epoch if self.on_journal(key, epoch) else NOT_JOURNALED
 
     # The async twins: the store does no I/O, so they are the same calls, made from the loop.
 

@@ -6,6 +6,7 @@ import logging
 import os
 import stat
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -356,7 +357,8 @@ def test_sessions_and_segments_round_trip_through_the_file_format(snapshot_dir):
 
 def test_sigterm_to_a_plain_process_writes_the_snapshot_then_ends_it(control_dir, snapshot_dir):
     """A plain Python process (as runserver) has no SIGTERM handler: Python's default dies
-    without atexit. The package installs one that writes the snapshot, then dies by the signal."""
+    without atexit. The package installs one that ends the process through SystemExit (status
+    143, as a shell reports a SIGTERM), and atexit writes the snapshot."""
     import signal
 
     from processes import store_process
@@ -368,7 +370,7 @@ def test_sigterm_to_a_plain_process_writes_the_snapshot_then_ends_it(control_dir
     with process as pid:
         os.kill(pid, signal.SIGTERM)
         process.proc.wait(20)
-    assert process.proc.returncode == -signal.SIGTERM
+    assert process.proc.returncode == 128 + signal.SIGTERM
     assert len(snapshot_file.read_snapshot(path).records) == 3
 
 
@@ -396,3 +398,30 @@ def test_a_process_with_its_own_sigterm_handler_keeps_it(control_dir, snapshot_d
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=60
     )
     assert result.stdout.strip() == "True", result.stderr
+
+
+def test_a_logout_racing_a_write_whose_journal_is_late_is_not_undone_by_a_crash(make):
+    """A write is preempted around its journal record while a logout of the same session
+    returns to the user; then the process dies. The logout must hold (found by a review: the
+    journal was written after the store's lock was released, so the logout saw the write's
+    tag and skipped its own record)."""
+    old = started(make)
+    create(old.store, 1, auth=True)
+    old.write()
+    crashed = threading.Event()
+    real = old.journal_write
+
+    def late_journal(key: str, epoch: int) -> bool:
+        crashed.wait(0.3)
+        return False if crashed.is_set() else real(key, epoch)
+
+    old.store.on_journal = late_journal
+    writer = threading.Thread(target=put, args=(old.store, 1, b'{"n": 2}'), kwargs={"auth": True})
+    writer.start()
+    time.sleep(0.05)
+    old.store.on_journal = real
+    assert old.store.delete(key(1))  # the logout returns to the user
+    crashed.set()  # kill -9 now
+    writer.join()
+    crash(old)
+    assert started(make).store.get(key(1)) is None
