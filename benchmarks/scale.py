@@ -249,7 +249,7 @@ def measure_snapshot(quick: bool) -> dict[str, Any]:
 
     import django_memsession
     from django_memsession import runtime
-    from django_memsession.snapshot import Snapshotter
+    from django_memsession.snapshotter import Snapshotter
     from django_memsession.store import MemoryStore
 
     from .common import WORKDIR
@@ -332,7 +332,7 @@ def _journal_cycle(quick: bool) -> dict[str, Any]:
 
     import django_memsession
     from django_memsession import runtime
-    from django_memsession.snapshot import Snapshotter
+    from django_memsession.snapshotter import Snapshotter
     from django_memsession.store import MemoryStore
 
     from .common import WORKDIR

@@ -13,7 +13,7 @@ request that touches a session; ``stats()`` too):
    serves requests (not a management command other than ``runserver``; not a test run, which the
    package's pytest plugin says with :func:`set_listening`).
 
-With ``MEMSESSION_SNAPSHOT_PATH``, a :class:`~django_memsession.snapshot.Snapshotter` comes
+With ``MEMSESSION_SNAPSHOT_PATH``, a :class:`~django_memsession.snapshotter.Snapshotter` comes
 between 1 and 2: it restores the snapshot into the store before anything else can use it, and
 writes it on its schedule, on demand, and at exit (``atexit``, and a SIGTERM handler where the
 process has none of its own).
@@ -57,8 +57,8 @@ from .messages import (
     split_warning,
 )
 from .pruner import Pruner
-from .snapshot import NotOwner, Snapshotter
-from .store import MemoryStore
+from .snapshotter import NotOwner, Snapshotter
+from .store import NOT_JOURNALED, MemoryStore
 
 __all__ = [
     "clear",
@@ -196,11 +196,10 @@ def _start_snapshots(services: Services) -> None:
     if snapshotter is None:
         return
     try:
-        if not services.restored:
-            services.restored = True
-            snapshotter.restore()
-        elif not snapshotter.claim.held:
-            snapshotter.resume()
+        if services.restored:
+            return  # a master that forked gave the file up for good
+        services.restored = True
+        snapshotter.restore()
         snapshotter.start(conf.snapshot_interval())
     except Exception:
         logger.exception("Session snapshots did not start; sessions still work.")
@@ -462,9 +461,9 @@ def _after_fork_in_parent() -> None:
     if getattr(_fork, "locked", False) and services is not None:
         services.store.lock.release()
     _fork.locked = False
-    if services is None or not services.started:
-        return
-    # A process that forks is a master, not a server (see the module's docstring).
+    if services is None or not services.started or services.store.served:
+        return  # a serving process that forks a helper goes on serving as it was
+    # A process that forks before it served anything is a master (see the module's docstring).
     _store = None
     services.started = False
     listener, services.listener = services.listener, None
@@ -473,6 +472,8 @@ def _after_fork_in_parent() -> None:
     services.pruner.stop(timeout=0)
     if services.snapshotter is not None:
         services.snapshotter.abandon()
+        if services.restored:
+            services.store.clear()  # the file's sessions belong to the worker that claims it
 
 
 def _after_fork_in_child() -> None:
@@ -490,17 +491,22 @@ def _after_fork_in_child() -> None:
     if listener is not None:
         listener.close(unlink=False)  # the parent's socket: its file is the parent's
     snapshotter = services.snapshotter
+    parent_served = store.served
     if snapshotter is not None:
-        parent_owned = snapshotter.claim.held or services.restored
-        snapshotter.forget()
-        if parent_owned:
-            # The parent's sessions came from the snapshot: the child that claims it restores
-            # them, once; copies in every child would outlive a logout served by one of them.
+        if services.restored and not parent_served:
+            # A master's sessions came from the snapshot: the worker that claims it restores
+            # them, once; copies in every worker would outlive a logout served by one of them.
             store.clear()
+        snapshotter.forget()
+        store.on_journal = None
+        store.epoch = NOT_JOURNALED
     # The parent's threads do not exist here, and their locks may have been held at the fork.
     events = EventReporter(store)
     store.on_event = events
-    _services = Services(store, events, conf.snapshot_path() if snapshotter else None)
+    # A helper forked by a serving process (multiprocessing) takes no part in the snapshot: the
+    # serving process owns it.
+    keeps_snapshots = snapshotter is not None and not parent_served
+    _services = Services(store, events, conf.snapshot_path() if keeps_snapshots else None)
 
 
 # -- settings -----------------------------------------------------------------------------------

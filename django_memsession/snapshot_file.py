@@ -20,7 +20,7 @@ Next to ``MEMSESSION_SNAPSHOT_PATH`` (``<path>``):
 - ``<path>.rejected-<time>``: a snapshot that was refused (tampered, truncated, foreign, of a
   future format), kept for inspection.
 
-Nothing here knows the store; :mod:`~django_memsession.snapshot` joins the two.
+Nothing here knows the store; :mod:`~django_memsession.snapshotter` joins the two.
 """
 
 from __future__ import annotations

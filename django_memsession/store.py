@@ -10,7 +10,7 @@ bytes are its expiry time and its journal epoch, so an entry is a key, a value a
 ``OrderedDict``; no per-entry tuple, float or bookkeeping object. Recency is the ``OrderedDict``
 order.
 
-Journal (when snapshots are on, see :mod:`~django_memsession.snapshot`): a snapshot is copied
+Journal (when snapshots are on, see :mod:`~django_memsession.snapshotter`): a snapshot is copied
 while requests go on, so after a crash the file may hold an older version of a session written
 after the copy began, or a session deleted since. The store tells its ``on_journal`` callback,
 after the lock is released, about the first write or delete of each session in each *epoch* (one
@@ -194,6 +194,7 @@ class MemoryStore:
         self.expired = 0
         self.restored = 0
         self.rejected = 0
+        self.writes = 0  # saves that stored a session
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -274,6 +275,7 @@ class MemoryStore:
                     previous, result = RETURNING, PutResult.RESTORED
                     self.restored += 1
             if result is not PutResult.MISSING:
+                self.writes += 1
                 segment = self._policy.segment_for_write(previous, authenticated)
                 self._policy.put(key, value, segment, index)
                 self._entry_bytes += size
@@ -645,6 +647,12 @@ class MemoryStore:
         """Every container the store holds: what its size is the size of (for tests)."""
         policy = self._policy
         return (*policy.segments, *policy.fronts, self._remembered.keys)  # type: ignore[return-value]
+
+    @property
+    def served(self) -> bool:
+        """Whether a request ever used this store (a load or a save), as opposed to a process
+        that only built it (gunicorn's --preload master, whose app called ``stats()``)."""
+        return bool(self.hits or self.misses or self.writes)
 
     def accounted_bytes(self) -> int:
         """The store's size measured afresh (for tests: it must equal ``stats()["bytes"]``)."""

@@ -15,7 +15,7 @@ from pympler import asizeof
 
 from django_memsession import snapshot_file
 from django_memsession.lru import AUTHENTICATED, PROBATION, RETURNING
-from django_memsession.snapshot import Snapshotter
+from django_memsession.snapshotter import Snapshotter
 from django_memsession.store import Limits, MemoryStore
 
 
@@ -425,3 +425,85 @@ def test_a_logout_racing_a_write_whose_journal_is_late_is_not_undone_by_a_crash(
     writer.join()
     crash(old)
     assert started(make).store.get(key(1)) is None
+
+
+def test_a_process_that_outlives_the_handoff_wait_hands_over_late(make, monkeypatch):
+    """The process this one replaces still holds the file when the wait runs out (a long last
+    request): this one serves empty meanwhile, and when the old one has written its final
+    snapshot and gone, its sessions are put back beside the ones made meanwhile."""
+    from django_memsession import snapshotter as snapshot_module
+
+    monkeypatch.setattr(snapshot_module, "HANDOFF_TIMEOUT", 0.1)
+    monkeypatch.setattr(snapshot_module, "LATE_CLAIM_POLL", 0.02)
+    old = started(make)
+    create(old.store, 1, auth=True)
+    monkeypatch.setattr(snapshot_module, "_started_at", time.time() + 1)  # started after old
+    new = started(make)
+    new.start(0)
+    assert (new.claim.held, new.store.stats()["entries"]) == (False, 0)
+    create(new.store, 2)  # served while waiting
+    old.shutdown()  # the final snapshot, and the claim goes
+    deadline = time.monotonic() + 10
+    while not new.claim.held and time.monotonic() < deadline:
+        time.sleep(0.02)
+    while new.restored is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert new.store.get(key(1)) is not None and new.store.get(key(2)) is not None
+    new.shutdown()
+
+
+def test_a_sibling_that_takes_the_file_during_the_wait_ends_it(make, monkeypatch, caplog):
+    """Waiting for a predecessor, a process sees a sibling (one that started after it) take the
+    file: it stops waiting at once, instead of for the whole handoff wait."""
+    from django_memsession import snapshotter as snapshot_module
+
+    monkeypatch.setattr(snapshot_module, "HANDOFF_TIMEOUT", 30)
+    old = started(make)
+    monkeypatch.setattr(snapshot_module, "_started_at", time.time() + 1)
+
+    def swap_after(delay: float) -> None:
+        time.sleep(delay)
+        old.shutdown()
+        monkeypatch.setattr(snapshot_module, "_started_at", time.time() - 100)
+        sibling.claim.try_take()  # a sibling, claiming after we started
+
+    sibling = make()
+    swapper = threading.Thread(target=swap_after, args=(0.3,))
+    swapper.start()
+    began = time.monotonic()
+    waiting = make()
+    with caplog.at_level(logging.WARNING, logger="django_memsession"):
+        monkeypatch.setattr(snapshot_module, "_started_at", time.time() + 1)
+        assert waiting.restore() is None
+    swapper.join()
+    assert time.monotonic() - began < 30  # it did not wait out the handoff
+    assert "writes no snapshot" in caplog.text
+
+
+def test_a_serving_process_that_forks_a_helper_keeps_its_journal(control_dir, snapshot_dir):
+    """A fork from a process that has served (multiprocessing) is not a master's: the process
+    keeps its snapshot and its journal, so a logout after the fork survives a crash."""
+    import subprocess
+    import sys
+
+    from processes import TESTS_DIR
+
+    path = snapshot_dir / "sessions.snapshot"
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "testsite.settings",
+        "MEMSESSION_CONTROL_DIR": control_dir,
+        "MEMSESSION_TEST_SNAPSHOT_PATH": str(path),
+    }
+    result = subprocess.run(
+        [sys.executable, str(TESTS_DIR / "forking_server.py")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    stays, leaves = result.stdout.split()
+    data = snapshot_file.read_snapshot(path)
+    journaled = snapshot_file.Journal(path)
+    gone = journaled.keys_matching([stays, leaves], journaled.hashes_since(data.epoch))
+    assert gone == {leaves}

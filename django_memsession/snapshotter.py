@@ -50,6 +50,10 @@ logger = logging.getLogger("django_memsession")
 # with several workers) never lets go, and this is what its first request waits.
 HANDOFF_TIMEOUT = 10.0
 HANDOFF_POLL = 0.05
+# After the handoff wait, how long (and how often) a thread keeps trying to claim the snapshot.
+LATE_CLAIM_WINDOW = 600.0
+LATE_CLAIM_POLL = 0.5
+LATE = object()  # _take_claim: the predecessor still holds it
 
 
 class NotOwner(Exception):
@@ -84,6 +88,8 @@ class Snapshotter:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._interval = 0.0
+        self._wanted_interval = 0.0
+        self._closing = threading.Event()  # shutdown, abandon, fork: no late claim any more
         self.last: SnapshotReport | None = None
         self.restored: RestoreReport | None = None
         self.failures = 0
@@ -92,9 +98,42 @@ class Snapshotter:
     # -- restore ---------------------------------------------------------------------------------
 
     def restore(self) -> RestoreReport | None:
-        """Claim the snapshot and put its sessions back; None when another process owns it."""
-        if not self._take_claim():
+        """Claim the snapshot and put its sessions back; None when another process owns it.
+
+        If the process this one replaces still holds it after ``HANDOFF_TIMEOUT`` (a request
+        running longer than that), this process starts serving empty and a thread keeps
+        trying, for ``LATE_CLAIM_WINDOW``: when the old process has written its final snapshot
+        and gone, its sessions are put back beside the ones made meanwhile.
+        """
+        claimed = self._take_claim()
+        if claimed is LATE:
+            threading.Thread(
+                target=self._claim_late, name="django_memsession-snapshot-claim", daemon=True
+            ).start()
             return None
+        if not claimed:
+            return None
+        return self._restore_claimed()
+
+    def _claim_late(self) -> None:
+        deadline = time.monotonic() + LATE_CLAIM_WINDOW
+        while time.monotonic() < deadline and not self._closing.is_set():
+            time.sleep(LATE_CLAIM_POLL)
+            try:
+                if not self.claim.try_take():
+                    continue
+            except OSError:
+                return
+            self.holder = None
+            try:
+                self._restore_claimed()
+                self.start(self._wanted_interval)
+            except Exception:
+                logger.exception("Session snapshot: restoring after a late claim failed.")
+            return
+
+    def _restore_claimed(self) -> RestoreReport | None:
+        self._remove_stale_temporaries()
         epoch = max([0, *self.journal.existing()])
         report = None
         try:
@@ -149,7 +188,9 @@ class Snapshotter:
             self.restored = report
         return report
 
-    def _take_claim(self) -> bool:
+    def _take_claim(self) -> bool | object:
+        """True: claimed. False: a sibling holds it for good. ``LATE``: the process this one
+        replaces still held it when the wait ran out."""
         try:
             if self.claim.try_take():
                 return True
@@ -168,15 +209,29 @@ class Snapshotter:
                 time.sleep(HANDOFF_POLL)
                 if self.claim.try_take():
                     return True
+                current = self.claim.holder()
+                if current is not None and current[1] >= _started_at:
+                    holder, predecessor = current, False  # a sibling took it meanwhile
+                    break
         self.holder = holder[0] if holder else None
         logger.warning(
             "Session snapshot %s belongs to process %s%s: this process starts with an empty "
-            "store and writes no snapshot. Sessions are split between processes.",
+            "store%s.",
             self.path,
             self.holder if self.holder is not None else "?",
             f" (still there after {HANDOFF_TIMEOUT:g} s)" if predecessor else "",
+            "; its sessions are put back when that process has gone"
+            if predecessor
+            else " and writes no snapshot (sessions are split between processes)",
         )
-        return False
+        return LATE if predecessor else False
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files left by a writer that died mid-write hold session keys: remove them
+        (only the owner writes, so none of them is being written now)."""
+        for leftover in self.path.parent.glob(f"{self.path.name}.tmp-*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
     def _begin_epoch(self, epoch: int) -> None:
         self.journal.open(epoch)
@@ -243,6 +298,7 @@ class Snapshotter:
 
     def start(self, interval: float) -> None:
         """Write every ``interval`` seconds on a thread (0: only at shutdown and on demand)."""
+        self._wanted_interval = interval
         self.stop_thread()
         if interval <= 0 or not self.claim.held:
             return
@@ -266,6 +322,7 @@ class Snapshotter:
 
     def shutdown(self) -> None:
         """The final snapshot, then the claim goes: the next process restores it."""
+        self._closing.set()
         self.stop_thread()
         if self.claim.held:
             with contextlib.suppress(Exception):
@@ -276,6 +333,7 @@ class Snapshotter:
     def abandon(self) -> None:
         """This process forked (it is a master, not a server): give the claim up, write
         nothing. Its children inherited its sessions; they drop them (see ``forget``)."""
+        self._closing.set()
         self.stop_thread(timeout=0)
         self.journal.close()
         self.claim.release()
@@ -283,20 +341,10 @@ class Snapshotter:
     def forget(self) -> None:
         """In a forked child: the claim and the journals are the parent's. Closing our copies
         of their descriptors leaves the parent's as they are."""
+        self._closing.set()
         self._thread = None
         self.journal.close()
         self.claim.release()
-
-    def resume(self) -> bool:
-        """Take the claim back without restoring (a process that forked and then used its
-        store after all: its sessions are live, the file is its own); whether it could."""
-        try:
-            if not self.claim.try_take():
-                return False
-        except OSError:
-            return False
-        self._begin_epoch(max([self.store.epoch, *self.journal.existing()]) + 1)
-        return True
 
     def state(self) -> SnapshotState:
         with self._state_lock:
