@@ -245,7 +245,7 @@ class MemoryStore:
         events: list[StoreEvent] = []
         tag = NOT_JOURNALED
         while True:
-            if not create:
+            if self.epoch != NOT_JOURNALED and not create:
                 tag = self._journal_first(key)
             value = HEADER.pack(expires_at, tag) + payload
             self._lock.acquire()
