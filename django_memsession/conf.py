@@ -11,11 +11,13 @@ import math
 import os
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from .dirs import dir_problem
 from .sizing import format_size, parse_size
 from .store import Limits
 
@@ -214,9 +216,7 @@ def _snapshot_problems() -> list[Problem]:
             )
         else:
             directory = os.path.dirname(os.fspath(path))
-            try:
-                mode = os.stat(directory).st_mode
-            except OSError:
+            if not os.path.isdir(directory):
                 found.append(
                     Problem(
                         "memsession.E011",
@@ -226,15 +226,16 @@ def _snapshot_problems() -> list[Problem]:
                     )
                 )
             else:
-                if mode & 0o022:
+                problem = dir_problem(Path(directory), forbidden=0o022)
+                if problem is not None:
                     found.append(
                         Problem(
                             "memsession.E011",
-                            f"The directory of MEMSESSION_SNAPSHOT_PATH ({directory}) is "
-                            "writable by other users.",
-                            "The snapshot holds session keys (credentials): anyone who can "
-                            "write in its directory can replace or remove it. Use a directory "
-                            f"only this user can write (chmod go-w {directory}, or 0700).",
+                            f"The directory of MEMSESSION_SNAPSHOT_PATH will not do: {problem}.",
+                            "The snapshot holds session keys (credentials): nobody but the "
+                            "user the server runs as may write in its directory, or they could "
+                            f"replace or remove it. Use a directory of that user's (chmod go-w "
+                            f"{directory}, or 0700).",
                         )
                     )
     interval = conf.SNAPSHOT_INTERVAL

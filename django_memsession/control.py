@@ -33,7 +33,6 @@ import hashlib
 import os
 import secrets
 import socket
-import stat
 import struct
 import tempfile
 import threading
@@ -44,6 +43,7 @@ from pathlib import Path
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from . import conf
+from .dirs import dir_problem as private_dir_problem
 from .messages import (
     COMMANDS,
     Gathered,
@@ -132,29 +132,8 @@ def socket_path(pid: int) -> Path:
 
 
 def dir_problem(directory: Path, *, create: bool) -> str | None:
-    """Why ``directory`` cannot hold control sockets, or None when it can.
-
-    It must be a directory owned by this user and closed to others (0700). Checked with
-    ``lstat`` first: a symlink is followed only if this user owns it, so nobody else can point
-    the channel elsewhere.
-    """
-    uid = os.getuid()
-    try:
-        if create:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        link = directory.lstat()
-        if stat.S_ISLNK(link.st_mode) and link.st_uid != uid:
-            return f"{directory} is a symlink owned by another user"
-        info = directory.stat()
-    except OSError as exc:
-        return f"cannot use {directory} ({exc.strerror})"
-    if not stat.S_ISDIR(info.st_mode):
-        return f"{directory} is not a directory"
-    if info.st_uid != uid:
-        return f"{directory} belongs to another user"
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        return f"{directory} is open to other users (mode {stat.S_IMODE(info.st_mode):o}; 0700)"
-    return None
+    """Why ``directory`` cannot hold control sockets (it must be this user's, 0700), or None."""
+    return private_dir_problem(directory, create=create, forbidden=0o077)
 
 
 # -- frames ------------------------------------------------------------------------------------

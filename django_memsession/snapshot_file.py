@@ -173,7 +173,7 @@ def read_snapshot(path: Path) -> SnapshotData:
         raise SnapshotRefused("bad signature (tampered, truncated, or another SECRET_KEY)")
     try:
         return _parse(memoryview(body))
-    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
+    except (ValueError, KeyError, TypeError, IndexError, struct.error, UnicodeDecodeError) as exc:
         # Signed by us yet unreadable: a bug, never a crash of the process that restores.
         raise SnapshotRefused(f"signed but malformed ({type(exc).__name__})") from None
 

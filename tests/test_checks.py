@@ -3,6 +3,7 @@ and the same text stops the store from being built where checks never run."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -203,3 +204,14 @@ def test_a_private_snapshot_directory_is_accepted(tmp_path):
 def test_bad_snapshot_interval_is_e012(value):
     with override_settings(MEMSESSION_SNAPSHOT_INTERVAL=value):
         assert ids() == ["memsession.E012"]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
+def test_snapshot_directory_owned_by_another_user_is_e011(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 65534, -1)
+    with override_settings(MEMSESSION_SNAPSHOT_PATH=str(theirs / "s.snapshot")):
+        (message,) = check_settings()
+    assert message.id == "memsession.E011"
+    assert "belongs to another user" in message.msg
