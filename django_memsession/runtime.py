@@ -114,7 +114,12 @@ class Services:
 
     def write_snapshot(self, reason: str) -> SnapshotReport:
         if self.snapshotter is None:
-            raise SnapshotsOff("snapshots are off (MEMSESSION_SNAPSHOT_PATH is not set)")
+            if conf.snapshot_path() is None:
+                raise SnapshotsOff("snapshots are off (MEMSESSION_SNAPSHOT_PATH is not set)")
+            raise SnapshotsOff(
+                "this process does not serve requests (a management command, a test run), so "
+                "it owns no snapshot; manage.py snapshotsessions asks the servers to write theirs"
+            )
         return self.snapshotter.write(reason)
 
     def report(
