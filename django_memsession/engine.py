@@ -11,105 +11,32 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
-from django.contrib.sessions.backends.base import (
-    VALID_KEY_CHARS,
-    CreateError,
-    SessionBase,
-    UpdateError,
-)
-from django.utils.module_loading import import_string
+from django.contrib.sessions.backends.base import CreateError, UpdateError
 
 from . import runtime
 from .backend import SessionBackend
 from .exceptions import SessionTooLarge
 from .serializers import current_codec
+from .sessionbase import AUTH_SESSION_KEY, KEY_LENGTH, FastSessionBase, new_session_key
 from .store import EntryTooLarge, PutResult
+
+__all__ = ["AUTH_SESSION_KEY", "KEY_LENGTH", "SessionStore", "new_session_key"]
 
 logger = logging.getLogger("django_memsession")
 
-# django.contrib.auth.SESSION_KEY, spelled out: importing django.contrib.auth here would make the
-# engine depend on the app registry.
-AUTH_SESSION_KEY = "_auth_user_id"
-
-KEY_LENGTH = 32  # of the keys this engine makes: Django's length and alphabet
 # An expiry age beyond this many seconds (about 300 years), or NaN, is checked the way Django's
 # db engine computes its expiry date, so it raises what the db engine raises.
 _PLAUSIBLE_AGE = 1e10
 
-_KEY_ALPHABET = VALID_KEY_CHARS.encode("ascii")
-_KEY_TABLE = bytes(_KEY_ALPHABET[byte % len(_KEY_ALPHABET)] for byte in range(256))
-# Bytes >= 252 (= 7 x 36) are dropped so every character is equally likely.
-_KEY_REJECT = bytes(range(256 - 256 % len(_KEY_ALPHABET), 256))
 
-
-def new_session_key() -> str:
-    """A 32-character key of ``[a-z0-9]``, like Django's, from the OS CSPRNG.
-
-    Django's ``get_random_string(32)`` costs ~20 µs (32 calls into ``secrets.choice``); this costs
-    about 1 µs with the same alphabet, length and unpredictability.
-    """
-    while True:
-        raw = os.urandom(KEY_LENGTH + 8).translate(_KEY_TABLE, _KEY_REJECT)
-        if len(raw) >= KEY_LENGTH:
-            return raw[:KEY_LENGTH].decode("ascii")
-
-
-class SessionStore(SessionBase):
+class SessionStore(FastSessionBase):
     """The session engine: ``SESSION_ENGINE = "django_memsession"``."""
 
     # The store this engine talks to; another store kind's engine overrides it.
     backend: Callable[[], SessionBackend] = staticmethod(runtime.get_store)
-
-    def __init__(self, session_key: str | None = None) -> None:
-        # What SessionBase.__init__ does, minus import_string(SESSION_SERIALIZER) on every
-        # request: load() and save() use the cached codec (which still follows the setting).
-        self._session_key = session_key
-        self.accessed = False
-        self.modified = False
-
-    @property
-    def serializer(self) -> Any:  # SessionBase.encode()/decode() use it
-        return import_string(settings.SESSION_SERIALIZER)
-
-    # SessionBase's lazy loading, without raising and catching an AttributeError on the first
-    # access of every request (about 0.4 µs, a tenth of a whole load from this store).
-
-    def _get_session(self, no_load: bool = False) -> dict[str, Any]:
-        self.accessed = True
-        cache: dict[str, Any] | None = self.__dict__.get("_session_cache")
-        if cache is None:
-            cache = self._session_cache = {} if self.session_key is None or no_load else self.load()
-        return cache
-
-    async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
-        self.accessed = True
-        cache: dict[str, Any] | None = self.__dict__.get("_session_cache")
-        if cache is None:
-            cache = self._session_cache = (
-                {} if self.session_key is None or no_load else await self.aload()
-            )
-        return cache
-
-    _session = property(_get_session)
-
-    def _validate_session_key(self, key: Any) -> bool:
-        """Only keys this engine could have made: 8-64 characters of ``[a-z0-9]``.
-
-        Anything else (overlong, non-ASCII, NUL, separators) is no session, without a lookup.
-        """
-        return isinstance(key, str) and 8 <= len(key) <= 64 and not key.strip(VALID_KEY_CHARS)
-
-    def _get_new_session_key(self) -> str:
-        # No exists() round trip: a collision of 165 random bits is caught by create() anyway.
-        return new_session_key()
-
-    async def _aget_new_session_key(self) -> str:
-        return new_session_key()
 
     # -- load ----------------------------------------------------------------------------------
 
@@ -199,28 +126,6 @@ class SessionStore(SessionBase):
             raise CreateError
         if result is PutResult.MISSING:
             raise UpdateError
-
-    def create(self) -> None:
-        for _ in range(100):
-            self._session_key = self._get_new_session_key()
-            try:
-                self.save(must_create=True)
-            except CreateError:
-                continue
-            self.modified = True
-            return
-        raise RuntimeError("Unable to create a new session key.")
-
-    async def acreate(self) -> None:
-        for _ in range(100):
-            self._session_key = await self._aget_new_session_key()
-            try:
-                await self.asave(must_create=True)
-            except CreateError:
-                continue
-            self.modified = True
-            return
-        raise RuntimeError("Unable to create a new session key.")
 
     # -- the rest of the contract --------------------------------------------------------------
 
