@@ -64,6 +64,10 @@ class SessionStore(SessionBase):
 
     # The store this engine talks to; another store kind's engine overrides it.
     backend: Callable[[], SessionBackend] = staticmethod(runtime.get_store)
+    # The client (IP address and user agent, see clients.py) to note with the next save of a
+    # logged-in session; set at login when MEMSESSION_TRACK_CLIENTS is on. None keeps what the
+    # store has.
+    client: str | None = None
 
     def __init__(self, session_key: str | None = None) -> None:
         # What SessionBase.__init__ does, minus import_string(SESSION_SERIALIZER) on every
@@ -149,9 +153,15 @@ class SessionStore(SessionBase):
         data = self._get_session(no_load=must_create)
         store = self.backend()
         try:
-            key, payload, expires_at, authenticated = self._put_args(store, data)
+            key, payload, expires_at, user = self._put_args(store, data)
             result = store.put(
-                key, payload, expires_at, authenticated=authenticated, create=must_create
+                key,
+                payload,
+                expires_at,
+                authenticated=user is not None,
+                create=must_create,
+                user=user,
+                client=self.client,
             )
         except EntryTooLarge as exc:
             raise self._too_large(exc) from None
@@ -164,9 +174,15 @@ class SessionStore(SessionBase):
         data = await self._aget_session(no_load=must_create)
         store = self.backend()
         try:
-            key, payload, expires_at, authenticated = self._put_args(store, data)
+            key, payload, expires_at, user = self._put_args(store, data)
             result = await store.aput(
-                key, payload, expires_at, authenticated=authenticated, create=must_create
+                key,
+                payload,
+                expires_at,
+                authenticated=user is not None,
+                create=must_create,
+                user=user,
+                client=self.client,
             )
         except EntryTooLarge as exc:
             raise self._too_large(exc) from None
@@ -175,13 +191,21 @@ class SessionStore(SessionBase):
 
     def _put_args(
         self, store: SessionBackend, data: dict[str, Any]
-    ) -> tuple[str, bytes, float, bool]:
+    ) -> tuple[str, bytes, float, str | None]:
+        """Key, payload, expiry, and the logged-in user's id as Django stores it (None:
+        anonymous)."""
         if self.session_key is None:
             # Loading found no session (expired, deleted): an update of nothing, as with
             # Django's engines. Through SessionMiddleware the load comes first and save() creates.
             raise UpdateError
         payload = current_codec().dumps(data)
-        return self.session_key, payload, self._expires_at(store, data), AUTH_SESSION_KEY in data
+        user = data.get(AUTH_SESSION_KEY)
+        return (
+            self.session_key,
+            payload,
+            self._expires_at(store, data),
+            None if user is None else str(user),
+        )
 
     @staticmethod
     def _too_large(exc: EntryTooLarge) -> SessionTooLarge:
@@ -221,6 +245,12 @@ class SessionStore(SessionBase):
             self.modified = True
             return
         raise RuntimeError("Unable to create a new session key.")
+
+    def note_client(self, client: str) -> None:
+        """Note a logged-in session's client now if it changed (no save of the session)."""
+        self.client = client
+        if self.session_key is not None:
+            self.backend().note_client(self.session_key, client)
 
     # -- the rest of the contract --------------------------------------------------------------
 

@@ -31,14 +31,15 @@ import os
 import struct
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .lru import RETURNING, SEGMENT_NAMES, SegmentedLRU
+from . import users as facts
+from .lru import AUTHENTICATED, RETURNING, SEGMENT_NAMES, SegmentedLRU
 from .remembered import RememberedKeys
 from .sizing import EntrySizer
+from .users import SessionFacts, UserIndex, user_key
 
 __all__ = [
     "EntryTooLarge",
@@ -91,6 +92,9 @@ class Limits:
     max_bytes: int
     max_session_bytes: int
     low_water: float
+    # A cap on the number of sessions beside the bytes (None: none), and on each user's.
+    max_sessions: int | None = None
+    max_sessions_per_user: int | None = None
 
     @property
     def low_water_bytes(self) -> int:
@@ -112,12 +116,14 @@ class Limits:
 class StoreEvent:
     """Something that removed sessions, reported once per batch after the lock is released."""
 
-    kind: str  # "evicted" or "expired"
+    kind: str  # "evicted", "expired", or "ended" (a user's session over their limit)
     count: int
     bytes: int
     # "write" (a save needed room), "load" (found expired), "prune" (a prune pass), "shrink"
-    # (brought down to the low-water mark), "settings" (a smaller MEMSESSION_MAX_SIZE)
+    # (brought down to the low-water mark), "settings" (a smaller MEMSESSION_MAX_SIZE),
+    # "limit" (MEMSESSION_MAX_SESSIONS_PER_USER, with ``user``)
     reason: str
+    user: str | None = None
 
 
 @dataclass
@@ -181,6 +187,7 @@ class MemoryStore:
         self._prune_lock = threading.Lock()
         self._policy = SegmentedLRU()
         self._remembered = RememberedKeys(self.sizer)
+        self._users = UserIndex()
         # Running total of the sessions (key, value, list node); with the policy's table_bytes
         # and the remembered keys' bytes it makes up the store's size.
         self._entry_bytes = 0
@@ -198,7 +205,11 @@ class MemoryStore:
     # -- the request path ---------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
-        """The stored payload of a live session (and it becomes most recently used), or None."""
+        """The stored payload of a live session (and it becomes most recently used), or None.
+
+        A logged-in session's last use is noted to the second: its value is copied with the new
+        second at most once a second (see :mod:`~django_memsession.users`).
+        """
         now = self.clock()
         events = None
         with self._lock:
@@ -211,8 +222,16 @@ class MemoryStore:
                 self._remove_expired(key, index, value, events, "load")
                 self.misses += 1
             else:
-                self._policy.touch(key, index)
+                moved = self._policy.touch(key, index)
                 self.hits += 1
+                if index == AUTHENTICATED:
+                    second = int(now)
+                    if facts.last_used_of(value) != second:
+                        value = facts.with_last_used(value, second)
+                        self._policy.replace(key, index, value)
+                    if moved:
+                        self._index_add(value, key)  # the policy now holds this key object
+                    return value[facts.payload_offset(value) :]
         if events is not None:
             self._emit(events)
             return None
@@ -225,8 +244,41 @@ class MemoryStore:
             value = self._policy.find(key)[1]
         return value is not None and HEADER.unpack_from(value)[0] > now
 
+    def _pack(
+        self,
+        payload: bytes,
+        expires_at: float,
+        tag: int,
+        user: bytes | None,
+        client: bytes | None,
+        old: bytes | None,
+        now: float,
+    ) -> bytes:
+        """The value to store: the plain header, or (``user`` given) the facts, carrying the
+        creation time and the client from ``old`` (the session's value in the authenticated
+        segment, if any) when it is the same user's."""
+        if user is None:
+            return HEADER.pack(expires_at, tag) + payload
+        second = int(now)
+        created = second
+        if old is not None:
+            old_user, old_created, old_client = facts.carried(old)
+            if old_user == user:
+                created = old_created
+                if client is None:
+                    client = old_client
+        return facts.facts_value(expires_at, tag, created, second, user, client or b"", payload)
+
     def put(
-        self, key: str, payload: bytes, expires_at: float, *, authenticated: bool, create: bool
+        self,
+        key: str,
+        payload: bytes,
+        expires_at: float,
+        *,
+        authenticated: bool,
+        create: bool,
+        user: str | None = None,
+        client: str | None = None,
     ) -> PutResult:
         """Store a session. ``create`` fails on a present key; an update fails on a missing one.
 
@@ -234,33 +286,48 @@ class MemoryStore:
         Django's db engine (the row is still there). An update of a key evicted recently (and
         not deleted or expired since) stores it again: eviction is not logout. Raises
         :class:`EntryTooLarge` before touching anything.
+
+        A logged-in session (``authenticated``) is indexed under ``user`` (Django's
+        ``_auth_user_id``; not indexed without it) with its facts; ``client`` (opaque text)
+        replaces the client noted for it, None keeps it.
         """
+        now = self.clock()
         tag = NOT_JOURNALED if create else self.epoch
-        value = HEADER.pack(expires_at, tag) + payload
+        user_bytes = facts.encode(user) if authenticated else None
+        client_bytes = None if client is None else facts.encode(client)
+        # The value is packed outside the lock from what the authenticated segment holds now
+        # (read without the lock: a hint); under the lock it is packed again if that changed.
+        hint = None
+        if user_bytes is not None and not create:
+            hint = self._policy.peek(key, AUTHENTICATED)
+        value = self._pack(payload, expires_at, tag, user_bytes, client_bytes, hint, now)
         size = self.sizer.entry(len(key), len(value))
         if size > self.limits.max_session_bytes:
             with self._lock:
                 self.rejected += 1
             raise EntryTooLarge(size, self.limits.max_session_bytes)
-        now = self.clock()
         events: list[StoreEvent] = []
-        journal_epoch = NOT_JOURNALED
+        journal: list[tuple[str, int]] = []
         with self._lock:
             index, old_value = self._policy.find(key)
             if old_value is not None and create:
                 return PutResult.EXISTS
-            if tag != self.epoch and not create:  # a snapshot began since the value was packed
-                tag = self.epoch
-                value = HEADER.pack(expires_at, tag) + payload
             was_expired = old_value is not None and HEADER.unpack_from(old_value)[0] <= now
             if was_expired:
                 self._remove_expired(key, index, old_value, events, "write")
                 index = old_value = None
+            source = old_value if index == AUTHENTICATED else None
+            changed = user_bytes is not None and source is not hint
+            if (tag != self.epoch and not create) or changed:
+                # A snapshot began since the value was packed, or the session changed.
+                tag = tag if create else self.epoch
+                value = self._pack(payload, expires_at, tag, user_bytes, client_bytes, source, now)
+                size = self.sizer.entry(len(key), len(value))
             if old_value is not None:  # an update of a live session
                 self._entry_bytes -= self.sizer.entry(len(key), len(old_value))
                 previous, result = index, PutResult.STORED
                 if not create and HEADER.unpack_from(old_value)[1] != tag:
-                    journal_epoch = tag
+                    journal.append((key, tag))
             elif create:
                 self._remembered.forget(key)
                 previous, result = None, PutResult.STORED
@@ -272,17 +339,31 @@ class MemoryStore:
                     # Somebody is using it right now: not a probation newcomer.
                     previous, result = RETURNING, PutResult.RESTORED
                     self.restored += 1
-                    journal_epoch = tag
+                    journal.append((key, tag))
             if result is not PutResult.MISSING:
                 segment = self._policy.segment_for_write(previous, authenticated)
-                self._policy.put(key, value, segment, index)
+                new_to_user = source is None or facts.user_of(source) != user_bytes
+                if source is not None and new_to_user:
+                    # Another user on the same key (rare): out of the old user's sessions, and
+                    # stored afresh, so that the index and the policy hold one key object.
+                    self._index_remove(source, key)
+                    self._policy.remove(key, index)
+                    index = None
+                moved = self._policy.put(key, value, segment, index)
                 self._entry_bytes += size
-                if self._session_bytes() > self.limits.session_bytes:
+                if segment == AUTHENTICATED and moved:
+                    count = self._index_add(value, key)
+                    limit = self.limits.max_sessions_per_user
+                    if limit is not None and count > limit and new_to_user:
+                        self._end_over_limit(value, key, limit, events, journal)
+                if self._over_budget():
                     self._make_room(
                         self.limits.session_bytes, now, reason="write", spare=key, events=events
                     )
-        if journal_epoch and self.on_journal is not None:
-            self.on_journal(key, journal_epoch)
+        if self.on_journal is not None:
+            for journaled_key, epoch in journal:
+                if epoch:
+                    self.on_journal(journaled_key, epoch)
         if events:
             self._emit(events)
         return result
@@ -291,18 +372,39 @@ class MemoryStore:
         """Remove a session for good (logout, flush): it is not remembered, so never restored,
         and it is journaled (even if it was evicted: a snapshot may still hold it)."""
         with self._lock:
-            self._remembered.forget(key)
-            index, value = self._policy.find(key)
             epoch = self.epoch
-            journal = epoch != NOT_JOURNALED and (
-                value is None or HEADER.unpack_from(value)[1] != epoch
-            )
-            if value is not None:
-                self._policy.remove(key, index)
-                self._entry_bytes -= self.sizer.entry(len(key), len(value))
+            journal, present = self._delete(key)
         if journal and self.on_journal is not None:
             self.on_journal(key, epoch)
-        return value is not None
+        return present
+
+    def delete_many(self, keys: list[str]) -> int:
+        """:meth:`delete` each of ``keys`` (ending a user's sessions); how many were there."""
+        journaled: list[str] = []
+        removed = 0
+        with self._lock:
+            epoch = self.epoch
+            for key in keys:
+                journal, present = self._delete(key)
+                if journal:
+                    journaled.append(key)
+                removed += present
+        if self.on_journal is not None:
+            for key in journaled:
+                self.on_journal(key, epoch)
+        return removed
+
+    def _delete(self, key: str) -> tuple[bool, bool]:
+        """Remove ``key`` with the lock held: (whether to journal it, whether it was there)."""
+        self._remembered.forget(key)
+        index, value = self._policy.find(key)
+        epoch = self.epoch
+        journal = epoch != NOT_JOURNALED and (
+            value is None or HEADER.unpack_from(value)[1] != epoch
+        )
+        if value is not None:
+            self._drop(key, index, value)
+        return journal, value is not None
 
     # The async twins: the store does no I/O, so they are the same calls, made from the loop.
 
@@ -313,9 +415,25 @@ class MemoryStore:
         return self.exists(key)
 
     async def aput(
-        self, key: str, payload: bytes, expires_at: float, *, authenticated: bool, create: bool
+        self,
+        key: str,
+        payload: bytes,
+        expires_at: float,
+        *,
+        authenticated: bool,
+        create: bool,
+        user: str | None = None,
+        client: str | None = None,
     ) -> PutResult:
-        return self.put(key, payload, expires_at, authenticated=authenticated, create=create)
+        return self.put(
+            key,
+            payload,
+            expires_at,
+            authenticated=authenticated,
+            create=create,
+            user=user,
+            client=client,
+        )
 
     async def adelete(self, key: str) -> bool:
         return self.delete(key)
@@ -333,6 +451,8 @@ class MemoryStore:
         result = PruneResult()
         now = self.clock()
 
+        walking = 0  # the segment being walked
+
         def expired(key: str, value: bytes) -> bool:
             if HEADER.unpack_from(value)[0] > now:
                 return False
@@ -343,10 +463,13 @@ class MemoryStore:
                 return False
             self._entry_bytes -= size
             self.expired += 1
+            if walking == AUTHENTICATED:
+                self._index_remove(value, key)
             return True
 
         with self._prune_lock:  # one walk at a time; requests never wait on this lock
             for index in range(len(SEGMENT_NAMES)):
+                walking = index
                 with self._lock:
                     # Entries written during the walk join the back's hot end; the bound lets
                     # it look at those too, but never chase a stream of new writes for ever.
@@ -515,6 +638,7 @@ class MemoryStore:
         result = RestoreResult()
         room = self.limits.session_bytes * RESTORE_FILL
         chosen: list[tuple[int, str, bytes]] = []
+        cap = self.limits.max_sessions
         seen: set[str] = set()
         used = 0
         # Backwards: the most valuable and most recent first, and the newest copy of a key.
@@ -526,7 +650,8 @@ class MemoryStore:
                 result.expired += 1
                 continue
             size = sizer.entry(len(key), len(value))
-            if used + size > room or size > self.limits.max_session_bytes:
+            over_count = cap is not None and len(chosen) >= cap
+            if used + size > room or size > self.limits.max_session_bytes or over_count:
                 result.left_out += 1
                 continue
             used += size
@@ -539,13 +664,62 @@ class MemoryStore:
                     continue
                 self._policy.put(key, value, index, None)
                 self._entry_bytes += sizer.entry(len(key), len(value))
+                if index == AUTHENTICATED:
+                    self._index_add(value, key)
                 result.sessions += 1
-            if self._session_bytes() > self.limits.session_bytes:
+            if self._over_budget():
                 self._make_room(
                     self.limits.session_bytes, now, reason="restore", spare=None, events=events
                 )
         self._emit(events)
         return result
+
+    # -- who is logged in -----------------------------------------------------------------------
+
+    def user_sessions(self, user: str) -> list[SessionFacts]:
+        """The live sessions of ``user`` (Django's ``_auth_user_id`` text), most recently used
+        first. O(their sessions); the values are decoded outside the lock."""
+        now = self.clock()
+        wanted = user_key(user)
+        with self._lock:
+            found = [(key, self._policy.find(key)[1]) for key in self._users.keys(wanted)]
+        rows = [
+            facts.read_facts(key, value)
+            for key, value in found
+            if value is not None and HEADER.unpack_from(value)[0] > now
+        ]
+        rows.sort(key=lambda row: (row.last_used, row.created), reverse=True)
+        return rows
+
+    def note_client(self, key: str, client: str) -> bool:
+        """Note ``client`` (opaque text) for a logged-in session if it differs from the one
+        noted; whether it changed. Not a write of the session: not journaled."""
+        encoded = facts.encode(client)
+        with self._lock:
+            index, value = self._policy.find(key)
+            if index != AUTHENTICATED or value is None:
+                return False
+            user, created, old_client = facts.carried(value)
+            if old_client == encoded:
+                return False
+            offset = facts.payload_offset(value)
+            expires_at, epoch = HEADER.unpack_from(value)
+            new_value = facts.facts_value(
+                expires_at,
+                epoch,
+                created,
+                facts.last_used_of(value),
+                user,
+                encoded,
+                value[offset:],
+            )
+            size = self.sizer.entry(len(key), len(new_value))
+            if size > self.limits.max_session_bytes:
+                return False
+            self._entry_bytes += size - self.sizer.entry(len(key), len(value))
+            if self._policy.put(key, new_value, index, index):
+                self._index_add(new_value, key)  # it was in a prune walk's front: re-pointed
+        return True
 
     # -- inspection and tests ----------------------------------------------------------------
 
@@ -561,6 +735,8 @@ class MemoryStore:
                 "max_session_bytes": self.limits.max_session_bytes,
                 "remembered": len(self._remembered),
                 "remembered_bytes": self._remembered.bytes,
+                "users": len(self._users),
+                "user_index_bytes": self._users.bytes,
                 "hits": self.hits,
                 "misses": self.misses,
                 "evictions": self.evictions,
@@ -577,6 +753,7 @@ class MemoryStore:
         with self._lock:
             self._policy = SegmentedLRU()
             self._remembered = RememberedKeys(self.sizer)
+            self._users = UserIndex()
             self._entry_bytes = 0
             self._reset_counters()
 
@@ -586,16 +763,21 @@ class MemoryStore:
         with self._lock:
             self.limits = limits
             self._remembered.trim(limits.remember_bytes)
-            if self._session_bytes() > limits.session_bytes:
+            if self._over_budget():
                 self._make_room(
                     limits.session_bytes, self.clock(), reason="settings", spare=None, events=events
                 )
         self._emit(events)
 
-    def containers(self) -> tuple[OrderedDict[str, object], ...]:
+    def containers(self) -> tuple[dict[object, object], ...]:
         """Every container the store holds: what its size is the size of (for tests)."""
         policy = self._policy
-        return (*policy.segments, *policy.fronts, self._remembered.keys)  # type: ignore[return-value]
+        return (  # type: ignore[return-value]
+            *policy.segments,
+            *policy.fronts,
+            self._remembered.keys,
+            self._users.users,
+        )
 
     def accounted_bytes(self) -> int:
         """The store's size measured afresh (for tests: it must equal ``stats()["bytes"]``)."""
@@ -608,7 +790,12 @@ class MemoryStore:
         self._prune_lock = threading.Lock()
         self.created_at = self.clock()
         if not consistent:
-            self._entry_bytes, self._policy.table_bytes, self._remembered.bytes = self._measure()
+            (
+                self._entry_bytes,
+                self._policy.table_bytes,
+                self._remembered.bytes,
+                self._users.bytes,
+            ) = self._measure()
             self._policy.measure_fronts()
 
     @property
@@ -621,7 +808,12 @@ class MemoryStore:
         """What writes are charged for: sessions and their tables, less a prune walk's passing
         second table (counted in the store's size, but evicting live sessions to pay for a table
         freed a moment later would throw away a tenth of a full store on every pass)."""
-        return self._entry_bytes + self._policy.table_bytes - self._policy.front_bytes
+        return (
+            self._entry_bytes
+            + self._policy.table_bytes
+            - self._policy.front_bytes
+            + self._users.bytes
+        )
 
     def _charged_total(self) -> int:
         """The store's size as the low-water mark sees it: sessions (as writes are charged for
@@ -629,13 +821,24 @@ class MemoryStore:
         return self._session_bytes() + self._remembered.bytes
 
     def _total(self) -> int:
-        return self._entry_bytes + self._policy.table_bytes + self._remembered.bytes
+        return (
+            self._entry_bytes
+            + self._policy.table_bytes
+            + self._remembered.bytes
+            + self._users.bytes
+        )
 
-    def _measure(self) -> tuple[int, int, int]:
-        """Entry, table and remembered bytes measured afresh (O(n): tests and after a fork)."""
+    def _measure(self) -> tuple[int, int, int, int]:
+        """Entry, table, remembered and user index bytes measured afresh (O(n): tests and
+        after a fork)."""
         sizer = self.sizer
         entries = sum(sizer.entry(len(key), len(value)) for key, value in self._policy.items())
-        return entries, self._policy.measure_tables(), self._remembered.measure()
+        return (
+            entries,
+            self._policy.measure_tables(),
+            self._remembered.measure(),
+            self._users.measure(),
+        )
 
     def _make_room(
         self,
@@ -662,25 +865,24 @@ class MemoryStore:
             for index, key, value in self._policy.coldest(EXPIRED_PROBE)
             if HEADER.unpack_from(value)[0] <= now and key != spare
         ]
+
+        def over() -> bool:
+            return used() > target or self._over_count()
+
         for index, key, value in probe:
-            if used() <= target:
+            if not over():
                 break
-            size = self.sizer.entry(len(key), len(value))
-            self._policy.remove(key, index)
-            self._entry_bytes -= size
             expired_count += 1
-            expired_bytes += size
+            expired_bytes += self._drop(key, index, value)
         evicted_count = evicted_bytes = 0
-        while used() > target and (max_evictions is None or evicted_count < max_evictions):
+        while over() and (max_evictions is None or evicted_count < max_evictions):
             victim = self._policy.victim(spare)
             if victim is None:
                 if not (with_remembered and self._remembered.drop_oldest()):
                     break
                 continue
             index, key, value = victim
-            size = self.sizer.entry(len(key), len(value))
-            self._policy.remove(key, index)
-            self._entry_bytes -= size
+            size = self._drop(key, index, value)
             evicted_count += 1
             evicted_bytes += size
             self._remembered.remember(key, HEADER.unpack_from(value)[0], self.limits.remember_bytes)
@@ -695,11 +897,67 @@ class MemoryStore:
     def _remove_expired(
         self, key: str, index: int, value: bytes, events: list[StoreEvent], reason: str
     ) -> None:
+        size = self._drop(key, index, value)
+        self.expired += 1
+        events.append(StoreEvent("expired", 1, size, reason))
+
+    def _drop(self, key: str, index: int, value: bytes) -> int:
+        """Remove an entry from the policy, the running total and the user index; its size."""
         self._policy.remove(key, index)
         size = self.sizer.entry(len(key), len(value))
         self._entry_bytes -= size
-        self.expired += 1
-        events.append(StoreEvent("expired", 1, size, reason))
+        if index == AUTHENTICATED:
+            self._index_remove(value, key)
+        return size
+
+    def _index_add(self, value: bytes, key: str) -> int:
+        """Index a logged-in session under its user (``key``: the object the policy holds);
+        how many sessions the user has (0: no user id given, not indexed)."""
+        user = facts.user_of(value)
+        if not user:
+            return 0
+        return self._users.add(user_key(user.decode(errors="replace")), key)
+
+    def _index_remove(self, value: bytes, key: str) -> None:
+        user = facts.user_of(value)
+        if user:
+            self._users.remove(user_key(user.decode(errors="replace")), key)
+
+    def _end_over_limit(
+        self,
+        value: bytes,
+        key: str,
+        limit: int,
+        events: list[StoreEvent],
+        journal: list[tuple[str, int]],
+    ) -> None:
+        """The user of ``value`` just logged in beyond ``limit`` sessions: end their least
+        recently used others (as a logout: not remembered, journaled)."""
+        user_text = facts.user_of(value).decode(errors="replace")
+        user = user_key(user_text)
+        others = []
+        for other in self._users.keys(user):
+            if other != key:
+                index, other_value = self._policy.find(other)
+                if other_value is not None:
+                    others.append((facts.last_used_of(other_value), other, index, other_value))
+        others.sort(key=lambda row: row[0])
+        count = size = 0
+        for _, other, index, other_value in others[: max(0, len(others) + 1 - limit)]:
+            self._remembered.forget(other)
+            size += self._drop(other, index, other_value)
+            count += 1
+            if self.epoch != NOT_JOURNALED:
+                journal.append((other, self.epoch))
+        if count:
+            events.append(StoreEvent("ended", count, size, "limit", user=user_text))
+
+    def _over_count(self) -> bool:
+        cap = self.limits.max_sessions
+        return cap is not None and len(self._policy) > cap
+
+    def _over_budget(self) -> bool:
+        return self._session_bytes() > self.limits.session_bytes or self._over_count()
 
     def _emit(self, events: list[StoreEvent]) -> None:
         if self.on_event is not None and events:
