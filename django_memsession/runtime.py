@@ -57,6 +57,7 @@ from .messages import (
     split_warning,
 )
 from .pruner import Pruner
+from .serializers import current_codec
 from .snapshot import NotOwner, Snapshotter
 from .store import MemoryStore
 
@@ -96,6 +97,7 @@ class Services:
         self.snapshotter: Snapshotter | None = None
         if snapshot_path is not None:
             self.snapshotter = Snapshotter(store, Path(snapshot_path))
+            self.snapshotter.user_of_payload = user_of_payload
             store.on_journal = self.snapshotter.journal_write
         self.started = False
         self.restored = False  # the snapshot is restored once per process, on first use
@@ -137,6 +139,15 @@ class Services:
             written=written,
             refused=refused,
         )
+
+
+def user_of_payload(payload: bytes) -> str | None:
+    """Django's ``_auth_user_id`` in a stored payload (None: anonymous, or unreadable)."""
+    try:
+        user = current_codec().loads(payload).get("_auth_user_id")
+    except Exception:
+        return None
+    return None if user is None else str(user)
 
 
 class SnapshotsOff(Exception):

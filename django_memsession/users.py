@@ -28,6 +28,7 @@ __all__ = [
     "SessionFacts",
     "UserIndex",
     "facts_value",
+    "from_plain",
     "payload_offset",
     "read_facts",
     "user_key",
@@ -95,6 +96,14 @@ def facts_value(
 
 def encode(text: str | None) -> bytes:
     return b"" if text is None else _clip(text)
+
+
+def from_plain(value: bytes, user: str | None, seconds: int) -> bytes:
+    """A logged-in session's value written before facts existed (a version 1 snapshot: the
+    plain header, then the payload) with its facts: ``user`` as read from the payload (None:
+    unknown, not indexed), created and last used at ``seconds`` (the snapshot's time)."""
+    expires_at, epoch = struct.unpack_from("<dI", value)
+    return facts_value(expires_at, epoch, seconds, seconds, encode(user), b"", value[12:])
 
 
 def payload_offset(value: bytes) -> int:
