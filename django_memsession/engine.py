@@ -9,6 +9,7 @@ talks to its store through the :class:`~django_memsession.backend.SessionBackend
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import logging
 import os
@@ -35,6 +36,12 @@ logger = logging.getLogger("django_memsession")
 # django.contrib.auth.SESSION_KEY, spelled out: importing django.contrib.auth here would make the
 # engine depend on the app registry.
 AUTH_SESSION_KEY = "_auth_user_id"
+
+# The session the current request (thread or task) loaded last: after a password change, the one
+# that update_session_auth_hash() keeps (see password.py). Reset when each request starts.
+current_session: contextvars.ContextVar[SessionStore | None] = contextvars.ContextVar(
+    "django_memsession_current_session", default=None
+)
 
 KEY_LENGTH = 32  # of the keys this engine makes: Django's length and alphabet
 # An expiry age beyond this many seconds (about 300 years), or NaN, is checked the way Django's
@@ -118,9 +125,11 @@ class SessionStore(SessionBase):
     # -- load ----------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
+        current_session.set(self)
         return self._decode(self.backend().get(self.session_key))
 
     async def aload(self) -> dict[str, Any]:
+        current_session.set(self)
         return self._decode(await self.backend().aget(self.session_key))
 
     def _decode(self, payload: bytes | None) -> dict[str, Any]:
