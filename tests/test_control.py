@@ -19,10 +19,11 @@ import pytest
 from django.test import override_settings
 from processes import store_process
 
+import django_memsession
 from django_memsession import SessionStore, control, runtime
 from django_memsession import listener as listener_module
 from django_memsession.listener import Listener
-from django_memsession.messages import Reply, Request, to_json
+from django_memsession.messages import SESSIONS_PAGE, Reply, Request, to_json
 
 
 @pytest.fixture
@@ -565,3 +566,30 @@ def test_prunesessions_from_another_pid_namespace_leaves_live_sockets_alone(cont
     assert result.returncode == 0, result.stderr
     assert [p["pid"] for p in json.loads(result.stdout)["processes"]] == [pid]
     assert still_there
+
+
+# -- who is logged in ---------------------------------------------------------------------------
+
+
+def test_a_users_sessions_in_another_process_come_in_pages_and_end(control_dir):
+    count = 2 * SESSIONS_PAGE + 7  # three replies
+    with store_process(control_dir, extra_env={"MEMSESSION_TEST_LOGINS": f"5:{count}"}) as pid:
+        found = django_memsession.user_sessions("5")
+        assert len(found) == count == len({record.id for record in found})
+        assert {record.pid for record in found} == {pid}
+        assert django_memsession.end_user_sessions("5", keep=None) == count
+        assert django_memsession.user_sessions("5") == []
+
+
+def test_a_session_id_of_another_user_ends_nothing_in_another_process(control_dir):
+    with store_process(control_dir, extra_env={"MEMSESSION_TEST_LOGINS": "5:2"}):
+        (first, _) = django_memsession.user_sessions("5")
+        assert django_memsession.end_session("6", first.id) == 0
+        assert django_memsession.end_session("5", first.id) == 1
+        assert [record.id for record in django_memsession.user_sessions("5")] != [first.id]
+
+
+def test_user_requests_carry_their_fields_and_no_key():
+    request = control.new_request("end", fields={"user": "5", "keep": "ab" * 16})
+    assert (request.user, request.keep, request.session_id) == ("5", "ab" * 16, None)
+    assert control.open_request(control.sign_request(request)[4:]) == request
