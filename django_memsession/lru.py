@@ -106,11 +106,6 @@ class SegmentedLRU:
         (just touched): in place, same key object, same order."""
         self.segments[index][key] = value
 
-    def peek(self, key: str, index: int) -> bytes | None:
-        """The value in segment ``index``'s back, read without the store's lock: a hint only
-        (one ``dict.get``, atomic under the GIL), which the caller checks under the lock."""
-        return self.segments[index].get(key)
-
     def segment_for_write(self, previous: int | None, authenticated: bool) -> int:
         """Where a saved session goes, given the segment it was in (None: it is new)."""
         if authenticated:

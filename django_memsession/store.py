@@ -39,7 +39,7 @@ from . import users as facts
 from .lru import AUTHENTICATED, RETURNING, SEGMENT_NAMES, SegmentedLRU
 from .remembered import RememberedKeys
 from .sizing import EntrySizer
-from .users import SessionFacts, UserIndex, user_key
+from .users import FACTS, FACTS_SIZE, SessionFacts, UserIndex, user_key
 
 __all__ = [
     "EntryTooLarge",
@@ -57,6 +57,11 @@ __all__ = [
 HEADER = struct.Struct("<dI")
 HEADER_SIZE = HEADER.size
 NOT_JOURNALED = 0
+
+# Parts of a logged-in session's facts (see users.FACTS): created and the two lengths; expiry,
+# epoch, created and last use.
+_CARRIED = struct.Struct("<I4xHH")
+_TIMES = struct.Struct("<dIII")
 
 # How many of the coldest entries of each segment a write over budget looks at for expired ones
 # before it evicts live sessions: bounded work per request; the pruner does the thorough job.
@@ -217,21 +222,26 @@ class MemoryStore:
             if value is None:
                 self.misses += 1
                 return None
+            if index == AUTHENTICATED:
+                # One unpack for the expiry, the last use and where the payload starts.
+                expires_at, _, _, last_used, user_length, client_length = FACTS.unpack_from(value)
+                if expires_at > now:
+                    moved = self._policy.touch(key, index)
+                    self.hits += 1
+                    second = int(now)
+                    if last_used != second:
+                        value = facts.with_last_used(value, second)
+                        self._policy.replace(key, index, value)
+                    if moved:
+                        self._index_add(value, key)  # the policy now holds this key object
+                    return value[FACTS_SIZE + user_length + client_length :]
             if HEADER.unpack_from(value)[0] <= now:
                 events = []
                 self._remove_expired(key, index, value, events, "load")
                 self.misses += 1
             else:
-                moved = self._policy.touch(key, index)
+                self._policy.touch(key, index)
                 self.hits += 1
-                if index == AUTHENTICATED:
-                    second = int(now)
-                    if facts.last_used_of(value) != second:
-                        value = facts.with_last_used(value, second)
-                        self._policy.replace(key, index, value)
-                    if moved:
-                        self._index_add(value, key)  # the policy now holds this key object
-                    return value[facts.payload_offset(value) :]
         if events is not None:
             self._emit(events)
             return None
@@ -244,30 +254,34 @@ class MemoryStore:
             value = self._policy.find(key)[1]
         return value is not None and HEADER.unpack_from(value)[0] > now
 
-    def _pack(
-        self,
+    @staticmethod
+    def _pack_facts(
         payload: bytes,
         expires_at: float,
         tag: int,
-        user: bytes | None,
+        user: bytes,
         client: bytes | None,
         old: bytes | None,
         now: float,
-    ) -> bytes:
-        """The value to store: the plain header, or (``user`` given) the facts, carrying the
-        creation time and the client from ``old`` (the session's value in the authenticated
-        segment, if any) when it is the same user's."""
-        if user is None:
-            return HEADER.pack(expires_at, tag) + payload
+    ) -> tuple[bytes, bool]:
+        """A logged-in session's value, carrying the creation time and the client from ``old``
+        (its value in the authenticated segment, if any) when it is the same user's; and
+        whether it is new to this user. On every save of a logged-in session: the common case
+        (same user, client kept) reuses the old value's user and client bytes as they are."""
         second = int(now)
-        created = second
         if old is not None:
-            old_user, old_created, old_client = facts.carried(old)
-            if old_user == user:
-                created = old_created
+            created, user_length, client_length = _CARRIED.unpack_from(old, 12)
+            if user_length == len(user) and old.startswith(user, FACTS_SIZE):
                 if client is None:
-                    client = old_client
-        return facts.facts_value(expires_at, tag, created, second, user, client or b"", payload)
+                    end = FACTS_SIZE + user_length + client_length
+                    head = _TIMES.pack(expires_at, tag, created, second)
+                    return b"".join((head, old[20:end], payload)), False
+                head = FACTS.pack(expires_at, tag, created, second, len(user), len(client))
+                return b"".join((head, user, client, payload)), False
+        if client is None:
+            client = b""
+        head = FACTS.pack(expires_at, tag, second, second, len(user), len(client))
+        return b"".join((head, user, client, payload)), True
 
     def put(
         self,
@@ -293,14 +307,23 @@ class MemoryStore:
         """
         now = self.clock()
         tag = NOT_JOURNALED if create else self.epoch
-        user_bytes = facts.encode(user) if authenticated else None
-        client_bytes = None if client is None else facts.encode(client)
-        # The value is packed outside the lock from what the authenticated segment holds now
-        # (read without the lock: a hint); under the lock it is packed again if that changed.
-        hint = None
-        if user_bytes is not None and not create:
-            hint = self._policy.peek(key, AUTHENTICATED)
-        value = self._pack(payload, expires_at, tag, user_bytes, client_bytes, hint, now)
+        hint = user_bytes = client_bytes = None
+        new_to_user = True
+        if authenticated:
+            user_bytes = user.encode() if user else b""
+            if len(user_bytes) > facts.MAX_FIELD:
+                user_bytes = facts.encode(user)
+            client_bytes = None if client is None else facts.encode(client)
+            # Packed outside the lock from what the authenticated segment holds now (read
+            # without the lock: a hint, one dict.get, atomic under the GIL); under the lock,
+            # packed again if that changed.
+            if not create:
+                hint = self._policy.segments[AUTHENTICATED].get(key)
+            value, new_to_user = self._pack_facts(
+                payload, expires_at, tag, user_bytes, client_bytes, hint, now
+            )
+        else:
+            value = HEADER.pack(expires_at, tag) + payload
         size = self.sizer.entry(len(key), len(value))
         if size > self.limits.max_session_bytes:
             with self._lock:
@@ -321,7 +344,12 @@ class MemoryStore:
             if (tag != self.epoch and not create) or changed:
                 # A snapshot began since the value was packed, or the session changed.
                 tag = tag if create else self.epoch
-                value = self._pack(payload, expires_at, tag, user_bytes, client_bytes, source, now)
+                if user_bytes is None:
+                    value = HEADER.pack(expires_at, tag) + payload
+                else:
+                    value, new_to_user = self._pack_facts(
+                        payload, expires_at, tag, user_bytes, client_bytes, source, now
+                    )
                 size = self.sizer.entry(len(key), len(value))
             if old_value is not None:  # an update of a live session
                 self._entry_bytes -= self.sizer.entry(len(key), len(old_value))
@@ -342,7 +370,6 @@ class MemoryStore:
                     journal.append((key, tag))
             if result is not PutResult.MISSING:
                 segment = self._policy.segment_for_write(previous, authenticated)
-                new_to_user = source is None or facts.user_of(source) != user_bytes
                 if source is not None and new_to_user:
                     # Another user on the same key (rare): out of the old user's sessions, and
                     # stored afresh, so that the index and the policy hold one key object.

@@ -95,7 +95,10 @@ def facts_value(
 
 
 def encode(text: str | None) -> bytes:
-    return b"" if text is None else _clip(text)
+    if not text:
+        return b""
+    data = text.encode()
+    return data if len(data) <= MAX_FIELD else _clip(text)
 
 
 def from_plain(value: bytes, user: str | None, seconds: int) -> bytes:
