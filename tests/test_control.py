@@ -593,3 +593,23 @@ def test_user_requests_carry_their_fields_and_no_key():
     request = control.new_request("end", fields={"user": "5", "keep": "ab" * 16})
     assert (request.user, request.keep, request.session_id) == ("5", "ab" * 16, None)
     assert control.open_request(control.sign_request(request)[4:]) == request
+
+
+def test_ending_after_a_password_change_does_not_wait_for_a_hung_peer(control_dir, monkeypatch):
+    """This process's sessions end before the call returns; the hung peer is asked on a thread
+    that is still waiting for it when the request goes on."""
+    from django_memsession.everywhere import end_user_sessions_in_background
+
+    monkeypatch.setattr(control, "REPORT_TIMEOUT", 1.0)
+    session = SessionStore()
+    session["_auth_user_id"] = "5"
+    session.save()
+    peer = FakePeer(control_dir, 666_001, None)
+    try:
+        thread = end_user_sessions_in_background("5", reason="password")
+        assert thread is not None and thread.is_alive()  # still waiting on the peer
+        assert not SessionStore().exists(session.session_key)  # ended here already
+        thread.join(10)
+    finally:
+        peer.close()
+    assert not thread.is_alive()
