@@ -72,6 +72,9 @@ def _keep_id(keep: Any) -> str | None:
 
 
 def _ended(uid: str, count: int, reason: str, by: Any) -> None:
+    """Log and signal an ending (nothing ended, nothing to say)."""
+    if not count:
+        return
     actor = None if by is None else user_id(by)
     logger.info(
         "Ended %d session(s) of user %s (%s)%s.",

@@ -130,11 +130,13 @@ def test_end_session_ends_one_session_by_its_id(alice):
     assert second.get("/session/whoami/").json()["user"] is None
 
 
-def test_an_id_of_another_users_session_ends_nothing(alice, bob):
+def test_an_id_of_another_users_session_ends_nothing(alice, bob, ended_signals, caplog):
     bobs = logged_in(bob, "bob password 1")
     logged_in(alice)
-    assert django_memsession.end_session(alice, session_id(key_of(bobs))) == 0
+    with caplog.at_level(logging.INFO, logger="django_memsession"):
+        assert django_memsession.end_session(alice, session_id(key_of(bobs))) == 0
     assert bobs.get("/session/whoami/").json()["user"] == str(bob.pk)
+    assert (ended_signals, "Ended" in caplog.text) == ([], False)  # nothing ended, nothing said
 
 
 def test_an_ending_is_logged_once_without_a_key_and_signalled(alice, bob, caplog, ended_signals):
