@@ -381,7 +381,9 @@ class MemoryStore:
                 if segment == AUTHENTICATED and moved:
                     count = self._index_add(value, key)
                     limit = self.limits.max_sessions_per_user
-                    if limit is not None and count > limit and new_to_user:
+                    # A login (a new session of this user), not an evicted one coming back.
+                    logged_in_now = new_to_user and result is PutResult.STORED
+                    if limit is not None and count > limit and logged_in_now:
                         self._end_over_limit(value, key, limit, events, journal)
                 if self._over_budget():
                     self._make_room(

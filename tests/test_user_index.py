@@ -245,3 +245,19 @@ def test_user_ids_that_are_not_numbers_are_indexed_as_text(make_store):
     assert listed(store, uuid) == [key(1)]
     assert listed(store, "007") == [key(2)]
     assert store.stats()["bytes"] == store.accounted_bytes()
+
+
+def test_an_evicted_session_coming_back_is_not_a_login_over_the_limit(clock, sizer):
+    store = MemoryStore(
+        Limits(64 * 1024, 8 * 1024, 0.75, max_sessions_per_user=2), clock=clock, sizer=sizer
+    )
+    login(store, key(1))
+    login(store, key(2))
+    n = 3
+    while store.exists(key(1)):  # other users' logins push key 1 out; key 2 stays in use
+        store.get(key(2))
+        login(store, key(n), str(1000 + n))
+        n += 1
+    login(store, key(n), "7")  # alice's second session again
+    assert login(store, key(1), create=False) is PutResult.RESTORED
+    assert sorted(listed(store)) == sorted([key(1), key(2), key(n)])
