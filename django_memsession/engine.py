@@ -209,12 +209,9 @@ class SessionStore(SessionBase):
             raise UpdateError
         payload = current_codec().dumps(data)
         user = data.get(AUTH_SESSION_KEY)
-        return (
-            self.session_key,
-            payload,
-            self._expires_at(store, data),
-            None if user is None else str(user),
-        )
+        if user is not None and user.__class__ is not str:
+            user = str(user)
+        return self.session_key, payload, self._expires_at(store, data), user
 
     @staticmethod
     def _too_large(exc: EntryTooLarge) -> SessionTooLarge:

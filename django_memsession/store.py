@@ -330,7 +330,8 @@ class MemoryStore:
                 self.rejected += 1
             raise EntryTooLarge(size, self.limits.max_session_bytes)
         events: list[StoreEvent] = []
-        journal: list[tuple[str, int]] = []
+        journal_epoch = NOT_JOURNALED
+        ended: list[tuple[str, int]] = []  # sessions a login over the per-user limit ended
         with self._lock:
             index, old_value = self._policy.find(key)
             if old_value is not None and create:
@@ -340,7 +341,7 @@ class MemoryStore:
                 self._remove_expired(key, index, old_value, events, "write")
                 index = old_value = None
             source = old_value if index == AUTHENTICATED else None
-            changed = user_bytes is not None and source is not hint
+            changed = source is not hint and user_bytes is not None
             if (tag != self.epoch and not create) or changed:
                 # A snapshot began since the value was packed, or the session changed.
                 tag = tag if create else self.epoch
@@ -355,7 +356,7 @@ class MemoryStore:
                 self._entry_bytes -= self.sizer.entry(len(key), len(old_value))
                 previous, result = index, PutResult.STORED
                 if not create and HEADER.unpack_from(old_value)[1] != tag:
-                    journal.append((key, tag))
+                    journal_epoch = tag
             elif create:
                 self._remembered.forget(key)
                 previous, result = None, PutResult.STORED
@@ -367,7 +368,7 @@ class MemoryStore:
                     # Somebody is using it right now: not a probation newcomer.
                     previous, result = RETURNING, PutResult.RESTORED
                     self.restored += 1
-                    journal.append((key, tag))
+                    journal_epoch = tag
             if result is not PutResult.MISSING:
                 segment = self._policy.segment_for_write(previous, authenticated)
                 if source is not None and new_to_user:
@@ -384,15 +385,19 @@ class MemoryStore:
                     # A login (a new session of this user), not an evicted one coming back.
                     logged_in_now = new_to_user and result is PutResult.STORED
                     if limit is not None and count > limit and logged_in_now:
-                        self._end_over_limit(value, key, limit, events, journal)
-                if self._over_budget():
+                        self._end_over_limit(value, key, limit, events, ended)
+                limits = self.limits
+                if self._session_bytes() > limits.session_bytes or (
+                    limits.max_sessions is not None and len(self._policy) > limits.max_sessions
+                ):
                     self._make_room(
-                        self.limits.session_bytes, now, reason="write", spare=key, events=events
+                        limits.session_bytes, now, reason="write", spare=key, events=events
                     )
         if self.on_journal is not None:
-            for journaled_key, epoch in journal:
-                if epoch:
-                    self.on_journal(journaled_key, epoch)
+            if journal_epoch:
+                self.on_journal(key, journal_epoch)
+            for ended_key, epoch in ended:
+                self.on_journal(ended_key, epoch)
         if events:
             self._emit(events)
         return result
