@@ -120,6 +120,44 @@ def _scale_lines(scale: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _users(quick: bool) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.users", *(["--quick"] if quick else [])]
+    output = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _users_lines(users: dict[str, Any]) -> list[str]:
+    cycle, memory, lookup = users["load_modify_save"], users["memory"], users["user_sessions"]
+    per_call = lookup["us_per_call"]
+    lines = ["| measure | figure | target |", "|---|---|---|"]
+    for clock, label in (
+        ("real clock", "real clock"),
+        ("every load a new second", "every load notes a new second (worst case)"),
+    ):
+        figures = cycle[clock]
+        lines.append(
+            f"| load-modify-save, logged in vs anonymous ({cycle['payload_bytes']} B), {label} | "
+            f"{figures['logged in']['median']:.1f} vs {figures['anonymous']['median']:.1f} µs: "
+            f"**{figures['ratio']:.3f}x** (median of paired rounds) | ≤ 1.05x |"
+        )
+    lines += [
+        f"| memory per logged-in session, one per user ({memory['sessions']:,}): index + facts "
+        f"| {memory['index_per_session']:.1f} + {memory['facts_per_session']:.1f} = "
+        f"**{memory['per_logged_in_session']:.1f} B** | ≤ 160 B |",
+        "| index memory of anonymous sessions | "
+        f"{memory['anonymous_index_bytes_growth']} B | 0 B |",
+        f"| a user's {lookup['sessions_per_user']} sessions as records, {lookup['sessions']:,} "
+        f"sessions of {lookup['users']:,} users: store vs plain dict + records | "
+        f"{per_call['store 1M']['median']:.1f} vs {per_call['plain dict']['median']:.1f} µs: "
+        f"**{lookup['vs_plain_dict']:.2f}x** | ≤ 2x |",
+        f"| the same in a store of 10,000 sessions (O(their sessions), not of the store) | "
+        f"{per_call['store 10k']['median']:.1f} µs: {lookup['vs_small_store']:.2f}x | ≈ 1x |",
+    ]
+    return lines
+
+
 def _http_lines(results: dict[str, Any], unit: str) -> list[str]:
     if "skipped" in results:
         return [f"skipped: {results['skipped']}"]
@@ -142,12 +180,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument(
         "--only",
-        choices=["engines", "scale", "http", "redis", "redis-http"],
+        choices=["engines", "scale", "users", "http", "redis", "redis-http"],
         action="append",
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args()
-    parts = args.only or ["engines", "scale", "http", "redis", "redis-http"]
+    parts = args.only or ["engines", "scale", "users", "http", "redis", "redis-http"]
     uses_redis = "redis" in parts or "redis-http" in parts
     redis_server = redis_engines.RedisServer() if uses_redis else None
     setup_django(**(redis_engines.settings(redis_server.url) if redis_server else {}))
@@ -177,6 +215,10 @@ def main() -> None:
             },
         }
         print("\n".join(_scale_lines(report["scale"])), flush=True)
+    if "users" in parts:
+        print("users: who is logged in (a fresh process; same-run ratios)", flush=True)
+        report["users"] = _users(args.quick)
+        print("\n".join(_users_lines(report["users"])), flush=True)
     if "http" in parts:
         print("http: gunicorn and wrk on 127.0.0.1, median over interleaved rounds", flush=True)
         report["http"] = http.run(args.quick)

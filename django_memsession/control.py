@@ -83,6 +83,8 @@ PRUNE_TIMEOUT = 30.0
 MAX_SOCKET_PATH = 100
 
 Handler = Callable[[Request], ProcessReport]
+# A request's fields beyond command and dry_run (see messages.Request): user, offset, ...
+Fields = dict[str, str | int | None]
 
 
 class ChannelError(Exception):
@@ -152,12 +154,19 @@ def make_request(command: str, *, dry_run: bool = False, sent_at: float | None =
     return sign_request(new_request(command, dry_run=dry_run, sent_at=sent_at))
 
 
-def new_request(command: str, *, dry_run: bool = False, sent_at: float | None = None) -> Request:
+def new_request(
+    command: str,
+    *,
+    dry_run: bool = False,
+    sent_at: float | None = None,
+    fields: Fields | None = None,
+) -> Request:
     return Request(
         command=command,
         sent_at=time.time() if sent_at is None else sent_at,
         nonce=secrets.token_hex(16),
         dry_run=dry_run,
+        **(fields or {}),
     )
 
 
@@ -254,11 +263,16 @@ def _connect(conn: socket.socket, path: Path, deadline: float) -> None:
 
 
 def request(
-    path: Path, command: str, *, dry_run: bool = False, timeout: float = REPORT_TIMEOUT
+    path: Path,
+    command: str,
+    *,
+    dry_run: bool = False,
+    timeout: float = REPORT_TIMEOUT,
+    fields: Fields | None = None,
 ) -> ProcessReport:
     """Ask one process; its report. Raises :class:`ChannelError` (never anything else for what
     the process or the socket does), within ``timeout`` seconds in all."""
-    message = new_request(command, dry_run=dry_run)
+    message = new_request(command, dry_run=dry_run, fields=fields)
     deadline = time.monotonic() + timeout
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
@@ -321,6 +335,7 @@ def fan_out(
     dry_run: bool = False,
     timeout: float = REPORT_TIMEOUT,
     local: Handler | None = None,
+    fields: Fields | None = None,
 ) -> Gathered:
     """Ask every live process of this project at once (and this one through ``local``), and
     return within ``timeout`` seconds however many of them hang.
@@ -332,7 +347,7 @@ def fan_out(
         raise ValueError(f"unknown command {command!r}; expected one of {COMMANDS}")
     gathered = Gathered(channel_on=enabled(), searched=str(control_dir()))
     if local is not None:
-        gathered.processes.append(local(new_request(command, dry_run=dry_run)))
+        gathered.processes.append(local(new_request(command, dry_run=dry_run, fields=fields)))
     if not gathered.channel_on:
         return gathered
     problem = dir_problem(control_dir(), create=False)
@@ -345,7 +360,7 @@ def fan_out(
 
     def ask(pid: int, path: Path) -> None:
         try:
-            answers[pid] = request(path, command, dry_run=dry_run, timeout=timeout)
+            answers[pid] = request(path, command, dry_run=dry_run, timeout=timeout, fields=fields)
         except ChannelError as exc:
             answers[pid] = exc
         except Exception as exc:  # a bug must not hide the other processes' answers

@@ -9,6 +9,7 @@ talks to its store through the :class:`~django_memsession.backend.SessionBackend
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import logging
 from collections.abc import Callable
@@ -27,6 +28,12 @@ __all__ = ["AUTH_SESSION_KEY", "KEY_LENGTH", "SessionStore", "new_session_key"]
 
 logger = logging.getLogger("django_memsession")
 
+# The session the current request (thread or task) loaded last: after a password change, the one
+# that update_session_auth_hash() keeps (see password.py). Reset when each request starts.
+current_session: contextvars.ContextVar[SessionStore | None] = contextvars.ContextVar(
+    "django_memsession_current_session", default=None
+)
+
 # An expiry age beyond this many seconds (about 300 years), or NaN, is checked the way Django's
 # db engine computes its expiry date, so it raises what the db engine raises.
 _PLAUSIBLE_AGE = 1e10
@@ -37,13 +44,19 @@ class SessionStore(FastSessionBase):
 
     # The store this engine talks to; another store kind's engine overrides it.
     backend: Callable[[], SessionBackend] = staticmethod(runtime.get_store)
+    # The client (IP address and user agent, see clients.py) to note with the next save of a
+    # logged-in session; set at login when MEMSESSION_TRACK_CLIENTS is on. None keeps what the
+    # store has.
+    client: str | None = None
 
     # -- load ----------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
+        current_session.set(self)
         return self._decode(self.backend().get(self.session_key))
 
     async def aload(self) -> dict[str, Any]:
+        current_session.set(self)
         return self._decode(await self.backend().aget(self.session_key))
 
     def _decode(self, payload: bytes | None) -> dict[str, Any]:
@@ -76,9 +89,15 @@ class SessionStore(FastSessionBase):
         data = self._get_session(no_load=must_create)
         store = self.backend()
         try:
-            key, payload, expires_at, authenticated = self._put_args(store, data)
+            key, payload, expires_at, user = self._put_args(store, data)
             result = store.put(
-                key, payload, expires_at, authenticated=authenticated, create=must_create
+                key,
+                payload,
+                expires_at,
+                authenticated=user is not None,
+                create=must_create,
+                user=user,
+                client=self.client,
             )
         except EntryTooLarge as exc:
             raise self._too_large(exc) from None
@@ -91,9 +110,15 @@ class SessionStore(FastSessionBase):
         data = await self._aget_session(no_load=must_create)
         store = self.backend()
         try:
-            key, payload, expires_at, authenticated = self._put_args(store, data)
+            key, payload, expires_at, user = self._put_args(store, data)
             result = await store.aput(
-                key, payload, expires_at, authenticated=authenticated, create=must_create
+                key,
+                payload,
+                expires_at,
+                authenticated=user is not None,
+                create=must_create,
+                user=user,
+                client=self.client,
             )
         except EntryTooLarge as exc:
             raise self._too_large(exc) from None
@@ -102,13 +127,18 @@ class SessionStore(FastSessionBase):
 
     def _put_args(
         self, store: SessionBackend, data: dict[str, Any]
-    ) -> tuple[str, bytes, float, bool]:
+    ) -> tuple[str, bytes, float, str | None]:
+        """Key, payload, expiry, and the logged-in user's id as Django stores it (None:
+        anonymous)."""
         if self.session_key is None:
             # Loading found no session (expired, deleted): an update of nothing, as with
             # Django's engines. Through SessionMiddleware the load comes first and save() creates.
             raise UpdateError
         payload = current_codec().dumps(data)
-        return self.session_key, payload, self._expires_at(store, data), AUTH_SESSION_KEY in data
+        user = data.get(AUTH_SESSION_KEY)
+        if user is not None and user.__class__ is not str:
+            user = str(user)
+        return self.session_key, payload, self._expires_at(store, data), user
 
     @staticmethod
     def _too_large(exc: EntryTooLarge) -> SessionTooLarge:
@@ -126,6 +156,12 @@ class SessionStore(FastSessionBase):
             raise CreateError
         if result is PutResult.MISSING:
             raise UpdateError
+
+    def note_client(self, client: str) -> None:
+        """Note a logged-in session's client now if it changed (no save of the session)."""
+        self.client = client
+        if self.session_key is not None:
+            self.backend().note_client(self.session_key, client)
 
     # -- the rest of the contract --------------------------------------------------------------
 

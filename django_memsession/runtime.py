@@ -38,6 +38,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ from django.core.signals import setting_changed
 from . import conf, control
 from .events import EventReporter
 from .listener import Listener
+from .logged_in import end_local, local_sessions
 from .messages import (
+    SESSIONS_PAGE,
     Gathered,
     PassReport,
     ProcessReport,
@@ -57,6 +60,7 @@ from .messages import (
     split_warning,
 )
 from .pruner import Pruner
+from .serializers import current_codec
 from .snapshotter import NotOwner, Snapshotter
 from .store import NOT_JOURNALED, MemoryStore
 
@@ -96,6 +100,7 @@ class Services:
         self.snapshotter: Snapshotter | None = None
         if snapshot_path is not None:
             self.snapshotter = Snapshotter(store, Path(snapshot_path))
+            self.snapshotter.user_of_payload = user_of_payload
             store.on_journal = self.snapshotter.journal_write
         self.started = False
         self.restored = False  # the snapshot is restored once per process, on first use
@@ -110,6 +115,15 @@ class Services:
                 return self.report(written=self.write_snapshot("on demand"))
             except (NotOwner, OSError, SnapshotsOff) as exc:
                 return self.report(refused=str(exc))
+        if request.command == "sessions" and request.user is not None:
+            found = local_sessions(self.store, request.user)
+            page = found[request.offset : request.offset + SESSIONS_PAGE]
+            return replace(self.report(), sessions=page, sessions_total=len(found))
+        if request.command == "end" and request.user is not None:
+            ended = end_local(
+                self.store, request.user, session_id_=request.session_id, keep=request.keep
+            )
+            return replace(self.report(), ended=ended)
         return self.report()
 
     def write_snapshot(self, reason: str) -> SnapshotReport:
@@ -142,6 +156,15 @@ class Services:
             written=written,
             refused=refused,
         )
+
+
+def user_of_payload(payload: bytes) -> str | None:
+    """Django's ``_auth_user_id`` in a stored payload (None: anonymous, or unreadable)."""
+    try:
+        user = current_codec().loads(payload).get("_auth_user_id")
+    except Exception:
+        return None
+    return None if user is None else str(user)
 
 
 class SnapshotsOff(Exception):
@@ -389,13 +412,35 @@ def _local_handler() -> Callable[[Request], ProcessReport] | None:
 
 
 def gather(
-    command: str = "report", *, dry_run: bool = False, timeout: float | None = None
+    command: str = "report",
+    *,
+    dry_run: bool = False,
+    timeout: float | None = None,
+    fields: control.Fields | None = None,
+    local: bool = True,
 ) -> Gathered:
-    """Ask every live process of this project for ``command`` (``"report"`` or ``"prune"``),
-    this one directly when it holds a store."""
+    """Ask every live process of this project for ``command`` (see ``messages.COMMANDS``),
+    this one directly when it holds a store (and ``local``)."""
     if timeout is None:
         timeout = control.PRUNE_TIMEOUT if command == "prune" else control.REPORT_TIMEOUT
-    return control.fan_out(command, dry_run=dry_run, timeout=timeout, local=_local_handler())
+    return control.fan_out(
+        command,
+        dry_run=dry_run,
+        timeout=timeout,
+        local=_local_handler() if local else None,
+        fields=fields,
+    )
+
+
+def ask(pid: int, command: str, *, fields: control.Fields, timeout: float) -> ProcessReport:
+    """Ask one process (this one directly): the next page of a long answer. Raises
+    ``control.ChannelError``."""
+    if pid == os.getpid():
+        handler = _local_handler()
+        if handler is None:
+            raise control.Gone("this process holds no store")
+        return handler(control.new_request(command, fields=fields))
+    return control.request(control.socket_path(pid), command, timeout=timeout, fields=fields)
 
 
 def prune_everywhere(*, dry_run: bool = False, timeout: float | None = None) -> Gathered:

@@ -53,7 +53,10 @@ __all__ = [
 ]
 
 MAGIC = b"django-memsession snapshot\n"
-VERSION = 1
+# 2: a logged-in session's value carries its facts (see users.py). Version 1 files are still
+# read: their logged-in sessions are brought to version 2 by the snapshotter.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SALT = "django_memsession.snapshot"
 JOURNAL_SALT = "django_memsession.snapshot.journal"
 MAC_SIZE = 32
@@ -81,6 +84,7 @@ class SnapshotData:
     epoch: int
     started_at: float
     records: list[tuple[int, str, bytes]]
+    version: int = VERSION
 
 
 def _secrets() -> list[str]:
@@ -161,8 +165,10 @@ def read_snapshot(path: Path) -> SnapshotData:
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 1 + LENGTH.size + 1 + MAC_SIZE:
         raise SnapshotRefused("not a snapshot file, or truncated")
     version = data[len(MAGIC)]
-    if version != VERSION:
-        raise SnapshotRefused(f"format version {version}, this version reads {VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise SnapshotRefused(
+            f"format version {version}, this version reads {', '.join(map(str, READABLE_VERSIONS))}"
+        )
     body, mac = data[:-MAC_SIZE], data[-MAC_SIZE:]
     for secret in _secrets():
         signer = _signer(secret)
@@ -172,13 +178,13 @@ def read_snapshot(path: Path) -> SnapshotData:
     else:
         raise SnapshotRefused("bad signature (tampered, truncated, or another SECRET_KEY)")
     try:
-        return _parse(memoryview(body))
+        return _parse(memoryview(body), version)
     except (ValueError, KeyError, TypeError, IndexError, struct.error, UnicodeDecodeError) as exc:
         # Signed by us yet unreadable: a bug, never a crash of the process that restores.
         raise SnapshotRefused(f"signed but malformed ({type(exc).__name__})") from None
 
 
-def _parse(body: memoryview) -> SnapshotData:
+def _parse(body: memoryview, version: int) -> SnapshotData:
     offset = len(MAGIC) + 1
     (header_length,) = LENGTH.unpack_from(body, offset)
     if header_length > MAX_HEADER:
@@ -217,7 +223,7 @@ def _parse(body: memoryview) -> SnapshotData:
         offset = values_end
     if offset + 1 != end:
         raise ValueError("trailing bytes")
-    return SnapshotData(epoch=epoch, started_at=started_at, records=records)
+    return SnapshotData(epoch=epoch, started_at=started_at, records=records, version=version)
 
 
 def set_aside(path: Path) -> Path | None:

@@ -28,9 +28,10 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .lru import AUTHENTICATED
 from .messages import RestoreReport, SnapshotReport, SnapshotState
 from .snapshot_file import (
     Claim,
@@ -41,7 +42,8 @@ from .snapshot_file import (
     set_aside,
     write_snapshot,
 )
-from .store import MemoryStore
+from .store import HEADER_SIZE, MemoryStore
+from .users import from_plain
 
 __all__ = ["HANDOFF_TIMEOUT", "NotOwner", "Snapshotter"]
 
@@ -111,6 +113,9 @@ class Snapshotter:
         self.restored: RestoreReport | None = None
         self.failures = 0
         self.holder: int | None = None  # the pid that owns the file, when not this process
+        # The user id in a session's payload (version 1 files only; the payload is the
+        # engine's serialization, which this module does not know).
+        self.user_of_payload: Callable[[bytes], str | None] | None = None
 
     # -- restore ---------------------------------------------------------------------------------
 
@@ -190,6 +195,8 @@ class Snapshotter:
                 (key for _, key, _ in data.records), self.journal.hashes_since(data.epoch)
             )
             records = [record for record in data.records if record[1] not in journaled]
+            if data.version == 1:
+                records = self._upgrade(records, int(data.started_at))
             result = self.store.restore(records)
             report = RestoreReport(
                 at=self.store.clock(),
@@ -209,6 +216,20 @@ class Snapshotter:
                 result.left_out,
             )
         return data, report
+
+    def _upgrade(
+        self, records: list[tuple[int, str, bytes]], seconds: int
+    ) -> list[tuple[int, str, bytes]]:
+        """Version 1 records: logged-in sessions get their facts, the user read from the
+        payload by ``user_of_payload`` (the runtime hands the session codec's)."""
+        reader = self.user_of_payload
+        upgraded = []
+        for segment, key, value in records:
+            if segment == AUTHENTICATED:
+                user = reader(value[HEADER_SIZE:]) if reader is not None else None
+                value = from_plain(value, user, seconds)
+            upgraded.append((segment, key, value))
+        return upgraded
 
     def _take_claim(self) -> bool | object:
         """True: claimed. False: a sibling holds it for good. ``LATE``: the process this one

@@ -254,7 +254,7 @@ def test_the_file_is_private_and_no_larger_than_the_store(make):
         lambda data: data[:-10],  # truncated
         lambda data: data[:100] + bytes([data[100] ^ 1]) + data[101:],  # one bit flipped
         lambda data: b"",  # empty
-        lambda data: data.replace(b"snapshot\n\x01", b"snapshot\n\x09", 1),  # future format
+        lambda data: data.replace(b"snapshot\n\x02", b"snapshot\n\x09", 1),  # future format
         lambda data: b"\x80\x04\x95" + data,  # a pickle, say
     ],
     ids=["truncated", "tampered", "empty", "future-version", "foreign-format"],
@@ -507,3 +507,56 @@ def test_a_serving_process_that_forks_a_helper_keeps_its_journal(control_dir, sn
     journaled = snapshot_file.Journal(path)
     gone = journaled.keys_matching([stays, leaves], journaled.hashes_since(data.epoch))
     assert gone == {leaves}
+
+
+# -- who is logged in ---------------------------------------------------------------------------
+
+
+def login(store: MemoryStore, n: int, user: str, client: str | None = None) -> None:
+    payload = b'{"_auth_user_id": "%s"}' % user.encode()
+    store.put(
+        key(n),
+        payload,
+        store.clock() + 3600,
+        authenticated=True,
+        create=True,
+        user=user,
+        client=client,
+    )
+
+
+def test_the_user_index_and_the_facts_survive_a_snapshot_and_restore(make, clock):
+    old = started(make)
+    login(old.store, 1, "7", client="10.0.0.1\nFirefox")
+    clock.advance(3)
+    login(old.store, 2, "7")
+    login(old.store, 3, "8")
+    create(old.store, 4)
+    before = {user: old.store.user_sessions(user) for user in ("7", "8")}
+    old.shutdown()
+    new = started(make)
+    assert {user: new.store.user_sessions(user) for user in ("7", "8")} == before
+    assert new.store.stats()["users"] == 2
+    assert new.store.stats()["bytes"] == asizeof.asizeof(*new.store.containers())
+
+
+def test_a_version_1_file_is_read_and_its_logged_in_sessions_are_indexed(make, clock, monkeypatch):
+    from django_memsession.runtime import user_of_payload
+    from django_memsession.store import HEADER
+
+    expires = clock() + 3600
+    records = [
+        (AUTHENTICATED, key(1), HEADER.pack(expires, 0) + b'{"_auth_user_id": "7"}'),
+        (PROBATION, key(2), HEADER.pack(expires, 0) + b'{"cart": []}'),
+    ]
+    path = make().path
+    monkeypatch.setattr(snapshot_file, "VERSION", 1)
+    snapshot_file.write_snapshot(path, [records], epoch=1, started_at=clock())
+    monkeypatch.undo()
+    process = make()
+    process.user_of_payload = user_of_payload
+    process.restore()
+    (row,) = process.store.user_sessions("7")
+    assert (row.key, row.created, row.client) == (key(1), int(clock()), None)
+    assert process.store.get(key(1)) == b'{"_auth_user_id": "7"}'
+    assert process.store.get(key(2)) == b'{"cart": []}'
