@@ -453,30 +453,30 @@ def test_a_process_that_outlives_the_handoff_wait_hands_over_late(make, monkeypa
 
 
 def test_a_sibling_that_takes_the_file_during_the_wait_ends_it(make, monkeypatch, caplog):
-    """Waiting for a predecessor, a process sees a sibling (one that started after it) take the
-    file: it stops waiting at once, instead of for the whole handoff wait."""
+    """Waiting for a predecessor, a process sees that a sibling (one that claimed after this one
+    started) now holds the file: it stops waiting at once, instead of for the whole wait."""
+    import json as json_module
+
     from django_memsession import snapshotter as snapshot_module
 
     monkeypatch.setattr(snapshot_module, "HANDOFF_TIMEOUT", 30)
-    old = started(make)
-    monkeypatch.setattr(snapshot_module, "_started_at", time.time() + 1)
+    holder = started(make)  # keeps its flock throughout: the file is never free
+    monkeypatch.setattr(snapshot_module, "_started_at", time.time() + 1)  # holder is older
 
-    def swap_after(delay: float) -> None:
-        time.sleep(delay)
-        old.shutdown()
-        monkeypatch.setattr(snapshot_module, "_started_at", time.time() - 100)
-        sibling.claim.try_take()  # a sibling, claiming after we started
+    def sibling_claims(delay: float) -> None:
+        time.sleep(delay)  # what a sibling writes once it holds the lock
+        claimed = {"pid": 424242, "claimed_at": time.time() + 2}
+        holder.claim.path.write_text(json_module.dumps(claimed))
 
-    sibling = make()
-    swapper = threading.Thread(target=swap_after, args=(0.3,))
+    swapper = threading.Thread(target=sibling_claims, args=(0.3,))
     swapper.start()
     began = time.monotonic()
     waiting = make()
     with caplog.at_level(logging.WARNING, logger="django_memsession"):
-        monkeypatch.setattr(snapshot_module, "_started_at", time.time() + 1)
         assert waiting.restore() is None
     swapper.join()
     assert time.monotonic() - began < 30  # it did not wait out the handoff
+    assert waiting.holder == 424242
     assert "writes no snapshot" in caplog.text
 
 
