@@ -150,7 +150,7 @@ def frame(mac: bytes, body: bytes) -> bytes:
 
 
 def make_request(command: str, *, dry_run: bool = False, sent_at: float | None = None) -> bytes:
-    """A signed request frame, and (for tests) the request it holds."""
+    """A signed request frame (for tests, and for clients that frame requests themselves)."""
     return sign_request(new_request(command, dry_run=dry_run, sent_at=sent_at))
 
 
