@@ -336,3 +336,25 @@ def test_a_load_of_a_logged_out_session_sends_no_signal():
         sessions_expired.disconnect(receiver)
 
     assert sent == []
+
+
+def test_a_reason_from_a_pipeline_error_never_holds_the_command_or_its_key(
+    redis_server: RedisServer,
+):
+    (key,) = make_sessions(1)
+    admin = redis_server.client()
+    admin.execute_command("ACL", "SETUSER", "default", "-getrange")
+    try:
+        pipe = get_store().client.pipeline(transaction=False)
+        pipe.getrange(get_store().key(key), 0, 0)
+        with pytest.raises(Exception) as raised:
+            pipe.execute()
+    finally:
+        admin.execute_command("ACL", "SETUSER", "default", "+@all")
+        admin.close()
+    assert key in str(raised.value)  # redis-py's annotation names the command's arguments
+
+    reason = info._reason(raised.value)
+
+    assert key not in reason
+    assert reason.startswith("NoPermissionError: ")

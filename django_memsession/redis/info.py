@@ -28,6 +28,7 @@ EXACT_LIMIT = 10_000  # keys in the database up to which sessions are counted on
 SAMPLE_SIZE = 200  # random keys read to estimate the share of sessions in a larger database
 SCAN_COUNT = 1000
 SECTIONS = ("server", "memory", "stats")
+PIPELINE_ANNOTATION = "of pipeline caused error: "
 
 
 class FiguresUnavailable(Exception):
@@ -87,9 +88,13 @@ def read(client: redis.Redis, prefix: bytes) -> ServerFigures:
 
 
 def _reason(exc: redis.RedisError) -> str:
-    # redis-py's messages name the host, the port and Redis's error, never a command's
-    # arguments; ours here hold no key anyway.
-    return f"{type(exc).__name__}: {exc}"
+    """Why, in words that hold no key: redis-py's connection errors name the host and the port;
+    an error inside a pipeline is annotated with the command and its arguments (a key, for
+    ``GETRANGE``), so only Redis's own words after the annotation are kept."""
+    text = str(exc)
+    if PIPELINE_ANNOTATION in text:
+        text = text.split(PIPELINE_ANNOTATION, 1)[1]
+    return f"{type(exc).__name__}: {text}"
 
 
 def _count_all(client: redis.Redis, prefix: bytes) -> tuple[int, int, int]:
