@@ -358,3 +358,13 @@ def test_a_reason_from_a_pipeline_error_never_holds_the_command_or_its_key(
 
     assert key not in reason
     assert reason.startswith("NoPermissionError: ")
+
+
+def test_a_hung_redis_gives_a_timeout_as_the_reason(redis_server: RedisServer):
+    make_sessions(1)
+    redis_server.pause()  # SIGSTOP: connections stay open, nothing answers
+
+    figures = django_memsession.stats()
+
+    assert figures["redis"] is None
+    assert figures["problem"].startswith("TimeoutError")
