@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import engines, http, redis_engines, redis_http
+from . import engines, http, redis_engines, redis_http, redis_latency
 from .common import REPO_ROOT, machine, setup_django
 
 TARGETS = {
@@ -180,13 +180,21 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument(
         "--only",
-        choices=["engines", "scale", "users", "http", "redis", "redis-http"],
+        choices=["engines", "scale", "users", "http", "redis", "redis-http", "redis-latency"],
         action="append",
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args()
-    parts = args.only or ["engines", "scale", "users", "http", "redis", "redis-http"]
-    uses_redis = "redis" in parts or "redis-http" in parts
+    parts = args.only or [
+        "engines",
+        "scale",
+        "users",
+        "http",
+        "redis",
+        "redis-http",
+        "redis-latency",
+    ]
+    uses_redis = any(part.startswith("redis") for part in parts)
     redis_server = redis_engines.RedisServer() if uses_redis else None
     setup_django(**(redis_engines.settings(redis_server.url) if redis_server else {}))
     report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "started": time.time()}
@@ -250,6 +258,18 @@ def main() -> None:
             )
             report["redis_http"] = redis_http.run(redis_server.url, args.quick)
             print("\n".join(redis_http.table(report["redis_http"])), flush=True)
+        if "redis-latency" in parts:
+            print(
+                "redis-latency: the Redis engine with its figures (round trips timed, loads "
+                "counted) and without, interleaved rounds, same run",
+                flush=True,
+            )
+            report["redis_latency"] = redis_latency.run(
+                rounds=3 if args.quick else 21,
+                target_ms=2 if args.quick else 20,
+                quick=args.quick,
+            )
+            print("\n".join(redis_latency.table(report["redis_latency"])), flush=True)
     finally:
         if redis_server is not None:
             redis_server.stop()

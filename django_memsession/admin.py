@@ -8,14 +8,22 @@ model's permissions: ``view`` to see it (and its JSON), ``change`` to prune. Fig
 every process of the project through the control channel (``runtime.gather``), or from this
 process alone where the channel is off. Everything shown is read from typed
 :class:`~django_memsession.messages.ProcessReport` fields.
+
+On the Redis engine the page shows Redis's own figures (read by this process from Redis, see
+``redis/info.py``; a clear message instead when Redis does not answer) above each process's
+(hits, misses, latency, through the control channel, which needs no Redis), and the history of
+Redis's figures. "Prune now" runs there what ``clearsessions`` runs: the engine's
+``clear_expired()`` (Redis expires sessions itself).
 """
 
 from __future__ import annotations
 
 import datetime
+from importlib import import_module
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.core.exceptions import PermissionDenied, ValidationError
@@ -63,9 +71,10 @@ def _duration(seconds: float) -> str:
 
 def process_row(report: ProcessReport) -> dict[str, Any]:
     """One process's figures, shaped for the template (and the JSON view)."""
-    stats = report.stats
+    stats, pruner = report.stats, report.pruner
+    assert stats is not None and pruner is not None  # a memory-engine process
     max_bytes = stats.max_bytes
-    last = report.pruner.last_pass
+    last = pruner.last_pass
     return {
         "pid": report.pid,
         "uptime": report.uptime,
@@ -85,8 +94,8 @@ def process_row(report: ProcessReport) -> dict[str, Any]:
         "evictions": stats.evictions,
         "expired": stats.expired,
         "restored": stats.restored,
-        "pruner_alive": report.pruner.alive,
-        "pruner_interval": report.pruner.interval,
+        "pruner_alive": pruner.alive,
+        "pruner_interval": pruner.interval,
         "last_pass": None
         if last is None
         else {
@@ -132,6 +141,47 @@ def snapshot_row(report: ProcessReport) -> dict[str, Any] | None:
             "left_out": restored.left_out,
         },
     }
+
+
+def redis_process_row(report: ProcessReport) -> dict[str, Any]:
+    """One process's own figures on the Redis engine, for the template (and the JSON view)."""
+    figures = report.redis
+    assert figures is not None
+    return {
+        "pid": report.pid,
+        "uptime": report.uptime,
+        "uptime_display": _duration(report.uptime),
+        "hits": figures.hits,
+        "misses": figures.misses,
+        "hit_ratio": _ratio(figures.hits, figures.hits + figures.misses),
+        "round_trips": figures.round_trips,
+        "latency_samples": figures.latency_samples,
+        "latency_p50_ms": figures.latency_p50_ms,
+        "latency_p99_ms": figures.latency_p99_ms,
+        "sample_interval": figures.sample_interval,
+        "sample_failures": figures.sample_failures,
+        "samples": len(report.history),
+    }
+
+
+def redis_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    summed = {key: sum(row[key] for row in rows) for key in ("hits", "misses", "round_trips")}
+    summed["hit_ratio"] = _ratio(summed["hits"], summed["hits"] + summed["misses"])
+    summed["processes"] = len(rows)
+    return summed
+
+
+def redis_history_plot(
+    reports: list[ProcessReport], server: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Redis's history, from the process that holds the longest (each samples the same Redis):
+    used memory against ``maxmemory`` (or its peak, without a limit), and sessions stored."""
+    histories = [report.history for report in reports]
+    history = max(histories, key=len, default=[])
+    if len(history) < 2:
+        return None
+    limit = server["maxmemory"] if server is not None else 0
+    return history_plot(history, limit or max(sample.bytes for sample in history))
 
 
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -227,7 +277,33 @@ class StatsAdmin(admin.ModelAdmin):
         gathered = runtime.gather("report")
         return gathered, [process_row(report) for report in gathered.processes]
 
+    def _redis_context(self, request: HttpRequest) -> dict[str, Any]:
+        """What the page shows on the Redis engine: Redis's figures (or why there are none),
+        and each process's own. A process still on the memory engine (a move in progress) is
+        named apart."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        gathered = runtime.gather("report")
+        server, redis_problem = runtime.redis_server_figures()
+        if server is not None:
+            server["uptime_display"] = _duration(server["uptime"])
+        on_redis = [report for report in gathered.processes if report.redis is not None]
+        rows = [redis_process_row(report) for report in on_redis]
+        return {
+            "redis": server,
+            "redis_problem": redis_problem,
+            "processes": rows,
+            "totals": redis_totals(rows),
+            "plot": redis_history_plot(on_redis, server),
+            "other_engine": [r.pid for r in gathered.processes if r.redis is None],
+            "errors": gathered.errors,
+            "problem": gathered.problem,
+            "channel_on": gathered.channel_on,
+        }
+
     def stats_view(self, request: HttpRequest) -> HttpResponse:
+        if runtime.redis_engine():
+            return self._redis_stats_view(request)
         gathered, rows = self._gather(request)
         context = {
             **self.admin_site.each_context(request),
@@ -251,7 +327,27 @@ class StatsAdmin(admin.ModelAdmin):
         request.current_app = self.admin_site.name
         return TemplateResponse(request, "django_memsession/stats.html", context)
 
+    def _redis_stats_view(self, request: HttpRequest) -> HttpResponse:
+        context = {
+            **self.admin_site.each_context(request),
+            **self._redis_context(request),
+            "title": "Session store",
+            "subtitle": None,
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "can_prune": self.has_change_permission(request),
+            "prune_url": reverse(f"{self.admin_site.name}:django_memsession_stats_prune"),
+            "json_url": reverse(f"{self.admin_site.name}:django_memsession_stats_json"),
+            "user_url": reverse(f"{self.admin_site.name}:django_memsession_stats_user"),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "django_memsession/redis_stats.html", context)
+
     def json_view(self, request: HttpRequest) -> JsonResponse:
+        if runtime.redis_engine():
+            context = self._redis_context(request)
+            context.pop("plot")
+            return JsonResponse({"engine": "redis", **context})
         gathered, rows = self._gather(request)
         for row in rows:
             row.pop("plot")
@@ -276,6 +372,11 @@ class StatsAdmin(admin.ModelAdmin):
     def _prune(self, request: HttpRequest) -> HttpResponse:
         if not self.has_change_permission(request):
             raise PermissionDenied
+        if runtime.redis_engine():
+            self._prune_redis(request)
+            return HttpResponseRedirect(
+                reverse(f"{self.admin_site.name}:django_memsession_stats_changelist")
+            )
         gathered = runtime.gather("prune")
         removed_total = freed_total = 0
         for report in gathered.processes:
@@ -287,7 +388,8 @@ class StatsAdmin(admin.ModelAdmin):
             messages.info(
                 request,
                 f"Process {report.pid}: removed {result.removed} sessions "
-                f"({filesizeformat(result.bytes_freed)}); {report.stats.entries} left.",
+                f"({filesizeformat(result.bytes_freed)}); "
+                f"{report.stats.entries if report.stats else '?'} left.",
             )
         messages.success(
             request,
@@ -300,6 +402,19 @@ class StatsAdmin(admin.ModelAdmin):
             messages.error(request, error)
         return HttpResponseRedirect(
             reverse(f"{self.admin_site.name}:django_memsession_stats_changelist")
+        )
+
+    def _prune_redis(self, request: HttpRequest) -> None:
+        try:
+            clean_redis()
+        except Exception as exc:
+            # SessionBackendUnavailable's text says why Redis cannot answer; never a key.
+            messages.error(request, f"Redis could not be cleaned now: {exc}")
+            return
+        messages.success(
+            request,
+            "Redis removes expired sessions itself (each has a TTL); the engine's clean-up "
+            "(clear_expired, what clearsessions and prunesessions run) has run.",
         )
 
     # -- a user's sessions ---------------------------------------------------------------------
@@ -347,6 +462,13 @@ class StatsAdmin(admin.ModelAdmin):
         messages.success(request, f"Ended {ended} session(s) of {user}.")
         url = reverse(f"{self.admin_site.name}:django_memsession_stats_user")
         return HttpResponseRedirect(f"{url}?{urlencode({'q': uid})}")
+
+
+def clean_redis() -> None:
+    """What "Prune now" runs on the Redis engine: what ``clearsessions`` runs, the configured
+    engine's ``clear_expired()``. One call, to point at the Redis clean-up of
+    ``prunesessions`` once it does more."""
+    import_module(settings.SESSION_ENGINE).SessionStore.clear_expired()
 
 
 def find_user(query: str, *, by_pk_only: bool = False) -> Any:

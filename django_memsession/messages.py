@@ -27,6 +27,7 @@ __all__ = [
     "PassReport",
     "ProcessReport",
     "PrunerState",
+    "RedisProcessStats",
     "Reply",
     "Request",
     "RestoreReport",
@@ -139,6 +140,22 @@ class StoreStats:
 
 
 @dataclass(frozen=True)
+class RedisProcessStats:
+    """One process's own figures on the Redis engine (Redis's are read from Redis itself): what
+    its loads found, and its round trips' latency over the last ones (None before any)."""
+
+    hits: int
+    misses: int
+    round_trips: int
+    latency_samples: int
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    # Seconds between two samples of Redis's figures for the history (None: not sampled).
+    sample_interval: float | None = None
+    sample_failures: int = 0
+
+
+@dataclass(frozen=True)
 class UserSession:
     """One of a user's live sessions, in one process. ``id`` is opaque (an HMAC of the key with
     a salt of its own): it names the session to end it, and never reveals the key."""
@@ -191,12 +208,17 @@ class SnapshotState:
 @dataclass(frozen=True)
 class ProcessReport:
     """One process's answer: its store, its pruner, its history, its snapshot, and the pass or
-    the snapshot it was asked for."""
+    the snapshot it was asked for.
+
+    On the Redis engine a process holds no store and runs no pruner (``stats`` and ``pruner``
+    are None): ``redis`` holds its own figures, and ``history`` samples of Redis's (sessions,
+    and Redis's used memory as bytes).
+    """
 
     pid: int
     uptime: float
-    stats: StoreStats
-    pruner: PrunerState
+    stats: StoreStats | None
+    pruner: PrunerState | None
     history: list[Sample] = field(default_factory=list)
     result: PassReport | None = None
     snapshot: SnapshotState | None = None
@@ -208,6 +230,7 @@ class ProcessReport:
     sessions: list[UserSession] = field(default_factory=list)
     sessions_total: int = 0
     ended: int = 0
+    redis: RedisProcessStats | None = None
 
 
 @dataclass(frozen=True)

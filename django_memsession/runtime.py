@@ -18,6 +18,12 @@ between 1 and 2: it restores the snapshot into the store before anything else ca
 writes it on its schedule, on demand, and at exit (``atexit``, and a SIGTERM handler where the
 process has none of its own).
 
+On the Redis engine (``SESSION_ENGINE = "django_memsession.redis"``) no memory store is built:
+the first use of the Redis store (:func:`redis_store`) starts :class:`RedisServices`, the
+listener (as above, so the admin page and ``stats()`` reach every process) and a
+:class:`~django_memsession.redis.history.History` sampling Redis's figures every
+``MEMSESSION_PRUNE_INTERVAL`` seconds. Its modules (and redis-py) are imported only then.
+
 Each is handed what it uses; none of them imports another. Importing this module starts nothing,
 so ``migrate``, ``shell``, ``check`` and runserver's autoreloader parent start nothing.
 
@@ -37,11 +43,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from django.conf import settings
 from django.core.signals import setting_changed
 
 from . import conf, control
@@ -53,7 +61,9 @@ from .messages import (
     Gathered,
     PassReport,
     ProcessReport,
+    RedisProcessStats,
     Request,
+    Sample,
     SnapshotReport,
     StoreStats,
     from_dict,
@@ -64,6 +74,10 @@ from .serializers import current_codec
 from .snapshotter import NotOwner, Snapshotter
 from .store import NOT_JOURNALED, MemoryStore
 
+if TYPE_CHECKING:
+    from .redis.history import History
+    from .redis.store import RedisStore
+
 __all__ = [
     "clear",
     "gather",
@@ -71,7 +85,11 @@ __all__ = [
     "peek_store",
     "prune",
     "prune_everywhere",
+    "redis_engine",
+    "redis_server_figures",
+    "redis_store",
     "report",
+    "sample_redis",
     "set_listening",
     "snapshot",
     "start_listener",
@@ -85,6 +103,8 @@ logger = logging.getLogger("django_memsession")
 
 # Management commands that serve requests, and so hold a live store worth reaching.
 SERVING_COMMANDS = frozenset({"runserver", "runserver_plus"})
+
+REDIS_ENGINE = "django_memsession.redis"
 
 
 class Services:
@@ -169,6 +189,52 @@ def user_of_payload(payload: bytes) -> str | None:
 
 class SnapshotsOff(Exception):
     """Asked for a snapshot where ``MEMSESSION_SNAPSHOT_PATH`` is not set."""
+
+
+class RedisServices:
+    """This process's services on the Redis engine: no store of its own (sessions are in
+    Redis), a listener, and the history of Redis's figures."""
+
+    def __init__(self, history: History) -> None:
+        self.history = history
+        self.listener: Listener | None = None
+        self.started = False
+        self.created_at = time.time()
+
+    def handle(self, request: Request) -> ProcessReport:
+        """A report for any command: what the memory engine does per process (prune, snapshot,
+        a user's sessions) is not done per process on Redis, and the reply says so."""
+        if request.command == "report":
+            return self.report()
+        return replace(
+            self.report(),
+            refused=f"{request.command!r} is not done per process on the Redis engine "
+            "(sessions are in Redis, not in this process)",
+        )
+
+    def report(self) -> ProcessReport:
+        from .redis import latency
+
+        figures = latency.recorder.figures()
+        return ProcessReport(
+            pid=os.getpid(),
+            uptime=max(0.0, time.time() - self.created_at),
+            stats=None,
+            pruner=None,
+            history=self.history.samples(),
+            redis=RedisProcessStats(
+                **figures,
+                sample_interval=self.history.interval,
+                sample_failures=self.history.failures,
+            ),
+        )
+
+    @property
+    def served(self) -> bool:
+        """Whether this process sent a session's round trip (not only built the store)."""
+        from .redis import latency
+
+        return latency.recorder.round_trips > 0
 
 
 _store: MemoryStore | None = None  # set once this process's services run: the fast path
@@ -287,7 +353,7 @@ def _warn_once(key: str, message: str, *args: Any) -> None:
         logger.warning(message, *args)
 
 
-def _start_listener(services: Services) -> Listener | None:
+def _start_listener(services: Services | RedisServices) -> Listener | None:
     if services.listener is not None or not control.enabled():
         return services.listener
     directory = control.control_dir()
@@ -330,7 +396,11 @@ def _start_listener(services: Services) -> Listener | None:
 
 def start_listener() -> Listener | None:
     """Listen for this process now (idempotent); ``None`` when the channel is off or cannot
-    start. Builds the store if needed."""
+    start. Builds the store (or, on the Redis engine, its services) if needed."""
+    if redis_engine():
+        services = _start_redis().services
+        with _lock:
+            return _start_listener(services)
     get_store()
     assert _services is not None
     with _lock:
@@ -338,14 +408,101 @@ def start_listener() -> Listener | None:
 
 
 def stop_listener() -> None:
-    services = _services
-    if services is None:
-        return
     # No lock: one attribute swap is atomic, and the SIGTERM handler comes here, possibly while
     # the main thread holds the build lock (a signal handler waiting on it would never return).
-    listener, services.listener = services.listener, None
-    if listener is not None:
-        listener.close()
+    for services in (_services, _redis_services):
+        if services is None:
+            continue
+        listener, services.listener = services.listener, None
+        if listener is not None:
+            listener.close()
+
+
+# -- the Redis engine's services ------------------------------------------------------------------
+
+_redis_services: RedisServices | None = None
+# The Redis store's getter once this process's services run: the fast path of redis_store().
+_redis_get_store: Callable[[], RedisStore] | None = None
+
+
+def redis_engine() -> bool:
+    """Whether ``SESSION_ENGINE`` is the Redis engine."""
+    return getattr(settings, "SESSION_ENGINE", "") == REDIS_ENGINE
+
+
+def redis_store() -> RedisStore:
+    """The Redis engine's store (``redis.store.get_store()``), this process's services started
+    on the first call: what the Redis engine uses."""
+    get = _redis_get_store
+    if get is None:
+        get = _start_redis().get_store
+    return get()
+
+
+class _StartedRedis:
+    def __init__(self, services: RedisServices, get_store: Callable[[], RedisStore]) -> None:
+        self.services = services
+        self.get_store = get_store
+
+
+def _start_redis() -> _StartedRedis:
+    global _redis_services, _redis_get_store
+    from .redis import store as redis_store_module
+    from .redis.history import History
+
+    get = redis_store_module.get_store
+    with _lock:
+        services = _redis_services
+        if services is None:
+            services = _redis_services = RedisServices(History(_read_redis_sample))
+            _register_process_hooks()
+        if not services.started:
+            services.started = True
+            try:
+                services.history.start(conf.prune_interval())
+            except Exception:
+                logger.exception("Session history did not start; sessions still work.")
+            if should_listen():
+                _start_listener(services)
+        _redis_get_store = get
+    return _StartedRedis(services, get)
+
+
+def _read_redis_sample() -> Sample:
+    from .redis import info
+    from .redis.store import get_store as get_redis_store
+
+    store = get_redis_store()
+    figures = info.read(store.client, store.prefix)
+    return Sample(time=time.time(), entries=figures.sessions, bytes=figures.used_memory)
+
+
+def redis_server_figures() -> tuple[dict[str, Any] | None, str | None]:
+    """Redis's own figures now (see ``redis/info.py``), or None and why Redis did not give
+    them: never an exception for an unreachable Redis."""
+    from .redis import info
+
+    try:
+        store = redis_store()
+        figures = info.read(store.client, store.prefix)
+    except info.FiguresUnavailable as exc:
+        return None, str(exc)
+    except Exception as exc:  # the store could not be built (bad settings): say what
+        return None, f"{type(exc).__name__}: {exc}"
+    return {**asdict(figures), "used_percent": figures.used_percent}, None
+
+
+def sample_redis() -> bool:
+    """Take one sample of Redis's figures for the history now (the thread takes one every
+    ``MEMSESSION_PRUNE_INTERVAL`` seconds); whether Redis gave it."""
+    return _start_redis().services.history.sample()
+
+
+def _redis_stats() -> dict[str, Any]:
+    services = _start_redis().services
+    process = asdict(services.report().redis)  # type: ignore[arg-type]
+    server, problem = redis_server_figures()
+    return {"engine": "redis", "pid": os.getpid(), **process, "redis": server, "problem": problem}
 
 
 # -- the pruner ---------------------------------------------------------------------------------
@@ -378,12 +535,18 @@ def stop_pruner(timeout: float = 5.0) -> bool:
 
 def stats() -> dict[str, Any]:
     """This process's figures: ``pid``, ``entries``, ``bytes``, ``max_bytes``, ``hits``,
-    ``misses``, ``evictions``, ``expired`` and more (see README, "Stats")."""
+    ``misses``, ``evictions``, ``expired`` and more (see README, "Stats"). On the Redis engine:
+    this process's hits, misses and latency, and Redis's own figures under ``"redis"`` (None,
+    and ``"problem"`` saying why, when Redis cannot give them)."""
+    if redis_engine():
+        return _redis_stats()
     return get_store().stats()
 
 
 def report() -> ProcessReport:
     """This process's full picture: stats, uptime, pruner, size history."""
+    if redis_engine():
+        return _start_redis().services.report()
     get_store()
     assert _services is not None
     return _services.report()
@@ -407,6 +570,9 @@ def clear() -> None:
 
 
 def _local_handler() -> Callable[[Request], ProcessReport] | None:
+    if redis_engine():
+        redis_services = _redis_services
+        return redis_services.handle if redis_services is not None else None
     services = _services
     return services.handle if services is not None else None
 
@@ -460,10 +626,12 @@ def prune_everywhere(*, dry_run: bool = False, timeout: float | None = None) -> 
 def _stop_services() -> None:
     """The shutdown path (``atexit``, SIGTERM): stop serving the channel and pruning, then
     write the final snapshot and give its claim up."""
+    stop_listener()
+    if _redis_services is not None:
+        _redis_services.history.stop(timeout=1.0)
     services = _services
     if services is None:
         return
-    stop_listener()
     services.pruner.stop(timeout=1.0)
     if services.snapshotter is not None:
         services.snapshotter.shutdown()
@@ -507,6 +675,7 @@ def _before_fork() -> None:
 
 def _after_fork_in_parent() -> None:
     global _store
+    _redis_after_fork_in_parent()
     services = _services
     if getattr(_fork, "locked", False) and services is not None:
         services.store.lock.release()
@@ -526,10 +695,37 @@ def _after_fork_in_parent() -> None:
             services.store.clear()  # the file's sessions belong to the worker that claims it
 
 
+def _redis_after_fork_in_parent() -> None:
+    """On Redis, as for a memory store: a process that forks before it served is a master, and
+    stops listening (and sampling) until it uses the store itself."""
+    global _redis_get_store
+    services = _redis_services
+    if services is None or not services.started or services.served:
+        return
+    _redis_get_store = None
+    services.started = False
+    listener, services.listener = services.listener, None
+    if listener is not None:
+        listener.close(wait=False)
+    services.history.stop(timeout=0)
+
+
+def _redis_after_fork_in_child() -> None:
+    """The child starts its own services on first use: the parent's listener is the
+    parent's, its sampler thread does not exist here (and its lock may have been held)."""
+    global _redis_services, _redis_get_store
+    services = _redis_services
+    _redis_services = None
+    _redis_get_store = None
+    if services is not None and services.listener is not None:
+        services.listener.close(unlink=False)
+
+
 def _after_fork_in_child() -> None:
     global _services, _store, _lock
     _lock = threading.Lock()
     _store = None
+    _redis_after_fork_in_child()
     services = _services
     consistent = getattr(_fork, "locked", False)
     _fork.locked = False
@@ -564,6 +760,8 @@ def _after_fork_in_child() -> None:
 
 def _settings_changed(*, setting: str, **kwargs: Any) -> None:
     """``override_settings(MEMSESSION_*=...)`` takes effect on the live services."""
+    if setting.startswith("MEMSESSION_") and not conf.problems():
+        _redis_settings_changed(setting)
     services = _services
     if services is None or not setting.startswith("MEMSESSION_") or conf.problems():
         return
@@ -578,6 +776,22 @@ def _settings_changed(*, setting: str, **kwargs: Any) -> None:
         services.listener is not None or should_listen()
     ):
         stop_listener()
+        with _lock:
+            _start_listener(services)
+
+
+def _redis_settings_changed(setting: str) -> None:
+    services = _redis_services
+    if services is None or not services.started:
+        return
+    if setting == "MEMSESSION_PRUNE_INTERVAL":
+        services.history.start(conf.prune_interval())
+    if setting in ("MEMSESSION_CONTROL", "MEMSESSION_CONTROL_DIR") and (
+        services.listener is not None or should_listen()
+    ):
+        listener, services.listener = services.listener, None
+        if listener is not None:
+            listener.close()
         with _lock:
             _start_listener(services)
 

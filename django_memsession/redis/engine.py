@@ -7,7 +7,8 @@ create one (``SET NX PX``), a save of an existing session one (a script that ref
 delete). A new anonymous session is written on probation (a short TTL); one that this object
 loaded, or that holds a logged-in user, with its full age. Values round-trip exactly as through
 Django's db engine under ``SESSION_SERIALIZER``. The async methods are native, on
-``redis.asyncio``.
+``redis.asyncio``. The store comes from ``runtime.redis_store()``, whose first call also starts
+this process's services (the control listener, the history of Redis's figures).
 
 When Redis cannot answer, every method raises
 :class:`~django_memsession.redis.exceptions.SessionBackendUnavailable` and notes it on
@@ -25,10 +26,12 @@ from typing import Any
 from django.contrib.sessions.backends.base import CreateError, UpdateError
 
 from ..exceptions import SessionTooLarge
+from ..runtime import redis_store as get_store
 from ..serializers import current_codec
 from ..sessionbase import AUTH_SESSION_KEY, FastSessionBase
+from . import latency
 from .exceptions import SessionBackendUnavailable
-from .store import Loaded, RedisStore, UpdateResult, get_store
+from .store import Loaded, RedisStore, UpdateResult
 
 logger = logging.getLogger("django_memsession.redis")
 
@@ -86,6 +89,7 @@ class SessionStore(FastSessionBase):
         return self._decoded(loaded)
 
     def _decoded(self, loaded: Loaded | None) -> dict[str, Any]:
+        latency.recorder.loaded(loaded is not None)
         if loaded is None:
             # Unknown, expired, deleted or evicted: an empty session that gets a fresh key on save.
             self._session_key = None

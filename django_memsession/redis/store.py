@@ -43,9 +43,11 @@ from django.core.signals import setting_changed
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..signals import sessions_expired
 from ..store import wall_clock
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
+from .latency import TimedAsyncRedis, TimedRedis
 
 __all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "reset"]
 
@@ -194,6 +196,13 @@ def _unavailable(exc: redis.RedisError) -> NoReturn:
     raise SessionBackendUnavailable(reason) from exc
 
 
+def _expired_on_load(record: bytes) -> None:
+    """A load found a session that has expired by the web server's clock (Redis has not removed
+    it yet): the engine treats it as gone, and says so as the memory engine does."""
+    if record[:1] in RECORD_KINDS:
+        sessions_expired.send(sender=RedisStore, count=1, bytes=len(record), reason="load")
+
+
 def _rest_ms(loaded: Loaded, now: float) -> int:
     return max(1, math.ceil((loaded.expires_at - now) * 1000))
 
@@ -218,7 +227,8 @@ class RedisStore:
         self.prefix = config.prefix.encode()
         self.probation_ms = max(1, int(config.probation_age * 1000))
         self.tombstone_ms = self.probation_ms * TOMBSTONE_AGE_FACTOR
-        self.client = redis.Redis.from_url(config.url, **self._options(Retry))
+        # Timed: each round trip's latency goes to this process's figures (latency.py).
+        self.client = TimedRedis.from_url(config.url, **self._options(Retry))
         self._promote = self.client.register_script(PROMOTE_SCRIPT)
         self._update = self.client.register_script(UPDATE_SCRIPT)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncClient] = (
@@ -259,6 +269,8 @@ class RedisStore:
             _unavailable(exc)
         now = self.clock()
         loaded = unpack(record, now)
+        if loaded is None and record:
+            _expired_on_load(record)
         if loaded is not None and record[0] == PROBATION_BYTE:
             self._promote_once(key, loaded, now)
         return loaded
@@ -365,7 +377,7 @@ class RedisStore:
         loop = asyncio.get_running_loop()
         found = self._async.get(loop)
         if found is None:
-            client = redis.asyncio.Redis.from_url(
+            client = TimedAsyncRedis.from_url(
                 self.config.url, **self._options(redis.asyncio.retry.Retry)
             )
             found = _AsyncClient(
@@ -386,6 +398,8 @@ class RedisStore:
             _unavailable(exc)
         now = self.clock()
         loaded = unpack(record, now)
+        if loaded is None and record:
+            _expired_on_load(record)
         if loaded is not None and record[0] == PROBATION_BYTE:
             try:
                 await connection.promote(keys=[key], args=[_rest_ms(loaded, now)])

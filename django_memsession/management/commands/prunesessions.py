@@ -37,7 +37,10 @@ class Command(FanOutCommand):
     def row(self, report: ProcessReport, options: dict[str, Any]) -> dict[str, Any]:
         result = report.result
         if result is None:
-            raise CommandError(f"process {report.pid} answered without a prune result")
+            # A process on the Redis engine says why it prunes nothing of its own.
+            why = report.refused or "it answered without a prune result"
+            raise CommandError(f"process {report.pid} did not prune: {why}")
+        assert report.stats is not None  # a process that pruned holds a store
         entries, bytes_left = report.stats.entries, report.stats.bytes
         if result.dry_run:
             # Nothing was removed: show what would be left.
