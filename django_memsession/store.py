@@ -455,7 +455,7 @@ class MemoryStore:
             if old is None:
                 return None
             user_bytes = user.encode()
-            created, user_length, client_length = _CARRIED.unpack_from(old, 12)
+            old_expiry, _, created, _, user_length, client_length = FACTS.unpack_from(old)
             if user_length != len(user_bytes) or not old.startswith(user_bytes, FACTS_SIZE):
                 return None  # another user, or a user id clipped to MAX_FIELD: the general path
         else:
@@ -466,6 +466,9 @@ class MemoryStore:
                 old = table.get(key)
                 if old is None:
                     return None
+            old_expiry = HEADER.unpack_from(old)[0]
+        if old_expiry <= now:
+            return None  # expired: the general path removes it
         tag = NOT_JOURNALED
         if self.epoch != NOT_JOURNALED:
             tag = self._journal_first(key)
@@ -480,12 +483,8 @@ class MemoryStore:
             return None  # refused (and counted) by the general path
         events: list[StoreEvent] = []
         with self._lock:
-            if (
-                table.get(key) is not old
-                or (tag != NOT_JOURNALED and tag != self.epoch)
-                or HEADER.unpack_from(old)[0] <= now
-            ):
-                return None  # changed, a snapshot began, or expired: the general path
+            if table.get(key) is not old or (tag != NOT_JOURNALED and tag != self.epoch):
+                return None  # changed meanwhile, or a snapshot began: the general path
             table[key] = value
             table.move_to_end(key)
             self._entry_bytes += size - entry(len(key), len(old))
