@@ -218,8 +218,9 @@ class MemoryStore:
         """
         now = self.clock()
         events = None
-        segments = self._policy.segments
         with self._lock:
+            # Read under the lock: a prune walk replaces the tuple of tables when it is through.
+            segments = self._policy.segments
             # The two loads nearly every request makes come first: a live logged-in session, or
             # a live returning visitor, in its segment's table, where it stays (only the order
             # changes). The rest (probation, a restore's front tables, expired, absent) goes
@@ -446,6 +447,8 @@ class MemoryStore:
         the GIL), the new one packed from it outside the lock, and stored only if the value is
         still the same object under the lock.
         """
+        # Read without the lock: a prune walk may replace the tuple of tables meanwhile, but
+        # the table it drops is empty by then, so the identity check under the lock fails.
         segments = self._policy.segments
         if authenticated:
             if not user:

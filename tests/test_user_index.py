@@ -261,3 +261,38 @@ def test_an_evicted_session_coming_back_is_not_a_login_over_the_limit(clock, siz
     login(store, key(n), "7")  # alice's second session again
     assert login(store, key(1), create=False) is PutResult.RESTORED
     assert sorted(listed(store)) == sorted([key(1), key(2), key(n)])
+
+
+class _WalkFirst:
+    """The store's lock, but the first acquisition after ``arm()`` lets a whole prune walk run
+    first: a request that read the store's tables before the lock meets the walk's swap."""
+
+    def __init__(self, lock, walk) -> None:
+        self.lock, self.walk, self.armed = lock, walk, False
+
+    def acquire(self, *args) -> bool:
+        if self.armed:
+            self.armed = False
+            self.walk()
+        return self.lock.acquire(*args)
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> None:
+        self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def test_a_load_that_meets_the_end_of_a_prune_walk_serves_the_session(make_store):
+    store = make_store()
+    login(store, key(1))
+    login(store, key(2))
+    lock = store._lock = _WalkFirst(store._lock, lambda: store.prune_expired(chunk_size=1))
+    lock.armed = True
+    assert store.get(key(1)) == b'{"_auth_user_id":"7"}'
+    assert not lock.armed
+    assert sorted(listed(store)) == [key(1), key(2)]
+    assert index_problems(store) == []
