@@ -32,6 +32,9 @@ __all__ = [
     "remote_addr",
 ]
 
+# The Redis engine's module, named rather than imported: importing it would import redis.
+REDIS_ENGINE_MODULE = "django_memsession.redis.engine"
+
 MAX_USER_AGENT = 200  # characters kept of a user agent
 MAX_IP = 45  # the longest textual IPv6 address
 
@@ -62,12 +65,18 @@ def client_text(request: HttpRequest) -> str:
     return f"{address}\n{agent}"
 
 
+def _tracks(session: Any) -> bool:
+    """Whether the session is one of this package's engines (memory or Redis): they note
+    clients."""
+    return isinstance(session, SessionStore) or type(session).__module__ == REDIS_ENGINE_MODULE
+
+
 def note_login(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
     """``user_logged_in``: the session saved at the end of this request carries the client."""
     if not conf.conf.TRACK_CLIENTS or request is None:
         return
     session = getattr(request, "session", None)
-    if isinstance(session, SessionStore):
+    if _tracks(session):
         session.client = client_text(request)
 
 
@@ -86,7 +95,7 @@ class TrackClientsMiddleware:
         session = getattr(request, "session", None)
         if (
             conf.conf.TRACK_CLIENTS
-            and isinstance(session, SessionStore)
+            and _tracks(session)
             and session.session_key is not None
             and "_session_cache" in session.__dict__  # loaded by this request: no extra load
             and "_auth_user_id" in session._session_cache
