@@ -17,6 +17,7 @@ middleware mistakes an outage for a logout and deletes the cookie.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import math
@@ -397,9 +398,13 @@ class SessionStore(FastSessionBase):
 
     @classmethod
     def clear_expired(cls) -> None:
-        """Nothing to do: Redis removes each key when its TTL runs out (``clearsessions`` works
-        and returns at once)."""
+        """Redis removes each session when its TTL runs out; what is left is the user index's
+        members of sessions that are gone (``clearsessions`` cleans them, as ``prunesessions``).
+        """
+        result = get_store().prune_index()
+        logger.debug("clear_expired: %d index member(s) of gone sessions removed", result.removed)
 
     @classmethod
     async def aclear_expired(cls) -> None:
-        """Nothing to do, as :meth:`clear_expired`."""
+        # A SCAN in batches: on a thread, never in the event loop.
+        await asyncio.to_thread(cls.clear_expired)
