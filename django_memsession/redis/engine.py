@@ -144,8 +144,9 @@ class SessionStore(FastSessionBase):
         store = get_store()
         payload, expires_at, ttl, full_ttl, now = self._write(store, data)
         user = self._user_of(data)
-        if user is not None or self._user is not None:
-            try:
+        indexed = self._indexed(store, must_create, user, expires_at)
+        try:
+            if indexed:
                 result, ended = store.save_logged_in(
                     self.session_key,
                     payload,
@@ -154,18 +155,14 @@ class SessionStore(FastSessionBase):
                     full_ttl,
                     **self._index_args(must_create, now, user),
                 )
-            except SessionBackendUnavailable as exc:
-                self.outage = exc
-                raise
-            return self._saved_logged_in(store, result, ended, expires_at, user)
-        try:
+                return self._saved_logged_in(store, result, ended, expires_at, user)
             if must_create:
                 if not store.create(
                     self.session_key, payload, expires_at, ttl, settled=ttl >= full_ttl
                 ):
                     raise CreateError
-            elif (
-                store.update(
+            else:
+                updated = store.update(
                     self.session_key,
                     payload,
                     expires_at,
@@ -173,9 +170,19 @@ class SessionStore(FastSessionBase):
                     full_ttl,
                     may_restore=self._may_restore(now),
                 )
-                in REFUSED
-            ):
-                raise UpdateError
+                if updated in REFUSED:
+                    raise UpdateError
+                if updated is UpdateResult.RESTORED and user is not None:
+                    # Evicted meanwhile, so its member may have been cleaned: index it again.
+                    result, ended = store.save_logged_in(
+                        self.session_key,
+                        payload,
+                        expires_at,
+                        ttl,
+                        full_ttl,
+                        **self._index_args(must_create, now, user),
+                    )
+                    return self._saved_logged_in(store, result, ended, expires_at, user)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -190,8 +197,9 @@ class SessionStore(FastSessionBase):
         store = get_store()
         payload, expires_at, ttl, full_ttl, now = self._write(store, data)
         user = self._user_of(data)
-        if user is not None or self._user is not None:
-            try:
+        indexed = self._indexed(store, must_create, user, expires_at)
+        try:
+            if indexed:
                 result, ended = await store.asave_logged_in(
                     self.session_key,
                     payload,
@@ -200,18 +208,14 @@ class SessionStore(FastSessionBase):
                     full_ttl,
                     **self._index_args(must_create, now, user),
                 )
-            except SessionBackendUnavailable as exc:
-                self.outage = exc
-                raise
-            return self._saved_logged_in(store, result, ended, expires_at, user)
-        try:
+                return self._saved_logged_in(store, result, ended, expires_at, user)
             if must_create:
                 if not await store.acreate(
                     self.session_key, payload, expires_at, ttl, settled=ttl >= full_ttl
                 ):
                     raise CreateError
-            elif (
-                await store.aupdate(
+            else:
+                updated = await store.aupdate(
                     self.session_key,
                     payload,
                     expires_at,
@@ -219,13 +223,43 @@ class SessionStore(FastSessionBase):
                     full_ttl,
                     may_restore=self._may_restore(now),
                 )
-                in REFUSED
-            ):
-                raise UpdateError
+                if updated in REFUSED:
+                    raise UpdateError
+                if updated is UpdateResult.RESTORED and user is not None:
+                    # As in save(): index it again.
+                    result, ended = await store.asave_logged_in(
+                        self.session_key,
+                        payload,
+                        expires_at,
+                        ttl,
+                        full_ttl,
+                        **self._index_args(must_create, now, user),
+                    )
+                    return self._saved_logged_in(store, result, ended, expires_at, user)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
         self._known_expires_at = expires_at
+
+    def _indexed(
+        self, store: RedisStore, must_create: bool, user: str | None, expires_at: float
+    ) -> bool:
+        """Whether this save goes through the user index's script, or is a plain update.
+
+        A session that is, or was, logged in is indexed by its save; but a save of the same
+        user's session that this process indexed less than ``users.LAST_USED_INTERVAL`` ago,
+        with the same client and an expiry within the hash's TTL, is a plain update: its member
+        is there (a logout or an ending leaves a tombstone, which refuses the update; an
+        eviction is noticed as RESTORED and indexed again), and "last used" is true to the
+        interval anyway. So a busy user's saves cost what they cost before the index.
+        """
+        if user is None and self._user is None:
+            return False
+        return (
+            must_create
+            or user != self._user
+            or not store.index_fresh(self.session_key, expires_at, self.client)
+        )
 
     @staticmethod
     def _user_of(data: dict[str, Any]) -> str | None:

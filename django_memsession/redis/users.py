@@ -48,6 +48,8 @@ USERS = b"u:"  # after the prefix: no session key has a ':' (they are [a-z0-9])
 SECONDS_DIGITS = 10
 # A load refreshes "last used" at most this often per session and process (see LastUsed).
 LAST_USED_INTERVAL = 60
+# A user's hash outlives the sessions written into it by this much (see SAVE_SCRIPT's ARGV[17]).
+INDEX_TTL_MARGIN_MS = LAST_USED_INTERVAL * 1000
 # How many remembered sessions a process keeps for that; the oldest are forgotten first.
 LAST_USED_MEMORY = 10_000
 PRUNE_BATCH = 200
@@ -79,7 +81,9 @@ end
 # "u" to update; ARGV[14] "1" to index under KEYS[2] (a logged-in session), "0" to only remove
 # the member from KEYS[3] (a session that was logged in and is not any more); ARGV[15]
 # (optional) when a new member was created, if not now (imports); ARGV[16] (optional) the key
-# this session replaces (cycle_key): not counted against the limit, it is about to go.
+# this session replaces (cycle_key): not counted against the limit, it is about to go;
+# ARGV[17] the least TTL (ms) the hash gets: the session's full age and one interval more (so
+# that the plain saves of the next interval, see the engine's _indexed(), stay within it).
 # Returns {result, ended}: result as UPDATE_SCRIPT (1, 2, 0, -1), or 3 for a create of a taken
 # key; ended, how many of the user's other sessions the limit ended.
 SAVE_SCRIPT = (
@@ -134,9 +138,9 @@ if old then
   end
 end
 redis.call('HSET', users, field, created .. ARGV[7] .. client)
-local full = tonumber(ARGV[3])
-if redis.call('PTTL', users) < full then
-  redis.call('PEXPIRE', users, full)
+local hash_ttl = tonumber(ARGV[17])
+if redis.call('PTTL', users) < hash_ttl then
+  redis.call('PEXPIRE', users, hash_ttl)
 end
 local limit = tonumber(ARGV[10])
 if old or limit == 0 or result == 2 then
@@ -313,7 +317,8 @@ class LastUsed:
     """
 
     def __init__(self) -> None:
-        self._seen: dict[str, tuple[int, str | None]] = {}
+        # key -> (when noted, the client noted, until when its user's hash lives at least)
+        self._seen: dict[str, tuple[int, str | None, float]] = {}
         self._lock = threading.Lock()
 
     def due(self, key: str, now: int, client: str | None) -> bool:
@@ -322,12 +327,25 @@ class LastUsed:
             return True
         return now - seen[0] >= LAST_USED_INTERVAL or (client is not None and client != seen[1])
 
-    def note(self, key: str, now: int, client: str | None) -> None:
+    def fresh(self, key: str, now: int, client: str | None, expires_at: float) -> bool:
+        """Whether a save may skip the index: noted by a save within the interval, with this
+        client, and its user's hash outlives ``expires_at``."""
+        seen = self._seen.get(key)
+        return (
+            seen is not None
+            and now - seen[0] < LAST_USED_INTERVAL
+            and (client is None or client == seen[1])
+            and expires_at <= seen[2]
+        )
+
+    def note(self, key: str, now: int, client: str | None, hash_until: float = 0.0) -> None:
+        """A use noted in Redis now; by a save, ``hash_until`` says how long the hash lives."""
         with self._lock:
             seen = self._seen.pop(key, None)
-            if client is None and seen is not None:
-                client = seen[1]
-            self._seen[key] = (now, client)
+            if seen is not None:
+                client = seen[1] if client is None else client
+                hash_until = max(hash_until, seen[2])
+            self._seen[key] = (now, client, hash_until)
             if len(self._seen) > LAST_USED_MEMORY:
                 del self._seen[next(iter(self._seen))]
 
@@ -425,6 +443,7 @@ class UserIndexMixin:
             b"1" if user is not None else b"0",
             digits(args[3] // 1000),
             (replacing or "").encode(),
+            full_ttl_ms + INDEX_TTL_MARGIN_MS,
         ]
         return keys, args
 
@@ -441,9 +460,24 @@ class UserIndexMixin:
             result, ended = self._run("save", keys, argv)
         except redis.RedisError as exc:
             self._fail(exc)
-        if kwargs["user"] is not None and result in (1, 2):
-            self.last_used.note(session_key, int(argv[3]) // 1000, kwargs["client"])
+        self._saved(session_key, kwargs, argv, result)
         return result, ended
+
+    def _saved(
+        self, session_key: str, kwargs: dict[str, Any], argv: list[Any], result: int
+    ) -> None:
+        if kwargs["user"] is None or result not in (1, 2):
+            self.last_used.forget(session_key)
+            return
+        now_ms = argv[3]
+        hash_until = (now_ms + argv[16]) / 1000
+        self.last_used.note(session_key, now_ms // 1000, kwargs["client"], hash_until)
+
+    def index_fresh(self, session_key: str, expires_at: float, client: str | None) -> bool:
+        """Whether a save of this logged-in session may skip the index (see the engine's
+        ``_indexed``)."""
+        now = int(self.clock())  # type: ignore[attr-defined]
+        return self.last_used.fresh(session_key, now, client, expires_at)
 
     async def asave_logged_in(self, session_key: str, *args: Any, **kwargs: Any) -> tuple[int, int]:
         keys, argv = self._save_args(session_key, *args, **kwargs)
@@ -451,8 +485,7 @@ class UserIndexMixin:
             result, ended = await self._arun("save", keys, argv)
         except redis.RedisError as exc:
             self._fail(exc)
-        if kwargs["user"] is not None and result in (1, 2):
-            self.last_used.note(session_key, int(argv[3]) // 1000, kwargs["client"])
+        self._saved(session_key, kwargs, argv, result)
         return result, ended
 
     # -- a load's "last used" ----------------------------------------------------------------------
@@ -638,6 +671,8 @@ class UserIndexMixin:
                     b"c",
                     b"1",
                     facts[:SECONDS_DIGITS],
+                    b"",
+                    item.ttl_ms + INDEX_TTL_MARGIN_MS,
                 ]
                 pipe.execute_command("EVALSHA", save.sha, 3, key, users, users, *args)
             results = pipe.execute()
