@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import engines, http, redis_engines, redis_http
+from . import engines, http, redis_engines, redis_http, redis_users
 from .common import REPO_ROOT, machine, setup_django
 
 TARGETS = {
@@ -120,8 +120,8 @@ def _scale_lines(scale: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _users(quick: bool) -> dict[str, Any]:
-    command = [sys.executable, "-m", "benchmarks.users", *(["--quick"] if quick else [])]
+def _users(quick: bool, module: str = "benchmarks.users") -> dict[str, Any]:
+    command = [sys.executable, "-m", module, *(["--quick"] if quick else [])]
     output = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, check=True
     ).stdout
@@ -180,12 +180,20 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument(
         "--only",
-        choices=["engines", "scale", "users", "http", "redis", "redis-http"],
+        choices=["engines", "scale", "users", "http", "redis", "redis-http", "redis-users"],
         action="append",
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args()
-    parts = args.only or ["engines", "scale", "users", "http", "redis", "redis-http"]
+    parts = args.only or [
+        "engines",
+        "scale",
+        "users",
+        "http",
+        "redis",
+        "redis-http",
+        "redis-users",
+    ]
     uses_redis = "redis" in parts or "redis-http" in parts
     redis_server = redis_engines.RedisServer() if uses_redis else None
     setup_django(**(redis_engines.settings(redis_server.url) if redis_server else {}))
@@ -219,6 +227,14 @@ def main() -> None:
         print("users: who is logged in (a fresh process; same-run ratios)", flush=True)
         report["users"] = _users(args.quick)
         print("\n".join(_users_lines(report["users"])), flush=True)
+    if "redis-users" in parts:
+        print(
+            "redis-users: who is logged in on the Redis engine (a fresh process and its own "
+            "redis-server; same-run ratios)",
+            flush=True,
+        )
+        report["redis_users"] = _users(args.quick, "benchmarks.redis_users")
+        print("\n".join(redis_users.table(report["redis_users"])), flush=True)
     if "http" in parts:
         print("http: gunicorn and wrk on 127.0.0.1, median over interleaved rounds", flush=True)
         report["http"] = http.run(args.quick)

@@ -645,7 +645,7 @@ def test_update_of_an_expired_session_raises_update_error(session, clock):
         loaded.save()
 
 
-def test_clear_expired_is_a_no_op_that_keeps_live_sessions(session):
+def test_clear_expired_keeps_live_sessions(session):
     session.save()
     assert SessionStore.clear_expired() is None
     assert session.exists(session.session_key)

@@ -10,7 +10,6 @@ import random
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from django.contrib.sessions.backends.base import CreateError, UpdateError
@@ -157,18 +156,22 @@ def test_the_per_user_limit_holds_against_concurrent_logins_in_two_processes(red
         )
         for _ in range(2)
     ]
-    time.sleep(0)  # both are started; release them at once
-    for child in children:
+    for child in children:  # both are running: release them together
         child.stdin.write("go\n")
         child.stdin.flush()
     outputs = [child.communicate(timeout=120)[0] for child in children]
     assert outputs == ["done\n", "done\n"]
-    live = [
-        key
-        for key in redis_server.client().scan_iter(match=get_store().prefix + b"*")
-        if not key.startswith(get_store().prefix + b"u:")
-        and unpack(redis_server.client().get(key), get_store().clock()) is not None
-    ]
+    store = get_store()
+    client = redis_server.client()
+    try:
+        live = [
+            key
+            for key in client.scan_iter(match=store.prefix + b"*")
+            if not key.startswith(store.prefix + b"u:")
+            and unpack(client.get(key), store.clock()) is not None
+        ]
+    finally:
+        client.close()
     assert len(live) == 3
     assert len(django_memsession.user_sessions("7")) == 3
     assert index_problems(redis_server) == []
