@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
 from . import conf
-from .engine import SessionStore
+from .sessionbase import FastSessionBase
 
 __all__ = [
     "MAX_USER_AGENT",
@@ -31,9 +31,6 @@ __all__ = [
     "note_login",
     "remote_addr",
 ]
-
-# The Redis engine's module, named rather than imported: importing it would import redis.
-REDIS_ENGINE_MODULE = "django_memsession.redis.engine"
 
 MAX_USER_AGENT = 200  # characters kept of a user agent
 MAX_IP = 45  # the longest textual IPv6 address
@@ -68,7 +65,7 @@ def client_text(request: HttpRequest) -> str:
 def _tracks(session: Any) -> bool:
     """Whether the session is one of this package's engines (memory or Redis): they note
     clients."""
-    return isinstance(session, SessionStore) or type(session).__module__ == REDIS_ENGINE_MODULE
+    return isinstance(session, FastSessionBase)
 
 
 def note_login(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:

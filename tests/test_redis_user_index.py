@@ -284,6 +284,25 @@ async def test_aclear_expired_cleans_the_index(redis_server):
     assert get_store().prune_index(dry_run=True).removed == 0
 
 
+async def test_the_async_reads_and_endings_of_the_store_keep_the_index(redis_server):
+    kept, ended = logged_in_session("5"), logged_in_session("5")
+    store = get_store()
+    assert {row.key for row in await store.auser_sessions("5")} == {
+        kept.session_key,
+        ended.session_key,
+    }
+    assert await store.aend_sessions("5", [ended.session_key]) == 1
+    assert [row.key for row in await store.auser_sessions("5")] == [kept.session_key]
+    assert not SessionStore().exists(ended.session_key)
+
+
+def test_ending_a_key_of_another_user_ends_nothing(redis_server):
+    mine, theirs = logged_in_session("5"), logged_in_session("6")
+    assert get_store().end_sessions("5", [theirs.session_key]) == 0
+    assert SessionStore().exists(theirs.session_key)
+    assert mine.exists(mine.session_key)
+
+
 # -- imports --------------------------------------------------------------------------------------
 
 

@@ -569,8 +569,8 @@ class UserIndexMixin:
         fields = [key.encode() for key in session_keys]
         if not fields:
             return 0
-        for key in session_keys:
-            self.last_used.forget(key)
+        for field in fields:
+            self.last_used.forget(field.decode())
         args = [self.prefix, self.tombstone_ms, self._now_ms(), *fields]
         try:
             return int(self._run("end", [self.users_key(user)], args))
@@ -581,6 +581,8 @@ class UserIndexMixin:
         fields = [key.encode() for key in session_keys]
         if not fields:
             return 0
+        for field in fields:
+            self.last_used.forget(field.decode())
         args = [self.prefix, self.tombstone_ms, self._now_ms(), *fields]
         try:
             return int(await self._arun("end", [self.users_key(user)], args))
