@@ -174,8 +174,23 @@ class SharedIndex:
         return int(store.end_sessions(uid, keys)) if keys else 0
 
     def end_in_background(self, uid: str, keep: str | None, done: Any) -> threading.Thread | None:
-        """No peers to wait for: two round trips to Redis, each bounded by its socket timeout."""
-        done(self.end(uid, keep=keep))
+        """No peers to wait for: two round trips to Redis, each bounded by its socket timeout.
+        When Redis cannot answer, the request goes on (the password is already changed, and
+        Django rejects the other sessions when they come back): logged, nothing ended."""
+        from .redis.exceptions import SessionBackendUnavailable
+
+        try:
+            count = self.end(uid, keep=keep)
+        except SessionBackendUnavailable as exc:
+            logger.warning(
+                "end_user_sessions: Redis could not be reached (%s); the other sessions of "
+                "user %s stay in Redis until they come back (then Django rejects them) or "
+                "expire.",
+                exc.reason,
+                uid,
+            )
+            return None
+        done(count)
         return None
 
 

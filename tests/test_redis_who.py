@@ -302,6 +302,18 @@ def test_a_password_change_keeps_this_session_and_ends_the_others_at_once(alice)
     assert whoami(changer) == str(alice.pk)
 
 
+def test_a_password_change_while_redis_is_down_is_logged_and_does_not_fail(alice, settings, caplog):
+    from django_memsession.redis import store
+
+    logged_in(alice)
+    settings.MEMSESSION_REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    store.reset()
+    alice.set_password("set in the shell 3")
+    with caplog.at_level(logging.WARNING, logger="django_memsession"):
+        alice.save()
+    assert "Redis could not be reached" in caplog.text
+
+
 def test_records_on_redis_name_no_process(alice):
     logged_in(alice)
     (record,) = django_memsession.user_sessions(alice)
