@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import engines, http, redis_engines, redis_http, redis_latency
+from . import engines, http, redis_engines, redis_http, redis_latency, redis_users
 from .common import REPO_ROOT, machine, setup_django
 
 TARGETS = {
@@ -120,8 +120,8 @@ def _scale_lines(scale: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _users(quick: bool) -> dict[str, Any]:
-    command = [sys.executable, "-m", "benchmarks.users", *(["--quick"] if quick else [])]
+def _users(quick: bool, module: str = "benchmarks.users") -> dict[str, Any]:
+    command = [sys.executable, "-m", module, *(["--quick"] if quick else [])]
     output = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, check=True
     ).stdout
@@ -180,7 +180,16 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument(
         "--only",
-        choices=["engines", "scale", "users", "http", "redis", "redis-http", "redis-latency"],
+        choices=[
+            "engines",
+            "scale",
+            "users",
+            "http",
+            "redis",
+            "redis-http",
+            "redis-latency",
+            "redis-users",
+        ],
         action="append",
         help="run only these parts (repeatable)",
     )
@@ -193,6 +202,7 @@ def main() -> None:
         "redis",
         "redis-http",
         "redis-latency",
+        "redis-users",
     ]
     uses_redis = any(part.startswith("redis") for part in parts)
     redis_server = redis_engines.RedisServer() if uses_redis else None
@@ -227,6 +237,14 @@ def main() -> None:
         print("users: who is logged in (a fresh process; same-run ratios)", flush=True)
         report["users"] = _users(args.quick)
         print("\n".join(_users_lines(report["users"])), flush=True)
+    if "redis-users" in parts:
+        print(
+            "redis-users: who is logged in on the Redis engine (a fresh process and its own "
+            "redis-server; same-run ratios)",
+            flush=True,
+        )
+        report["redis_users"] = _users(args.quick, "benchmarks.redis_users")
+        print("\n".join(redis_users.table(report["redis_users"])), flush=True)
     if "http" in parts:
         print("http: gunicorn and wrk on 127.0.0.1, median over interleaved rounds", flush=True)
         report["http"] = http.run(args.quick)

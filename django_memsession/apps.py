@@ -28,13 +28,15 @@ class MemsessionConfig(AppConfig):
         # Silent unless SESSION_ENGINE is "django_memsession.redis"; they import no redis.
         checks.register(check_redis_settings)
         checks.register(check_redis_deployment, deploy=True)
-        if getattr(settings, "SESSION_ENGINE", "") == "django_memsession":
+        engine = getattr(settings, "SESSION_ENGINE", "")
+        if engine == "django_memsession":
             from . import runtime
 
             # With snapshots on, SIGTERM must reach the shutdown path where nothing else handles
             # it (runserver, plain processes); ready() runs in the main thread, where a handler
             # can be installed.
             runtime.install_signal_handlers()
+        if engine in ("django_memsession", "django_memsession.redis"):
             self._connect_user_signals()
 
     def _connect_user_signals(self) -> None:

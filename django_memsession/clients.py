@@ -21,7 +21,7 @@ from django.http import HttpRequest, HttpResponse
 from django.utils.module_loading import import_string
 
 from . import conf
-from .engine import SessionStore
+from .sessionbase import FastSessionBase
 
 __all__ = [
     "MAX_USER_AGENT",
@@ -62,12 +62,18 @@ def client_text(request: HttpRequest) -> str:
     return f"{address}\n{agent}"
 
 
+def _tracks(session: Any) -> bool:
+    """Whether the session is one of this package's engines (memory or Redis): they note
+    clients."""
+    return isinstance(session, FastSessionBase)
+
+
 def note_login(sender: Any, request: HttpRequest | None = None, **kwargs: Any) -> None:
     """``user_logged_in``: the session saved at the end of this request carries the client."""
     if not conf.conf.TRACK_CLIENTS or request is None:
         return
     session = getattr(request, "session", None)
-    if isinstance(session, SessionStore):
+    if _tracks(session):
         session.client = client_text(request)
 
 
@@ -86,7 +92,7 @@ class TrackClientsMiddleware:
         session = getattr(request, "session", None)
         if (
             conf.conf.TRACK_CLIENTS
-            and isinstance(session, SessionStore)
+            and _tracks(session)
             and session.session_key is not None
             and "_session_cache" in session.__dict__  # loaded by this request: no extra load
             and "_auth_user_id" in session._session_cache

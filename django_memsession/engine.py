@@ -9,7 +9,6 @@ talks to its store through the :class:`~django_memsession.backend.SessionBackend
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import datetime
 import logging
 from collections.abc import Callable
@@ -21,19 +20,25 @@ from . import runtime
 from .backend import SessionBackend
 from .exceptions import SessionTooLarge
 from .serializers import current_codec
-from .sessionbase import AUTH_SESSION_KEY, KEY_LENGTH, FastSessionBase, new_session_key
+from .sessionbase import (
+    AUTH_SESSION_KEY,
+    KEY_LENGTH,
+    FastSessionBase,
+    current_session,
+    new_session_key,
+)
 from .store import EntryTooLarge, PutResult
 
-__all__ = ["AUTH_SESSION_KEY", "KEY_LENGTH", "SessionStore", "new_session_key"]
+__all__ = [
+    "AUTH_SESSION_KEY",
+    "KEY_LENGTH",
+    "SessionStore",
+    "current_session",
+    "new_session_key",
+]
 
 logger = logging.getLogger("django_memsession")
 
-# The logged-in session the current request (thread or task) loaded or logged in last: after a
-# password change, the one that update_session_auth_hash() keeps (see password.py). Reset when
-# each request starts.
-current_session: contextvars.ContextVar[SessionStore | None] = contextvars.ContextVar(
-    "django_memsession_current_session", default=None
-)
 
 # An expiry age beyond this many seconds (about 300 years), or NaN, is checked the way Django's
 # db engine computes its expiry date, so it raises what the db engine raises.

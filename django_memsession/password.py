@@ -10,7 +10,7 @@ costs no query.
 Every session of the user holds the old hash at that moment, but one: the session of the request
 that changed the password, which Django's ``update_session_auth_hash()`` keeps (it runs after the
 save, gives the session a new key and the new hash). That session is the one this thread's
-request loaded (see ``engine.current_session``) when it belongs to the same user, and is kept;
+request loaded (see ``sessionbase.current_session``) when it belongs to the same user, and is kept;
 changing another user's password (the admin) or from the shell keeps nothing. This process's
 sessions end at once; the other processes are asked on a thread, so a hung peer never holds the
 request.
@@ -21,9 +21,10 @@ from __future__ import annotations
 from typing import Any
 
 from . import conf
-from .engine import AUTH_SESSION_KEY, SessionStore, current_session
+from .engine import AUTH_SESSION_KEY, current_session
 from .everywhere import end_user_sessions_in_background
 from .logged_in import user_id
+from .sessionbase import FastSessionBase
 
 __all__ = ["on_login", "on_user_saved"]
 
@@ -32,7 +33,7 @@ def on_login(sender: Any, request: Any = None, **kwargs: Any) -> None:
     """``user_logged_in``: the session that logged in during this request (loaded anonymous,
     or not loaded at all) is the one a password change later in the request keeps."""
     session = getattr(request, "session", None)
-    if isinstance(session, SessionStore):
+    if isinstance(session, FastSessionBase):  # either engine
         current_session.set(session)
 
 

@@ -3,6 +3,7 @@ lazy loading without an exception per request. Imports neither store."""
 
 from __future__ import annotations
 
+import contextvars
 import os
 from typing import Any
 
@@ -10,7 +11,13 @@ from django.conf import settings
 from django.contrib.sessions.backends.base import VALID_KEY_CHARS, CreateError, SessionBase
 from django.utils.module_loading import import_string
 
-__all__ = ["AUTH_SESSION_KEY", "KEY_LENGTH", "FastSessionBase", "new_session_key"]
+__all__ = [
+    "AUTH_SESSION_KEY",
+    "KEY_LENGTH",
+    "FastSessionBase",
+    "current_session",
+    "new_session_key",
+]
 
 # django.contrib.auth.SESSION_KEY, spelled out: importing django.contrib.auth here would make the
 # engines depend on the app registry.
@@ -34,6 +41,14 @@ def new_session_key() -> str:
         raw = os.urandom(KEY_LENGTH + 8).translate(_KEY_TABLE, _KEY_REJECT)
         if len(raw) >= KEY_LENGTH:
             return raw[:KEY_LENGTH].decode("ascii")
+
+
+# The logged-in session the current request (thread or task) loaded or logged in last, on either
+# engine: after a password change, the one that update_session_auth_hash() keeps (see
+# password.py). Forgotten when each request starts and ends.
+current_session: contextvars.ContextVar[FastSessionBase | None] = contextvars.ContextVar(
+    "django_memsession_current_session", default=None
+)
 
 
 class FastSessionBase(SessionBase):

@@ -46,13 +46,17 @@ class store_process:
         self.proc.stdout.close()
 
 
-def run_command(*args: str, control_dir: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``python -m django <args>`` with the test settings and this control directory."""
+def run_command(
+    *args: str, control_dir: str, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``python -m django <args>`` with the test settings and this control directory (and
+    ``env`` added to the environment)."""
     env = {
         **os.environ,
         "MEMSESSION_CONTROL_DIR": control_dir,
         "DJANGO_SETTINGS_MODULE": "testsite.settings",
         "PYTHONPATH": str(TESTS_DIR),
+        **(env or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "django", *args],

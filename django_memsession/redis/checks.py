@@ -20,10 +20,25 @@ def _engine_in_use() -> bool:
 def check_redis_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if not _engine_in_use():
         return []
-    return [
+    found: list[CheckMessage] = [
         Error(problem.msg, hint=problem.hint, id=problem.id, obj="settings")
         for problem in conf.problems()
     ]
+    if getattr(settings, "MEMSESSION_MAX_SESSIONS", None) is not None:
+        # Honouring a count would take a counter beside every write and a choice of what to
+        # evict, which Redis makes itself (maxmemory-policy): not cheaply, so not at all.
+        found.append(
+            Warning(
+                "MEMSESSION_MAX_SESSIONS has no effect on the Redis engine: Redis decides what "
+                "to evict, by memory, not by count.",
+                hint="Remove MEMSESSION_MAX_SESSIONS and bound Redis's memory instead: "
+                "maxmemory (e.g. CONFIG SET maxmemory 1gb, and in redis.conf) with "
+                "maxmemory-policy volatile-ttl, which evicts new anonymous sessions first.",
+                id="memsession.W105",
+                obj="settings",
+            )
+        )
+    return found
 
 
 POLICY_WARNINGS = {

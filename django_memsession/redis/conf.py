@@ -89,6 +89,8 @@ class StoreSettings:
     options: dict[str, Any]
     probation_age: float
     max_session_bytes: int
+    # MEMSESSION_MAX_SESSIONS_PER_USER (validated by memsession.E014): enforced by the user index.
+    max_sessions_per_user: int | None = None
 
 
 def redacted(url: str) -> str:
@@ -191,12 +193,21 @@ def store_settings() -> StoreSettings:
             "; ".join(f"{problem.msg} {problem.hint} ({problem.id})" for problem in found)
         )
     size = conf.MAX_SESSION_SIZE
+    per_user = getattr(settings, "MEMSESSION_MAX_SESSIONS_PER_USER", None)
+    if per_user is not None and not (
+        isinstance(per_user, int) and not isinstance(per_user, bool) and per_user >= 1
+    ):
+        raise ImproperlyConfigured(
+            f"MEMSESSION_MAX_SESSIONS_PER_USER = {per_user!r} is not a number of sessions. "
+            "Write a whole number (at least 1), or None for no limit. (memsession.E014)"
+        )
     return StoreSettings(
         url=conf.URL,
         prefix=conf.PREFIX,
         options={**DEFAULT_OPTIONS, **conf.OPTIONS},
         probation_age=float(conf.PROBATION_AGE),
         max_session_bytes=DEFAULT_MAX_SESSION_SIZE if size is None else parse_size(size),
+        max_sessions_per_user=per_user,
     )
 
 

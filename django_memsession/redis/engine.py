@@ -18,6 +18,8 @@ middleware mistakes an outage for a logout and deletes the cookie.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 from datetime import UTC, datetime, timedelta
@@ -28,15 +30,20 @@ from django.contrib.sessions.backends.base import CreateError, UpdateError
 from ..exceptions import SessionTooLarge
 from ..runtime import redis_store as get_store
 from ..serializers import current_codec
-from ..sessionbase import AUTH_SESSION_KEY, FastSessionBase
+from ..sessionbase import AUTH_SESSION_KEY, FastSessionBase, current_session
+from ..signals import user_sessions_ended
 from . import latency
 from .exceptions import SessionBackendUnavailable
 from .store import Loaded, RedisStore, UpdateResult
 
 logger = logging.getLogger("django_memsession.redis")
+who_logger = logging.getLogger("django_memsession")  # endings are logged as on the memory engine
 
 # What an update of a session deleted or expired since it was loaded returns: never brought back.
 REFUSED = (UpdateResult.DELETED, UpdateResult.GONE)
+# The same answers from the user index's save script, and its answer to a create of a taken key.
+STORED_LOGGED_IN = (1, 2)
+TAKEN = 3
 
 # Ages (in seconds) this far from zero skip the datetime check in _expiry_age(): 100 years, far
 # inside what datetime can represent from today.
@@ -45,6 +52,11 @@ SANE_AGE = 100 * 365 * 24 * 3600
 
 class SessionStore(FastSessionBase):
     """The session engine: ``SESSION_ENGINE = "django_memsession.redis"``."""
+
+    # The client (IP address and user agent, see clients.py) to note with the next save of a
+    # logged-in session; set at login when MEMSESSION_TRACK_CLIENTS is on. None keeps the one
+    # the index has.
+    client: str | None = None
 
     def __init__(self, session_key: str | None = None) -> None:
         # What SessionBase.__init__ does, minus import_string(SESSION_SERIALIZER) on every
@@ -57,6 +69,9 @@ class SessionStore(FastSessionBase):
         self._known_expires_at: float | None = None
         # Whether this object loaded the session from Redis: it came back, so its probation ends.
         self._came_back = False
+        # The user the session was loaded (or last saved) as: a save that changes it, or a
+        # delete, keeps the user index right.
+        self._user: str | None = None
         self.outage: SessionBackendUnavailable | None = None
 
     # Every store call below notes an outage on self.outage (for the middleware) with a plain
@@ -70,23 +85,36 @@ class SessionStore(FastSessionBase):
             # No key, or one that failed validation (SessionBase sets it to None): no session,
             # and no Redis call. Django's tests call load() directly on such sessions.
             return {}
+        current_session.set(self)
+        store = get_store()
         try:
-            loaded = get_store().load(session_key)
+            loaded = store.load(session_key)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
-        return self._decoded(loaded)
+        data = self._decoded(loaded)
+        if self._user is not None and store.touch_due(session_key):
+            # Best effort: "last used" is refreshed at the next chance.
+            with contextlib.suppress(SessionBackendUnavailable):
+                store.touch(session_key, self._user)
+        return data
 
     async def aload(self) -> dict[str, Any]:
         session_key = self.session_key
         if session_key is None:
             return {}  # as in load()
+        current_session.set(self)
+        store = get_store()
         try:
-            loaded = await get_store().aload(session_key)
+            loaded = await store.aload(session_key)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
-        return self._decoded(loaded)
+        data = self._decoded(loaded)
+        if self._user is not None and store.touch_due(session_key):
+            with contextlib.suppress(SessionBackendUnavailable):  # best effort, as in load()
+                await store.atouch(session_key, self._user)
+        return data
 
     def _decoded(self, loaded: Loaded | None) -> dict[str, Any]:
         latency.recorder.loaded(loaded is not None)
@@ -97,12 +125,15 @@ class SessionStore(FastSessionBase):
         self._known_expires_at = loaded.expires_at
         self._came_back = True
         try:
-            return current_codec().loads(loaded.payload)
+            data: dict[str, Any] = current_codec().loads(loaded.payload)
         except Exception:
             # Only a change of SESSION_SERIALIZER makes stored data unreadable. Like Django's
             # decode(), an unreadable session is an empty one.
             logger.warning("Session data could not be deserialized; starting an empty session.")
             return {}
+        user = data.get(AUTH_SESSION_KEY)
+        self._user = None if user is None else str(user)
+        return data
 
     # -- save ----------------------------------------------------------------------------------
 
@@ -116,14 +147,26 @@ class SessionStore(FastSessionBase):
             raise UpdateError
         store = get_store()
         payload, expires_at, ttl, full_ttl, now = self._write(store, data)
+        user = self._user_of(data)
+        indexed = self._indexed(store, must_create, user, expires_at)
         try:
+            if indexed:
+                result, ended = store.save_logged_in(
+                    self.session_key,
+                    payload,
+                    expires_at,
+                    ttl,
+                    full_ttl,
+                    **self._index_args(must_create, now, user),
+                )
+                return self._saved_logged_in(store, result, ended, expires_at, user)
             if must_create:
                 if not store.create(
                     self.session_key, payload, expires_at, ttl, settled=ttl >= full_ttl
                 ):
                     raise CreateError
-            elif (
-                store.update(
+            else:
+                updated = store.update(
                     self.session_key,
                     payload,
                     expires_at,
@@ -131,9 +174,19 @@ class SessionStore(FastSessionBase):
                     full_ttl,
                     may_restore=self._may_restore(now),
                 )
-                in REFUSED
-            ):
-                raise UpdateError
+                if updated in REFUSED:
+                    raise UpdateError
+                if updated is UpdateResult.RESTORED and user is not None:
+                    # Evicted meanwhile, so its member may have been cleaned: index it again.
+                    result, ended = store.save_logged_in(
+                        self.session_key,
+                        payload,
+                        expires_at,
+                        ttl,
+                        full_ttl,
+                        **self._index_args(must_create, now, user),
+                    )
+                    return self._saved_logged_in(store, result, ended, expires_at, user)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -147,14 +200,26 @@ class SessionStore(FastSessionBase):
             raise UpdateError
         store = get_store()
         payload, expires_at, ttl, full_ttl, now = self._write(store, data)
+        user = self._user_of(data)
+        indexed = self._indexed(store, must_create, user, expires_at)
         try:
+            if indexed:
+                result, ended = await store.asave_logged_in(
+                    self.session_key,
+                    payload,
+                    expires_at,
+                    ttl,
+                    full_ttl,
+                    **self._index_args(must_create, now, user),
+                )
+                return self._saved_logged_in(store, result, ended, expires_at, user)
             if must_create:
                 if not await store.acreate(
                     self.session_key, payload, expires_at, ttl, settled=ttl >= full_ttl
                 ):
                     raise CreateError
-            elif (
-                await store.aupdate(
+            else:
+                updated = await store.aupdate(
                     self.session_key,
                     payload,
                     expires_at,
@@ -162,13 +227,109 @@ class SessionStore(FastSessionBase):
                     full_ttl,
                     may_restore=self._may_restore(now),
                 )
-                in REFUSED
-            ):
-                raise UpdateError
+                if updated in REFUSED:
+                    raise UpdateError
+                if updated is UpdateResult.RESTORED and user is not None:
+                    # As in save(): index it again.
+                    result, ended = await store.asave_logged_in(
+                        self.session_key,
+                        payload,
+                        expires_at,
+                        ttl,
+                        full_ttl,
+                        **self._index_args(must_create, now, user),
+                    )
+                    return self._saved_logged_in(store, result, ended, expires_at, user)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
         self._known_expires_at = expires_at
+
+    def _indexed(
+        self, store: RedisStore, must_create: bool, user: str | None, expires_at: float
+    ) -> bool:
+        """Whether this save goes through the user index's script, or is a plain update.
+
+        A session that is, or was, logged in is indexed by its save; but a save of the same
+        user's session that this process indexed less than ``users.LAST_USED_INTERVAL`` ago,
+        with the same client and an expiry within the hash's TTL, is a plain update: its member
+        is there (a logout or an ending leaves a tombstone, which refuses the update; an
+        eviction is noticed as RESTORED and indexed again), and "last used" is true to the
+        interval anyway. So a busy user's saves cost what they cost before the index.
+        """
+        if user is None and self._user is None:
+            return False
+        return (
+            must_create
+            or user != self._user
+            or not store.index_fresh(self.session_key, expires_at, self.client)
+        )
+
+    @staticmethod
+    def _user_of(data: dict[str, Any]) -> str | None:
+        user = data.get(AUTH_SESSION_KEY)
+        return None if user is None else str(user)
+
+    def _index_args(self, must_create: bool, now: float, user: str | None) -> dict[str, Any]:
+        return {
+            "create": must_create,
+            "may_restore": self._may_restore(now),
+            "user": user,
+            "loaded_user": self._user,
+            "client": self.client,
+            "replacing": self.__dict__.get("_replacing"),
+        }
+
+    def cycle_key(self) -> None:
+        # The new key's session is created while the old one is still live: the per-user limit
+        # must not count the old one (a login again in the same browser ends nothing).
+        self._replacing = self.session_key
+        try:
+            super().cycle_key()
+        finally:
+            self._replacing = None
+
+    async def acycle_key(self) -> None:
+        self._replacing = self.session_key
+        try:
+            await super().acycle_key()
+        finally:
+            self._replacing = None
+
+    def _saved_logged_in(
+        self, store: RedisStore, result: int, ended: int, expires_at: float, user: str | None
+    ) -> None:
+        """What the user index's save answered: a refusal raised as Django expects, an ending
+        by the per-user limit logged and signalled (as on the memory engine)."""
+        if result == TAKEN:
+            raise CreateError
+        if result not in STORED_LOGGED_IN:
+            raise UpdateError
+        self._known_expires_at = expires_at
+        self._user = user
+        if ended:
+            who_logger.info(
+                "Ended %d session(s) of user %s (limit): over MEMSESSION_MAX_SESSIONS_PER_USER "
+                "(%s).",
+                ended,
+                user,
+                store.max_sessions_per_user,
+            )
+            user_sessions_ended.send(
+                sender=RedisStore, user=user, count=ended, reason="limit", by=None
+            )
+
+    def note_client(self, client: str) -> None:
+        """Note a logged-in session's client: with its next save, or now (one round trip) if
+        this process has not noted this client for it yet (see ``users.LastUsed``)."""
+        self.client = client
+        session_key, user = self.session_key, self._user
+        if session_key is None or user is None:
+            return
+        store = get_store()
+        if store.touch_due(session_key, client):
+            with contextlib.suppress(SessionBackendUnavailable):  # else with the next save
+                store.touch(session_key, user, client)
 
     def _may_restore(self, now: float) -> bool:
         """Whether a save that finds the key missing stores the session again: only if this
@@ -238,8 +399,12 @@ class SessionStore(FastSessionBase):
             session_key = self.session_key
         if not self._validate_session_key(session_key):
             return
+        user = self._deleted_user(session_key)
         try:
-            get_store().delete(session_key)
+            if user is None:
+                get_store().delete(session_key)
+            else:
+                get_store().delete_logged_in(session_key, user)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -249,17 +414,35 @@ class SessionStore(FastSessionBase):
             session_key = self.session_key
         if not self._validate_session_key(session_key):
             return
+        user = self._deleted_user(session_key)
         try:
-            await get_store().adelete(session_key)
+            if user is None:
+                await get_store().adelete(session_key)
+            else:
+                await get_store().adelete_logged_in(session_key, user)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
 
+    def _deleted_user(self, session_key: str) -> str | None:
+        """Whose session a delete removes, if this object knows (its own session, or the old
+        key of ``cycle_key()``): the member leaves the index in the delete's round trip; any
+        other is cleaned lazily. ``flush()`` clears the data first, so the user loaded counts."""
+        cache = self.__dict__.get("_session_cache") or {}
+        user = self._user_of(cache) or self._user
+        if session_key == self.session_key:
+            self._user = None
+        return user
+
     @classmethod
     def clear_expired(cls) -> None:
-        """Nothing to do: Redis removes each key when its TTL runs out (``clearsessions`` works
-        and returns at once)."""
+        """Redis removes each session when its TTL runs out; what is left is the user index's
+        members of sessions that are gone (``clearsessions`` cleans them, as ``prunesessions``).
+        """
+        result = get_store().prune_index()
+        logger.debug("clear_expired: %d index member(s) of gone sessions removed", result.removed)
 
     @classmethod
     async def aclear_expired(cls) -> None:
-        """Nothing to do, as :meth:`clear_expired`."""
+        # A SCAN in batches: on a thread, never in the event loop.
+        await asyncio.to_thread(cls.clear_expired)

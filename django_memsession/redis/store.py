@@ -48,6 +48,7 @@ from ..store import wall_clock
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
 from .latency import TimedAsyncRedis, TimedRedis
+from .users import UserIndexMixin
 
 __all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "reset"]
 
@@ -216,8 +217,15 @@ class _AsyncClient:
     update: Any
 
 
-class RedisStore:
-    """Sessions in one Redis database, under one key prefix. Thread-safe; one per process."""
+class RedisStore(UserIndexMixin):
+    """Sessions in one Redis database, under one key prefix. Thread-safe; one per process.
+
+    Who is logged in (the user index beside the sessions) is :class:`~.users.UserIndexMixin`.
+    """
+
+    # For the user index: how a redis-py error is raised, and how a record is packed.
+    _fail = staticmethod(_unavailable)
+    _record = staticmethod(pack)
 
     def __init__(self, config: StoreSettings, clock: Callable[[], float] = wall_clock) -> None:
         self.config = config
@@ -235,6 +243,8 @@ class RedisStore:
             weakref.WeakKeyDictionary()
         )
         self._async_lock = threading.Lock()
+        self.max_sessions_per_user = config.max_sessions_per_user
+        self._init_user_index()
 
     def _options(self, retry_class: type) -> dict[str, Any]:
         options = dict(self.config.options)
@@ -500,7 +510,10 @@ def reset() -> None:
 
 
 def _settings_changed(*, setting: str, **kwargs: Any) -> None:
-    if setting.startswith("MEMSESSION_REDIS_") or setting == "MEMSESSION_MAX_SESSION_SIZE":
+    if setting.startswith("MEMSESSION_REDIS_") or setting in (
+        "MEMSESSION_MAX_SESSION_SIZE",
+        "MEMSESSION_MAX_SESSIONS_PER_USER",
+    ):
         reset()
 
 

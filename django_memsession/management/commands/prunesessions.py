@@ -1,13 +1,21 @@
-"""``manage.py prunesessions``: prune expired sessions in every running server of this project."""
+"""``manage.py prunesessions``: prune expired sessions in every running server of this project;
+on the Redis engine, clean the user index of sessions that are gone."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 
 from django_memsession import runtime
-from django_memsession.management.fanout import EXIT_STATUS_HELP, FanOutCommand, size
+from django_memsession.management.fanout import (
+    EXIT_NONE_REACHED,
+    EXIT_STATUS_HELP,
+    FanOutCommand,
+    size,
+)
 from django_memsession.messages import Gathered, ProcessReport
 
 
@@ -17,7 +25,11 @@ class Command(FanOutCommand):
     help = (
         "Remove expired sessions from the memory of every running server process of this "
         "project (reached through the control channel), and bring over-full stores down to "
-        "MEMSESSION_LOW_WATER.\n\n" + EXIT_STATUS_HELP.format(verb="was pruned")
+        "MEMSESSION_LOW_WATER.\n\n"
+        "On the Redis engine, Redis expires sessions itself: the command removes from the user "
+        "index (one small hash per logged-in user) the sessions that are gone, scanning it in "
+        "bounded batches; it exits 1 when Redis cannot be reached.\n\n"
+        + EXIT_STATUS_HELP.format(verb="was pruned")
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -27,6 +39,41 @@ class Command(FanOutCommand):
             help="Count what would be removed without removing anything.",
         )
         super().add_arguments(parser)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if getattr(settings, "SESSION_ENGINE", "") == "django_memsession.redis":
+            return self.handle_redis(options)
+        return super().handle(*args, **options)
+
+    def handle_redis(self, options: dict[str, Any]) -> None:
+        """The Redis engine: one pass over the user index (no processes to ask)."""
+        from django_memsession.redis.exceptions import SessionBackendUnavailable
+        from django_memsession.redis.store import get_store
+
+        try:
+            result = get_store().prune_index(dry_run=options["dry_run"])
+        except SessionBackendUnavailable as exc:
+            raise CommandError(
+                f"Redis could not be reached: {exc.reason}", returncode=EXIT_NONE_REACHED
+            ) from None
+        if options["json"]:
+            payload = {
+                "engine": "redis",
+                "dry_run": result.dry_run,
+                "users": result.users,
+                "removed": result.removed,
+                "sessions": result.sessions,
+                "errors": [],
+            }
+            self.stdout.write(json.dumps(payload, indent=2))
+            return
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"redis: {self._verb(options)} {result.removed} ended or expired session(s) from "
+                f"the index of {result.users} user(s); {result.sessions} logged-in session(s) "
+                "indexed"
+            )
+        )
 
     def gather(self, options: dict[str, Any]) -> Gathered:
         return runtime.gather("prune", dry_run=options["dry_run"], timeout=options["timeout"])
