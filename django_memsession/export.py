@@ -72,7 +72,9 @@ class ExportRun:
         self.touched = time.monotonic()
         page: list[ExportedSession] = []
         used = 0
-        for key, segment, value in self._records[max(0, offset) :]:
+        records = self._records
+        for index in range(max(0, offset), len(records)):  # no slice: a page costs its own size
+            key, segment, value = records[index]
             expires_at, payload = session_of(segment, value)
             encoded = base64.b64encode(payload).decode("ascii")
             used += len(encoded) + len(key) + 64
