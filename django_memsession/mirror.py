@@ -189,12 +189,13 @@ class Mirror:
         self._wake.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout + 1.0)
+            # timeout 0 (a master that forked, which queued nothing): no wait at all.
+            thread.join(timeout + 1.0 if timeout > 0 else 0)
         return not self._queue and self.lost == 0
 
     def state(self) -> MirrorState:
         return MirrorState(
-            on=not self._stopping.is_set(),
+            on=self.alive and not self._stopping.is_set(),
             url=self.shown_url,
             since=self.since,
             queued=len(self._queue),
@@ -204,22 +205,16 @@ class Mirror:
             last_error=self.last_error,
         )
 
-    def _take(self) -> list[Write]:
-        from .redis.importer import Kind, Write
-
-        batch: list[Write] = []
+    def _take(self) -> list[tuple[str, bytes | None, float]]:
+        batch = []
         queue = self._queue
         while queue and len(batch) < BATCH:
-            key, payload, expires_at = queue.popleft()
-            if payload is None:
-                batch.append(Write(Kind.DELETE, key))
-            else:
-                batch.append(Write(Kind.MIRROR, key, payload, expires_at))
+            batch.append(queue.popleft())
         return batch
 
     def _run(self) -> None:
         writer: Writer | None = None
-        pending: list[Write] = []
+        pending: list[tuple[str, bytes | None, float]] = []
         attempt = 0
         try:
             while True:
@@ -234,7 +229,7 @@ class Mirror:
                 try:
                     if writer is None:
                         writer = self.connect(self.url)
-                    writer.write(pending)
+                    writer.write(as_writes(pending))
                 except Exception as exc:
                     # Never a key or a payload: redis-py's messages name host and errno.
                     self.failures += 1
@@ -274,6 +269,16 @@ class Mirror:
             count,
             self.last_error,
         )
+
+
+def as_writes(changes: list[tuple[str, bytes | None, float]]) -> list[Write]:
+    """The queued changes as the importer's writes (imported here: redis is needed only now)."""
+    from .redis.importer import Kind, Write
+
+    return [
+        Write(Kind.DELETE, key) if payload is None else Write(Kind.MIRROR, key, payload, expires)
+        for key, payload, expires in changes
+    ]
 
 
 def _reason(exc: Exception) -> str:

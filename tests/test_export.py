@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -229,6 +230,57 @@ def test_redis_down_is_a_clear_error_with_nothing_turned_on(redis_server):
     assert raised.value.returncode == 3
     assert "cannot be reached" in str(raised.value)
     assert not mirror.marker_path().exists()
+
+
+def test_redis_failing_part_way_is_exit_3_and_not_claimed_as_done(
+    redis_url, redis_server, monkeypatch
+):
+    monkeypatch.setattr(export, "EXPORT_PAGE_BYTES", 2000)
+    for _ in range(20):
+        memory_session(blob="x" * 300)
+    ask = runtime.ask
+
+    def redis_dies_after_the_first_page(*args, **kwargs):
+        if kwargs["fields"]["offset"] > 0:
+            redis_server.kill()
+        return ask(*args, **kwargs)
+
+    monkeypatch.setattr(runtime, "ask", redis_dies_after_the_first_page)
+    out = io.StringIO()
+    try:
+        with pytest.raises(CommandError) as raised:
+            call_command("exportsessions", redis_url, stdout=out, stderr=io.StringIO())
+    finally:
+        redis_server.start()
+    assert raised.value.returncode == 3
+    assert "Redis failed part-way" in str(raised.value)
+    assert "Mirroring is on" not in out.getvalue()
+
+
+def test_the_mirror_keeps_its_queue_while_redis_is_down_and_sends_it_in_order(
+    redis_url, redis_server
+):
+    changed, logged_out = memory_session(v=1), memory_session(v=1)
+    export_json(redis_url)
+    redis_server.kill()
+    services = runtime._services
+    try:
+        for version in (2, 3):
+            session = MemorySession(changed)
+            session["v"] = version
+            session.save()
+        MemorySession(logged_out).delete()
+        deadline = time.monotonic() + 30
+        while services.mirror.state().failures == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert services.mirror.state().failures > 0
+    finally:
+        redis_server.start()  # empty: only what the mirror sends from now on is there
+    mirror_of_this_process = services.mirror
+    mirrored()
+    assert mirror_of_this_process.lost == 0
+    assert loaded(changed) == {"v": 3}
+    assert redis_server.client().get(f"memsession:{logged_out}") == b"T"
 
 
 def test_the_output_never_holds_a_session_key(redis_url):

@@ -109,3 +109,31 @@ def test_a_dry_run_writes_nothing_and_redis_down_is_a_clear_error(redis_server, 
         down = run_command("exportsessions", "redis://127.0.0.1:9/0", control_dir=control_dir)
     assert down.returncode == 3
     assert "cannot be reached" in down.stderr and down.stdout == ""
+
+
+def test_preloaded_workers_forked_while_mirroring_each_mirror_on_their_own(
+    redis_server, control_dir
+):
+    """The marker is there when gunicorn starts; the app touches the store at import, so the
+    master starts a mirror before it forks: each worker must build its own (its connection, its
+    thread), and the master, which serves nothing, must not count as a process."""
+    redis_server.reset()
+    with gunicorn(control_dir, "--workers", "1") as memory:
+        call(memory.base, "/session/make/", None)
+        export(redis_server.url, control_dir)
+    with gunicorn(
+        control_dir, "--workers", "2", "--preload", app="testsite.wsgi_touching"
+    ) as preloaded:
+        made: dict[int, str] = {}
+        for _ in range(MAX_REQUESTS):
+            answer, key = call(preloaded.base, "/session/make/", None)
+            made.setdefault(answer["pid"], key)
+            if len(made) == 2:
+                break
+        assert len(made) == 2
+        status = run_command("exportsessions", "--status", "--json", control_dir=control_dir)
+        records = {pid: in_redis(redis_server, key) for pid, key in made.items()}
+    assert status.returncode == 0, status.stderr
+    assert {p["pid"] for p in json.loads(status.stdout)["processes"]} == set(made)
+    assert all(json.loads(status.stdout)["processes"][i]["mirroring"] for i in range(2))
+    assert all(record is not None and record.startswith(b"S") for record in records.values())
