@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from processes import run_command
 
 from django_memsession import SessionStore as MemorySession
 from django_memsession import export, mirror, runtime
@@ -340,3 +341,12 @@ def test_a_tampered_snapshot_is_refused(redis_url, tmp_path, redis_server):
     with pytest.raises(CommandError, match="refused"):
         call_command("exportsessions", redis_url, "--from-snapshot", str(path))
     assert redis_server.client().dbsize() == 0
+
+
+def test_stop_mirroring_after_every_process_moved_to_redis_succeeds(control_dir):
+    """No memory process is left (all restarted onto Redis): the marker goes, exit 0."""
+    mirror.write_marker("redis://127.0.0.1:6379/0")
+    result = run_command("exportsessions", "--stop-mirroring", control_dir=control_dir)
+    assert result.returncode == 0, result.stderr
+    assert "started from now on: off" in result.stdout
+    assert not mirror.marker_path().exists()

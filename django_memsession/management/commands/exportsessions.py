@@ -409,8 +409,9 @@ class Command(BaseCommand):
                 f"{len(errors)} process(es) could not be reached.",
                 returncode=EXIT_SOME_UNREACHABLE,
             )
-        if not rows:
+        if not rows and not stopping:
             raise CommandError(none_found(gathered), returncode=EXIT_NONE_REACHED)
+        # --stop-mirroring with no memory process left (all restarted onto Redis): done.
 
     @staticmethod
     def mirror_line(row: dict[str, Any]) -> str:
