@@ -5,10 +5,12 @@ from django.conf import settings
 from django.core import checks
 
 
-def _request_started(**kwargs: Any) -> None:
+def _forget_current_session(**kwargs: Any) -> None:
+    """At each request's start and end: a thread serves many requests, and runs other code
+    between them; none of them may keep the last request's session (see password.py)."""
     from .engine import current_session
 
-    current_session.set(None)  # a thread serves many requests: none of the last one's session
+    current_session.set(None)
 
 
 class MemsessionConfig(AppConfig):
@@ -41,19 +43,23 @@ class MemsessionConfig(AppConfig):
         from django.apps import apps
         from django.contrib.auth import get_user_model
         from django.contrib.auth.signals import user_logged_in
-        from django.core.signals import request_started
+        from django.core.signals import request_finished, request_started
         from django.db.models.signals import post_save
 
         from .clients import note_login
-        from .password import on_user_saved
+        from .password import on_login, on_user_saved
 
         if not apps.is_installed("django.contrib.auth"):
             return
         user_logged_in.connect(note_login, dispatch_uid="django_memsession.clients")
+        user_logged_in.connect(on_login, dispatch_uid="django_memsession.password")
         post_save.connect(
             on_user_saved, sender=get_user_model(), dispatch_uid="django_memsession.password"
         )
-        request_started.connect(_request_started, dispatch_uid="django_memsession.current")
+        request_started.connect(_forget_current_session, dispatch_uid="django_memsession.current")
+        request_finished.connect(
+            _forget_current_session, dispatch_uid="django_memsession.current_finished"
+        )
         if apps.is_installed("django.contrib.admin"):
             from .admin import add_logout_everywhere
 

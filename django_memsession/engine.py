@@ -28,8 +28,9 @@ __all__ = ["AUTH_SESSION_KEY", "KEY_LENGTH", "SessionStore", "new_session_key"]
 
 logger = logging.getLogger("django_memsession")
 
-# The session the current request (thread or task) loaded last: after a password change, the one
-# that update_session_auth_hash() keeps (see password.py). Reset when each request starts.
+# The logged-in session the current request (thread or task) loaded or logged in last: after a
+# password change, the one that update_session_auth_hash() keeps (see password.py). Reset when
+# each request starts.
 current_session: contextvars.ContextVar[SessionStore | None] = contextvars.ContextVar(
     "django_memsession_current_session", default=None
 )
@@ -52,11 +53,9 @@ class SessionStore(FastSessionBase):
     # -- load ----------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
-        current_session.set(self)
         return self._decode(self.backend().get(self.session_key))
 
     async def aload(self) -> dict[str, Any]:
-        current_session.set(self)
         return self._decode(await self.backend().aget(self.session_key))
 
     def _decode(self, payload: bytes | None) -> dict[str, Any]:
@@ -65,12 +64,17 @@ class SessionStore(FastSessionBase):
             self._session_key = None
             return {}
         try:
-            return current_codec().loads(payload)
+            data = current_codec().loads(payload)
         except Exception:
             # Only a change of SESSION_SERIALIZER makes stored data unreadable. Like Django's
             # decode(), an unreadable session is an empty one.
             logger.warning("Session data could not be deserialized; starting an empty session.")
             return {}
+        if AUTH_SESSION_KEY in data:
+            # Only a logged-in session can be the one a password change keeps (a session that
+            # logs in during the request is set by password.on_login).
+            current_session.set(self)
+        return data
 
     # -- save ----------------------------------------------------------------------------------
 

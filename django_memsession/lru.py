@@ -101,11 +101,6 @@ class SegmentedLRU:
         self._insert(back, key, self._pop(key, index))
         return True
 
-    def replace(self, key: str, index: int, value: bytes) -> None:
-        """A new value of the same length for an entry at the hot end of its segment's back
-        (just touched): in place, same key object, same order."""
-        self.segments[index][key] = value
-
     def segment_for_write(self, previous: int | None, authenticated: bool) -> int:
         """Where a saved session goes, given the segment it was in (None: it is new)."""
         if authenticated:

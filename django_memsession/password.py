@@ -21,11 +21,19 @@ from __future__ import annotations
 from typing import Any
 
 from . import conf
-from .engine import AUTH_SESSION_KEY, current_session
+from .engine import AUTH_SESSION_KEY, SessionStore, current_session
 from .everywhere import end_user_sessions_in_background
 from .logged_in import user_id
 
-__all__ = ["on_user_saved"]
+__all__ = ["on_login", "on_user_saved"]
+
+
+def on_login(sender: Any, request: Any = None, **kwargs: Any) -> None:
+    """``user_logged_in``: the session that logged in during this request (loaded anonymous,
+    or not loaded at all) is the one a password change later in the request keeps."""
+    session = getattr(request, "session", None)
+    if isinstance(session, SessionStore):
+        current_session.set(session)
 
 
 def _current_key(uid: str) -> str | None:

@@ -81,6 +81,10 @@ class EntrySizer:
         self.bytes_header = sys.getsizeof(b"")
         self.float_size = asizeof.asizeof(1.5)
         self.node_size = ODICT_NODE_SIZE
+        # entry()'s rounding, precomputed: (header + length + alignment - 1) & ~(alignment - 1).
+        self._mask = ~(self.alignment - 1)
+        self._key_base = self.str_header + self.alignment - 1
+        self._value_base = self.bytes_header + self.alignment - 1
 
     def str_size(self, length: int) -> int:
         return _align(self.str_header + length, self.alignment)
@@ -89,16 +93,21 @@ class EntrySizer:
         return _align(self.bytes_header + length, self.alignment)
 
     def entry(self, key_length: int, value_length: int) -> int:
-        """Bytes one stored session costs: its key, its value and its list node."""
-        return self.str_size(key_length) + self.bytes_size(value_length) + self.node_size
+        """Bytes one stored session costs: its key, its value and its list node (``str_size``
+        plus ``bytes_size`` plus the node, in one expression: it runs twice on every save)."""
+        mask = self._mask
+        return (
+            ((self._key_base + key_length) & mask)
+            + ((self._value_base + value_length) & mask)
+            + self.node_size
+        )
 
     def entries(self, lengths: list[tuple[int, int]]) -> list[int]:
         """:meth:`entry` of many ``(key length, value length)`` at once (a restore's million)."""
-        align = self.alignment - 1
-        key_base, value_base = self.str_header + align, self.bytes_header + align
+        mask, key_base, value_base = self._mask, self._key_base, self._value_base
         node = self.node_size
         return [
-            ((key_base + key) & ~align) + ((value_base + value) & ~align) + node
+            ((key_base + key) & mask) + ((value_base + value) & mask) + node
             for key, value in lengths
         ]
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from . import users as facts
-from .lru import AUTHENTICATED, RETURNING, SEGMENT_NAMES, SegmentedLRU
+from .lru import AUTHENTICATED, PROBATION, RETURNING, SEGMENT_NAMES, SegmentedLRU
 from .remembered import RememberedKeys
 from .sizing import EntrySizer
 from .users import FACTS, FACTS_SIZE, SessionFacts, UserIndex, user_key
@@ -222,23 +222,42 @@ class MemoryStore:
         """
         now = self.clock()
         events = None
+        segments = self._policy.segments
         with self._lock:
-            index, value = self._policy.find(key)
+            # The two loads nearly every request makes come first: a live logged-in session, or
+            # a live returning visitor, in its segment's table, where it stays (only the order
+            # changes). The rest (probation, a restore's front tables, expired, absent) goes
+            # through the policy.
+            index = AUTHENTICATED
+            table = segments[AUTHENTICATED]
+            value = table.get(key)
             if value is None:
-                self.misses += 1
-                return None
+                table = segments[RETURNING]
+                value = table.get(key)
+                if value is not None and HEADER.unpack_from(value)[0] > now:
+                    table.move_to_end(key)
+                    self.hits += 1
+                    return value[HEADER_SIZE:]
+                index, value = self._policy.find(key)
+                if value is None:
+                    self.misses += 1
+                    return None
+                if index == AUTHENTICATED and HEADER.unpack_from(value)[0] > now:
+                    # In a restore's front table: into the table, and indexed under the key
+                    # object the table now holds.
+                    self._policy.touch(key, index)
+                    self._index_add(value, key)
+                    table = segments[AUTHENTICATED]
             if index == AUTHENTICATED:
                 # One unpack for the expiry, the last use and where the payload starts.
                 expires_at, _, _, last_used, user_length, client_length = FACTS.unpack_from(value)
                 if expires_at > now:
-                    moved = self._policy.touch(key, index)
+                    table.move_to_end(key)
                     self.hits += 1
                     second = int(now)
                     if last_used != second:
                         value = facts.with_last_used(value, second)
-                        self._policy.replace(key, index, value)
-                    if moved:
-                        self._index_add(value, key)  # the policy now holds this key object
+                        table[key] = value
                     return value[FACTS_SIZE + user_length + client_length :]
             if HEADER.unpack_from(value)[0] <= now:
                 events = []
@@ -311,6 +330,10 @@ class MemoryStore:
         replaces the client noted for it, None keeps it.
         """
         now = self.clock()
+        if not create and client is None:
+            result = self._update_in_place(key, payload, expires_at, authenticated, user, now)
+            if result is not None:
+                return result
         hint = user_bytes = client_bytes = None
         new_to_user = True
         if authenticated:
@@ -411,6 +434,75 @@ class MemoryStore:
         if events:
             self._emit(events)
         return result
+
+    def _update_in_place(
+        self,
+        key: str,
+        payload: bytes,
+        expires_at: float,
+        authenticated: bool,
+        user: str | None,
+        now: float,
+    ) -> PutResult | None:
+        """The save nearly every request makes, without :meth:`put`'s general path: an update
+        of a live session that stays in its segment's table, logged in as the same user, or
+        anonymous. None: not that case (or something changed meanwhile), nothing done.
+
+        The session's current value is read without the lock (one ``dict.get``, atomic under
+        the GIL), the new one packed from it outside the lock, and stored only if the value is
+        still the same object under the lock.
+        """
+        segments = self._policy.segments
+        if authenticated:
+            if not user:
+                return None
+            table = segments[AUTHENTICATED]
+            old = table.get(key)
+            if old is None:
+                return None
+            user_bytes = user.encode()
+            created, user_length, client_length = _CARRIED.unpack_from(old, 12)
+            if user_length != len(user_bytes) or not old.startswith(user_bytes, FACTS_SIZE):
+                return None  # another user, or a user id clipped to MAX_FIELD: the general path
+        else:
+            table = segments[RETURNING]
+            old = table.get(key)
+            if old is None:
+                table = segments[PROBATION]
+                old = table.get(key)
+                if old is None:
+                    return None
+        tag = NOT_JOURNALED
+        if self.epoch != NOT_JOURNALED:
+            tag = self._journal_first(key)
+        if authenticated:
+            head = _TIMES.pack(expires_at, tag, created, int(now))
+            value = b"".join((head, old[20 : FACTS_SIZE + user_length + client_length], payload))
+        else:
+            value = HEADER.pack(expires_at, tag) + payload
+        entry = self.sizer.entry
+        size = entry(len(key), len(value))
+        if size > self.limits.max_session_bytes:
+            return None  # refused (and counted) by the general path
+        events: list[StoreEvent] = []
+        with self._lock:
+            if (
+                table.get(key) is not old
+                or (tag != NOT_JOURNALED and tag != self.epoch)
+                or HEADER.unpack_from(old)[0] <= now
+            ):
+                return None  # changed, a snapshot began, or expired: the general path
+            table[key] = value
+            table.move_to_end(key)
+            self._entry_bytes += size - entry(len(key), len(old))
+            self.writes += 1
+            if self._session_bytes() > self.limits.session_bytes:
+                self._make_room(
+                    self.limits.session_bytes, now, reason="write", spare=key, events=events
+                )
+        if events:
+            self._emit(events)
+        return PutResult.STORED
 
     def delete(self, key: str) -> bool:
         """Remove a session for good (logout, flush): it is not remembered, so never restored,

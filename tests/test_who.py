@@ -222,6 +222,23 @@ def test_a_password_change_keeps_this_session_and_ends_the_others_at_once(alice)
     assert changer.get("/session/whoami/").json()["user"] == str(alice.pk)
 
 
+def test_a_password_change_in_the_request_that_logged_in_keeps_that_session(alice):
+    other = logged_in(alice)
+    visitor = SessionStore()
+    visitor["cart"] = 1
+    visitor.create()  # an anonymous session, loaded by the request below before it logs in
+    request = RequestFactory().post("/")
+    request.session = SessionStore(visitor.session_key)
+    login(request, alice)
+    request.session.save()
+    alice.set_password("a new password 2")
+    alice.save()
+    assert [r.id for r in django_memsession.user_sessions(alice)] == [
+        session_id(request.session.session_key)
+    ]
+    assert not get_store().exists(key_of(other))
+
+
 def test_a_password_set_outside_a_request_ends_every_session(alice):
     logged_in(alice), logged_in(alice)
     alice.set_password("set in the shell 3")
