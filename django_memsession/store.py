@@ -496,6 +496,8 @@ class MemoryStore:
             table.move_to_end(key)
             self._entry_bytes += size - entry(len(key), len(old))
             self.writes += 1
+            if self.on_mirror is not None:
+                self.on_mirror(key, payload, expires_at)
             if self._session_bytes() > self.limits.session_bytes:
                 self._make_room(
                     self.limits.session_bytes, now, reason="write", spare=key, events=events
