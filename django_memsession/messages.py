@@ -22,8 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, Union
 
 __all__ = [
+    "ExportedSession",
     "Gathered",
     "MessageError",
+    "MirrorState",
     "PassReport",
     "ProcessReport",
     "PrunerState",
@@ -44,9 +46,13 @@ __all__ = [
 M = TypeVar("M")
 
 MAX_INT_DIGITS = 20
-COMMANDS = ("report", "prune", "snapshot", "sessions", "end")
+COMMANDS = ("report", "prune", "snapshot", "sessions", "end", "mirror", "export")
 # Records of a user's sessions in one reply; a process with more is asked again from an offset.
 SESSIONS_PAGE = 500
+# Bytes of exported sessions (base64 payloads and keys) in one reply of "export", far inside
+# control.MAX_REPLY_BYTES (16 MiB) with the JSON around them; a process with more is asked again
+# from an offset.
+EXPORT_PAGE_BYTES = 4 * 1024 * 1024
 
 
 class MessageError(ValueError):
@@ -70,6 +76,8 @@ class Request:
     offset: int = 0
     session_id: str | None = None
     keep: str | None = None
+    # "export": which export run the page is of (an opaque token of the command's).
+    run: str | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +179,31 @@ class UserSession:
 
 
 @dataclass(frozen=True)
+class ExportedSession:
+    """One live session copied by ``exportsessions``: its key (the channel is this user's own
+    and signed; a key never leaves the command), its serialized data (base64) and expiry."""
+
+    key: str
+    payload: str
+    expires_at: float
+    logged_in: bool
+
+
+@dataclass(frozen=True)
+class MirrorState:
+    """This process's mirror of its writes and deletes to Redis (see mirror.py)."""
+
+    on: bool
+    url: str  # without its password
+    since: float
+    queued: int
+    mirrored: int
+    failures: int
+    lost: int
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
 class SnapshotReport:
     """One snapshot written: when it began, how long it took, what it holds, and why."""
 
@@ -231,6 +264,11 @@ class ProcessReport:
     sessions_total: int = 0
     ended: int = 0
     redis: RedisProcessStats | None = None
+    # "export": a page of this process's sessions, from the request's offset, and how many
+    # there are in all; "mirror" (and every report while it is on): the mirror.
+    exported: list[ExportedSession] = field(default_factory=list)
+    export_total: int = 0
+    mirror: MirrorState | None = None
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,9 @@ from typing import TYPE_CHECKING, Any
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from . import conf, control
+from . import conf, control, mirror
 from .events import EventReporter
+from .export import ExportRun
 from .listener import Listener
 from .logged_in import end_local, local_sessions
 from .messages import (
@@ -124,10 +125,20 @@ class Services:
             store.on_journal = self.snapshotter.journal_write
         self.started = False
         self.restored = False  # the snapshot is restored once per process, on first use
+        self.mirror: mirror.Mirror | None = None
+        self.export: ExportRun | None = None
+        self._mirror_lock = threading.Lock()
 
     def handle(self, request: Request) -> ProcessReport:
         """What this process answers on the control channel (and to its own fan-outs). A
         listener never fans out: a prune or a snapshot is of this process's store only."""
+        export = self.export
+        if export is not None and export.idle:
+            self.export = None  # a run its command abandoned
+        if request.command == "mirror":
+            return self.report(refused=self.sync_mirror())
+        if request.command == "export":
+            return self.export_page(request)
         if request.command == "prune":
             return self.report(self.pruner.run_pass(dry_run=request.dry_run))
         if request.command == "snapshot":
@@ -145,6 +156,56 @@ class Services:
             )
             return replace(self.report(), ended=ended)
         return self.report()
+
+    def sync_mirror(self) -> str | None:
+        """Mirror this process's writes and deletes to Redis while the marker file says so
+        (see mirror.py); why not, when it should and cannot."""
+        try:
+            url = mirror.read_marker()
+        except mirror.MarkerError as exc:
+            return str(exc)
+        with self._mirror_lock:
+            current = self.mirror
+            if current is not None and current.url == url and current.alive:
+                return None
+            started = None
+            if url is not None:
+                from .redis.conf import redacted
+
+                started = mirror.Mirror(url, redacted(url))
+                started.start()
+            # One attribute swap: the next write, under the store's lock, goes to the new one.
+            self.store.on_mirror = started.note if started is not None else None
+            self.mirror = started
+        if current is not None:
+            current.stop()  # sends what it queued before the swap
+        return None
+
+    def stop_mirror(self, timeout: float = mirror.DRAIN_TIMEOUT) -> None:
+        with self._mirror_lock:
+            current, self.mirror = self.mirror, None
+            self.store.on_mirror = None
+        if current is not None:
+            current.stop(timeout)
+
+    def export_page(self, request: Request) -> ProcessReport:
+        """A page of this process's live sessions for ``exportsessions`` (see export.py)."""
+        if not request.dry_run and (self.mirror is None or not self.mirror.alive):
+            return self.report(
+                refused="mirroring to Redis is not on in this process, so sessions changed "
+                "during the export could be lost; exportsessions turns it on first"
+            )
+        export = self.export
+        if export is None or export.run != request.run:
+            if request.offset != 0 or request.run is None:
+                return self.report(
+                    refused="this export run was replaced or abandoned; run exportsessions again"
+                )
+            export = self.export = ExportRun(request.run, self.store)
+        page = export.page(request.offset)
+        if request.offset + len(page) >= export.total:
+            self.export = None  # the last page: the copy is let go
+        return replace(self.report(), exported=page, export_total=export.total)
 
     def write_snapshot(self, reason: str) -> SnapshotReport:
         if self.snapshotter is None:
@@ -175,6 +236,7 @@ class Services:
             snapshot=self.snapshotter.state() if self.snapshotter is not None else None,
             written=written,
             refused=refused,
+            mirror=self.mirror.state() if self.mirror is not None else None,
         )
 
 
@@ -280,6 +342,7 @@ def _start() -> Services:
             _start_pruner_thread(services, conf.prune_interval())
             if should_listen():
                 _start_listener(services)
+                _start_mirror(services)
             install_signal_handlers()
         _store = services.store
     return services
@@ -297,6 +360,17 @@ def _start_snapshots(services: Services) -> None:
         snapshotter.start(conf.snapshot_interval())
     except Exception:
         logger.exception("Session snapshots did not start; sessions still work.")
+
+
+def _start_mirror(services: Services) -> None:
+    """A process started while a move to Redis is under way mirrors as the others do."""
+    try:
+        problem = services.sync_mirror()
+    except Exception:
+        logger.exception("Session mirror to Redis did not start; sessions still work.")
+        return
+    if problem is not None:
+        _warn_once("mirror", "Session mirror to Redis did not start: %s.", problem)
 
 
 def _start_pruner_thread(services: Services, interval: float) -> None:
@@ -598,15 +672,24 @@ def gather(
     )
 
 
-def ask(pid: int, command: str, *, fields: control.Fields, timeout: float) -> ProcessReport:
+def ask(
+    pid: int,
+    command: str,
+    *,
+    fields: control.Fields,
+    timeout: float,
+    dry_run: bool = False,
+) -> ProcessReport:
     """Ask one process (this one directly): the next page of a long answer. Raises
     ``control.ChannelError``."""
     if pid == os.getpid():
         handler = _local_handler()
         if handler is None:
             raise control.Gone("this process holds no store")
-        return handler(control.new_request(command, fields=fields))
-    return control.request(control.socket_path(pid), command, timeout=timeout, fields=fields)
+        return handler(control.new_request(command, dry_run=dry_run, fields=fields))
+    return control.request(
+        control.socket_path(pid), command, dry_run=dry_run, timeout=timeout, fields=fields
+    )
 
 
 def prune_everywhere(*, dry_run: bool = False, timeout: float | None = None) -> Gathered:
@@ -633,6 +716,9 @@ def _stop_services() -> None:
     if services is None:
         return
     services.pruner.stop(timeout=1.0)
+    # What the mirror queued goes to Redis before the process ends: a restart onto the Redis
+    # engine loses no change or logout this process accepted.
+    services.stop_mirror()
     if services.snapshotter is not None:
         services.snapshotter.shutdown()
 
@@ -689,6 +775,7 @@ def _after_fork_in_parent() -> None:
     if listener is not None:
         listener.close(wait=False)
     services.pruner.stop(timeout=0)
+    services.stop_mirror(timeout=0)
     if services.snapshotter is not None:
         services.snapshotter.abandon()
         if services.restored:
@@ -733,6 +820,9 @@ def _after_fork_in_child() -> None:
         return
     store = services.store
     store.after_fork_in_child(consistent=consistent)
+    # The parent's mirror (its thread, its connection, its queue) is the parent's: the child
+    # reads the marker and builds its own on first use.
+    store.on_mirror = None
     listener = services.listener
     if listener is not None:
         listener.close(unlink=False)  # the parent's socket: its file is the parent's

@@ -186,6 +186,10 @@ class MemoryStore:
         self.sizer = sizer or EntrySizer()
         self.on_event = on_event
         self.on_journal = on_journal
+        # Called under the lock with each session written (key, payload, expiry) or deleted
+        # (key, None, 0.0), in the order the store made the changes: the mirror to Redis while a
+        # move to the Redis engine is under way (see mirror.py). It only queues.
+        self.on_mirror: Callable[[str, bytes | None, float], None] | None = None
         # The current journal epoch; NOT_JOURNALED while nothing journals.
         self.epoch = NOT_JOURNALED
         self._lock = threading.Lock()
@@ -405,6 +409,8 @@ class MemoryStore:
                     index = None
                 moved = self._policy.put(key, value, segment, index)
                 self._entry_bytes += size
+                if self.on_mirror is not None:
+                    self.on_mirror(key, payload, expires_at)
                 if segment == AUTHENTICATED and moved:
                     count = self._index_add(value, key)
                     limit = self.limits.max_sessions_per_user
@@ -492,6 +498,8 @@ class MemoryStore:
             table.move_to_end(key)
             self._entry_bytes += size - entry(len(key), len(old))
             self.writes += 1
+            if self.on_mirror is not None:
+                self.on_mirror(key, payload, expires_at)
             if self._session_bytes() > self.limits.session_bytes:
                 self._make_room(
                     self.limits.session_bytes, now, reason="write", spare=key, events=events
@@ -518,6 +526,10 @@ class MemoryStore:
                 break
             self._lock.release()  # a snapshot began meanwhile: journal under its epoch too
         try:
+            mirror = self.on_mirror
+            if mirror is not None:
+                for key in keys:
+                    mirror(key, None, 0.0)
             return sum(self._delete(key) for key in keys)
         finally:
             self._lock.release()
@@ -1129,6 +1141,8 @@ class MemoryStore:
             self._remembered.forget(other)
             size += self._drop(other, index, other_value)
             count += 1
+            if self.on_mirror is not None:
+                self.on_mirror(other, None, 0.0)
             if self.epoch != NOT_JOURNALED:
                 journal.append((other, self.epoch))
         if count:

@@ -5,10 +5,12 @@ and exit with a status a script can act on."""
 from __future__ import annotations
 
 import json
+import time
 from argparse import RawDescriptionHelpFormatter
+from collections.abc import Callable
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser, OutputWrapper
 from django.template.defaultfilters import filesizeformat
 
 from django_memsession import runtime
@@ -17,6 +19,7 @@ from django_memsession.messages import Gathered, ProcessReport, split_warning
 
 EXIT_NONE_REACHED = 1
 EXIT_SOME_UNREACHABLE = 2
+EXIT_REDIS_FAILED = 3  # exportsessions: Redis could not be reached, or failed part-way
 
 EXIT_STATUS_HELP = (
     "Exit status: 0 when every process found {verb}; 1 when no running process was found; "
@@ -122,3 +125,65 @@ def none_found(gathered: Gathered) -> str:
         "(systemd PrivateTmp=yes), in which case set MEMSESSION_CONTROL_DIR to a directory both "
         "can see."
     )
+
+
+class Progress:
+    """Progress of a long command on stderr, never on stdout (which holds only the summary).
+
+    On a terminal, one bar redrawn in place (at most ten times a second) once the work is
+    ``min_total`` items or more; elsewhere (a log, a pipe), a plain line every ``every`` seconds,
+    so a short run prints nothing.
+    """
+
+    def __init__(
+        self,
+        stream: OutputWrapper,
+        noun: str,
+        *,
+        min_total: int = 1000,
+        every: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.stream = stream
+        self.noun = noun
+        self.tty = stream.isatty()
+        self.min_total = min_total
+        self.every = every
+        self.clock = clock
+        self.total = 0
+        self.done = 0
+        self._last = clock()
+        self._drawn = False
+
+    def add_total(self, count: int) -> None:
+        self.total += count
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        now = self.clock()
+        if self.tty:
+            due = now - self._last >= 0.1 or self.done >= self.total
+            if self.total >= self.min_total and due:
+                self._last = now
+                self._write("\r" + self._bar(), ending="")
+                self._drawn = True
+        elif now - self._last >= self.every:
+            self._last = now
+            self._write(self._text())
+
+    def finish(self) -> None:
+        if self._drawn:
+            self._write("\r" + self._bar())
+
+    def _text(self) -> str:
+        share = f" ({100 * self.done // self.total}%)" if self.total else ""
+        return f"{self.done} of {self.total} {self.noun}{share}"
+
+    def _bar(self) -> str:
+        width = 30
+        filled = width * self.done // self.total if self.total else width
+        return f"[{'#' * filled}{'.' * (width - filled)}] {self._text()}"
+
+    def _write(self, text: str, ending: str = "\n") -> None:
+        self.stream.write(text, style_func=lambda plain: plain, ending=ending)
+        self.stream.flush()
