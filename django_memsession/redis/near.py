@@ -269,6 +269,11 @@ class NearCache:
             pending = getattr(sock, "pending", None)  # TLS: bytes decrypted but not yet read
             if len(data) < 65536 and not (pending and pending()):
                 break
+        self._invalidate_buffered()
+
+    def _invalidate_buffered(self) -> None:
+        """Apply every complete message read so far (lock held); a message cut short waits in
+        the buffer for the rest of its bytes."""
         try:
             messages = list(parse_resp(self._buffer))
         except ValueError:

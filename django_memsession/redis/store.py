@@ -139,7 +139,6 @@ class UpdateResult(Enum):
 
 # The update script's answers (a dict lookup costs a tenth of Enum's own call).
 RESULTS = {result.value: result for result in UpdateResult}
-STORED_VALUES = (UpdateResult.STORED.value, UpdateResult.RESTORED.value)
 
 
 class Loaded:
@@ -295,10 +294,11 @@ class RedisStore:
             _unavailable(exc)
         now = self.clock()
         loaded = unpack(record, now)
-        if ticket is not None:
-            self._fill_from_load(near, ticket, record, loaded)  # type: ignore[arg-type]
-        elif near is not None and near.due():
-            near.connect()  # Redis has just answered: register tracking again
+        if near is not None:
+            if ticket is not None:
+                self._fill_from_load(near, ticket, record, loaded)
+            if near.due():
+                near.connect()  # Redis has just answered: register tracking again
         self._count(loaded is not None)
         if loaded is not None and record[0] == PROBATION_BYTE:
             self._promote_once(key, loaded, now)
@@ -357,13 +357,15 @@ class RedisStore:
         """
         args = self._update_args(payload, expires_at, ttl_ms, full_ttl_ms, may_restore)
         key = self.prefix + session_key.encode()
-        # Kept in L1 only if stored settled: a record sent on probation may have been stored
-        # settled or not (the script decides), so its next load asks Redis.
-        keep = args[0] if ttl_ms >= full_ttl_ms else None
+        # Not kept in L1: Redis 7.0 applies NOLOOP to the connection that sent a command, not
+        # to the writes of a script it runs, so this write comes back to us as an invalidation
+        # like anyone else's. It cannot be told apart from another process's write of the same
+        # key in the same event-loop turn (Redis sends one message for both), so the copy goes
+        # and the next load asks Redis.
         result = self._write(
             session_key,
             lambda run: self._evalsha(self._update, key, *args, run=run),
-            lambda reply: (keep if reply in STORED_VALUES else None, expires_at),
+            lambda reply: (None, expires_at),
         )
         return RESULTS[result]
 
@@ -523,10 +525,11 @@ class RedisStore:
             _unavailable(exc)
         now = self.clock()
         loaded = unpack(record, now)
-        if ticket is not None:
-            self._fill_from_load(near, ticket, record, loaded)  # type: ignore[arg-type]
-        elif near is not None and near.due():
-            _connect_off_loop(near)
+        if near is not None:
+            if ticket is not None:
+                self._fill_from_load(near, ticket, record, loaded)
+            if near.due():
+                _connect_off_loop(near)
         self._count(loaded is not None)
         if loaded is not None and record[0] == PROBATION_BYTE:
             try:
