@@ -14,10 +14,10 @@ from django_session_suite import django_session_test_cases
 
 pytest.importorskip("redis")
 
-from test_redis_engine import *  # noqa: E402, F403 - the engine's tests, run again here
+from test_redis_engine import *  # noqa: F403 - the engine's tests, run again here
 
-from django_memsession.redis.engine import SessionStore  # noqa: E402
-from django_memsession.redis.store import get_store  # noqa: E402
+from django_memsession.redis.engine import SessionStore
+from django_memsession.redis.store import get_store
 
 # A load of a settled session is a GET without a near cache; with one, the session just saved
 # is in L1 and the load makes no round trip (test_a_load_that_finds_a_valid_copy_makes_no_...).

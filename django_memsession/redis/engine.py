@@ -54,6 +54,10 @@ SANE_AGE = 100 * 365 * 24 * 3600
 class SessionStore(SessionBase):
     """The session engine: ``SESSION_ENGINE = "django_memsession.redis"``."""
 
+    # The process's Redis store. A subclass may point at another (the benchmarks run the
+    # engine with and without a near cache side by side, in one process).
+    _get_store = staticmethod(get_store)
+
     def __init__(self, session_key: str | None = None) -> None:
         # What SessionBase.__init__ does, minus import_string(SESSION_SERIALIZER) on every
         # request (about 1 µs): load() and save() use the cached codec, which follows the setting.
@@ -119,7 +123,7 @@ class SessionStore(SessionBase):
             # and no Redis call. Django's tests call load() directly on such sessions.
             return {}
         try:
-            loaded = get_store().load(session_key)
+            loaded = self._get_store().load(session_key)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -130,7 +134,7 @@ class SessionStore(SessionBase):
         if session_key is None:
             return {}  # as in load()
         try:
-            loaded = await get_store().aload(session_key)
+            loaded = await self._get_store().aload(session_key)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -161,7 +165,7 @@ class SessionStore(SessionBase):
             # Loading found no session (expired, deleted): an update of nothing, as with
             # Django's engines. Through SessionMiddleware the load comes first and save() creates.
             raise UpdateError
-        store = get_store()
+        store = self._get_store()
         payload, expires_at, ttl, full_ttl, now = self._write(store, data)
         try:
             if must_create:
@@ -192,7 +196,7 @@ class SessionStore(SessionBase):
         data = await self._aget_session(no_load=must_create)
         if self.session_key is None:
             raise UpdateError
-        store = get_store()
+        store = self._get_store()
         payload, expires_at, ttl, full_ttl, now = self._write(store, data)
         try:
             if must_create:
@@ -288,7 +292,7 @@ class SessionStore(SessionBase):
         if not self._validate_session_key(session_key):
             return False
         try:
-            return get_store().exists(session_key)
+            return self._get_store().exists(session_key)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -297,7 +301,7 @@ class SessionStore(SessionBase):
         if not self._validate_session_key(session_key):
             return False
         try:
-            return await get_store().aexists(session_key)
+            return await self._get_store().aexists(session_key)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -308,7 +312,7 @@ class SessionStore(SessionBase):
         if not self._validate_session_key(session_key):
             return
         try:
-            get_store().delete(session_key)
+            self._get_store().delete(session_key)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -319,7 +323,7 @@ class SessionStore(SessionBase):
         if not self._validate_session_key(session_key):
             return
         try:
-            await get_store().adelete(session_key)
+            await self._get_store().adelete(session_key)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
