@@ -33,6 +33,8 @@ class User:
     user: str | None = None
     stale: list[str] = field(default_factory=list)
     loads: int = 0  # requests that load the session: reads, and writes of an existing one
+    phase: str = ""  # where in the run, for the failure message
+    last: str = ""  # the last write, for the failure message
 
     def expect(self, base: str, key: str | None, visits: int | None, user: str | None) -> None:
         answer, _ = call(base, "/session/whoami/", key)
@@ -46,6 +48,9 @@ class User:
         """One write on one instance, then reads on the other (and on the writer)."""
         writer, reader = self.rng.sample(bases, 2)
         roll = self.rng.random()
+        self.last = (
+            f"{'make' if roll < 0.8 else 'sign-in' if roll < 0.9 else 'sign-out'} on {writer}"
+        )
         self.loads += self.key is not None and roll < 0.9
         if self.key is None or roll < 0.8:
             answer, cookie = call(writer, "/session/make/", self.key)
@@ -123,6 +128,8 @@ def test_killed_invalidation_connections_and_a_redis_restart_mid_run_show_no_sta
     with ExitStack() as stack:
         bases = two_instances(stack, control_dir, redis_url)
         run_users(users, bases, steps_each=100)
+        for user in users:
+            user.phase = "after CLIENT KILL"
         killed = invalidation_ids(redis_server)
         assert killed  # every worker that served has its own
         client = redis_server.client()
@@ -134,6 +141,7 @@ def test_killed_invalidation_connections_and_a_redis_restart_mid_run_show_no_sta
 
         redis_server.restart()  # an empty Redis: every session is gone
         for user in users:
+            user.phase = "after the restart"
             user.expect(bases[0], user.key, None, None)  # no L1 still serving a lost session
             user.key = user.visits = user.user = None
         run_users(users, bases, steps_each=100)
