@@ -94,6 +94,67 @@ def _scale_lines(scale: dict[str, Any]) -> list[str]:
             f"{flood['max_accounted'] / flood['budget']:.4f}; "
             f"**{flood['peak_rss_growth_vs_budget']:.2f}x** | ≤ 1; ≤ 1.3x |"
         )
+    snap = scale.get("snapshot")
+    if snap:
+        waits, cycle = snap["request_wait_ms"], snap["cycle"]
+        lines += [
+            f"| snapshot of {snap['sessions']:,} sessions vs creating them | "
+            f"{snap['snapshot_seconds']:.2f} vs {snap['create_seconds']:.2f} s: "
+            f"**{snap['snapshot_vs_create']:.2f}x** | ≤ 0.3x |",
+            f"| a concurrent request's wait during that snapshot, p50 / p99 / max | "
+            f"{waits['p50']:.3f} / **{waits['p99']:.3f}** / **{waits['max']:.3f}** ms "
+            "| p99 ≤ 5 ms, max ≤ 20 ms |",
+            f"| restore of that file at start vs creating them | "
+            f"{snap['restore_seconds']:.2f} s: **{snap['restore_vs_create']:.2f}x**; accounted "
+            f"bytes {'=' if snap['restored_accounting_equals_asizeof'] else '≠'} asizeof "
+            "| ≤ 0.3x; = |",
+            f"| snapshot file size vs the store's accounted bytes | "
+            f"**{snap['file_vs_accounted']:.2f}x** | ≤ 1.2x |",
+            f"| load-modify-save with snapshots on vs off (journaled once per snapshot) | "
+            f"{cycle['on']['median']:.1f} vs {cycle['off']['median']:.1f} µs: "
+            f"**{cycle['steady_ratio']:.2f}x** | ≤ 1.1x |",
+            f"| the first save of a session after a snapshot began (one journal write) | "
+            f"{cycle['on first']['median']:.1f} vs {cycle['off first']['median']:.1f} µs: "
+            f"{cycle['first_write_ratio']:.2f}x | |",
+        ]
+    return lines
+
+
+def _users(quick: bool) -> dict[str, Any]:
+    command = [sys.executable, "-m", "benchmarks.users", *(["--quick"] if quick else [])]
+    output = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def _users_lines(users: dict[str, Any]) -> list[str]:
+    cycle, memory, lookup = users["load_modify_save"], users["memory"], users["user_sessions"]
+    per_call = lookup["us_per_call"]
+    lines = ["| measure | figure | target |", "|---|---|---|"]
+    for clock, label in (
+        ("real clock", "real clock"),
+        ("every load a new second", "every load notes a new second (worst case)"),
+    ):
+        figures = cycle[clock]
+        lines.append(
+            f"| load-modify-save, logged in vs anonymous ({cycle['payload_bytes']} B), {label} | "
+            f"{figures['logged in']['median']:.1f} vs {figures['anonymous']['median']:.1f} µs: "
+            f"**{figures['ratio']:.3f}x** (median of paired rounds) | ≤ 1.05x |"
+        )
+    lines += [
+        f"| memory per logged-in session, one per user ({memory['sessions']:,}): index + facts "
+        f"| {memory['index_per_session']:.1f} + {memory['facts_per_session']:.1f} = "
+        f"**{memory['per_logged_in_session']:.1f} B** | ≤ 160 B |",
+        "| index memory of anonymous sessions | "
+        f"{memory['anonymous_index_bytes_growth']} B | 0 B |",
+        f"| a user's {lookup['sessions_per_user']} sessions as records, {lookup['sessions']:,} "
+        f"sessions of {lookup['users']:,} users: store vs plain dict + records | "
+        f"{per_call['store 1M']['median']:.1f} vs {per_call['plain dict']['median']:.1f} µs: "
+        f"**{lookup['vs_plain_dict']:.2f}x** | ≤ 2x |",
+        f"| the same in a store of 10,000 sessions (O(their sessions), not of the store) | "
+        f"{per_call['store 10k']['median']:.1f} µs: {lookup['vs_small_store']:.2f}x | ≈ 1x |",
+    ]
     return lines
 
 
@@ -119,12 +180,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument(
         "--only",
-        choices=["engines", "scale", "http", "redis", "redis-http"],
+        choices=["engines", "scale", "users", "http", "redis", "redis-http"],
         action="append",
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args()
-    parts = args.only or ["engines", "scale", "http", "redis", "redis-http"]
+    parts = args.only or ["engines", "scale", "users", "http", "redis", "redis-http"]
     uses_redis = "redis" in parts or "redis-http" in parts
     redis_server = redis_engines.RedisServer() if uses_redis else None
     setup_django(**(redis_engines.settings(redis_server.url) if redis_server else {}))
@@ -140,6 +201,7 @@ def main() -> None:
         report["scale"] = {
             "save": _scale("save", quick=args.quick),
             "prune": _scale("prune", quick=args.quick),
+            "snapshot": _scale("snapshot", quick=args.quick),
             "flood": {
                 "request path only": _scale("flood", "0", quick=args.quick),
                 "pruner pass every 100k": _scale("flood", "100000", quick=args.quick),
@@ -153,6 +215,10 @@ def main() -> None:
             },
         }
         print("\n".join(_scale_lines(report["scale"])), flush=True)
+    if "users" in parts:
+        print("users: who is logged in (a fresh process; same-run ratios)", flush=True)
+        report["users"] = _users(args.quick)
+        print("\n".join(_users_lines(report["users"])), flush=True)
     if "http" in parts:
         print("http: gunicorn and wrk on 127.0.0.1, median over interleaved rounds", flush=True)
         report["http"] = http.run(args.quick)

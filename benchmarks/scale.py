@@ -9,6 +9,10 @@
   bare dict of JSON strings, and accounted bytes vs tracemalloc.
 - ``flood <prune_every>``: 1M new sessions into a 32 MiB budget, with a pruner pass every so many
   sessions (0: none): accounted bytes over time, RSS growth.
+- ``snapshot``: 1M sessions created through ``SessionStore``, then written to a snapshot (while a
+  request thread measures its waits for the lock) and restored into a fresh store, both against
+  the time it took to create them; the file's size against the store's; and load-modify-save
+  with the journal on against off, interleaved.
 """
 
 from __future__ import annotations
@@ -237,6 +241,148 @@ def measure_flood(quick: bool, prune_every: int) -> dict[str, Any]:
     }
 
 
+def measure_snapshot(quick: bool) -> dict[str, Any]:
+    setup_django()
+    from pathlib import Path
+
+    from pympler import asizeof
+
+    import django_memsession
+    from django_memsession import runtime
+    from django_memsession.snapshotter import Snapshotter
+    from django_memsession.store import MemoryStore
+
+    from .common import WORKDIR
+
+    count = 100_000 if quick else 1_000_000
+    payload = make_session(300)
+    started = time.perf_counter()
+    keys = []
+    for _ in range(count):
+        session = django_memsession.SessionStore()
+        session.update(payload)
+        session.save()
+        keys.append(session.session_key)
+    create_seconds = time.perf_counter() - started
+    store = runtime.get_store()
+    path = Path(WORKDIR) / "sessions.snapshot"
+    writer = Snapshotter(store, path)
+    store.on_journal = writer.journal_write
+    writer.restore()  # claims the (absent) file and starts journaling
+
+    waits: list[float] = []
+    stop = threading.Event()
+    live = keys[len(keys) // 2]
+
+    def request_thread() -> None:
+        while not stop.is_set():
+            began = time.perf_counter()
+            store.get(live)
+            waits.append(time.perf_counter() - began)
+            time.sleep(0.0005)
+
+    thread = threading.Thread(target=request_thread)
+    thread.start()
+    written = writer.write("benchmark")
+    stop.set()
+    thread.join()
+    waits.sort()
+    accounted = store.stats()["bytes"]
+    writer.shutdown()  # a final snapshot and the claim released, as at exit
+    size = path.stat().st_size
+
+    fresh = MemoryStore(runtime.conf.limits())
+    reader = Snapshotter(fresh, path)
+    fresh.on_journal = reader.journal_write
+    began = time.perf_counter()
+    restored = reader.restore()
+    restore_seconds = time.perf_counter() - began
+    assert restored is not None
+    exact = fresh.stats()["bytes"] == asizeof.asizeof(*fresh.containers())
+    reader.shutdown()
+
+    cycle = _journal_cycle(quick)
+    return {
+        "sessions": count,
+        "create_seconds": create_seconds,
+        "snapshot_seconds": written.duration,
+        "snapshot_vs_create": written.duration / create_seconds,
+        "request_wait_ms": {
+            "p50": waits[len(waits) // 2] * 1000,
+            "p99": waits[int(len(waits) * 0.99)] * 1000,
+            "max": waits[-1] * 1000,
+            "samples": len(waits),
+        },
+        "restore_seconds": restore_seconds,
+        "restore_vs_create": restore_seconds / create_seconds,
+        "restored": restored.sessions,
+        "restored_accounting_equals_asizeof": exact,
+        "file_bytes": size,
+        "accounted_bytes": accounted,
+        "file_vs_accounted": size / accounted,
+        "cycle": cycle,
+    }
+
+
+def _journal_cycle(quick: bool) -> dict[str, Any]:
+    """Load-modify-save with snapshots (the journal) on against off, interleaved: the steady
+    state (a session saved again within a snapshot interval: journaled once), and the first
+    write of each session after a snapshot began (one ``write()`` to the journal each)."""
+    from pathlib import Path
+
+    import django_memsession
+    from django_memsession import runtime
+    from django_memsession.snapshotter import Snapshotter
+    from django_memsession.store import MemoryStore
+
+    from .common import WORKDIR
+
+    payload = make_session(300)
+    stores: dict[str, MemoryStore] = {}
+    writers: dict[str, Snapshotter] = {}
+    keys: dict[str, list[str]] = {}
+    for label in ("off", "on"):
+        store = MemoryStore(runtime.conf.limits())
+        runtime._store = store
+        keys[label] = []
+        for _ in range(20_000):
+            session = django_memsession.SessionStore()
+            session.update(payload)
+            session.save()
+            keys[label].append(session.session_key)
+        if label == "on":
+            writer = Snapshotter(store, Path(WORKDIR) / "cycle.snapshot")
+            store.on_journal = writer.journal_write
+            writer.restore()
+            writers[label] = writer
+        stores[label] = store
+    samples: dict[str, list[float]] = {"off": [], "on": [], "off first": [], "on first": []}
+    for round_number in range(5 if quick else 20):
+        for label in ("off", "on"):
+            runtime._store = stores[label]
+            # A new epoch (as when a snapshot begins): the next write of each session is its
+            # first in it, and is journaled; later ones are not.
+            if label == "on":
+                writers[label]._begin_epoch(stores[label].epoch + 1)
+            fresh = keys[label][1000 + round_number * 900 : 1000 + (round_number + 1) * 900]
+            visited = keys[label][:997]
+
+            def save(i: int, sessions: list[str]) -> None:
+                session = django_memsession.SessionStore(sessions[i % len(sessions)])
+                session["n"] = i
+                session.save()
+
+            samples[f"{label} first"].append(time_batch(lambda i, f=fresh: save(i, f), 900))
+            for i in range(len(visited)):  # their first write in this epoch, not timed
+                save(i, visited)
+            samples[label].append(time_batch(lambda i, v=visited: save(i, v), 2000))
+    writers["on"].shutdown()
+    result = {label: summary(values) for label, values in samples.items()}
+    result["steady_ratio"] = result["on"]["median"] / result["off"]["median"]
+    result["first_write_ratio"] = result["on first"]["median"] / result["off first"]["median"]
+    return result
+
+
 def main(argv: list[str]) -> None:
     measure, quick = argv[0], "--quick" in argv
     if measure == "memory":
@@ -244,7 +390,9 @@ def main(argv: list[str]) -> None:
     elif measure == "flood":
         result = measure_flood(quick, int(argv[1]))
     else:
-        result = {"save": measure_save, "prune": measure_prune}[measure](quick)
+        result = {"save": measure_save, "prune": measure_prune, "snapshot": measure_snapshot}[
+            measure
+        ](quick)
     print(json.dumps(result))
 
 

@@ -6,17 +6,23 @@ and admin page.
 """
 
 from .engine import SessionStore
+from .everywhere import end_session, end_user_sessions, user_sessions
 from .exceptions import SessionTooLarge
+from .messages import UserSession
 from .runtime import clear, prune, snapshot, start_pruner, stats, stop_pruner
 
 __all__ = [
     "SessionStore",
     "SessionTooLarge",
+    "UserSession",
     "clear",
+    "end_session",
+    "end_user_sessions",
     "prune",
     "snapshot",
     "start_pruner",
     "stats",
     "stop_pruner",
+    "user_sessions",
 ]
 __version__ = "0.1.0"

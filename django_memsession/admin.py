@@ -1,4 +1,6 @@
-"""The admin stats page: every live process's store at a glance, its history, "Prune now".
+"""The admin stats page: every live process's store at a glance, its history, "Prune now"; a
+user's sessions across processes (find, end one, end all); and the "Log out everywhere" action on
+the admin's user list.
 
 The page lives where the admin puts the (table-less) ``Stats`` model's changelist,
 ``/admin/django_memsession/stats/``, so it is listed on the admin index and guarded by the
@@ -12,19 +14,23 @@ from __future__ import annotations
 
 import datetime
 from typing import Any
+from urllib.parse import urlencode
 
 from django.contrib import admin, messages
-from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.contrib.auth import get_user_model
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from . import runtime
+from . import everywhere, runtime
+from .logged_in import user_id
 from .messages import Gathered, ProcessReport, Sample, split_warning
 from .models import Stats
+from .pages import session_row
 
 PLOT_WIDTH, PLOT_HEIGHT = 640, 160
 PLOT_MARGIN_LEFT, PLOT_MARGIN_RIGHT, PLOT_MARGIN_Y = 70, 60, 14
@@ -65,6 +71,7 @@ def process_row(report: ProcessReport) -> dict[str, Any]:
         "uptime": report.uptime,
         "uptime_display": _duration(report.uptime),
         "entries": stats.entries,
+        "users": stats.users,
         "bytes": stats.bytes,
         "max_bytes": max_bytes,
         "low_water_bytes": stats.low_water_bytes,
@@ -130,7 +137,17 @@ def snapshot_row(report: ProcessReport) -> dict[str, Any] | None:
 def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summed = {
         key: sum(row[key] for row in rows)
-        for key in ("entries", "bytes", "max_bytes", "hits", "misses", "evictions", "expired")
+        # users: summed, so a user logged in in two processes counts twice
+        for key in (
+            "entries",
+            "users",
+            "bytes",
+            "max_bytes",
+            "hits",
+            "misses",
+            "evictions",
+            "expired",
+        )
     }
     summed["hit_ratio"] = _ratio(summed["hits"], summed["hits"] + summed["misses"])
     summed["used_percent"] = (
@@ -200,6 +217,8 @@ class StatsAdmin(admin.ModelAdmin):
             path("", wrap(self.stats_view), name=f"{prefix}_changelist"),
             path("json/", wrap(self.json_view), name=f"{prefix}_json"),
             path("prune/", wrap(self.prune_view), name=f"{prefix}_prune"),
+            path("users/", wrap(self.user_view), name=f"{prefix}_user"),
+            path("users/end/", wrap(self.end_view), name=f"{prefix}_end"),
         ]
 
     def _gather(self, request: HttpRequest) -> tuple[Gathered, list[dict[str, Any]]]:
@@ -226,6 +245,7 @@ class StatsAdmin(admin.ModelAdmin):
             "can_prune": self.has_change_permission(request),
             "prune_url": reverse(f"{self.admin_site.name}:django_memsession_stats_prune"),
             "json_url": reverse(f"{self.admin_site.name}:django_memsession_stats_json"),
+            "user_url": reverse(f"{self.admin_site.name}:django_memsession_stats_user"),
             "now": timezone.now(),
         }
         request.current_app = self.admin_site.name
@@ -281,3 +301,97 @@ class StatsAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(
             reverse(f"{self.admin_site.name}:django_memsession_stats_changelist")
         )
+
+    # -- a user's sessions ---------------------------------------------------------------------
+
+    def user_view(self, request: HttpRequest) -> HttpResponse:
+        """Find a user (username or primary key) and list their sessions in every process."""
+        if not self.has_view_or_change_permission(request):
+            raise PermissionDenied
+        query = request.GET.get("q", "").strip()
+        user = find_user(query) if query else None
+        sessions = everywhere.user_sessions(user) if user is not None else []
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"Sessions of {user}" if user is not None else "Find a user's sessions",
+            "subtitle": None,
+            "opts": self.opts,
+            "app_label": self.opts.app_label,
+            "query": query,
+            "found": user,
+            "found_pk": None if user is None else user_id(user),
+            "sessions": [session_row(record, None) for record in sessions],
+            "can_end": self.has_change_permission(request),
+            "end_url": reverse(f"{self.admin_site.name}:django_memsession_stats_end"),
+            "stats_url": reverse(f"{self.admin_site.name}:django_memsession_stats_changelist"),
+        }
+        request.current_app = self.admin_site.name
+        return TemplateResponse(request, "django_memsession/admin_user_sessions.html", context)
+
+    def end_view(self, request: HttpRequest) -> HttpResponse:
+        return require_POST(self._end)(request)
+
+    def _end(self, request: HttpRequest) -> HttpResponse:
+        if not self.has_change_permission(request):
+            raise PermissionDenied
+        user = find_user(request.POST.get("user", ""), by_pk_only=True)
+        if user is None:
+            raise Http404("No such user.")
+        uid = user_id(user)
+        keep = request.session if user_id(request.user) == uid else None
+        session = request.POST.get("session")
+        if session:
+            ended = everywhere.end_session(user, session, by=request.user, reason="admin")
+        else:
+            ended = everywhere.end_user_sessions(user, keep=keep, by=request.user, reason="admin")
+        messages.success(request, f"Ended {ended} session(s) of {user}.")
+        url = reverse(f"{self.admin_site.name}:django_memsession_stats_user")
+        return HttpResponseRedirect(f"{url}?{urlencode({'q': uid})}")
+
+
+def find_user(query: str, *, by_pk_only: bool = False) -> Any:
+    """The user whose username (or, failing that, primary key) is ``query``; None if none."""
+    model = get_user_model()
+    manager = model._default_manager
+    if not by_pk_only:
+        try:
+            return manager.get_by_natural_key(query)
+        except (model.DoesNotExist, ValueError, TypeError):
+            pass
+    try:
+        return manager.filter(pk=query).first()
+    except (ValueError, TypeError, ValidationError):
+        return None
+
+
+# -- "Log out everywhere" on the admin's user list -------------------------------------------------
+
+
+@admin.action(description="Log out everywhere", permissions=["change"])
+def logout_everywhere(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: Any) -> None:
+    """End every session of each selected user in every process (but the admin's own current
+    session, if they selected themselves)."""
+    me = user_id(request.user)
+    ended = users = 0
+    for user in queryset:
+        keep = request.session if user_id(user) == me else None
+        ended += everywhere.end_user_sessions(user, keep=keep, by=request.user, reason="admin")
+        users += 1
+    modeladmin.message_user(
+        request, f"Ended {ended} session(s) of {users} user(s) in every process."
+    )
+
+
+def add_logout_everywhere(site: admin.AdminSite | None = None) -> bool:
+    """Add "Log out everywhere" to the actions of whatever admin class is registered for the
+    user model (Django's ``UserAdmin`` or a project's own); whether it was added. Called from
+    ``apps.ready()``: list ``django_memsession`` after the app that registers the user admin.
+    An admin class with ``actions = None`` (actions off) is left alone."""
+    site = site or admin.site
+    model_admin = site._registry.get(get_user_model())
+    if model_admin is None or model_admin.actions is None:
+        return False
+    actions = list(model_admin.actions)
+    if logout_everywhere not in actions:
+        model_admin.actions = [*actions, logout_everywhere]
+    return True

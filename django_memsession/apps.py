@@ -1,6 +1,14 @@
+from typing import Any
+
 from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
+
+
+def _request_started(**kwargs: Any) -> None:
+    from .engine import current_session
+
+    current_session.set(None)  # a thread serves many requests: none of the last one's session
 
 
 class MemsessionConfig(AppConfig):
@@ -25,3 +33,28 @@ class MemsessionConfig(AppConfig):
             # it (runserver, plain processes); ready() runs in the main thread, where a handler
             # can be installed.
             runtime.install_signal_handlers()
+            self._connect_user_signals()
+
+    def _connect_user_signals(self) -> None:
+        """Who is logged in: the client at login, the other sessions' end after a password
+        change, and "Log out everywhere" on the admin's user list."""
+        from django.apps import apps
+        from django.contrib.auth import get_user_model
+        from django.contrib.auth.signals import user_logged_in
+        from django.core.signals import request_started
+        from django.db.models.signals import post_save
+
+        from .clients import note_login
+        from .password import on_user_saved
+
+        if not apps.is_installed("django.contrib.auth"):
+            return
+        user_logged_in.connect(note_login, dispatch_uid="django_memsession.clients")
+        post_save.connect(
+            on_user_saved, sender=get_user_model(), dispatch_uid="django_memsession.password"
+        )
+        request_started.connect(_request_started, dispatch_uid="django_memsession.current")
+        if apps.is_installed("django.contrib.admin"):
+            from .admin import add_logout_everywhere
+
+            add_logout_everywhere()

@@ -29,11 +29,23 @@ class SessionBackend(Protocol):
         """Whether a live session has this key; no change of recency."""
 
     def put(
-        self, key: str, payload: bytes, expires_at: float, *, authenticated: bool, create: bool
+        self,
+        key: str,
+        payload: bytes,
+        expires_at: float,
+        *,
+        authenticated: bool,
+        create: bool,
+        user: str | None = None,
+        client: str | None = None,
     ) -> PutResult:
         """Store a session: ``EXISTS`` for a create of a present key, ``MISSING`` for an update
         of a deleted one (a logout is never undone), ``RESTORED`` for an update of an evicted
-        one (eviction is not logout)."""
+        one (eviction is not logout). A logged-in session is indexed under ``user`` (Django's
+        ``_auth_user_id``), with ``client`` (opaque text; None keeps the one noted)."""
+
+    def note_client(self, key: str, client: str) -> bool:
+        """Note a logged-in session's client if it changed; whether it did."""
 
     def delete(self, key: str) -> bool:
         """Remove a session for good; whether it was there."""
@@ -43,7 +55,15 @@ class SessionBackend(Protocol):
     async def aexists(self, key: str) -> bool: ...
 
     async def aput(
-        self, key: str, payload: bytes, expires_at: float, *, authenticated: bool, create: bool
+        self,
+        key: str,
+        payload: bytes,
+        expires_at: float,
+        *,
+        authenticated: bool,
+        create: bool,
+        user: str | None = None,
+        client: str | None = None,
     ) -> PutResult: ...
 
     async def adelete(self, key: str) -> bool: ...

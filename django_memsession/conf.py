@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.utils.module_loading import import_string
 
+from .dirs import dir_problem
 from .sizing import format_size, parse_size
 from .store import Limits
 
@@ -69,6 +73,26 @@ class MemsessionSettings:
     @property
     def SNAPSHOT_INTERVAL(self) -> Any:
         return getattr(settings, "MEMSESSION_SNAPSHOT_INTERVAL", DEFAULT_SNAPSHOT_INTERVAL)
+
+    @property
+    def MAX_SESSIONS(self) -> Any:
+        return getattr(settings, "MEMSESSION_MAX_SESSIONS", None)
+
+    @property
+    def MAX_SESSIONS_PER_USER(self) -> Any:
+        return getattr(settings, "MEMSESSION_MAX_SESSIONS_PER_USER", None)
+
+    @property
+    def TRACK_CLIENTS(self) -> Any:
+        return getattr(settings, "MEMSESSION_TRACK_CLIENTS", False)
+
+    @property
+    def CLIENT_IP(self) -> Any:
+        return getattr(settings, "MEMSESSION_CLIENT_IP", None)
+
+    @property
+    def END_SESSIONS_ON_PASSWORD_CHANGE(self) -> Any:
+        return getattr(settings, "MEMSESSION_END_SESSIONS_ON_PASSWORD_CHANGE", True)
 
 
 conf = MemsessionSettings()
@@ -189,6 +213,86 @@ def problems() -> list[Problem]:
             )
         )
     found += _snapshot_problems()
+    found += _user_problems()
+    return found
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+# A header as Django puts it in request.META: HTTP_X_FORWARDED_FOR, or REMOTE_ADDR itself.
+_META_NAME = re.compile(r"^(REMOTE_ADDR|HTTP_[A-Z0-9_]+)$")
+
+
+def client_ip_problem(value: object) -> str | None:
+    """Why ``MEMSESSION_CLIENT_IP`` is not usable, or None. A header name is taken as written;
+    a dotted path must import and be callable."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value.strip():
+        return "is not a string"
+    if _META_NAME.match(value):
+        return None
+    if "." not in value:
+        return "is neither a request.META name (e.g. 'HTTP_X_FORWARDED_FOR') nor a dotted path"
+    try:
+        found = import_string(value)
+    except ImportError as exc:
+        return f"does not import ({exc})"
+    if not callable(found):
+        return "is not callable"
+    return None
+
+
+def _user_problems() -> list[Problem]:
+    found: list[Problem] = []
+    for name, hint in (
+        (
+            "MAX_SESSIONS",
+            "Write a whole number of sessions (at least 1), e.g. MEMSESSION_MAX_SESSIONS = "
+            "100_000, or None (the default) for no cap beside MEMSESSION_MAX_SIZE.",
+        ),
+        (
+            "MAX_SESSIONS_PER_USER",
+            "Write a whole number of sessions (at least 1), e.g. "
+            "MEMSESSION_MAX_SESSIONS_PER_USER = 5, or None (the default) for no limit.",
+        ),
+    ):
+        value = getattr(conf, name)
+        if value is not None and not _is_count(value):
+            found.append(
+                Problem(
+                    "memsession.E013" if name == "MAX_SESSIONS" else "memsession.E014",
+                    f"MEMSESSION_{name} = {value!r} is not a number of sessions.",
+                    hint,
+                )
+            )
+    for name, id_, default in (
+        ("TRACK_CLIENTS", "memsession.E015", "False"),
+        ("END_SESSIONS_ON_PASSWORD_CHANGE", "memsession.E017", "True"),
+    ):
+        value = getattr(conf, name)
+        if not isinstance(value, bool):
+            found.append(
+                Problem(
+                    id_,
+                    f"MEMSESSION_{name} = {value!r} is not True or False.",
+                    f"Write MEMSESSION_{name} = True or False (the default is {default}).",
+                )
+            )
+    problem = client_ip_problem(conf.CLIENT_IP)
+    if problem is not None:
+        found.append(
+            Problem(
+                "memsession.E016",
+                f"MEMSESSION_CLIENT_IP = {conf.CLIENT_IP!r} {problem}.",
+                "Write None (the default: REMOTE_ADDR), the request.META name of a header your "
+                "proxy sets, e.g. 'HTTP_X_FORWARDED_FOR' (its last address is taken: the one "
+                "your proxy saw), or the dotted path of a function taking the request and "
+                "returning the address as a string.",
+            )
+        )
     return found
 
 
@@ -214,9 +318,7 @@ def _snapshot_problems() -> list[Problem]:
             )
         else:
             directory = os.path.dirname(os.fspath(path))
-            try:
-                mode = os.stat(directory).st_mode
-            except OSError:
+            if not os.path.isdir(directory):
                 found.append(
                     Problem(
                         "memsession.E011",
@@ -226,15 +328,16 @@ def _snapshot_problems() -> list[Problem]:
                     )
                 )
             else:
-                if mode & 0o022:
+                problem = dir_problem(Path(directory), forbidden=0o022)
+                if problem is not None:
                     found.append(
                         Problem(
                             "memsession.E011",
-                            f"The directory of MEMSESSION_SNAPSHOT_PATH ({directory}) is "
-                            "writable by other users.",
-                            "The snapshot holds session keys (credentials): anyone who can "
-                            "write in its directory can replace or remove it. Use a directory "
-                            f"only this user can write (chmod go-w {directory}, or 0700).",
+                            f"The directory of MEMSESSION_SNAPSHOT_PATH will not do: {problem}.",
+                            "The snapshot holds session keys (credentials): nobody but the "
+                            "user the server runs as may write in its directory, or they could "
+                            f"replace or remove it. Use a directory of that user's (chmod go-w "
+                            f"{directory}, or 0700).",
                         )
                     )
     interval = conf.SNAPSHOT_INTERVAL
@@ -280,6 +383,8 @@ def limits() -> Limits:
         max_bytes=max_bytes,
         max_session_bytes=max_session_bytes,
         low_water=float(conf.LOW_WATER),
+        max_sessions=conf.MAX_SESSIONS,
+        max_sessions_per_user=conf.MAX_SESSIONS_PER_USER,
     )
 
 

@@ -33,7 +33,6 @@ import hashlib
 import os
 import secrets
 import socket
-import stat
 import struct
 import tempfile
 import threading
@@ -44,6 +43,7 @@ from pathlib import Path
 from django.utils.crypto import constant_time_compare, salted_hmac
 
 from . import conf
+from .dirs import dir_problem as private_dir_problem
 from .messages import (
     COMMANDS,
     Gathered,
@@ -83,6 +83,8 @@ PRUNE_TIMEOUT = 30.0
 MAX_SOCKET_PATH = 100
 
 Handler = Callable[[Request], ProcessReport]
+# A request's fields beyond command and dry_run (see messages.Request): user, offset, ...
+Fields = dict[str, str | int | None]
 
 
 class ChannelError(Exception):
@@ -132,29 +134,8 @@ def socket_path(pid: int) -> Path:
 
 
 def dir_problem(directory: Path, *, create: bool) -> str | None:
-    """Why ``directory`` cannot hold control sockets, or None when it can.
-
-    It must be a directory owned by this user and closed to others (0700). Checked with
-    ``lstat`` first: a symlink is followed only if this user owns it, so nobody else can point
-    the channel elsewhere.
-    """
-    uid = os.getuid()
-    try:
-        if create:
-            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        link = directory.lstat()
-        if stat.S_ISLNK(link.st_mode) and link.st_uid != uid:
-            return f"{directory} is a symlink owned by another user"
-        info = directory.stat()
-    except OSError as exc:
-        return f"cannot use {directory} ({exc.strerror})"
-    if not stat.S_ISDIR(info.st_mode):
-        return f"{directory} is not a directory"
-    if info.st_uid != uid:
-        return f"{directory} belongs to another user"
-    if stat.S_IMODE(info.st_mode) & 0o077:
-        return f"{directory} is open to other users (mode {stat.S_IMODE(info.st_mode):o}; 0700)"
-    return None
+    """Why ``directory`` cannot hold control sockets (it must be this user's, 0700), or None."""
+    return private_dir_problem(directory, create=create, forbidden=0o077)
 
 
 # -- frames ------------------------------------------------------------------------------------
@@ -169,16 +150,23 @@ def frame(mac: bytes, body: bytes) -> bytes:
 
 
 def make_request(command: str, *, dry_run: bool = False, sent_at: float | None = None) -> bytes:
-    """A signed request frame, and (for tests) the request it holds."""
+    """A signed request frame (for tests, and for clients that frame requests themselves)."""
     return sign_request(new_request(command, dry_run=dry_run, sent_at=sent_at))
 
 
-def new_request(command: str, *, dry_run: bool = False, sent_at: float | None = None) -> Request:
+def new_request(
+    command: str,
+    *,
+    dry_run: bool = False,
+    sent_at: float | None = None,
+    fields: Fields | None = None,
+) -> Request:
     return Request(
         command=command,
         sent_at=time.time() if sent_at is None else sent_at,
         nonce=secrets.token_hex(16),
         dry_run=dry_run,
+        **(fields or {}),
     )
 
 
@@ -260,17 +248,36 @@ def _recv_exact(conn: socket.socket, size: int, deadline: float) -> bytes:
     return b"".join(chunks)
 
 
+def _connect(conn: socket.socket, path: Path, deadline: float) -> None:
+    """Connect, trying again while the listener's backlog is full (EAGAIN: it is busy, not
+    gone) until the deadline."""
+    while True:
+        conn.settimeout(max(0.001, deadline - time.monotonic()))
+        try:
+            conn.connect(str(path))
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise TimeoutError from None
+            time.sleep(0.01)
+
+
 def request(
-    path: Path, command: str, *, dry_run: bool = False, timeout: float = REPORT_TIMEOUT
+    path: Path,
+    command: str,
+    *,
+    dry_run: bool = False,
+    timeout: float = REPORT_TIMEOUT,
+    fields: Fields | None = None,
 ) -> ProcessReport:
     """Ask one process; its report. Raises :class:`ChannelError` (never anything else for what
     the process or the socket does), within ``timeout`` seconds in all."""
-    message = new_request(command, dry_run=dry_run)
+    message = new_request(command, dry_run=dry_run, fields=fields)
     deadline = time.monotonic() + timeout
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(timeout)
-            conn.connect(str(path))
+            _connect(conn, path, deadline)
+            conn.settimeout(max(0.001, deadline - time.monotonic()))
             conn.sendall(sign_request(message))
             (length,) = FRAME.unpack(_recv_exact(conn, FRAME.size, deadline))
             if not MAC_SIZE <= length <= MAX_REPLY_BYTES:
@@ -328,6 +335,7 @@ def fan_out(
     dry_run: bool = False,
     timeout: float = REPORT_TIMEOUT,
     local: Handler | None = None,
+    fields: Fields | None = None,
 ) -> Gathered:
     """Ask every live process of this project at once (and this one through ``local``), and
     return within ``timeout`` seconds however many of them hang.
@@ -339,7 +347,7 @@ def fan_out(
         raise ValueError(f"unknown command {command!r}; expected one of {COMMANDS}")
     gathered = Gathered(channel_on=enabled(), searched=str(control_dir()))
     if local is not None:
-        gathered.processes.append(local(new_request(command, dry_run=dry_run)))
+        gathered.processes.append(local(new_request(command, dry_run=dry_run, fields=fields)))
     if not gathered.channel_on:
         return gathered
     problem = dir_problem(control_dir(), create=False)
@@ -352,7 +360,7 @@ def fan_out(
 
     def ask(pid: int, path: Path) -> None:
         try:
-            answers[pid] = request(path, command, dry_run=dry_run, timeout=timeout)
+            answers[pid] = request(path, command, dry_run=dry_run, timeout=timeout, fields=fields)
         except ChannelError as exc:
             answers[pid] = exc
         except Exception as exc:  # a bug must not hide the other processes' answers

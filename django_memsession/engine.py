@@ -9,114 +9,54 @@ talks to its store through the :class:`~django_memsession.backend.SessionBackend
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
-from django.conf import settings
-from django.contrib.sessions.backends.base import (
-    VALID_KEY_CHARS,
-    CreateError,
-    SessionBase,
-    UpdateError,
-)
-from django.utils.module_loading import import_string
+from django.contrib.sessions.backends.base import CreateError, UpdateError
 
 from . import runtime
 from .backend import SessionBackend
 from .exceptions import SessionTooLarge
 from .serializers import current_codec
+from .sessionbase import AUTH_SESSION_KEY, KEY_LENGTH, FastSessionBase, new_session_key
 from .store import EntryTooLarge, PutResult
+
+__all__ = ["AUTH_SESSION_KEY", "KEY_LENGTH", "SessionStore", "new_session_key"]
 
 logger = logging.getLogger("django_memsession")
 
-# django.contrib.auth.SESSION_KEY, spelled out: importing django.contrib.auth here would make the
-# engine depend on the app registry.
-AUTH_SESSION_KEY = "_auth_user_id"
+# The session the current request (thread or task) loaded last: after a password change, the one
+# that update_session_auth_hash() keeps (see password.py). Reset when each request starts.
+current_session: contextvars.ContextVar[SessionStore | None] = contextvars.ContextVar(
+    "django_memsession_current_session", default=None
+)
 
-KEY_LENGTH = 32  # of the keys this engine makes: Django's length and alphabet
 # An expiry age beyond this many seconds (about 300 years), or NaN, is checked the way Django's
 # db engine computes its expiry date, so it raises what the db engine raises.
 _PLAUSIBLE_AGE = 1e10
 
-_KEY_ALPHABET = VALID_KEY_CHARS.encode("ascii")
-_KEY_TABLE = bytes(_KEY_ALPHABET[byte % len(_KEY_ALPHABET)] for byte in range(256))
-# Bytes >= 252 (= 7 x 36) are dropped so every character is equally likely.
-_KEY_REJECT = bytes(range(256 - 256 % len(_KEY_ALPHABET), 256))
 
-
-def new_session_key() -> str:
-    """A 32-character key of ``[a-z0-9]``, like Django's, from the OS CSPRNG.
-
-    Django's ``get_random_string(32)`` costs ~20 µs (32 calls into ``secrets.choice``); this costs
-    about 1 µs with the same alphabet, length and unpredictability.
-    """
-    while True:
-        raw = os.urandom(KEY_LENGTH + 8).translate(_KEY_TABLE, _KEY_REJECT)
-        if len(raw) >= KEY_LENGTH:
-            return raw[:KEY_LENGTH].decode("ascii")
-
-
-class SessionStore(SessionBase):
+class SessionStore(FastSessionBase):
     """The session engine: ``SESSION_ENGINE = "django_memsession"``."""
 
     # The store this engine talks to; another store kind's engine overrides it.
     backend: Callable[[], SessionBackend] = staticmethod(runtime.get_store)
-
-    def __init__(self, session_key: str | None = None) -> None:
-        # What SessionBase.__init__ does, minus import_string(SESSION_SERIALIZER) on every
-        # request: load() and save() use the cached codec (which still follows the setting).
-        self._session_key = session_key
-        self.accessed = False
-        self.modified = False
-
-    @property
-    def serializer(self) -> Any:  # SessionBase.encode()/decode() use it
-        return import_string(settings.SESSION_SERIALIZER)
-
-    # SessionBase's lazy loading, without raising and catching an AttributeError on the first
-    # access of every request (about 0.4 µs, a tenth of a whole load from this store).
-
-    def _get_session(self, no_load: bool = False) -> dict[str, Any]:
-        self.accessed = True
-        cache: dict[str, Any] | None = self.__dict__.get("_session_cache")
-        if cache is None:
-            cache = self._session_cache = {} if self.session_key is None or no_load else self.load()
-        return cache
-
-    async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
-        self.accessed = True
-        cache: dict[str, Any] | None = self.__dict__.get("_session_cache")
-        if cache is None:
-            cache = self._session_cache = (
-                {} if self.session_key is None or no_load else await self.aload()
-            )
-        return cache
-
-    _session = property(_get_session)
-
-    def _validate_session_key(self, key: Any) -> bool:
-        """Only keys this engine could have made: 8-64 characters of ``[a-z0-9]``.
-
-        Anything else (overlong, non-ASCII, NUL, separators) is no session, without a lookup.
-        """
-        return isinstance(key, str) and 8 <= len(key) <= 64 and not key.strip(VALID_KEY_CHARS)
-
-    def _get_new_session_key(self) -> str:
-        # No exists() round trip: a collision of 165 random bits is caught by create() anyway.
-        return new_session_key()
-
-    async def _aget_new_session_key(self) -> str:
-        return new_session_key()
+    # The client (IP address and user agent, see clients.py) to note with the next save of a
+    # logged-in session; set at login when MEMSESSION_TRACK_CLIENTS is on. None keeps what the
+    # store has.
+    client: str | None = None
 
     # -- load ----------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
+        current_session.set(self)
         return self._decode(self.backend().get(self.session_key))
 
     async def aload(self) -> dict[str, Any]:
+        current_session.set(self)
         return self._decode(await self.backend().aget(self.session_key))
 
     def _decode(self, payload: bytes | None) -> dict[str, Any]:
@@ -149,9 +89,15 @@ class SessionStore(SessionBase):
         data = self._get_session(no_load=must_create)
         store = self.backend()
         try:
-            key, payload, expires_at, authenticated = self._put_args(store, data)
+            key, payload, expires_at, user = self._put_args(store, data)
             result = store.put(
-                key, payload, expires_at, authenticated=authenticated, create=must_create
+                key,
+                payload,
+                expires_at,
+                authenticated=user is not None,
+                create=must_create,
+                user=user,
+                client=self.client,
             )
         except EntryTooLarge as exc:
             raise self._too_large(exc) from None
@@ -164,9 +110,15 @@ class SessionStore(SessionBase):
         data = await self._aget_session(no_load=must_create)
         store = self.backend()
         try:
-            key, payload, expires_at, authenticated = self._put_args(store, data)
+            key, payload, expires_at, user = self._put_args(store, data)
             result = await store.aput(
-                key, payload, expires_at, authenticated=authenticated, create=must_create
+                key,
+                payload,
+                expires_at,
+                authenticated=user is not None,
+                create=must_create,
+                user=user,
+                client=self.client,
             )
         except EntryTooLarge as exc:
             raise self._too_large(exc) from None
@@ -175,13 +127,18 @@ class SessionStore(SessionBase):
 
     def _put_args(
         self, store: SessionBackend, data: dict[str, Any]
-    ) -> tuple[str, bytes, float, bool]:
+    ) -> tuple[str, bytes, float, str | None]:
+        """Key, payload, expiry, and the logged-in user's id as Django stores it (None:
+        anonymous)."""
         if self.session_key is None:
             # Loading found no session (expired, deleted): an update of nothing, as with
             # Django's engines. Through SessionMiddleware the load comes first and save() creates.
             raise UpdateError
         payload = current_codec().dumps(data)
-        return self.session_key, payload, self._expires_at(store, data), AUTH_SESSION_KEY in data
+        user = data.get(AUTH_SESSION_KEY)
+        if user is not None and user.__class__ is not str:
+            user = str(user)
+        return self.session_key, payload, self._expires_at(store, data), user
 
     @staticmethod
     def _too_large(exc: EntryTooLarge) -> SessionTooLarge:
@@ -200,27 +157,11 @@ class SessionStore(SessionBase):
         if result is PutResult.MISSING:
             raise UpdateError
 
-    def create(self) -> None:
-        for _ in range(100):
-            self._session_key = self._get_new_session_key()
-            try:
-                self.save(must_create=True)
-            except CreateError:
-                continue
-            self.modified = True
-            return
-        raise RuntimeError("Unable to create a new session key.")
-
-    async def acreate(self) -> None:
-        for _ in range(100):
-            self._session_key = await self._aget_new_session_key()
-            try:
-                await self.asave(must_create=True)
-            except CreateError:
-                continue
-            self.modified = True
-            return
-        raise RuntimeError("Unable to create a new session key.")
+    def note_client(self, client: str) -> None:
+        """Note a logged-in session's client now if it changed (no save of the session)."""
+        self.client = client
+        if self.session_key is not None:
+            self.backend().note_client(self.session_key, client)
 
     # -- the rest of the contract --------------------------------------------------------------
 

@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 
-from .signals import sessions_evicted, sessions_expired
+from .signals import sessions_evicted, sessions_expired, user_sessions_ended
 from .sizing import format_size
 from .store import MemoryStore, StoreEvent
 
@@ -40,6 +40,9 @@ class EventReporter:
 
     def __call__(self, events: list[StoreEvent]) -> None:
         for event in events:
+            if event.kind == "ended":
+                self._ended(event)
+                continue
             signal = sessions_evicted if event.kind == "evicted" else sessions_expired
             signal.send(
                 sender=MemoryStore, count=event.count, bytes=event.bytes, reason=event.reason
@@ -54,6 +57,19 @@ class EventReporter:
                     format_size(event.bytes),
                     event.reason,
                 )
+
+    def _ended(self, event: StoreEvent) -> None:
+        """A user logged in beyond MEMSESSION_MAX_SESSIONS_PER_USER: their oldest ended."""
+        limit = self.store.limits.max_sessions_per_user if self.store is not None else None
+        logger.info(
+            "Ended %d session(s) of user %s (limit): over MEMSESSION_MAX_SESSIONS_PER_USER (%s).",
+            event.count,
+            event.user,
+            limit,
+        )
+        user_sessions_ended.send(
+            sender=MemoryStore, user=event.user, count=event.count, reason="limit", by=None
+        )
 
     def _warn(self, event: StoreEvent) -> None:
         now = time.monotonic()

@@ -4,8 +4,9 @@ Built to stay up whatever arrives on the socket:
 
 - One thread runs a selector loop over the listening socket and every open connection, so a
   slow or idle client holds nothing but its own connection: each connection has a deadline for
-  its whole request (``REQUEST_DEADLINE``), not per read, and when ``MAX_CONNECTIONS`` are open
-  the oldest is dropped for the newest.
+  its whole request (``REQUEST_DEADLINE``), not per read. At ``MAX_CONNECTIONS`` open, no more
+  are accepted until one ends (at the latest at its deadline): the rest wait in the backlog, in
+  order, and a client whose connect finds the backlog full tries again until its own deadline.
 - A frame's MAC is checked over its raw bytes before anything is parsed
   (:func:`~django_memsession.control.open_request`); refusals are logged, at most once per
   ``LOG_INTERVAL`` for each reason, never with the frame's content.
@@ -48,13 +49,13 @@ logger = logging.getLogger("django_memsession")
 
 REQUEST_DEADLINE = 2.0  # seconds a client has to send its whole request
 REPLY_TIMEOUT = 10.0  # seconds a client has to take its reply
-MAX_CONNECTIONS = 32
+MAX_CONNECTIONS = 256
 MAX_ANSWERING = 4
 POLL_INTERVAL = 0.25  # how often the loop looks at its stop flag and its socket file
 LOG_INTERVAL = 10.0
 
 
-@dataclass
+@dataclass(eq=False)  # hashed by identity: a closed socket's fd may already be reused
 class _Connection:
     sock: socket.socket
     deadline: float
@@ -72,6 +73,7 @@ class Listener:
         self._guard = ReplayGuard()
         self._answering = threading.BoundedSemaphore(MAX_ANSWERING)
         self._logged: dict[str, tuple[float, int]] = {}
+        self._suppressed = 0
         self._sock: socket.socket | None = None
         self._inode: tuple[int, int] | None = None
         self._bind()
@@ -122,41 +124,59 @@ class Listener:
             try:
                 self._serve()
             except BaseException:
-                logger.exception("Session control listener failed; it starts again.")
-                self._stop.wait(0.5)
+                if self._should_log("listener failed"):
+                    logger.exception("Session control listener failed; it starts again.")
+                self._stop.wait(0.05)
         self._close_socket()
 
     def _serve(self) -> None:
-        connections: dict[int, _Connection] = {}
+        connections: set[_Connection] = set()
         with selectors.DefaultSelector() as selector:
             listening = self._sock
             assert listening is not None
             selector.register(listening, selectors.EVENT_READ)
+            accepting = True
             try:
                 while not self._stop.is_set():
                     if listening is not self._sock:  # rebound: watch the new socket
-                        selector.unregister(listening)
+                        if accepting:
+                            selector.unregister(listening)
                         listening = self._sock
                         assert listening is not None
                         selector.register(listening, selectors.EVENT_READ)
+                        accepting = True
+                    # At the limit, stop watching the listening socket (it would stay readable
+                    # and spin the loop): new connections wait in the backlog.
+                    if accepting and len(connections) >= MAX_CONNECTIONS:
+                        selector.unregister(listening)
+                        accepting = False
+                    elif not accepting and len(connections) < MAX_CONNECTIONS:
+                        selector.register(listening, selectors.EVENT_READ)
+                        accepting = True
                     for key, _ in selector.select(POLL_INTERVAL):
                         if key.fileobj is listening:
                             self._accept(listening, selector, connections)
-                        else:
-                            self._read(connections[key.fd], selector, connections)
+                            continue
+                        connection = key.data
+                        if connection not in connections:
+                            continue  # dropped earlier in this batch
+                        try:
+                            self._read(connection, selector, connections)
+                        except Exception:  # one connection's trouble is that connection's
+                            self._drop(connection, selector, connections, "failed request")
                     self._expire(selector, connections)
                     self._keep_socket_file()
             finally:
-                for connection in connections.values():
+                for connection in connections:
                     connection.sock.close()
 
     def _accept(
         self,
         listening: socket.socket,
         selector: selectors.BaseSelector,
-        connections: dict[int, _Connection],
+        connections: set[_Connection],
     ) -> None:
-        for _ in range(MAX_CONNECTIONS):
+        while len(connections) < MAX_CONNECTIONS:
             try:
                 sock, _address = listening.accept()
             except (BlockingIOError, InterruptedError):
@@ -164,19 +184,16 @@ class Listener:
             except OSError:  # e.g. out of file descriptors: try again on the next turn
                 self._refusal("could not accept a connection")
                 return
-            if len(connections) >= MAX_CONNECTIONS:
-                oldest = min(connections.values(), key=lambda c: c.deadline)
-                self._drop(oldest, selector, connections, "too many open connections")
             sock.setblocking(False)
             connection = _Connection(sock, time.monotonic() + REQUEST_DEADLINE)
-            connections[sock.fileno()] = connection
-            selector.register(sock, selectors.EVENT_READ)
+            connections.add(connection)
+            selector.register(sock, selectors.EVENT_READ, data=connection)
 
     def _read(
         self,
         connection: _Connection,
         selector: selectors.BaseSelector,
-        connections: dict[int, _Connection],
+        connections: set[_Connection],
     ) -> None:
         try:
             chunk = connection.sock.recv(MAX_REQUEST_BYTES + FRAME.size)
@@ -225,7 +242,7 @@ class Listener:
         self, selector: selectors.BaseSelector, connections: dict[int, _Connection]
     ) -> None:
         now = time.monotonic()
-        for connection in [c for c in connections.values() if c.deadline <= now]:
+        for connection in [c for c in connections if c.deadline <= now]:
             self._drop(connection, selector, connections, "request not sent in time")
 
     def _keep_socket_file(self) -> None:
@@ -241,17 +258,17 @@ class Listener:
         self,
         connection: _Connection,
         selector: selectors.BaseSelector,
-        connections: dict[int, _Connection],
+        connections: set[_Connection],
     ) -> None:
-        with contextlib.suppress(KeyError, ValueError):
+        with contextlib.suppress(KeyError, ValueError, OSError):
             selector.unregister(connection.sock)
-        connections.pop(connection.sock.fileno(), None)
+        connections.discard(connection)
 
     def _drop(
         self,
         connection: _Connection,
         selector: selectors.BaseSelector,
-        connections: dict[int, _Connection],
+        connections: set[_Connection],
         reason: str,
         *,
         reply: bool = False,
@@ -287,17 +304,21 @@ class Listener:
             sock.send(sign_reply(Reply(ok=False, error=error), nonce))
         sock.close()
 
-    def _refusal(self, reason: str) -> None:
-        """Log a refusal, at most once per ``LOG_INTERVAL`` for each reason (with a count), so a
-        flood of garbage cannot flood the log."""
+    def _should_log(self, reason: str) -> bool:
+        """At most once per ``LOG_INTERVAL`` for each reason, so a flood cannot flood the log."""
         now = time.monotonic()
-        last, suppressed = self._logged.get(reason, (0.0, 0))
+        last, suppressed = self._logged.get(reason, (-LOG_INTERVAL, 0))
         if now - last < LOG_INTERVAL:
             self._logged[reason] = (last, suppressed + 1)
-            return
+            return False
         self._logged[reason] = (now, 0)
-        more = f" ({suppressed} more since the last report)" if suppressed else ""
-        logger.warning("Session control channel refused a request: %s%s.", reason, more)
+        self._suppressed = suppressed
+        return True
+
+    def _refusal(self, reason: str) -> None:
+        if self._should_log(reason):
+            more = f" ({self._suppressed} more since the last report)" if self._suppressed else ""
+            logger.warning("Session control channel refused a request: %s%s.", reason, more)
 
     # -- stopping ------------------------------------------------------------------------------
 

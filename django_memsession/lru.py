@@ -85,15 +85,26 @@ class SegmentedLRU:
             self.measure_fronts()
         return value
 
-    def touch(self, key: str, index: int) -> None:
-        """A hit: most recently used; a probation entry that comes back is promoted."""
+    def touch(self, key: str, index: int) -> bool:
+        """A hit: most recently used; a probation entry that comes back is promoted.
+
+        Returns whether the entry now sits in another table under the ``key`` object given
+        (rather than the one stored before): the user index must point at the same object.
+        """
         back = self.segments[index]
         if index == PROBATION:
             self._insert(self.segments[RETURNING], key, self._pop(key, PROBATION))
-        elif key in back:
+            return True
+        if key in back:
             back.move_to_end(key)
-        else:
-            self._insert(back, key, self._pop(key, index))
+            return False
+        self._insert(back, key, self._pop(key, index))
+        return True
+
+    def replace(self, key: str, index: int, value: bytes) -> None:
+        """A new value of the same length for an entry at the hot end of its segment's back
+        (just touched): in place, same key object, same order."""
+        self.segments[index][key] = value
 
     def segment_for_write(self, previous: int | None, authenticated: bool) -> int:
         """Where a saved session goes, given the segment it was in (None: it is new)."""
@@ -103,17 +114,20 @@ class SegmentedLRU:
             return PROBATION
         return RETURNING if previous == AUTHENTICATED else previous
 
-    def put(self, key: str, value: bytes, index: int, old_index: int | None) -> None:
+    def put(self, key: str, value: bytes, index: int, old_index: int | None) -> bool:
+        """Store ``value``; whether it is stored under the ``key`` object given (see
+        :meth:`touch`): an update in place keeps the object stored before."""
         back = self.segments[index]
         if old_index == index and key in back:
             # In place: a new entry slot per update would make the table resize (O(n)) every
             # few hundred thousand updates of a large store.
             back[key] = value
             back.move_to_end(key)
-            return
+            return False
         if old_index is not None:
             self._pop(key, old_index)
         self._insert(back, key, value)
+        return True
 
     def remove(self, key: str, index: int) -> None:
         self._pop(key, index)

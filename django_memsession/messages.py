@@ -34,6 +34,7 @@ __all__ = [
     "SnapshotReport",
     "SnapshotState",
     "StoreStats",
+    "UserSession",
     "from_json",
     "split_warning",
     "to_json",
@@ -42,7 +43,9 @@ __all__ = [
 M = TypeVar("M")
 
 MAX_INT_DIGITS = 20
-COMMANDS = ("report", "prune", "snapshot")
+COMMANDS = ("report", "prune", "snapshot", "sessions", "end")
+# Records of a user's sessions in one reply; a process with more is asked again from an offset.
+SESSIONS_PAGE = 500
 
 
 class MessageError(ValueError):
@@ -60,6 +63,12 @@ class Request:
     sent_at: float
     nonce: str
     dry_run: bool = False
+    # "sessions" and "end": whose (Django's _auth_user_id text); "sessions": from which record;
+    # "end": only this session (an opaque id), or all but ``keep`` (an opaque id). Never a key.
+    user: str | None = None
+    offset: int = 0
+    session_id: str | None = None
+    keep: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,23 @@ class StoreStats:
     rejected: int
     segments: dict[str, int]
     created_at: float
+    users: int = 0  # distinct logged-in users (0 from a process of an older version)
+    user_index_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class UserSession:
+    """One of a user's live sessions, in one process. ``id`` is opaque (an HMAC of the key with
+    a salt of its own): it names the session to end it, and never reveals the key."""
+
+    id: str
+    pid: int
+    user: str
+    created: float
+    last_used: float
+    expires: float
+    ip: str | None = None
+    user_agent: str | None = None
 
 
 @dataclass(frozen=True)
@@ -177,6 +203,11 @@ class ProcessReport:
     written: SnapshotReport | None = None
     # Why the process did not do what it was asked (e.g. it does not own the snapshot).
     refused: str | None = None
+    # "sessions": a page of the user's sessions here, and how many there are in all; "end":
+    # how many it ended.
+    sessions: list[UserSession] = field(default_factory=list)
+    sessions_total: int = 0
+    ended: int = 0
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,6 @@ class RememberedKeys:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
-        return iter(self.keys.items())
-
     def remember(self, key: str, expires_at: float, limit: int) -> None:
         """Remember ``key`` until ``expires_at``, dropping the oldest to stay within ``limit``."""
         keys = self.keys

@@ -13,7 +13,7 @@ request that touches a session; ``stats()`` too):
    serves requests (not a management command other than ``runserver``; not a test run, which the
    package's pytest plugin says with :func:`set_listening`).
 
-With ``MEMSESSION_SNAPSHOT_PATH``, a :class:`~django_memsession.snapshot.Snapshotter` comes
+With ``MEMSESSION_SNAPSHOT_PATH``, a :class:`~django_memsession.snapshotter.Snapshotter` comes
 between 1 and 2: it restores the snapshot into the store before anything else can use it, and
 writes it on its schedule, on demand, and at exit (``atexit``, and a SIGTERM handler where the
 process has none of its own).
@@ -38,6 +38,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +47,9 @@ from django.core.signals import setting_changed
 from . import conf, control
 from .events import EventReporter
 from .listener import Listener
+from .logged_in import end_local, local_sessions
 from .messages import (
+    SESSIONS_PAGE,
     Gathered,
     PassReport,
     ProcessReport,
@@ -57,8 +60,9 @@ from .messages import (
     split_warning,
 )
 from .pruner import Pruner
-from .snapshot import NotOwner, Snapshotter
-from .store import MemoryStore
+from .serializers import current_codec
+from .snapshotter import NotOwner, Snapshotter
+from .store import NOT_JOURNALED, MemoryStore
 
 __all__ = [
     "clear",
@@ -96,6 +100,7 @@ class Services:
         self.snapshotter: Snapshotter | None = None
         if snapshot_path is not None:
             self.snapshotter = Snapshotter(store, Path(snapshot_path))
+            self.snapshotter.user_of_payload = user_of_payload
             store.on_journal = self.snapshotter.journal_write
         self.started = False
         self.restored = False  # the snapshot is restored once per process, on first use
@@ -110,11 +115,25 @@ class Services:
                 return self.report(written=self.write_snapshot("on demand"))
             except (NotOwner, OSError, SnapshotsOff) as exc:
                 return self.report(refused=str(exc))
+        if request.command == "sessions" and request.user is not None:
+            found = local_sessions(self.store, request.user)
+            page = found[request.offset : request.offset + SESSIONS_PAGE]
+            return replace(self.report(), sessions=page, sessions_total=len(found))
+        if request.command == "end" and request.user is not None:
+            ended = end_local(
+                self.store, request.user, session_id_=request.session_id, keep=request.keep
+            )
+            return replace(self.report(), ended=ended)
         return self.report()
 
     def write_snapshot(self, reason: str) -> SnapshotReport:
         if self.snapshotter is None:
-            raise SnapshotsOff("snapshots are off (MEMSESSION_SNAPSHOT_PATH is not set)")
+            if conf.snapshot_path() is None:
+                raise SnapshotsOff("snapshots are off (MEMSESSION_SNAPSHOT_PATH is not set)")
+            raise SnapshotsOff(
+                "this process does not serve requests (a management command, a test run), so "
+                "it owns no snapshot; manage.py snapshotsessions asks the servers to write theirs"
+            )
         return self.snapshotter.write(reason)
 
     def report(
@@ -137,6 +156,15 @@ class Services:
             written=written,
             refused=refused,
         )
+
+
+def user_of_payload(payload: bytes) -> str | None:
+    """Django's ``_auth_user_id`` in a stored payload (None: anonymous, or unreadable)."""
+    try:
+        user = current_codec().loads(payload).get("_auth_user_id")
+    except Exception:
+        return None
+    return None if user is None else str(user)
 
 
 class SnapshotsOff(Exception):
@@ -196,11 +224,10 @@ def _start_snapshots(services: Services) -> None:
     if snapshotter is None:
         return
     try:
-        if not services.restored:
-            services.restored = True
-            snapshotter.restore()
-        elif not snapshotter.claim.held:
-            snapshotter.resume()
+        if services.restored:
+            return  # a master that forked gave the file up for good
+        services.restored = True
+        snapshotter.restore()
         snapshotter.start(conf.snapshot_interval())
     except Exception:
         logger.exception("Session snapshots did not start; sessions still work.")
@@ -314,8 +341,9 @@ def stop_listener() -> None:
     services = _services
     if services is None:
         return
-    with _lock:
-        listener, services.listener = services.listener, None
+    # No lock: one attribute swap is atomic, and the SIGTERM handler comes here, possibly while
+    # the main thread holds the build lock (a signal handler waiting on it would never return).
+    listener, services.listener = services.listener, None
     if listener is not None:
         listener.close()
 
@@ -384,13 +412,35 @@ def _local_handler() -> Callable[[Request], ProcessReport] | None:
 
 
 def gather(
-    command: str = "report", *, dry_run: bool = False, timeout: float | None = None
+    command: str = "report",
+    *,
+    dry_run: bool = False,
+    timeout: float | None = None,
+    fields: control.Fields | None = None,
+    local: bool = True,
 ) -> Gathered:
-    """Ask every live process of this project for ``command`` (``"report"`` or ``"prune"``),
-    this one directly when it holds a store."""
+    """Ask every live process of this project for ``command`` (see ``messages.COMMANDS``),
+    this one directly when it holds a store (and ``local``)."""
     if timeout is None:
         timeout = control.PRUNE_TIMEOUT if command == "prune" else control.REPORT_TIMEOUT
-    return control.fan_out(command, dry_run=dry_run, timeout=timeout, local=_local_handler())
+    return control.fan_out(
+        command,
+        dry_run=dry_run,
+        timeout=timeout,
+        local=_local_handler() if local else None,
+        fields=fields,
+    )
+
+
+def ask(pid: int, command: str, *, fields: control.Fields, timeout: float) -> ProcessReport:
+    """Ask one process (this one directly): the next page of a long answer. Raises
+    ``control.ChannelError``."""
+    if pid == os.getpid():
+        handler = _local_handler()
+        if handler is None:
+            raise control.Gone("this process holds no store")
+        return handler(control.new_request(command, fields=fields))
+    return control.request(control.socket_path(pid), command, timeout=timeout, fields=fields)
 
 
 def prune_everywhere(*, dry_run: bool = False, timeout: float | None = None) -> Gathered:
@@ -425,9 +475,9 @@ _signal_handlers_installed = False
 def install_signal_handlers() -> None:
     """With snapshots on, make SIGTERM run the shutdown path where nothing else handles it
     (runserver, a plain Python process; Python's default for SIGTERM is to die without
-    ``atexit``): our handler runs it, then dies by the signal as the default would. A server's
-    own handler (gunicorn, uvicorn) is never replaced: those exit through ``atexit``. Only the
-    main thread can install a handler; elsewhere this does nothing."""
+    ``atexit``). A server's own handler (gunicorn, uvicorn) is never replaced: those exit
+    through ``atexit``. Only the main thread can install a handler; elsewhere this does
+    nothing."""
     global _signal_handlers_installed
     if _signal_handlers_installed or conf.problems() or conf.snapshot_path() is None:
         return
@@ -440,11 +490,12 @@ def install_signal_handlers() -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    try:
-        _stop_services()
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
+    """End the process as the default would, but through ``SystemExit``: the main thread's
+    stack unwinds first (releasing any lock it held: writing the snapshot from inside the
+    handler could wait for ever on a lock the interrupted code holds), then ``atexit`` writes
+    the snapshot. The exit status is the shell's for a SIGTERM, 143."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends it at once
+    raise SystemExit(128 + signum)
 
 
 def _before_fork() -> None:
@@ -460,9 +511,9 @@ def _after_fork_in_parent() -> None:
     if getattr(_fork, "locked", False) and services is not None:
         services.store.lock.release()
     _fork.locked = False
-    if services is None or not services.started:
-        return
-    # A process that forks is a master, not a server (see the module's docstring).
+    if services is None or not services.started or services.store.served:
+        return  # a serving process that forks a helper goes on serving as it was
+    # A process that forks before it served anything is a master (see the module's docstring).
     _store = None
     services.started = False
     listener, services.listener = services.listener, None
@@ -471,6 +522,8 @@ def _after_fork_in_parent() -> None:
     services.pruner.stop(timeout=0)
     if services.snapshotter is not None:
         services.snapshotter.abandon()
+        if services.restored:
+            services.store.clear()  # the file's sessions belong to the worker that claims it
 
 
 def _after_fork_in_child() -> None:
@@ -488,17 +541,22 @@ def _after_fork_in_child() -> None:
     if listener is not None:
         listener.close(unlink=False)  # the parent's socket: its file is the parent's
     snapshotter = services.snapshotter
+    parent_served = store.served
     if snapshotter is not None:
-        parent_owned = snapshotter.claim.held or services.restored
-        snapshotter.forget()
-        if parent_owned:
-            # The parent's sessions came from the snapshot: the child that claims it restores
-            # them, once; copies in every child would outlive a logout served by one of them.
+        if services.restored and not parent_served:
+            # A master's sessions came from the snapshot: the worker that claims it restores
+            # them, once; copies in every worker would outlive a logout served by one of them.
             store.clear()
+        snapshotter.forget()
+        store.on_journal = None
+        store.epoch = NOT_JOURNALED
     # The parent's threads do not exist here, and their locks may have been held at the fork.
     events = EventReporter(store)
     store.on_event = events
-    _services = Services(store, events, conf.snapshot_path() if snapshotter else None)
+    # A helper forked by a serving process (multiprocessing) takes no part in the snapshot: the
+    # serving process owns it.
+    keeps_snapshots = snapshotter is not None and not parent_served
+    _services = Services(store, events, conf.snapshot_path() if keeps_snapshots else None)
 
 
 # -- settings -----------------------------------------------------------------------------------

@@ -9,9 +9,16 @@ lock is released, with ``sender`` the store class and keyword arguments:
   (a prune pass) or ``"shrink"`` (brought down to the low-water mark).
 
 No session key or data is ever passed.
+
+``user_sessions_ended`` is sent once for each ending of a user's sessions, with ``sender`` the
+store class and keyword arguments ``user`` (the user's id as Django keeps it in the session),
+``count``, ``reason`` (``"ended"`` by ``end_user_sessions``/``end_session``, ``"password"``
+after a password change, ``"limit"`` over ``MEMSESSION_MAX_SESSIONS_PER_USER``, or what the
+caller said) and ``by`` (the id of the user who ended them, or None).
 """
 
 from django.dispatch import Signal
 
 sessions_evicted = Signal()
 sessions_expired = Signal()
+user_sessions_ended = Signal()

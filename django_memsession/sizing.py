@@ -92,6 +92,16 @@ class EntrySizer:
         """Bytes one stored session costs: its key, its value and its list node."""
         return self.str_size(key_length) + self.bytes_size(value_length) + self.node_size
 
+    def entries(self, lengths: list[tuple[int, int]]) -> list[int]:
+        """:meth:`entry` of many ``(key length, value length)`` at once (a restore's million)."""
+        align = self.alignment - 1
+        key_base, value_base = self.str_header + align, self.bytes_header + align
+        node = self.node_size
+        return [
+            ((key_base + key) & ~align) + ((value_base + value) & ~align) + node
+            for key, value in lengths
+        ]
+
     def remembered(self, key_length: int) -> int:
         """Bytes one remembered evicted key costs: the key, its expiry and its list node."""
         return self.str_size(key_length) + self.float_size + self.node_size

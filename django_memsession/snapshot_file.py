@@ -3,8 +3,10 @@
 Next to ``MEMSESSION_SNAPSHOT_PATH`` (``<path>``):
 
 - ``<path>``: the snapshot. A magic line, a format version, a header (JSON: the journal epoch the
-  snapshot began, when, how many sessions), the records (segment, key, value), an end marker and
-  an HMAC-SHA256 of everything before it, keyed from ``SECRET_KEY`` (Django's ``salted_hmac`` with
+  snapshot began, and when), the records in chunks (each: a count, then every record's segment,
+  key length and value length, then the keys, then the values: so a chunk is read with a few
+  C-level calls, not a Python loop over fields), an end marker and an HMAC-SHA256 of everything
+  before it, keyed from ``SECRET_KEY`` (Django's ``salted_hmac`` with
   a salt of its own). Reading checks the MAC over the raw bytes before anything is parsed, with
   ``SECRET_KEY`` and then each of ``SECRET_KEY_FALLBACKS`` (a key rotation logs nobody out). The
   file holds session keys: it is created ``0600``, written to a temporary file in the same
@@ -18,7 +20,7 @@ Next to ``MEMSESSION_SNAPSHOT_PATH`` (``<path>``):
 - ``<path>.rejected-<time>``: a snapshot that was refused (tampered, truncated, foreign, of a
   future format), kept for inspection.
 
-Nothing here knows the store; :mod:`~django_memsession.snapshot` joins the two.
+Nothing here knows the store; :mod:`~django_memsession.snapshotter` joins the two.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
 
 from django.conf import settings
@@ -50,7 +53,10 @@ __all__ = [
 ]
 
 MAGIC = b"django-memsession snapshot\n"
-VERSION = 1
+# 2: a logged-in session's value carries its facts (see users.py). Version 1 files are still
+# read: their logged-in sessions are brought to version 2 by the snapshotter.
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 SALT = "django_memsession.snapshot"
 JOURNAL_SALT = "django_memsession.snapshot.journal"
 MAC_SIZE = 32
@@ -58,6 +64,8 @@ HASH_SIZE = 16
 END = 0xFF
 RECORD = struct.Struct("<BBI")  # segment, key length, value length
 LENGTH = struct.Struct("<I")
+CHUNK = struct.Struct("<BI")  # a marker (not END), the records in the chunk
+CHUNK_MARK = 0x01
 MAX_HEADER = 4096
 
 
@@ -76,6 +84,7 @@ class SnapshotData:
     epoch: int
     started_at: float
     records: list[tuple[int, str, bytes]]
+    version: int = VERSION
 
 
 def _secrets() -> list[str]:
@@ -123,12 +132,16 @@ def write_snapshot(
             put(MAGIC + bytes([VERSION]) + LENGTH.pack(len(header)) + header)
             pack = RECORD.pack
             for chunk in chunks:
-                parts = []
-                for segment, key, value in chunk:
-                    encoded = key.encode()
-                    parts += (pack(segment, len(encoded), len(value)), encoded, value)
+                keys = [key.encode() for _, key, _ in chunk]
+                values = [value for _, _, value in chunk]
+                sizes = b"".join(
+                    [
+                        pack(segment, len(key), len(value))
+                        for (segment, _, value), key in zip(chunk, keys, strict=True)
+                    ]
+                )
+                put(CHUNK.pack(CHUNK_MARK, len(chunk)) + sizes + b"".join(keys) + b"".join(values))
                 sessions += len(chunk)
-                put(b"".join(parts))
             put(bytes([END]))
             out.write(signer.digest())
             size += MAC_SIZE
@@ -152,8 +165,10 @@ def read_snapshot(path: Path) -> SnapshotData:
     if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 1 + LENGTH.size + 1 + MAC_SIZE:
         raise SnapshotRefused("not a snapshot file, or truncated")
     version = data[len(MAGIC)]
-    if version != VERSION:
-        raise SnapshotRefused(f"format version {version}, this version reads {VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise SnapshotRefused(
+            f"format version {version}, this version reads {', '.join(map(str, READABLE_VERSIONS))}"
+        )
     body, mac = data[:-MAC_SIZE], data[-MAC_SIZE:]
     for secret in _secrets():
         signer = _signer(secret)
@@ -163,13 +178,13 @@ def read_snapshot(path: Path) -> SnapshotData:
     else:
         raise SnapshotRefused("bad signature (tampered, truncated, or another SECRET_KEY)")
     try:
-        return _parse(memoryview(body))
-    except (ValueError, KeyError, TypeError, struct.error, UnicodeDecodeError) as exc:
+        return _parse(memoryview(body), version)
+    except (ValueError, KeyError, TypeError, IndexError, struct.error, UnicodeDecodeError) as exc:
         # Signed by us yet unreadable: a bug, never a crash of the process that restores.
         raise SnapshotRefused(f"signed but malformed ({type(exc).__name__})") from None
 
 
-def _parse(body: memoryview) -> SnapshotData:
+def _parse(body: memoryview, version: int) -> SnapshotData:
     offset = len(MAGIC) + 1
     (header_length,) = LENGTH.unpack_from(body, offset)
     if header_length > MAX_HEADER:
@@ -179,20 +194,36 @@ def _parse(body: memoryview) -> SnapshotData:
     offset += header_length
     epoch, started_at = int(header["epoch"]), float(header["started_at"])
     records: list[tuple[int, str, bytes]] = []
-    unpack, size, end = RECORD.unpack_from, RECORD.size, len(body)
+    end = len(body)
     while body[offset] != END:
-        segment, key_length, value_length = unpack(body, offset)
-        offset += size
-        key = str(body[offset : offset + key_length], "ascii")
-        offset += key_length
-        value = bytes(body[offset : offset + value_length])
-        offset += value_length
-        if offset > end or segment > 2:
-            raise ValueError("record")
-        records.append((segment, key, value))
+        mark, count = CHUNK.unpack_from(body, offset)
+        if mark != CHUNK_MARK:
+            raise ValueError("chunk")
+        offset += CHUNK.size
+        sizes_end = offset + count * RECORD.size
+        segments, key_lengths, value_lengths = (
+            zip(*RECORD.iter_unpack(body[offset:sizes_end]), strict=True) if count else ((), (), ())
+        )
+        keys_end = sizes_end + sum(key_lengths)
+        values_end = keys_end + sum(value_lengths)
+        if values_end > end or max(segments, default=0) > 2:
+            raise ValueError("chunk")
+        keys = str(body[sizes_end:keys_end], "ascii")
+        values = bytes(body[keys_end:values_end])
+        key_ends = list(accumulate(key_lengths))
+        value_ends = list(accumulate(value_lengths))
+        records.extend(
+            zip(
+                segments,
+                [keys[e - n : e] for e, n in zip(key_ends, key_lengths, strict=True)],
+                [values[e - n : e] for e, n in zip(value_ends, value_lengths, strict=True)],
+                strict=True,
+            )
+        )
+        offset = values_end
     if offset + 1 != end:
         raise ValueError("trailing bytes")
-    return SnapshotData(epoch=epoch, started_at=started_at, records=records)
+    return SnapshotData(epoch=epoch, started_at=started_at, records=records, version=version)
 
 
 def set_aside(path: Path) -> Path | None:
@@ -233,12 +264,15 @@ class Journal:
         fd = os.open(self.file(epoch), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._fds[epoch] = fd
 
-    def append(self, key: str, epoch: int) -> None:
+    def append(self, key: str, epoch: int) -> bool:
         """One ``write()``: in the operating system's hands (so it survives ``kill -9``) before
-        the request that made it returns."""
+        the change is made. False when there is no journal for ``epoch`` (this process does
+        not own the snapshot, or forked)."""
         fd = self._fds.get(epoch)
-        if fd is not None:  # else: a newer snapshot already holds this write
-            os.write(fd, key_hash(key, self.journal_key))
+        if fd is None:
+            return False
+        os.write(fd, key_hash(key, self.journal_key))
+        return True
 
     def existing(self) -> list[int]:
         prefix = f"{self.path.name}.journal-"

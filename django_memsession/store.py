@@ -10,7 +10,7 @@ bytes are its expiry time and its journal epoch, so an entry is a key, a value a
 ``OrderedDict``; no per-entry tuple, float or bookkeeping object. Recency is the ``OrderedDict``
 order.
 
-Journal (when snapshots are on, see :mod:`~django_memsession.snapshot`): a snapshot is copied
+Journal (when snapshots are on, see :mod:`~django_memsession.snapshotter`): a snapshot is copied
 while requests go on, so after a crash the file may hold an older version of a session written
 after the copy began, or a session deleted since. The store tells its ``on_journal`` callback,
 after the lock is released, about the first write or delete of each session in each *epoch* (one
@@ -31,14 +31,15 @@ import os
 import struct
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .lru import RETURNING, SEGMENT_NAMES, SegmentedLRU
+from . import users as facts
+from .lru import AUTHENTICATED, RETURNING, SEGMENT_NAMES, SegmentedLRU
 from .remembered import RememberedKeys
 from .sizing import EntrySizer
+from .users import FACTS, FACTS_SIZE, SessionFacts, UserIndex, user_key
 
 __all__ = [
     "EntryTooLarge",
@@ -56,6 +57,11 @@ __all__ = [
 HEADER = struct.Struct("<dI")
 HEADER_SIZE = HEADER.size
 NOT_JOURNALED = 0
+
+# Parts of a logged-in session's facts (see users.FACTS): created and the two lengths; expiry,
+# epoch, created and last use.
+_CARRIED = struct.Struct("<I4xHH")
+_TIMES = struct.Struct("<dIII")
 
 # How many of the coldest entries of each segment a write over budget looks at for expired ones
 # before it evicts live sessions: bounded work per request; the pruner does the thorough job.
@@ -91,6 +97,9 @@ class Limits:
     max_bytes: int
     max_session_bytes: int
     low_water: float
+    # A cap on the number of sessions beside the bytes (None: none), and on each user's.
+    max_sessions: int | None = None
+    max_sessions_per_user: int | None = None
 
     @property
     def low_water_bytes(self) -> int:
@@ -112,12 +121,14 @@ class Limits:
 class StoreEvent:
     """Something that removed sessions, reported once per batch after the lock is released."""
 
-    kind: str  # "evicted" or "expired"
+    kind: str  # "evicted", "expired", or "ended" (a user's session over their limit)
     count: int
     bytes: int
     # "write" (a save needed room), "load" (found expired), "prune" (a prune pass), "shrink"
-    # (brought down to the low-water mark), "settings" (a smaller MEMSESSION_MAX_SIZE)
+    # (brought down to the low-water mark), "settings" (a smaller MEMSESSION_MAX_SIZE),
+    # "limit" (MEMSESSION_MAX_SESSIONS_PER_USER, with ``user``)
     reason: str
+    user: str | None = None
 
 
 @dataclass
@@ -168,7 +179,7 @@ class MemoryStore:
         clock: Callable[[], float] = wall_clock,
         sizer: EntrySizer | None = None,
         on_event: Callable[[list[StoreEvent]], None] | None = None,
-        on_journal: Callable[[str, int], None] | None = None,
+        on_journal: Callable[[str, int], bool] | None = None,
     ) -> None:
         self.limits = limits
         self.clock = clock
@@ -181,6 +192,7 @@ class MemoryStore:
         self._prune_lock = threading.Lock()
         self._policy = SegmentedLRU()
         self._remembered = RememberedKeys(self.sizer)
+        self._users = UserIndex()
         # Running total of the sessions (key, value, list node); with the policy's table_bytes
         # and the remembered keys' bytes it makes up the store's size.
         self._entry_bytes = 0
@@ -194,11 +206,16 @@ class MemoryStore:
         self.expired = 0
         self.restored = 0
         self.rejected = 0
+        self.writes = 0  # saves that stored a session
 
     # -- the request path ---------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
-        """The stored payload of a live session (and it becomes most recently used), or None."""
+        """The stored payload of a live session (and it becomes most recently used), or None.
+
+        A logged-in session's last use is noted to the second: its value is copied with the new
+        second at most once a second (see :mod:`~django_memsession.users`).
+        """
         now = self.clock()
         events = None
         with self._lock:
@@ -206,6 +223,19 @@ class MemoryStore:
             if value is None:
                 self.misses += 1
                 return None
+            if index == AUTHENTICATED:
+                # One unpack for the expiry, the last use and where the payload starts.
+                expires_at, _, _, last_used, user_length, client_length = FACTS.unpack_from(value)
+                if expires_at > now:
+                    moved = self._policy.touch(key, index)
+                    self.hits += 1
+                    second = int(now)
+                    if last_used != second:
+                        value = facts.with_last_used(value, second)
+                        self._policy.replace(key, index, value)
+                    if moved:
+                        self._index_add(value, key)  # the policy now holds this key object
+                    return value[FACTS_SIZE + user_length + client_length :]
             if HEADER.unpack_from(value)[0] <= now:
                 events = []
                 self._remove_expired(key, index, value, events, "load")
@@ -225,8 +255,45 @@ class MemoryStore:
             value = self._policy.find(key)[1]
         return value is not None and HEADER.unpack_from(value)[0] > now
 
+    @staticmethod
+    def _pack_facts(
+        payload: bytes,
+        expires_at: float,
+        tag: int,
+        user: bytes,
+        client: bytes | None,
+        old: bytes | None,
+        now: float,
+    ) -> tuple[bytes, bool]:
+        """A logged-in session's value, carrying the creation time and the client from ``old``
+        (its value in the authenticated segment, if any) when it is the same user's; and
+        whether it is new to this user. On every save of a logged-in session: the common case
+        (same user, client kept) reuses the old value's user and client bytes as they are."""
+        second = int(now)
+        if old is not None:
+            created, user_length, client_length = _CARRIED.unpack_from(old, 12)
+            if user_length == len(user) and old.startswith(user, FACTS_SIZE):
+                if client is None:
+                    end = FACTS_SIZE + user_length + client_length
+                    head = _TIMES.pack(expires_at, tag, created, second)
+                    return b"".join((head, old[20:end], payload)), False
+                head = FACTS.pack(expires_at, tag, created, second, len(user), len(client))
+                return b"".join((head, user, client, payload)), False
+        if client is None:
+            client = b""
+        head = FACTS.pack(expires_at, tag, second, second, len(user), len(client))
+        return b"".join((head, user, client, payload)), True
+
     def put(
-        self, key: str, payload: bytes, expires_at: float, *, authenticated: bool, create: bool
+        self,
+        key: str,
+        payload: bytes,
+        expires_at: float,
+        *,
+        authenticated: bool,
+        create: bool,
+        user: str | None = None,
+        client: str | None = None,
     ) -> PutResult:
         """Store a session. ``create`` fails on a present key; an update fails on a missing one.
 
@@ -234,33 +301,64 @@ class MemoryStore:
         Django's db engine (the row is still there). An update of a key evicted recently (and
         not deleted or expired since) stores it again: eviction is not logout. Raises
         :class:`EntryTooLarge` before touching anything.
+
+        A logged-in session (``authenticated``) is indexed under ``user`` (Django's
+        ``_auth_user_id``; not indexed without it) with its facts; ``client`` (opaque text)
+        replaces the client noted for it, None keeps it.
         """
-        tag = NOT_JOURNALED if create else self.epoch
-        value = HEADER.pack(expires_at, tag) + payload
-        size = self.sizer.entry(len(key), len(value))
-        if size > self.limits.max_session_bytes:
-            with self._lock:
-                self.rejected += 1
-            raise EntryTooLarge(size, self.limits.max_session_bytes)
         now = self.clock()
+        hint = user_bytes = client_bytes = None
+        new_to_user = True
+        if authenticated:
+            user_bytes = user.encode() if user else b""
+            if len(user_bytes) > facts.MAX_FIELD:
+                user_bytes = facts.encode(user)
+            client_bytes = None if client is None else facts.encode(client)
+            # Packed outside the lock from what the authenticated segment holds now (read
+            # without the lock: a hint, one dict.get, atomic under the GIL); under the lock,
+            # packed again if that changed.
+            if not create:
+                hint = self._policy.segments[AUTHENTICATED].get(key)
         events: list[StoreEvent] = []
-        journal_epoch = NOT_JOURNALED
-        with self._lock:
+        tag = NOT_JOURNALED
+        while True:
+            if self.epoch != NOT_JOURNALED and not create:
+                tag = self._journal_first(key)
+            if user_bytes is None:
+                value = HEADER.pack(expires_at, tag) + payload
+            else:
+                value, new_to_user = self._pack_facts(
+                    payload, expires_at, tag, user_bytes, client_bytes, hint, now
+                )
+            size = self.sizer.entry(len(key), len(value))
+            if size > self.limits.max_session_bytes:
+                with self._lock:
+                    self.rejected += 1
+                raise EntryTooLarge(size, self.limits.max_session_bytes)
+            self._lock.acquire()
+            if tag == NOT_JOURNALED or tag == self.epoch:
+                break  # (else a snapshot began since: journal under its epoch, and again)
+            self._lock.release()
+        ended: list[tuple[str, int]] = []  # sessions a login over the per-user limit ended
+        try:
             index, old_value = self._policy.find(key)
             if old_value is not None and create:
                 return PutResult.EXISTS
-            if tag != self.epoch and not create:  # a snapshot began since the value was packed
-                tag = self.epoch
-                value = HEADER.pack(expires_at, tag) + payload
             was_expired = old_value is not None and HEADER.unpack_from(old_value)[0] <= now
             if was_expired:
                 self._remove_expired(key, index, old_value, events, "write")
                 index = old_value = None
+            source = old_value if index == AUTHENTICATED else None
+            if source is not hint and user_bytes is not None:
+                # The session changed since the value was packed: packed again, with the tag
+                # it was journaled under.
+                value, new_to_user = self._pack_facts(
+                    payload, expires_at, tag, user_bytes, client_bytes, source, now
+                )
+                size = self.sizer.entry(len(key), len(value))
             if old_value is not None:  # an update of a live session
                 self._entry_bytes -= self.sizer.entry(len(key), len(old_value))
                 previous, result = index, PutResult.STORED
-                if not create and HEADER.unpack_from(old_value)[1] != tag:
-                    journal_epoch = tag
             elif create:
                 self._remembered.forget(key)
                 previous, result = None, PutResult.STORED
@@ -272,37 +370,89 @@ class MemoryStore:
                     # Somebody is using it right now: not a probation newcomer.
                     previous, result = RETURNING, PutResult.RESTORED
                     self.restored += 1
-                    journal_epoch = tag
             if result is not PutResult.MISSING:
+                self.writes += 1
                 segment = self._policy.segment_for_write(previous, authenticated)
-                self._policy.put(key, value, segment, index)
+                if source is not None and new_to_user:
+                    # Another user on the same key (rare): out of the old user's sessions, and
+                    # stored afresh, so that the index and the policy hold one key object.
+                    self._index_remove(source, key)
+                    self._policy.remove(key, index)
+                    index = None
+                moved = self._policy.put(key, value, segment, index)
                 self._entry_bytes += size
-                if self._session_bytes() > self.limits.session_bytes:
+                if segment == AUTHENTICATED and moved:
+                    count = self._index_add(value, key)
+                    limit = self.limits.max_sessions_per_user
+                    # A login (a new session of this user), not an evicted one coming back.
+                    logged_in_now = new_to_user and result is PutResult.STORED
+                    if limit is not None and count > limit and logged_in_now:
+                        self._end_over_limit(value, key, limit, events, ended)
+                limits = self.limits
+                if self._session_bytes() > limits.session_bytes or (
+                    limits.max_sessions is not None and len(self._policy) > limits.max_sessions
+                ):
                     self._make_room(
-                        self.limits.session_bytes, now, reason="write", spare=key, events=events
+                        limits.session_bytes, now, reason="write", spare=key, events=events
                     )
-        if journal_epoch and self.on_journal is not None:
-            self.on_journal(key, journal_epoch)
+        finally:
+            self._lock.release()
+        if self.on_journal is not None:
+            # Sessions a login over the per-user limit ended: journaled as they end (a logout
+            # forced by the limit; a crash in between could bring one back).
+            for ended_key, epoch in ended:
+                self.on_journal(ended_key, epoch)
         if events:
             self._emit(events)
         return result
 
     def delete(self, key: str) -> bool:
         """Remove a session for good (logout, flush): it is not remembered, so never restored,
-        and it is journaled (even if it was evicted: a snapshot may still hold it)."""
-        with self._lock:
-            self._remembered.forget(key)
-            index, value = self._policy.find(key)
+        and it is journaled first, always (even if it was evicted: a snapshot may hold it)."""
+        return self.delete_many([key]) == 1
+
+    def delete_many(self, keys: list[str]) -> int:
+        """:meth:`delete` each of ``keys`` (ending a user's sessions); how many were there.
+        Each is journaled before any is removed."""
+        while True:
             epoch = self.epoch
-            journal = epoch != NOT_JOURNALED and (
-                value is None or HEADER.unpack_from(value)[1] != epoch
-            )
-            if value is not None:
-                self._policy.remove(key, index)
-                self._entry_bytes -= self.sizer.entry(len(key), len(value))
-        if journal and self.on_journal is not None:
-            self.on_journal(key, epoch)
+            if epoch != NOT_JOURNALED and self.on_journal is not None:
+                for key in keys:
+                    self.on_journal(key, epoch)
+            self._lock.acquire()
+            if epoch == self.epoch:
+                break
+            self._lock.release()  # a snapshot began meanwhile: journal under its epoch too
+        try:
+            return sum(self._delete(key) for key in keys)
+        finally:
+            self._lock.release()
+
+    def _delete(self, key: str) -> bool:
+        """Remove ``key`` with the lock held; whether it was there."""
+        self._remembered.forget(key)
+        index, value = self._policy.find(key)
+        if value is not None:
+            self._drop(key, index, value)
         return value is not None
+
+    def _journal_first(self, key: str) -> int:
+        """Before an update: journal it, unless this session was journaled in this epoch
+        already; the epoch to tag the entry with (NOT_JOURNALED: nothing journals, or the
+        journal failed, so the next write tries again).
+
+        The journal is written before the entry is tagged, outside the lock: a tag of the
+        current epoch always means "journaled in it", so a concurrent write that sees the tag
+        may skip journaling and return at once, and a crash right after loses nothing. The
+        peek at the tag takes no lock: a stale answer only journals once more.
+        """
+        epoch = self.epoch
+        if epoch == NOT_JOURNALED or self.on_journal is None:
+            return NOT_JOURNALED
+        current = self._policy.find(key)[1]
+        if current is not None and HEADER.unpack_from(current)[1] == epoch:
+            return epoch
+        return epoch if self.on_journal(key, epoch) else NOT_JOURNALED
 
     # The async twins: the store does no I/O, so they are the same calls, made from the loop.
 
@@ -313,9 +463,25 @@ class MemoryStore:
         return self.exists(key)
 
     async def aput(
-        self, key: str, payload: bytes, expires_at: float, *, authenticated: bool, create: bool
+        self,
+        key: str,
+        payload: bytes,
+        expires_at: float,
+        *,
+        authenticated: bool,
+        create: bool,
+        user: str | None = None,
+        client: str | None = None,
     ) -> PutResult:
-        return self.put(key, payload, expires_at, authenticated=authenticated, create=create)
+        return self.put(
+            key,
+            payload,
+            expires_at,
+            authenticated=authenticated,
+            create=create,
+            user=user,
+            client=client,
+        )
 
     async def adelete(self, key: str) -> bool:
         return self.delete(key)
@@ -333,6 +499,8 @@ class MemoryStore:
         result = PruneResult()
         now = self.clock()
 
+        walking = 0  # the segment being walked
+
         def expired(key: str, value: bytes) -> bool:
             if HEADER.unpack_from(value)[0] > now:
                 return False
@@ -343,10 +511,13 @@ class MemoryStore:
                 return False
             self._entry_bytes -= size
             self.expired += 1
+            if walking == AUTHENTICATED:
+                self._index_remove(value, key)
             return True
 
         with self._prune_lock:  # one walk at a time; requests never wait on this lock
             for index in range(len(SEGMENT_NAMES)):
+                walking = index
                 with self._lock:
                     # Entries written during the walk join the back's hot end; the bound lets
                     # it look at those too, but never chase a stream of new writes for ever.
@@ -511,41 +682,126 @@ class MemoryStore:
         most recently used of each first. Keys already in the store are left alone.
         """
         now = self.clock()
-        sizer = self.sizer
         result = RestoreResult()
         room = self.limits.session_bytes * RESTORE_FILL
-        chosen: list[tuple[int, str, bytes]] = []
-        seen: set[str] = set()
-        used = 0
-        # Backwards: the most valuable and most recent first, and the newest copy of a key.
-        for index, key, value in reversed(records):
-            if key in seen:
-                continue
-            seen.add(key)
-            if HEADER.unpack_from(value)[0] <= now:
-                result.expired += 1
-                continue
-            size = sizer.entry(len(key), len(value))
-            if used + size > room or size > self.limits.max_session_bytes:
-                result.left_out += 1
-                continue
-            used += size
-            chosen.append((index, key, value))
+        largest = self.limits.max_session_bytes
+        cap = self.limits.max_sessions
+        unpack = HEADER.unpack_from
+        sizes = self.sizer.entries([(len(key), len(value)) for _, key, value in records])
+        live = [unpack(value)[0] > now for _, _, value in records]
+        distinct = len({key for _, key, _ in records}) == len(records)
+        total = sum(size for size, alive in zip(sizes, live, strict=True) if alive)
+        chosen: list[tuple[int, str, bytes, int]]
+        fits = cap is None or sum(live) <= cap
+        if distinct and fits and total <= room and max(sizes, default=0) <= largest:
+            # The usual case: every live session fits, each once.
+            chosen = [
+                (index, key, value, size)
+                for (index, key, value), size, alive in zip(records, sizes, live, strict=True)
+                if alive
+            ]
+            result.expired = len(records) - len(chosen)
+            used = total
+        else:
+            chosen, used = [], 0
+            seen: set[str] = set()
+            # Backwards: the most valuable and most recent first, the newest copy of a key.
+            for (index, key, value), size, alive in zip(
+                reversed(records), reversed(sizes), reversed(live), strict=True
+            ):
+                if key in seen:
+                    continue
+                seen.add(key)
+                if not alive:
+                    result.expired += 1
+                elif (
+                    used + size > room or size > largest or (cap is not None and len(chosen) >= cap)
+                ):
+                    result.left_out += 1
+                else:
+                    used += size
+                    chosen.append((index, key, value, size))
+            chosen.reverse()
         events: list[StoreEvent] = []
         with self._lock:
-            for index, key, value in reversed(chosen):
-                if self._policy.find(key)[1] is not None:
-                    result.left_out += 1
-                    continue
-                self._policy.put(key, value, index, None)
-                self._entry_bytes += sizer.entry(len(key), len(value))
-                result.sessions += 1
-            if self._session_bytes() > self.limits.session_bytes:
+            policy = self._policy
+            if not len(policy):
+                # The usual case, a store not yet serving: straight into the segments, the
+                # tables measured once at the end.
+                segments = policy.segments
+                for index, key, value, _ in chosen:
+                    segments[index][key] = value
+                self._entry_bytes += used
+                policy.table_bytes = policy.measure_tables()
+                authenticated = segments[AUTHENTICATED]
+                for index, key, value, _ in chosen:
+                    if index == AUTHENTICATED and authenticated.get(key) is value:
+                        # The key object the policy holds (a later copy may have replaced it).
+                        self._index_add(value, key)
+                result.sessions = len(chosen)
+            else:
+                for index, key, value, size in chosen:
+                    if policy.find(key)[1] is not None:
+                        result.left_out += 1
+                        continue
+                    policy.put(key, value, index, None)
+                    self._entry_bytes += size
+                    if index == AUTHENTICATED:
+                        self._index_add(value, key)
+                    result.sessions += 1
+            if self._over_budget():
                 self._make_room(
                     self.limits.session_bytes, now, reason="restore", spare=None, events=events
                 )
         self._emit(events)
         return result
+
+    # -- who is logged in -----------------------------------------------------------------------
+
+    def user_sessions(self, user: str) -> list[SessionFacts]:
+        """The live sessions of ``user`` (Django's ``_auth_user_id`` text), most recently used
+        first. O(their sessions); the values are decoded outside the lock."""
+        now = self.clock()
+        wanted = user_key(user)
+        with self._lock:
+            found = [(key, self._policy.find(key)[1]) for key in self._users.keys(wanted)]
+        rows = [
+            facts.read_facts(key, value)
+            for key, value in found
+            if value is not None and HEADER.unpack_from(value)[0] > now
+        ]
+        rows.sort(key=lambda row: (row.last_used, row.created), reverse=True)
+        return rows
+
+    def note_client(self, key: str, client: str) -> bool:
+        """Note ``client`` (opaque text) for a logged-in session if it differs from the one
+        noted; whether it changed. Not a write of the session: not journaled."""
+        encoded = facts.encode(client)
+        with self._lock:
+            index, value = self._policy.find(key)
+            if index != AUTHENTICATED or value is None:
+                return False
+            user, created, old_client = facts.carried(value)
+            if old_client == encoded:
+                return False
+            offset = facts.payload_offset(value)
+            expires_at, epoch = HEADER.unpack_from(value)
+            new_value = facts.facts_value(
+                expires_at,
+                epoch,
+                created,
+                facts.last_used_of(value),
+                user,
+                encoded,
+                value[offset:],
+            )
+            size = self.sizer.entry(len(key), len(new_value))
+            if size > self.limits.max_session_bytes:
+                return False
+            self._entry_bytes += size - self.sizer.entry(len(key), len(value))
+            if self._policy.put(key, new_value, index, index):
+                self._index_add(new_value, key)  # it was in a prune walk's front: re-pointed
+        return True
 
     # -- inspection and tests ----------------------------------------------------------------
 
@@ -561,6 +817,8 @@ class MemoryStore:
                 "max_session_bytes": self.limits.max_session_bytes,
                 "remembered": len(self._remembered),
                 "remembered_bytes": self._remembered.bytes,
+                "users": len(self._users),
+                "user_index_bytes": self._users.bytes,
                 "hits": self.hits,
                 "misses": self.misses,
                 "evictions": self.evictions,
@@ -577,6 +835,7 @@ class MemoryStore:
         with self._lock:
             self._policy = SegmentedLRU()
             self._remembered = RememberedKeys(self.sizer)
+            self._users = UserIndex()
             self._entry_bytes = 0
             self._reset_counters()
 
@@ -586,16 +845,27 @@ class MemoryStore:
         with self._lock:
             self.limits = limits
             self._remembered.trim(limits.remember_bytes)
-            if self._session_bytes() > limits.session_bytes:
+            if self._over_budget():
                 self._make_room(
                     limits.session_bytes, self.clock(), reason="settings", spare=None, events=events
                 )
         self._emit(events)
 
-    def containers(self) -> tuple[OrderedDict[str, object], ...]:
+    def containers(self) -> tuple[dict[object, object], ...]:
         """Every container the store holds: what its size is the size of (for tests)."""
         policy = self._policy
-        return (*policy.segments, *policy.fronts, self._remembered.keys)  # type: ignore[return-value]
+        return (  # type: ignore[return-value]
+            *policy.segments,
+            *policy.fronts,
+            self._remembered.keys,
+            self._users.users,
+        )
+
+    @property
+    def served(self) -> bool:
+        """Whether a request ever used this store (a load or a save), as opposed to a process
+        that only built it (gunicorn's --preload master, whose app called ``stats()``)."""
+        return bool(self.hits or self.misses or self.writes)
 
     def accounted_bytes(self) -> int:
         """The store's size measured afresh (for tests: it must equal ``stats()["bytes"]``)."""
@@ -608,7 +878,12 @@ class MemoryStore:
         self._prune_lock = threading.Lock()
         self.created_at = self.clock()
         if not consistent:
-            self._entry_bytes, self._policy.table_bytes, self._remembered.bytes = self._measure()
+            (
+                self._entry_bytes,
+                self._policy.table_bytes,
+                self._remembered.bytes,
+                self._users.bytes,
+            ) = self._measure()
             self._policy.measure_fronts()
 
     @property
@@ -621,7 +896,12 @@ class MemoryStore:
         """What writes are charged for: sessions and their tables, less a prune walk's passing
         second table (counted in the store's size, but evicting live sessions to pay for a table
         freed a moment later would throw away a tenth of a full store on every pass)."""
-        return self._entry_bytes + self._policy.table_bytes - self._policy.front_bytes
+        return (
+            self._entry_bytes
+            + self._policy.table_bytes
+            - self._policy.front_bytes
+            + self._users.bytes
+        )
 
     def _charged_total(self) -> int:
         """The store's size as the low-water mark sees it: sessions (as writes are charged for
@@ -629,13 +909,24 @@ class MemoryStore:
         return self._session_bytes() + self._remembered.bytes
 
     def _total(self) -> int:
-        return self._entry_bytes + self._policy.table_bytes + self._remembered.bytes
+        return (
+            self._entry_bytes
+            + self._policy.table_bytes
+            + self._remembered.bytes
+            + self._users.bytes
+        )
 
-    def _measure(self) -> tuple[int, int, int]:
-        """Entry, table and remembered bytes measured afresh (O(n): tests and after a fork)."""
+    def _measure(self) -> tuple[int, int, int, int]:
+        """Entry, table, remembered and user index bytes measured afresh (O(n): tests and
+        after a fork)."""
         sizer = self.sizer
         entries = sum(sizer.entry(len(key), len(value)) for key, value in self._policy.items())
-        return entries, self._policy.measure_tables(), self._remembered.measure()
+        return (
+            entries,
+            self._policy.measure_tables(),
+            self._remembered.measure(),
+            self._users.measure(),
+        )
 
     def _make_room(
         self,
@@ -662,25 +953,24 @@ class MemoryStore:
             for index, key, value in self._policy.coldest(EXPIRED_PROBE)
             if HEADER.unpack_from(value)[0] <= now and key != spare
         ]
+
+        def over() -> bool:
+            return used() > target or self._over_count()
+
         for index, key, value in probe:
-            if used() <= target:
+            if not over():
                 break
-            size = self.sizer.entry(len(key), len(value))
-            self._policy.remove(key, index)
-            self._entry_bytes -= size
             expired_count += 1
-            expired_bytes += size
+            expired_bytes += self._drop(key, index, value)
         evicted_count = evicted_bytes = 0
-        while used() > target and (max_evictions is None or evicted_count < max_evictions):
+        while over() and (max_evictions is None or evicted_count < max_evictions):
             victim = self._policy.victim(spare)
             if victim is None:
                 if not (with_remembered and self._remembered.drop_oldest()):
                     break
                 continue
             index, key, value = victim
-            size = self.sizer.entry(len(key), len(value))
-            self._policy.remove(key, index)
-            self._entry_bytes -= size
+            size = self._drop(key, index, value)
             evicted_count += 1
             evicted_bytes += size
             self._remembered.remember(key, HEADER.unpack_from(value)[0], self.limits.remember_bytes)
@@ -695,11 +985,67 @@ class MemoryStore:
     def _remove_expired(
         self, key: str, index: int, value: bytes, events: list[StoreEvent], reason: str
     ) -> None:
+        size = self._drop(key, index, value)
+        self.expired += 1
+        events.append(StoreEvent("expired", 1, size, reason))
+
+    def _drop(self, key: str, index: int, value: bytes) -> int:
+        """Remove an entry from the policy, the running total and the user index; its size."""
         self._policy.remove(key, index)
         size = self.sizer.entry(len(key), len(value))
         self._entry_bytes -= size
-        self.expired += 1
-        events.append(StoreEvent("expired", 1, size, reason))
+        if index == AUTHENTICATED:
+            self._index_remove(value, key)
+        return size
+
+    def _index_add(self, value: bytes, key: str) -> int:
+        """Index a logged-in session under its user (``key``: the object the policy holds);
+        how many sessions the user has (0: no user id given, not indexed)."""
+        user = facts.user_of(value)
+        if not user:
+            return 0
+        return self._users.add(user_key(user.decode(errors="replace")), key)
+
+    def _index_remove(self, value: bytes, key: str) -> None:
+        user = facts.user_of(value)
+        if user:
+            self._users.remove(user_key(user.decode(errors="replace")), key)
+
+    def _end_over_limit(
+        self,
+        value: bytes,
+        key: str,
+        limit: int,
+        events: list[StoreEvent],
+        journal: list[tuple[str, int]],
+    ) -> None:
+        """The user of ``value`` just logged in beyond ``limit`` sessions: end their least
+        recently used others (as a logout: not remembered, journaled)."""
+        user_text = facts.user_of(value).decode(errors="replace")
+        user = user_key(user_text)
+        others = []
+        for other in self._users.keys(user):
+            if other != key:
+                index, other_value = self._policy.find(other)
+                if other_value is not None:
+                    others.append((facts.last_used_of(other_value), other, index, other_value))
+        others.sort(key=lambda row: row[0])
+        count = size = 0
+        for _, other, index, other_value in others[: max(0, len(others) + 1 - limit)]:
+            self._remembered.forget(other)
+            size += self._drop(other, index, other_value)
+            count += 1
+            if self.epoch != NOT_JOURNALED:
+                journal.append((other, self.epoch))
+        if count:
+            events.append(StoreEvent("ended", count, size, "limit", user=user_text))
+
+    def _over_count(self) -> bool:
+        cap = self.limits.max_sessions
+        return cap is not None and len(self._policy) > cap
+
+    def _over_budget(self) -> bool:
+        return self._session_bytes() > self.limits.session_bytes or self._over_count()
 
     def _emit(self, events: list[StoreEvent]) -> None:
         if self.on_event is not None and events:

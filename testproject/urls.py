@@ -1,4 +1,5 @@
-"""URLs of the demo site: the shop at ``/``, Django's auth views, the admin."""
+"""URLs of the demo site: the shop at ``/``, Django's auth views, the user's sessions page, the
+admin."""
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
@@ -10,5 +11,7 @@ urlpatterns = [
     # Log out by POST only, on every supported Django (4.2's LogoutView still accepts GET).
     path("accounts/logout/", require_POST(auth_views.LogoutView.as_view()), name="logout"),
     path("accounts/", include("django.contrib.auth.urls")),
+    # Each user's own sessions: where they are logged in, and "log out everywhere else".
+    path("account/sessions/", include("django_memsession.urls")),
     path("admin/", admin.site.urls),
 ]

@@ -3,6 +3,7 @@ and the same text stops the store from being built where checks never run."""
 
 from __future__ import annotations
 
+import os
 import threading
 
 import pytest
@@ -203,3 +204,63 @@ def test_a_private_snapshot_directory_is_accepted(tmp_path):
 def test_bad_snapshot_interval_is_e012(value):
     with override_settings(MEMSESSION_SNAPSHOT_INTERVAL=value):
         assert ids() == ["memsession.E012"]
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a directory to another user needs root")
+def test_snapshot_directory_owned_by_another_user_is_e011(tmp_path):
+    theirs = tmp_path / "theirs"
+    theirs.mkdir(mode=0o755)
+    os.chown(theirs, 65534, -1)
+    with override_settings(MEMSESSION_SNAPSHOT_PATH=str(theirs / "s.snapshot")):
+        (message,) = check_settings()
+    assert message.id == "memsession.E011"
+    assert "belongs to another user" in message.msg
+
+
+# -- who is logged in ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, "100", True])
+def test_bad_session_cap_is_e013(value):
+    with override_settings(MEMSESSION_MAX_SESSIONS=value):
+        assert ids() == ["memsession.E013"]
+
+
+@pytest.mark.parametrize("value", [0, "5", 2.0, False])
+def test_bad_per_user_limit_is_e014(value):
+    with override_settings(MEMSESSION_MAX_SESSIONS_PER_USER=value):
+        assert ids() == ["memsession.E014"]
+
+
+def test_session_limits_as_counts_are_accepted():
+    with override_settings(MEMSESSION_MAX_SESSIONS=100_000, MEMSESSION_MAX_SESSIONS_PER_USER=1):
+        assert ids() == []
+        assert (conf.limits().max_sessions, conf.limits().max_sessions_per_user) == (100_000, 1)
+
+
+def test_track_clients_not_a_bool_is_e015():
+    with override_settings(MEMSESSION_TRACK_CLIENTS="yes"):
+        assert ids() == ["memsession.E015"]
+
+
+@pytest.mark.parametrize(
+    "value", ["X-Forwarded-For", "", 42, "no.such.module.func", "django.conf.settings.DEBUG"]
+)
+def test_bad_client_ip_source_is_e016_with_a_hint(value):
+    with override_settings(MEMSESSION_CLIENT_IP=value):
+        (message,) = check_settings()
+    assert message.id == "memsession.E016"
+    assert "HTTP_X_FORWARDED_FOR" in message.hint
+
+
+@pytest.mark.parametrize(
+    "value", [None, "REMOTE_ADDR", "HTTP_X_FORWARDED_FOR", "django_memsession.clients.remote_addr"]
+)
+def test_client_ip_sources_are_accepted(value):
+    with override_settings(MEMSESSION_CLIENT_IP=value):
+        assert ids() == []
+
+
+def test_end_sessions_on_password_change_not_a_bool_is_e017():
+    with override_settings(MEMSESSION_END_SESSIONS_ON_PASSWORD_CHANGE=1):
+        assert ids() == ["memsession.E017"]

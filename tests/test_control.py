@@ -3,6 +3,7 @@ replies, and a client that never mistakes a live process for a dead one."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,10 +20,11 @@ import pytest
 from django.test import override_settings
 from processes import store_process
 
+import django_memsession
 from django_memsession import SessionStore, control, runtime
 from django_memsession import listener as listener_module
 from django_memsession.listener import Listener
-from django_memsession.messages import Reply, Request, to_json
+from django_memsession.messages import SESSIONS_PAGE, Reply, Request, to_json
 
 
 @pytest.fixture
@@ -314,17 +316,43 @@ def test_an_idle_client_is_dropped_at_its_deadline(listener, monkeypatch):
         assert conn.recv(100) == b""  # closed by the listener, well before our 5 s
 
 
-def test_more_connections_than_the_limit_drop_the_oldest_and_serve_the_new(listener):
+def test_more_connections_than_the_limit_wait_their_turn_and_are_served(listener):
+    """Idle connections fill every slot: a valid request waits in the backlog until their
+    deadline frees one, then is answered."""
     held = []
     for _ in range(listener_module.MAX_CONNECTIONS + 10):
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         conn.connect(str(listener.path))
         held.append(conn)
     try:
-        assert still_serves(listener)
+        assert still_serves(listener, timeout=listener_module.REQUEST_DEADLINE + 3)
     finally:
         for conn in held:
             conn.close()
+
+
+def test_a_flood_of_junk_connections_does_not_stop_valid_requests(listener, caplog):
+    """Four threads connecting, sending an unsigned frame and closing, as fast as they can."""
+    stop = threading.Event()
+
+    def flood() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as conn:
+                conn.connect(str(listener.path))
+                conn.send(b"\0\0\0\x40" + b"z" * 64)
+
+    threads = [threading.Thread(target=flood) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        with caplog.at_level(logging.ERROR, logger="django_memsession"):
+            answered = [still_serves(listener) for _ in range(20)]
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert all(answered)
+    assert "listener failed" not in caplog.text
 
 
 def test_a_removed_socket_file_is_bound_again(listener):
@@ -565,3 +593,50 @@ def test_prunesessions_from_another_pid_namespace_leaves_live_sockets_alone(cont
     assert result.returncode == 0, result.stderr
     assert [p["pid"] for p in json.loads(result.stdout)["processes"]] == [pid]
     assert still_there
+
+
+# -- who is logged in ---------------------------------------------------------------------------
+
+
+def test_a_users_sessions_in_another_process_come_in_pages_and_end(control_dir):
+    count = 2 * SESSIONS_PAGE + 7  # three replies
+    with store_process(control_dir, extra_env={"MEMSESSION_TEST_LOGINS": f"5:{count}"}) as pid:
+        found = django_memsession.user_sessions("5")
+        assert len(found) == count == len({record.id for record in found})
+        assert {record.pid for record in found} == {pid}
+        assert django_memsession.end_user_sessions("5", keep=None) == count
+        assert django_memsession.user_sessions("5") == []
+
+
+def test_a_session_id_of_another_user_ends_nothing_in_another_process(control_dir):
+    with store_process(control_dir, extra_env={"MEMSESSION_TEST_LOGINS": "5:2"}):
+        (first, _) = django_memsession.user_sessions("5")
+        assert django_memsession.end_session("6", first.id) == 0
+        assert django_memsession.end_session("5", first.id) == 1
+        assert [record.id for record in django_memsession.user_sessions("5")] != [first.id]
+
+
+def test_user_requests_carry_their_fields_and_no_key():
+    request = control.new_request("end", fields={"user": "5", "keep": "ab" * 16})
+    assert (request.user, request.keep, request.session_id) == ("5", "ab" * 16, None)
+    assert control.open_request(control.sign_request(request)[4:]) == request
+
+
+def test_ending_after_a_password_change_does_not_wait_for_a_hung_peer(control_dir, monkeypatch):
+    """This process's sessions end before the call returns; the hung peer is asked on a thread
+    that is still waiting for it when the request goes on."""
+    from django_memsession.everywhere import end_user_sessions_in_background
+
+    monkeypatch.setattr(control, "REPORT_TIMEOUT", 1.0)
+    session = SessionStore()
+    session["_auth_user_id"] = "5"
+    session.save()
+    peer = FakePeer(control_dir, 666_001, None)
+    try:
+        thread = end_user_sessions_in_background("5", reason="password")
+        assert thread is not None and thread.is_alive()  # still waiting on the peer
+        assert not SessionStore().exists(session.session_key)  # ended here already
+        thread.join(10)
+    finally:
+        peer.close()
+    assert not thread.is_alive()

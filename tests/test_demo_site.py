@@ -240,6 +240,24 @@ def test_login_keeps_the_cart_under_a_new_key_and_logout_ends_the_session(
     assert after_logout["visits"] == 1  # a fresh session
 
 
+def test_a_signed_in_visitor_finds_their_sessions_page(demo_env: dict[str, str]) -> None:
+    observed = run_visit(
+        """
+        login_page = client.get("/accounts/login/")
+        home = post(login_page, "/accounts/login/", username="demo", password="demo")
+        sessions = client.get("/account/sessions/")
+        report(
+            linked='href="/account/sessions/"' in home.content.decode(),
+            status=sessions.status_code,
+            rows=sessions.content.decode().count('class="memsession-session'),
+            marked="this session" in sessions.content.decode(),
+        )
+        """,
+        demo_env,
+    )
+    assert observed == {"linked": True, "status": 200, "rows": 1, "marked": True}
+
+
 def _free_port() -> int:
     import socket
 

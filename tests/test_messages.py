@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -16,6 +17,7 @@ from django_memsession.messages import (
     Request,
     Sample,
     StoreStats,
+    UserSession,
     from_json,
     to_json,
 )
@@ -116,3 +118,23 @@ def test_parsing_is_bounded_and_raises_only_message_error(data):
 
 def test_optional_fields_may_be_left_out():
     assert from_json(Reply, b'{"ok": false}') == Reply(ok=False)
+
+
+def test_a_page_of_a_users_sessions_round_trips():
+    record = UserSession(
+        id="ab" * 16,
+        pid=1,
+        user="42",
+        created=1.0,
+        last_used=2.0,
+        expires=3.0,
+        ip="203.0.113.5",
+        user_agent="Firefox",
+    )
+    report = dataclasses.replace(REPORT, sessions=[record], sessions_total=501, ended=0)
+    assert from_json(Reply, to_json(Reply(ok=True, report=report))).report == report
+
+
+def test_a_session_record_without_its_id_is_refused():
+    with pytest.raises(MessageError, match=r"sessions\[0\]\.id: missing"):
+        from_json(ProcessReport, json.dumps({**dataclasses.asdict(REPORT), "sessions": [{}]}))

@@ -173,5 +173,6 @@ def test_snapshotsessions_asks_every_process_and_prints_what_each_wrote(control_
 def test_snapshotsessions_where_snapshots_are_off_says_so(control_dir):
     with store_process(control_dir) as pid:
         result = run_command("snapshotsessions", control_dir=control_dir)
-    assert result.returncode == 0
+    assert result.returncode == 1
     assert f"pid {pid}: nothing written: snapshots are off" in result.stdout
+    assert "No process wrote a snapshot: snapshots are off" in result.stderr

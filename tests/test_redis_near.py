@@ -399,6 +399,16 @@ def test_redis_keeps_a_cached_session_as_long_as_l1_may_serve_it(near_cache, red
     assert copy_expires_at <= time.time() + 600
 
 
+def test_logged_in_copies_in_l1_are_not_indexed_as_this_processs_users(near_cache):
+    """L1 holds copies of Redis records: who is logged in is not answered from it, and its
+    figures never count a user."""
+    session = saved({"v": 1}, user="7")
+    assert cached(near_cache, session.session_key)
+    l1 = near(near_cache).l1
+    assert l1.user_sessions("7") == []
+    assert l1.stats()["users"] == 0
+
+
 def test_a_session_larger_than_an_eighth_of_the_near_cache_is_not_kept(settings, redis_server):
     settings.MEMSESSION_REDIS_NEAR_CACHE = "64K"
     near(get_store()).connect()

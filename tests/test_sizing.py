@@ -10,6 +10,7 @@ from collections import OrderedDict
 
 import pytest
 from pympler import asizeof
+from userindex import index_problems
 
 from django_memsession.sizing import ODICT_NODE_SIZE, format_size, parse_size, table_size
 from django_memsession.store import Limits, MemoryStore
@@ -90,12 +91,14 @@ def _filled(count: int, sizer, seed: int, clock=None) -> MemoryStore:
             store.clock() + 3600,
             authenticated=n % 3 == 0,
             create=True,
+            user=str(n % 7) if n % 3 == 0 else None,  # users with several sessions
         )
     return store
 
 
 def _asizeof_store(store: MemoryStore) -> int:
-    """pympler's measure of everything the store holds: containers, keys, values, expiries."""
+    """pympler's measure of everything the store holds: containers, keys, values, expiries,
+    and the user index (whose keys are the very objects the sessions' tables hold)."""
     return asizeof.asizeof(*store.containers())
 
 
@@ -181,3 +184,68 @@ def test_accounted_bytes_stay_asizeof_of_the_store_through_repeated_prunes(sizer
         assert store.stats()["bytes"] == _asizeof_store(store)
         assert store.stats()["remembered_bytes"] <= store.limits.remember_bytes
     assert table_size(store._remembered.keys) < table
+
+
+def test_accounted_bytes_stay_asizeof_of_the_store_with_the_user_index(sizer, clock):
+    """Logins, saves, loads (last use noted), another user on a key, logouts, per-user and
+    per-store limits, evictions, expiry in a walk, a restore: the index (user ids, sets of
+    keys, its table) stays counted exactly, and shares the sessions' key objects."""
+    store = MemoryStore(
+        Limits(96 * 1024, 8 * 1024, 0.75, max_sessions=400, max_sessions_per_user=3),
+        sizer=sizer,
+        clock=clock,
+    )
+    rng = random.Random(3)
+    keys: list[str] = []
+    for n in range(3000):
+        key = f"{n:032d}"
+        user = str(rng.randrange(60)) if rng.random() < 0.6 else None
+        store.put(
+            key,
+            _random_payload(rng)[:500],
+            clock() + rng.choice([5, 3600]),
+            authenticated=user is not None,
+            create=True,
+            user=user,
+        )
+        keys.append(key)
+        other = rng.choice(keys)
+        action = rng.random()
+        if action < 0.3:
+            store.get(other)
+        elif action < 0.5:
+            new_user = str(rng.randrange(60)) if rng.random() < 0.8 else None
+            store.put(
+                other,
+                b"v" * rng.randrange(200),
+                clock() + 3600,
+                authenticated=new_user is not None,
+                create=False,
+                user=new_user,
+            )
+        elif action < 0.55:
+            store.delete(other)
+        if n % 500 == 0:
+            clock.advance(1)
+    figures = store.stats()
+    assert figures["users"] > 0 and figures["evictions"] > 0
+    assert figures["bytes"] == _asizeof_store(store) == store.accounted_bytes()
+    assert index_problems(store) == []
+    clock.advance(10)
+    store.prune_expired(chunk_size=50)
+    assert store.stats()["bytes"] == _asizeof_store(store)
+    assert index_problems(store) == []
+    copied = [record for chunk in store.copy_chunks(chunk_size=50) for record in chunk]
+    store.clear()
+    store.restore(copied)
+    assert store.stats()["bytes"] == _asizeof_store(store)
+    assert index_problems(store) == []
+
+
+def test_the_index_costs_an_anonymous_session_nothing(sizer, clock):
+    store = MemoryStore(Limits(1 << 30, 1 << 20, 0.75), sizer=sizer, clock=clock)
+    empty = store.stats()["user_index_bytes"]
+    for n in range(1000):
+        store.put(f"{n:032d}", b"x" * 300, clock() + 60, authenticated=False, create=True)
+    assert store.stats()["user_index_bytes"] == empty
+    assert store.stats()["bytes"] == _asizeof_store(store)

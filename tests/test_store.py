@@ -27,13 +27,14 @@ def fill(store, count: int, start: int = 0, **kw) -> None:
         assert put(store, key(n), **kw) is PutResult.STORED
 
 
-def capacity(make_store, **limits) -> int:
+def capacity(make_store, authenticated: bool = False, **limits) -> int:
     """How many ``put`` sessions a fresh store with these limits holds before its first eviction
-    (the tables of the containers count too, so this is found by filling, not by dividing)."""
+    (the tables of the containers count too, so this is found by filling, not by dividing).
+    A logged-in session's value carries its facts: fewer of them fit."""
     probe = make_store(**limits)
     count = 0
     while probe.stats()["evictions"] == 0:
-        put(probe, key(count))
+        put(probe, key(count), authenticated=authenticated)
         count += 1
     return count - 1
 
@@ -108,7 +109,7 @@ def test_create_over_an_expired_key_succeeds_once_it_is_pruned(make_store, clock
 
 def test_write_over_budget_evicts_least_recently_used(make_store):
     store = make_store(max_bytes=20 * 1024)
-    full = capacity(make_store, max_bytes=20 * 1024)
+    full = capacity(make_store, authenticated=True, max_bytes=20 * 1024)
     fill(store, full, authenticated=True)  # one segment: plain LRU
     store.get(key(0))  # key 0 is now the most recently used
     put(store, key(full), authenticated=True)
@@ -353,7 +354,7 @@ def test_a_prune_walk_evicts_no_session_to_pay_for_its_passing_second_table(
     from django_memsession import store as store_module
 
     store = make_store(max_bytes=256 * 1024)
-    full = capacity(make_store, max_bytes=256 * 1024)
+    full = capacity(make_store, authenticated=True, max_bytes=256 * 1024)
     fill(store, full, authenticated=True)
     updates = iter(range(full))
 

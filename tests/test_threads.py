@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import pytest
 from django.contrib.sessions.backends.base import UpdateError
 from django.test import override_settings
+from userindex import index_problems
 
 import django_memsession
 from django_memsession import SessionStore
@@ -59,6 +60,8 @@ def _worker(shared: Shared, seed: int, operations: int) -> None:
             if action < 0.2 or not mine:
                 session = SessionStore()
                 session["pad"] = "p" * rng.randrange(0, 800)
+                if rng.random() < 0.5:  # logged in: indexed under one of 20 users
+                    session["_auth_user_id"] = str(rng.randrange(20))
                 _save(shared, session, mine, None)
             elif action < 0.55:  # load anyone's session
                 key = rng.choice(shared.all_keys)
@@ -83,6 +86,8 @@ def _worker(shared: Shared, seed: int, operations: int) -> None:
             elif action < 0.995:
                 key = mine.pop(rng.randrange(len(mine)))
                 SessionStore(key).delete()
+            elif action < 0.997:
+                get_store().user_sessions(str(rng.randrange(20)))
             else:
                 django_memsession.prune()
     except BaseException as exc:  # pragma: no cover - reported by the assertions below
@@ -110,3 +115,6 @@ def test_eight_threads_of_mixed_operations(operations):
     assert figures["bytes"] == store.accounted_bytes()
     assert figures["bytes"] <= figures["max_bytes"]
     assert figures["evictions"] > 0 and figures["hits"] > 0
+    # After it all: every indexed key is stored and logged in, every logged-in session indexed.
+    assert figures["users"] > 0
+    assert index_problems(store) == []

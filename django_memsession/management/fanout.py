@@ -102,6 +102,10 @@ class FanOutCommand(BaseCommand):
             )
         if not rows:
             raise CommandError(none_found(gathered), returncode=EXIT_NONE_REACHED)
+        self.check_rows(rows)
+
+    def check_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Raise ``CommandError`` when what the processes answered is a failure as a whole."""
 
 
 def none_found(gathered: Gathered) -> str:

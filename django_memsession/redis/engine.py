@@ -22,26 +22,15 @@ import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from django.conf import settings
-from django.contrib.sessions.backends.base import (
-    VALID_KEY_CHARS,
-    CreateError,
-    SessionBase,
-    UpdateError,
-)
-from django.utils.module_loading import import_string
+from django.contrib.sessions.backends.base import CreateError, UpdateError
 
-from ..engine import new_session_key
 from ..exceptions import SessionTooLarge
 from ..serializers import current_codec
+from ..sessionbase import AUTH_SESSION_KEY, FastSessionBase
 from .exceptions import SessionBackendUnavailable
 from .store import Loaded, RedisStore, UpdateResult, get_store
 
 logger = logging.getLogger("django_memsession.redis")
-
-# django.contrib.auth.SESSION_KEY, spelled out: importing django.contrib.auth here would make the
-# engine depend on the app registry.
-AUTH_SESSION_KEY = "_auth_user_id"
 
 # What an update of a session deleted or expired since it was loaded returns: never brought back.
 REFUSED = (UpdateResult.DELETED, UpdateResult.GONE)
@@ -51,7 +40,7 @@ REFUSED = (UpdateResult.DELETED, UpdateResult.GONE)
 SANE_AGE = 100 * 365 * 24 * 3600
 
 
-class SessionStore(SessionBase):
+class SessionStore(FastSessionBase):
     """The session engine: ``SESSION_ENGINE = "django_memsession.redis"``."""
 
     # The process's Redis store. A subclass may point at another (the benchmarks run the
@@ -70,46 +59,6 @@ class SessionStore(SessionBase):
         # Whether this object loaded the session from Redis: it came back, so its probation ends.
         self._came_back = False
         self.outage: SessionBackendUnavailable | None = None
-
-    @property
-    def serializer(self) -> Any:  # SessionBase.encode()/decode() use it
-        return import_string(settings.SESSION_SERIALIZER)
-
-    # SessionBase's lazy loading, without raising and catching an AttributeError on the first
-    # access of every request.
-
-    def _get_session(self, no_load: bool = False) -> dict[str, Any]:
-        self.accessed = True
-        cache: dict[str, Any] | None = self.__dict__.get("_session_cache")
-        if cache is None:
-            cache = self._session_cache = {} if self.session_key is None or no_load else self.load()
-        return cache
-
-    async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
-        # Also SessionBase's own (Django 5.0+), so that Django 4.2 has it too.
-        self.accessed = True
-        cache: dict[str, Any] | None = self.__dict__.get("_session_cache")
-        if cache is None:
-            cache = self._session_cache = (
-                {} if self.session_key is None or no_load else await self.aload()
-            )
-        return cache
-
-    _session = property(_get_session)
-
-    def _validate_session_key(self, key: Any) -> bool:
-        """Only keys this engine could have made: 8-64 characters of ``[a-z0-9]``.
-
-        Anything else (overlong, non-ASCII, NUL, separators) is no session, without a lookup.
-        """
-        return isinstance(key, str) and 8 <= len(key) <= 64 and not key.strip(VALID_KEY_CHARS)
-
-    def _get_new_session_key(self) -> str:
-        # No exists() round trip: SET NX in create() catches a collision of 165 random bits.
-        return new_session_key()
-
-    async def _aget_new_session_key(self) -> str:
-        return new_session_key()
 
     # Every store call below notes an outage on self.outage (for the middleware) with a plain
     # try/except: a context manager would cost about 1 µs on every call's success path.
@@ -263,28 +212,6 @@ class SessionStore(SessionBase):
             # NaN, infinite, or centuries: let datetime raise what the db engine raises.
             datetime.now(UTC) + timedelta(seconds=age)
         return age
-
-    def create(self) -> None:
-        for _ in range(100):
-            self._session_key = self._get_new_session_key()
-            try:
-                self.save(must_create=True)
-            except CreateError:
-                continue
-            self.modified = True
-            return
-        raise RuntimeError("Unable to create a new session key.")
-
-    async def acreate(self) -> None:
-        for _ in range(100):
-            self._session_key = await self._aget_new_session_key()
-            try:
-                await self.asave(must_create=True)
-            except CreateError:
-                continue
-            self.modified = True
-            return
-        raise RuntimeError("Unable to create a new session key.")
 
     # -- the rest of the contract --------------------------------------------------------------
 

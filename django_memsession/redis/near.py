@@ -371,15 +371,15 @@ class NearCache:
 
     def _put(self, session_key: str, record: bytes, expires_at: float) -> bool:
         # The memory store's own update first (keeps the entry's place in its eviction policy),
-        # a create when the key is not there.
-        authenticated = b"_auth_user_id" in record
+        # a create when the key is not there. Every copy is stored as anonymous: L1 holds
+        # copies of Redis records, not this process's sessions, so its user index (who is
+        # logged in, per-user limits) stays empty and nothing counts a session twice; a
+        # logged-in copy's facts header would only cost bytes and a copy a second on hits.
         try:
-            result = self.l1.put(
-                session_key, record, expires_at, authenticated=authenticated, create=False
-            )
+            result = self.l1.put(session_key, record, expires_at, authenticated=False, create=False)
             if result is PutResult.MISSING:
                 result = self.l1.put(
-                    session_key, record, expires_at, authenticated=authenticated, create=True
+                    session_key, record, expires_at, authenticated=False, create=True
                 )
         except EntryTooLarge:
             self.l1.delete(session_key)

@@ -56,6 +56,8 @@ DATABASES = {
 
 SESSION_ENGINE = "django_memsession"
 USE_TZ = True
+# Tests log users in and change passwords by the hundred: a fast hasher.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 DEFAULT_AUTO_FIELD = "django.db.models.AutoField"
 STATIC_URL = "/static/"
 

@@ -1,12 +1,19 @@
 from django.contrib import admin
-from django.contrib.auth.views import LogoutView
-from django.urls import path
+from django.contrib.auth.views import LoginView, LogoutView, PasswordChangeView
+from django.urls import include, path
 
 from . import views
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("account/sessions/", include("django_memsession.urls")),
     path("logout/", LogoutView.as_view(next_page="/session/read/"), name="logout"),
+    # settings.LOGIN_URL's default; Django's password change (update_session_auth_hash).
+    path(
+        "accounts/login/",
+        LoginView.as_view(template_name="admin/login.html", next_page="/account/sessions/"),
+    ),
+    path("accounts/password/", PasswordChangeView.as_view(success_url="/session/whoami/")),
     path("session/make/", views.make_session, name="make-session"),
     path("session/read/", views.read_session, name="read-session"),
     path("session/step/", views.step, name="step-session"),

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django_memsession.management.fanout import EXIT_STATUS_HELP, FanOutCommand, size
+from django.core.management.base import CommandError
+
+from django_memsession.management.fanout import (
+    EXIT_NONE_REACHED,
+    EXIT_STATUS_HELP,
+    FanOutCommand,
+    size,
+)
 from django_memsession.messages import ProcessReport
 
 
@@ -17,7 +24,15 @@ class Command(FanOutCommand):
         "write its session snapshot to MEMSESSION_SNAPSHOT_PATH now. A process that does not "
         "own the snapshot file (another process claimed it) says so and writes nothing.\n\n"
         + EXIT_STATUS_HELP.format(verb="answered")
+        + " Also 1 when no process wrote a snapshot (snapshots are off in every one)."
     )
+
+    def check_rows(self, rows: list[dict[str, Any]]) -> None:
+        if not any(row["written"] for row in rows):
+            raise CommandError(
+                "No process wrote a snapshot: " + "; ".join(sorted({r["refused"] for r in rows})),
+                returncode=EXIT_NONE_REACHED,
+            )
 
     def row(self, report: ProcessReport, options: dict[str, Any]) -> dict[str, Any]:
         written = report.written

@@ -23,22 +23,27 @@ word "snapshot", set aside for inspection, and the process starts empty. A write
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .lru import AUTHENTICATED
 from .messages import RestoreReport, SnapshotReport, SnapshotState
 from .snapshot_file import (
     Claim,
     Journal,
+    SnapshotData,
     SnapshotRefused,
     read_snapshot,
     set_aside,
     write_snapshot,
 )
-from .store import MemoryStore
+from .store import HEADER_SIZE, MemoryStore
+from .users import from_plain
 
 __all__ = ["HANDOFF_TIMEOUT", "NotOwner", "Snapshotter"]
 
@@ -50,6 +55,10 @@ logger = logging.getLogger("django_memsession")
 # with several workers) never lets go, and this is what its first request waits.
 HANDOFF_TIMEOUT = 10.0
 HANDOFF_POLL = 0.05
+# After the handoff wait, how long (and how often) a thread keeps trying to claim the snapshot.
+LATE_CLAIM_WINDOW = 600.0
+LATE_CLAIM_POLL = 0.5
+LATE = object()  # _take_claim: the predecessor still holds it
 
 
 class NotOwner(Exception):
@@ -60,6 +69,20 @@ class NotOwner(Exception):
 # process was forked from one that had imported it (gunicorn --preload). Exact to the
 # millisecond, where /proc's start time is only as exact as the boot time's whole seconds.
 _started_at = time.time()
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """The cyclic garbage collector off while a snapshot is read and restored: a million
+    records are millions of new tuples and strings, and each collection would walk them all
+    again (a restore of 1M sessions took 20 s with it, a few without)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _note_fork() -> None:
@@ -84,18 +107,67 @@ class Snapshotter:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._interval = 0.0
+        self._wanted_interval = 0.0
+        self._closing = threading.Event()  # shutdown, abandon, fork: no late claim any more
         self.last: SnapshotReport | None = None
         self.restored: RestoreReport | None = None
         self.failures = 0
         self.holder: int | None = None  # the pid that owns the file, when not this process
+        # The user id in a session's payload (version 1 files only; the payload is the
+        # engine's serialization, which this module does not know).
+        self.user_of_payload: Callable[[bytes], str | None] | None = None
 
     # -- restore ---------------------------------------------------------------------------------
 
     def restore(self) -> RestoreReport | None:
-        """Claim the snapshot and put its sessions back; None when another process owns it."""
-        if not self._take_claim():
+        """Claim the snapshot and put its sessions back; None when another process owns it.
+
+        If the process this one replaces still holds it after ``HANDOFF_TIMEOUT`` (a request
+        running longer than that), this process starts serving empty and a thread keeps
+        trying, for ``LATE_CLAIM_WINDOW``: when the old process has written its final snapshot
+        and gone, its sessions are put back beside the ones made meanwhile.
+        """
+        claimed = self._take_claim()
+        if claimed is LATE:
+            threading.Thread(
+                target=self._claim_late, name="django_memsession-snapshot-claim", daemon=True
+            ).start()
             return None
+        if not claimed:
+            return None
+        return self._restore_claimed()
+
+    def _claim_late(self) -> None:
+        deadline = time.monotonic() + LATE_CLAIM_WINDOW
+        while time.monotonic() < deadline and not self._closing.is_set():
+            time.sleep(LATE_CLAIM_POLL)
+            try:
+                if not self.claim.try_take():
+                    continue
+            except OSError:
+                return
+            self.holder = None
+            try:
+                self._restore_claimed()
+                self.start(self._wanted_interval)
+            except Exception:
+                logger.exception("Session snapshot: restoring after a late claim failed.")
+            return
+
+    def _restore_claimed(self) -> RestoreReport | None:
+        self._remove_stale_temporaries()
         epoch = max([0, *self.journal.existing()])
+        report = None
+        started = time.perf_counter()
+        with _gc_paused():
+            data, report = self._read_and_restore(started)
+        # Journal from now on under a new epoch; the old journals stay until a newer snapshot.
+        self._begin_epoch(max(epoch, data.epoch if data is not None else 0) + 1)
+        with self._state_lock:
+            self.restored = report
+        return report
+
+    def _read_and_restore(self, started: float) -> tuple[SnapshotData | None, RestoreReport | None]:
         report = None
         try:
             data = read_snapshot(self.path)
@@ -119,13 +191,13 @@ class Snapshotter:
             )
             data = None
         if data is not None:
-            started = time.perf_counter()
             journaled = self.journal.keys_matching(
                 (key for _, key, _ in data.records), self.journal.hashes_since(data.epoch)
             )
             records = [record for record in data.records if record[1] not in journaled]
+            if data.version == 1:
+                records = self._upgrade(records, int(data.started_at))
             result = self.store.restore(records)
-            epoch = max(epoch, data.epoch)
             report = RestoreReport(
                 at=self.store.clock(),
                 sessions=result.sessions,
@@ -143,13 +215,25 @@ class Snapshotter:
                 len(journaled),
                 result.left_out,
             )
-        # Journal from now on under a new epoch; the old journals stay until a newer snapshot.
-        self._begin_epoch(epoch + 1)
-        with self._state_lock:
-            self.restored = report
-        return report
+        return data, report
 
-    def _take_claim(self) -> bool:
+    def _upgrade(
+        self, records: list[tuple[int, str, bytes]], seconds: int
+    ) -> list[tuple[int, str, bytes]]:
+        """Version 1 records: logged-in sessions get their facts, the user read from the
+        payload by ``user_of_payload`` (the runtime hands the session codec's)."""
+        reader = self.user_of_payload
+        upgraded = []
+        for segment, key, value in records:
+            if segment == AUTHENTICATED:
+                user = reader(value[HEADER_SIZE:]) if reader is not None else None
+                value = from_plain(value, user, seconds)
+            upgraded.append((segment, key, value))
+        return upgraded
+
+    def _take_claim(self) -> bool | object:
+        """True: claimed. False: a sibling holds it for good. ``LATE``: the process this one
+        replaces still held it when the wait ran out."""
         try:
             if self.claim.try_take():
                 return True
@@ -168,15 +252,29 @@ class Snapshotter:
                 time.sleep(HANDOFF_POLL)
                 if self.claim.try_take():
                     return True
+                current = self.claim.holder()
+                if current is not None and current[1] >= _started_at:
+                    holder, predecessor = current, False  # a sibling took it meanwhile
+                    break
         self.holder = holder[0] if holder else None
         logger.warning(
             "Session snapshot %s belongs to process %s%s: this process starts with an empty "
-            "store and writes no snapshot. Sessions are split between processes.",
+            "store%s.",
             self.path,
             self.holder if self.holder is not None else "?",
             f" (still there after {HANDOFF_TIMEOUT:g} s)" if predecessor else "",
+            "; its sessions are put back when that process has gone"
+            if predecessor
+            else " and writes no snapshot (sessions are split between processes)",
         )
-        return False
+        return LATE if predecessor else False
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files left by a writer that died mid-write hold session keys: remove them
+        (only the owner writes, so none of them is being written now)."""
+        for leftover in self.path.parent.glob(f"{self.path.name}.tmp-*"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
 
     def _begin_epoch(self, epoch: int) -> None:
         self.journal.open(epoch)
@@ -195,9 +293,10 @@ class Snapshotter:
             epoch = self.store.epoch + 1
             self._begin_epoch(epoch)
             try:
-                written = write_snapshot(
-                    self.path, self.store.copy_chunks(), epoch=epoch, started_at=started_at
-                )
+                with _gc_paused():  # the copy is a million short-lived tuples
+                    written = write_snapshot(
+                        self.path, self.store.copy_chunks(), epoch=epoch, started_at=started_at
+                    )
             except OSError as exc:
                 with self._state_lock:
                     self.failures += 1
@@ -220,12 +319,17 @@ class Snapshotter:
         logger.debug("Session snapshot written (%s): %d sessions.", reason, written.sessions)
         return report
 
-    def journal_write(self, key: str, epoch: int) -> None:
-        """The store's ``on_journal`` callback."""
+    def journal_write(self, key: str, epoch: int) -> bool:
+        """The store's ``on_journal`` callback: whether the change is journaled."""
         try:
-            self.journal.append(key, epoch)
+            return self.journal.append(key, epoch)
         except OSError as exc:
-            logger.error("Session snapshot journal not written (%s).", exc.strerror)
+            logger.error(
+                "Session snapshot journal not written (%s): after a crash, this session may "
+                "come back as it was at the last snapshot.",
+                exc.strerror,
+            )
+            return False
 
     # -- the thread ------------------------------------------------------------------------------
 
@@ -238,6 +342,7 @@ class Snapshotter:
 
     def start(self, interval: float) -> None:
         """Write every ``interval`` seconds on a thread (0: only at shutdown and on demand)."""
+        self._wanted_interval = interval
         self.stop_thread()
         if interval <= 0 or not self.claim.held:
             return
@@ -261,6 +366,7 @@ class Snapshotter:
 
     def shutdown(self) -> None:
         """The final snapshot, then the claim goes: the next process restores it."""
+        self._closing.set()
         self.stop_thread()
         if self.claim.held:
             with contextlib.suppress(Exception):
@@ -271,6 +377,7 @@ class Snapshotter:
     def abandon(self) -> None:
         """This process forked (it is a master, not a server): give the claim up, write
         nothing. Its children inherited its sessions; they drop them (see ``forget``)."""
+        self._closing.set()
         self.stop_thread(timeout=0)
         self.journal.close()
         self.claim.release()
@@ -278,20 +385,10 @@ class Snapshotter:
     def forget(self) -> None:
         """In a forked child: the claim and the journals are the parent's. Closing our copies
         of their descriptors leaves the parent's as they are."""
+        self._closing.set()
         self._thread = None
         self.journal.close()
         self.claim.release()
-
-    def resume(self) -> bool:
-        """Take the claim back without restoring (a process that forked and then used its
-        store after all: its sessions are live, the file is its own); whether it could."""
-        try:
-            if not self.claim.try_take():
-                return False
-        except OSError:
-            return False
-        self._begin_epoch(max([self.store.epoch, *self.journal.existing()]) + 1)
-        return True
 
     def state(self) -> SnapshotState:
         with self._state_lock:

@@ -1,0 +1,109 @@
+"""What both engines (memory and Redis) add to Django's ``SessionBase``: fast, valid keys and
+lazy loading without an exception per request. Imports neither store."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from django.conf import settings
+from django.contrib.sessions.backends.base import VALID_KEY_CHARS, CreateError, SessionBase
+from django.utils.module_loading import import_string
+
+__all__ = ["AUTH_SESSION_KEY", "KEY_LENGTH", "FastSessionBase", "new_session_key"]
+
+# django.contrib.auth.SESSION_KEY, spelled out: importing django.contrib.auth here would make the
+# engines depend on the app registry.
+AUTH_SESSION_KEY = "_auth_user_id"
+
+KEY_LENGTH = 32  # of the keys the engines make: Django's length and alphabet
+
+_KEY_ALPHABET = VALID_KEY_CHARS.encode("ascii")
+_KEY_TABLE = bytes(_KEY_ALPHABET[byte % len(_KEY_ALPHABET)] for byte in range(256))
+# Bytes >= 252 (= 7 x 36) are dropped so every character is equally likely.
+_KEY_REJECT = bytes(range(256 - 256 % len(_KEY_ALPHABET), 256))
+
+
+def new_session_key() -> str:
+    """A 32-character key of ``[a-z0-9]``, like Django's, from the OS CSPRNG.
+
+    Django's ``get_random_string(32)`` costs ~20 µs (32 calls into ``secrets.choice``); this costs
+    about 1 µs with the same alphabet, length and unpredictability.
+    """
+    while True:
+        raw = os.urandom(KEY_LENGTH + 8).translate(_KEY_TABLE, _KEY_REJECT)
+        if len(raw) >= KEY_LENGTH:
+            return raw[:KEY_LENGTH].decode("ascii")
+
+
+class FastSessionBase(SessionBase):
+    """Django's ``SessionBase`` with what every request of both engines does made cheap."""
+
+    def __init__(self, session_key: str | None = None) -> None:
+        # What SessionBase.__init__ does, minus import_string(SESSION_SERIALIZER) on every
+        # request: load() and save() use the cached codec (which still follows the setting).
+        self._session_key = session_key
+        self.accessed = False
+        self.modified = False
+
+    @property
+    def serializer(self) -> Any:  # SessionBase.encode()/decode() use it
+        return import_string(settings.SESSION_SERIALIZER)
+
+    # SessionBase's lazy loading, without raising and catching an AttributeError on the first
+    # access of every request (about 0.4 µs, a tenth of a whole load from the memory store).
+
+    def _get_session(self, no_load: bool = False) -> dict[str, Any]:
+        self.accessed = True
+        cache: dict[str, Any] | None = self.__dict__.get("_session_cache")
+        if cache is None:
+            cache = self._session_cache = {} if self.session_key is None or no_load else self.load()
+        return cache
+
+    async def _aget_session(self, no_load: bool = False) -> dict[str, Any]:
+        # Also SessionBase's own on Django 5.0+; Django 4.2 has none.
+        self.accessed = True
+        cache: dict[str, Any] | None = self.__dict__.get("_session_cache")
+        if cache is None:
+            cache = self._session_cache = (
+                {} if self.session_key is None or no_load else await self.aload()
+            )
+        return cache
+
+    _session = property(_get_session)
+
+    def _validate_session_key(self, key: Any) -> bool:
+        """Only keys these engines could have made: 8-64 characters of ``[a-z0-9]``.
+
+        Anything else (overlong, non-ASCII, NUL, separators) is no session, without a lookup.
+        """
+        return isinstance(key, str) and 8 <= len(key) <= 64 and not key.strip(VALID_KEY_CHARS)
+
+    def _get_new_session_key(self) -> str:
+        # No exists() round trip: a collision of 165 random bits is caught by create() anyway.
+        return new_session_key()
+
+    async def _aget_new_session_key(self) -> str:
+        return new_session_key()
+
+    def create(self) -> None:
+        for _ in range(100):
+            self._session_key = self._get_new_session_key()
+            try:
+                self.save(must_create=True)
+            except CreateError:
+                continue
+            self.modified = True
+            return
+        raise RuntimeError("Unable to create a new session key.")
+
+    async def acreate(self) -> None:
+        for _ in range(100):
+            self._session_key = await self._aget_new_session_key()
+            try:
+                await self.asave(must_create=True)
+            except CreateError:
+                continue
+            self.modified = True
+            return
+        raise RuntimeError("Unable to create a new session key.")
