@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 import select
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from conftest import FakeClock
+from django.contrib.sessions.backends.base import UpdateError
 from redis_server import RedisServer
 
 from django_memsession.redis import SessionStore, stats
@@ -193,17 +195,40 @@ def test_a_session_created_here_is_kept_in_l1_and_not_invalidated_by_its_own_ech
     assert near(near_cache).get(probe.session_key) is None
 
 
-def test_a_save_of_an_existing_session_leaves_the_next_load_to_redis(near_cache, redis_server):
-    """Redis 7.0 sends a script's writes back even to the connection that ran it (NOLOOP
-    covers the connection's own commands only), and one message may stand for another
-    process's write in the same turn: the saving process keeps no copy."""
+def test_a_save_of_an_existing_session_is_kept_and_its_scripts_write_does_not_come_back(
+    near_cache, redis_server
+):
+    """Redis 7.0 sends a script's writes even to the NOLOOP connection that ran it; the
+    writer makes itself the key's last writer (PEXPIRE ... GT after the script), so the copy
+    stays and the next load makes no round trip."""
     session = saved({"n": 1})
     session["n"] = 2
     session.save()
-    assert not cached(near_cache, session.session_key)
+    probe = saved({"probe": 1})
+    write_elsewhere(redis_server, near_cache, probe.session_key, b"T")
+    wait_for_invalidation(near_cache)
+    assert near(near_cache).get(probe.session_key) is None  # drained up to the probe's write
     before = redis_server.calls("get")
     assert SessionStore(session.session_key)["n"] == 2
-    assert redis_server.calls("get") - before == 1
+    assert redis_server.calls("get") == before
+
+
+def test_a_save_that_finds_a_tombstone_keeps_nothing_and_leaves_the_tombstone(
+    near_cache, redis_server
+):
+    session = saved({"n": 1})
+    key = near_cache.key(session.session_key)
+    write_elsewhere(redis_server, near_cache, session.session_key, b"T")
+    wait_for_invalidation(near_cache)
+    session["n"] = 2
+    with pytest.raises(UpdateError):
+        session.save()
+    assert not cached(near_cache, session.session_key)
+    client = redis_server.client()
+    try:
+        assert client.get(key) == b"T"
+    finally:
+        client.close()
 
 
 # -- the races ------------------------------------------------------------------------------------
@@ -243,8 +268,8 @@ def test_write_then_fill_race_v2_is_not_cached_over_v3(near_cache, other, redis_
     real_execute = near(other).execute
     v3 = b"S%015d" % int((time.time() + 3600) * 1000) + b'{"v":3}'
 
-    def execute_then_v3(ticket, *args):
-        reply = real_execute(ticket, *args)
+    def execute_then_v3(ticket, *args, **options):
+        reply = real_execute(ticket, *args, **options)
         write_elsewhere(redis_server, other, ticket.session_key, v3)
         wait_for_invalidation(other)
         return reply
@@ -269,6 +294,112 @@ def test_a_write_of_our_own_refuses_a_fill_of_the_same_key_begun_before_it(near_
     session.delete()  # through the writer connection: no invalidation comes back
     assert not near(store).fill(ticket, old, time.time() + 3600, wrote=False)
     assert store.load(session.session_key) is None
+
+
+def test_a_load_that_read_before_a_write_of_ours_began_is_not_cached(near_cache):
+    """Redis tells a NOLOOP client nothing of a key whose last writer in an event-loop turn
+    was that client, so another process's write just before ours, in the same turn, never
+    reaches us as an invalidation: a load that read the version before it is refused as soon
+    as our write begins, whatever the order in which the two finish."""
+    session = saved({"v": 1})
+    store = near(near_cache)
+    load = store.begin(session.session_key)
+    assert load is not None
+    old = near_cache.client.get(near_cache.key(session.session_key))
+    write = store.begin(session.session_key, write=True)
+    assert write is not None
+    assert not store.fill(load, old, time.time() + 3600, wrote=False)
+    store.fill(write, None, 0.0, wrote=True)
+
+
+def test_no_load_fills_l1_while_a_write_of_ours_to_the_key_is_in_flight(near_cache):
+    session = saved({"v": 1})
+    store = near(near_cache)
+    write = store.begin(session.session_key, write=True)
+    assert write is not None
+    load = store.begin(session.session_key)
+    assert load is not None
+    record = near_cache.client.get(near_cache.key(session.session_key))
+    assert not store.fill(load, record, time.time() + 3600, wrote=False)
+    store.fill(write, None, 0.0, wrote=True)
+    assert not cached(near_cache, session.session_key)
+
+
+def in_one_turn(server: RedisServer, *writes: Callable[[], object]) -> list[object]:
+    """Run ``writes`` (each sends one write, on a connection of its own) so that Redis runs
+    them one after the other in the order given, in one event-loop turn: ``CLIENT PAUSE
+    WRITE`` holds each until all are waiting, then ``CLIENT UNPAUSE`` releases them together.
+    Their results, in order."""
+    results: list[object] = [None] * len(writes)
+
+    def run(index: int) -> None:
+        try:
+            results[index] = writes[index]()
+        except BaseException as exc:  # re-raised below, in the test's thread
+            results[index] = exc
+
+    pauser = server.client()
+    threads = []
+    try:
+        pauser.execute_command("CLIENT", "PAUSE", 5000, "WRITE")
+        for index in range(len(writes)):
+            thread = threading.Thread(target=run, args=(index,))
+            thread.start()
+            threads.append(thread)
+            deadline = time.monotonic() + WAIT
+            while pauser.info("clients")["blocked_clients"] < index + 1:
+                assert time.monotonic() < deadline, "the write did not reach Redis"
+                time.sleep(0.001)
+    finally:
+        pauser.execute_command("CLIENT", "UNPAUSE")
+        pauser.close()
+        for thread in threads:
+            thread.join()
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
+def test_a_write_by_another_process_right_after_our_save_in_the_same_turn_reaches_us(
+    near_cache, other, redis_server
+):
+    """Our save and another process's, one after the other in one event-loop turn: Redis
+    sends one invalidation for both, and keeps ours (the last writer's) out only if ours was
+    last. Here the other's was: we hear of it, and do not serve our own version."""
+    session = saved({"v": 1})
+    ours = SessionStore(session.session_key)
+    ours["v"] = 2
+    theirs = session.session_key
+
+    def save_there() -> None:
+        loaded = other.load(theirs)
+        assert loaded is not None
+        other.update(theirs, b'{"v":3}', loaded.expires_at, 3_600_000, 3_600_000, False)
+
+    value(other, theirs)  # the other's load (in the turn) is an L1 hit: no GET in the pause
+    in_one_turn(redis_server, ours.save, save_there)
+    assert b'"v":3' in value(near_cache, session.session_key)
+
+
+def test_a_write_by_another_process_right_before_our_save_in_the_same_turn_is_seen_by_it(
+    near_cache, other, redis_server
+):
+    """The other order: their logout, then our save, in one turn. Our script sees the
+    tombstone and stores nothing; the invalidation of their write never reaches us (we were
+    the key's last writer), and our copy goes with our own write."""
+    session = saved({"v": 1})
+    assert cached(near_cache, session.session_key)
+    ours = SessionStore(session.session_key)
+    ours["v"] = 2
+    value(other, session.session_key)
+
+    def save_here() -> None:
+        with pytest.raises(UpdateError):
+            ours.save()
+
+    in_one_turn(redis_server, lambda: other.delete(session.session_key), save_here)
+    assert near_cache.load(session.session_key) is None
 
 
 def test_an_insert_is_refused_after_a_reset_arrived(near_cache, redis_server):
@@ -305,6 +436,23 @@ def test_a_killed_writer_connection_empties_and_bypasses_l1(near_cache, redis_se
     kill(redis_server, writer_id)
     write_elsewhere(redis_server, near_cache, session.session_key, b"T")
     assert near_cache.load(session.session_key) is None
+
+
+def test_a_writer_connection_closed_by_redis_py_is_never_reopened_without_tracking(
+    near_cache, redis_server
+):
+    """redis-py closes a connection on an error in the middle of a reply, and its next
+    command would open a new one, silently, with no tracking registered on it: the near cache
+    takes it as a loss instead, and the write goes to Redis on the pool."""
+    session = saved({"v": 1})
+    writer = near(near_cache)._writer
+    assert writer is not None
+    writer.connection.disconnect()
+    session["v"] = 2
+    session.save()
+    assert not near(near_cache).up
+    assert client_ids(redis_server, f"memsession-near-writer-{os.getpid()}") == []
+    assert b'"v":2' in value(near_cache, session.session_key)
 
 
 def test_after_a_reconnection_tracking_redirects_to_the_new_connection(

@@ -12,8 +12,14 @@ delete that has returned anywhere, by construction:
   and every write this process makes while tracking is on. ``BCAST`` sends us an invalidation
   for every write under the prefix by anyone (no per-key tracking to lose on data connections);
   ``NOLOOP`` leaves out the writes made through the writer connection itself, so a save can put
-  its own new version into L1 without invalidating it. (Redis keeps the *last* writer of a key
-  per event-loop turn: if another client writes after us in the same turn, we still hear of it.)
+  its own new version into L1 without invalidating it. Redis sends one invalidation per key per
+  event-loop turn and leaves it out for a ``NOLOOP`` client only when that client was the key's
+  *last* writer in the turn: a write by another client after ours in the same turn reaches us;
+  one before ours does not (our own write saw it, and we keep or drop what we wrote).
+* **A script's save claims its key.** Redis 7.0 attributes a script's writes to its script
+  client, so ``NOLOOP`` does not leave them out: our own save would come back and drop its copy.
+  The save pipelines ``PEXPIRE key ttl+1 GT`` right after the script on the writer connection,
+  which makes the writer the key's last writer in that turn (see :meth:`NearCache.execute`).
 * **Invalidations are applied before a copy is served.** Redis sends the invalidation of a write
   (in ``beforeSleep``) before the writer's reply, so by the time a write has returned to its
   caller, the invalidation is on its way to every process. Every L1 hit first polls both our
@@ -25,7 +31,9 @@ delete that has returned anywhere, by construction:
   (a ``GET`` returns v1, the invalidation of v2 arrives and finds nothing to remove, then v1
   would be cached) and the *write-then-fill race* (we store v2, another process stores v3 and
   its invalidation lands before v2 enters L1). A write of our own counts as an invalidation of
-  the key for every other ticket in flight (``NOLOOP`` hides it from the invalidation stream).
+  the key for every ticket taken before it *from the moment it begins*, and no load fills L1
+  while one is in flight: being the last writer in a turn hides the invalidation of another
+  process's write just before ours, which a load in flight may have missed.
 * **Tracking loss empties and bypasses L1.** When either connection drops (``CLIENT KILL``, a
   Redis restart, a network fault), its ``BCAST`` registration is gone with it; a flush
   (``FLUSHALL``, ``FLUSHDB``) arrives as a null invalidation. Each empties L1 and moves the reset
@@ -33,7 +41,9 @@ delete that has returned anywhere, by construction:
   registered again. That is always on a fresh pair: a writer connection that outlives its
   invalidation connection goes on redirecting to the old client id with no error
   (redis/redis#13082), so it is never reused, and the new registration is read back with
-  ``CLIENT TRACKINGINFO`` before L1 is used again.
+  ``CLIENT TRACKINGINFO`` before L1 is used again. Nor is a writer connection that redis-py
+  closed (an error in the middle of a reply): its next command would reopen it silently,
+  without tracking; that is taken as a loss.
 
 What is cached: settled sessions only (a session on probation must reach Redis on its next load,
 which promotes it), each with its own expiry (a copy never outlives its session; Redis's TTL of
@@ -84,20 +94,22 @@ class WriterLost(Exception):
 
 
 class _Flight:
-    """The commands in flight for one key: how many, and how many invalidations of the key have
-    arrived since the first of them was sent."""
+    """The commands in flight for one key: how many, how many of them are writes of ours, and
+    how many invalidations of the key have arrived (or writes of ours begun or finished) since
+    the first of them was sent."""
 
-    __slots__ = ("invalidations", "users")
+    __slots__ = ("invalidations", "users", "writes")
 
     def __init__(self) -> None:
         self.users = 0
+        self.writes = 0
         self.invalidations = 0
 
 
 class Ticket:
     """Taken before a command whose answer may go into L1; checked before the insert."""
 
-    __slots__ = ("epoch", "flight", "seen", "session_key", "writer")
+    __slots__ = ("echoes", "epoch", "flight", "seen", "session_key", "writer")
 
     def __init__(
         self, session_key: str, epoch: int, flight: _Flight, writer: _Writer | None
@@ -107,6 +119,9 @@ class Ticket:
         self.flight = flight
         self.seen = flight.invalidations
         self.writer = writer  # set for a write to be sent on the writer connection
+        # A write whose invalidation will come back to us (a script's, not claimed): what it
+        # wrote is not kept.
+        self.echoes = False
 
 
 class _Writer:
@@ -330,7 +345,14 @@ class NearCache:
     def begin(self, session_key: str, *, write: bool = False) -> Ticket | None:
         """A ticket for a command about to be sent, or None when L1 is not in use (then
         nothing goes into it). ``write``: the ticket carries the writer connection to send the
-        write on (its own writes do not come back as invalidations: ``NOLOOP``)."""
+        write on (its own writes do not come back as invalidations: ``NOLOOP``).
+
+        A write of ours counts as an invalidation of the key for every ticket taken before it,
+        from the moment it begins, and no load fills L1 while one is in flight: Redis tells a
+        ``NOLOOP`` client nothing of a key whose last writer in an event-loop turn was that
+        client, so another process's write just before ours, in the same turn, reaches us only
+        as our own reply. A load that read the version before it must not be cached.
+        """
         with self._lock:
             if not self._up:
                 return None
@@ -338,6 +360,9 @@ class NearCache:
             if flight is None:
                 flight = self._flights[session_key] = _Flight()
             flight.users += 1
+            if write:
+                flight.writes += 1
+                flight.invalidations += 1
             return Ticket(session_key, self._epoch, flight, self._writer if write else None)
 
     def fill(self, ticket: Ticket, record: bytes | None, expires_at: float, *, wrote: bool) -> bool:
@@ -353,7 +378,14 @@ class NearCache:
                 if events:  # invalidations that have arrived count against this ticket
                     self._service(events)
             flight = ticket.flight
-            valid = self._up and ticket.epoch == self._epoch and ticket.seen == flight.invalidations
+            valid = (
+                self._up
+                and ticket.epoch == self._epoch
+                and ticket.seen == flight.invalidations
+                # a load: no write of ours in flight; a write: no other one of ours
+                and flight.writes == (0 if ticket.writer is None else 1)
+                and not ticket.echoes
+            )
             stored = False
             if record is not None and valid:
                 stored = self._put(ticket.session_key, record, expires_at)
@@ -364,6 +396,8 @@ class NearCache:
                 if not stored:
                     self.l1.delete(ticket.session_key)
                 flight.invalidations += 1
+            if ticket.writer is not None:
+                flight.writes -= 1
             flight.users -= 1
             if flight.users == 0 and self._flights.get(ticket.session_key) is flight:
                 del self._flights[ticket.session_key]
@@ -397,26 +431,76 @@ class NearCache:
 
     # -- the writer connection --------------------------------------------------------------
 
-    def execute(self, ticket: Ticket, *args: Any) -> Any:
+    def execute(self, ticket: Ticket, *args: Any, claim: tuple[bytes, int] | None = None) -> Any:
         """Send one command on the writer connection (the ticket's), and read its reply.
 
         A dropped connection raises :class:`WriterLost` (tracking is lost with it; the caller
         may send the write again on the pool); a timeout loses tracking and raises as redis-py
         raised it (the write may have been applied: it is never sent again). An error reply
         (``NOSCRIPT``, ``OOM``...) leaves the connection as it was.
+
+        ``claim`` (the key, and the TTL in ms the script gives it) with an ``EVALSHA``: see
+        :meth:`_run_claiming`.
         """
         writer = ticket.writer
         assert writer is not None
+        connection = writer.connection
         with writer.lock:
+            if connection._sock is None:
+                # redis-py closed it (an error in the middle of a reply): its next command
+                # would open a new connection, silently, with no tracking registered on it.
+                self.lose("writer connection closed", writer)
+                raise WriterLost(redis.ConnectionError("the writer connection was closed"))
             try:
-                writer.connection.send_command(*args)
-                return writer.connection.read_response()
+                if claim is not None and args[0] == "EVALSHA":
+                    return self._run_claiming(ticket, connection, args, *claim)
+                connection.send_command(*args)
+                return connection.read_response()
             except redis.ConnectionError as exc:
                 self.lose(f"writer connection failed: {type(exc).__name__}", writer)
                 raise WriterLost(exc) from exc
             except redis.TimeoutError:
                 self.lose("writer connection timed out", writer)
                 raise
+            except BaseException:
+                if connection._sock is None:
+                    self.lose("writer connection closed", writer)
+                raise
+
+    @staticmethod
+    def _run_claiming(
+        ticket: Ticket, connection: redis.Connection, args: tuple[Any, ...], key: bytes, ttl: int
+    ) -> Any:
+        """Run a script that writes ``key``, and make this connection the key's last writer.
+
+        Redis 7.0 sends a script's writes to every ``BCAST`` client, ``NOLOOP`` or not (they
+        are made by its script client, not by the caller), so our own save would come back and
+        drop the copy it just kept. ``PEXPIRE key ttl+1 GT``, pipelined right after the script,
+        is a write of ours that changes nothing but the TTL (by a millisecond): the key's last
+        writer in that event-loop turn is then this connection, and ``NOLOOP`` leaves the turn
+        out. No other client's command runs between the two (Redis runs the commands of one
+        read back to back; a pipeline split over two reads is two turns, and the first one's
+        invalidation comes to us). A write by another client later in the same turn makes it
+        the last writer: we hear of it. One earlier in the turn was seen by the script.
+
+        When ``PEXPIRE`` changes nothing (the script wrote a longer TTL, or nothing: the key is
+        gone), the script's write comes back: the ticket is marked so that nothing is kept.
+        ``GT`` leaves a shorter TTL alone; a tombstone's may be lengthened (a save that raced a
+        logout), never shortened.
+        """
+        connection.send_packed_command(
+            connection.pack_commands([args, ("PEXPIRE", key, ttl + 1, "GT")])
+        )
+        error = None
+        try:
+            reply = connection.read_response()
+        except redis.ResponseError as exc:  # NOSCRIPT, OOM...: read the PEXPIRE's reply first
+            error, reply = exc, None
+        claimed = connection.read_response()
+        ticket.echoes = not claimed
+        if error is not None:
+            raise error
+        return reply
 
     # -- tracking: registering it, losing it ---------------------------------------------------
 

@@ -62,6 +62,9 @@ PROBATION = b"P"  # a new anonymous session, on its probation TTL until it comes
 TOMBSTONE = b"T"
 RECORD_KINDS = (SESSION, PROBATION)
 PROBATION_BYTE = PROBATION[0]
+SESSION_BYTE = SESSION[0]
+# The update script's answers whose record is now the key's value: stored, stored again.
+KEPT = (1, 2)
 EXPIRY_DIGITS = 15  # ms since the epoch: enough until the year 33658
 HEADER_SIZE = 1 + EXPIRY_DIGITS
 
@@ -357,15 +360,16 @@ class RedisStore:
         """
         args = self._update_args(payload, expires_at, ttl_ms, full_ttl_ms, may_restore)
         key = self.prefix + session_key.encode()
-        # Not kept in L1: Redis 7.0 applies NOLOOP to the connection that sent a command, not
-        # to the writes of a script it runs, so this write comes back to us as an invalidation
-        # like anyone else's. It cannot be told apart from another process's write of the same
-        # key in the same event-loop turn (Redis sends one message for both), so the copy goes
-        # and the next load asks Redis.
+        record = args[0]
+        # A settled record the script stored is kept in L1: the near cache's writer makes
+        # itself the key's last writer, so the script's write does not come back to us (see
+        # NearCache._run_claiming). One on probation is not kept (its return must reach Redis).
+        settled = record[0] == SESSION_BYTE  # type: ignore[index]
         result = self._write(
             session_key,
             lambda run: self._evalsha(self._update, key, *args, run=run),
-            lambda reply: (None, expires_at),
+            lambda reply: (record if settled and reply in KEPT else None, expires_at),
+            claim=(key, ttl_ms) if settled else None,
         )
         return RESULTS[result]
 
@@ -374,6 +378,7 @@ class RedisStore:
         session_key: str,
         send: Callable[[Callable[..., Any]], T],
         keep: Callable[[T], tuple[bytes | None, float]],
+        claim: tuple[bytes, int] | None = None,
     ) -> T:
         """Send one write: ``send(run)`` calls ``run(*command)`` (each command of it).
 
@@ -381,7 +386,8 @@ class RedisStore:
         connection; then ``keep(reply)`` says what goes into L1 (a record and its session's
         expiry, or None: the key's copy is removed). A dropped writer connection sends the
         write again on the pool (the retry a dropped pool connection gets too); tracking is
-        down then, and L1 keeps nothing from it.
+        down then, and L1 keeps nothing from it. ``claim`` goes with a script's ``EVALSHA`` on
+        the writer connection (see ``NearCache.execute``).
         """
         near = self.near
         ticket = near.begin(session_key, write=True) if near is not None else None
@@ -400,7 +406,7 @@ class RedisStore:
         assert near is not None
         try:
             try:
-                reply = send(partial(near.execute, ticket))
+                reply = send(partial(near.execute, ticket, claim=claim))
             except WriterLost:
                 reply = send(self.client.execute_command)
         except redis.RedisError as exc:
