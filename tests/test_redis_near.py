@@ -284,14 +284,14 @@ def test_write_then_fill_race_v2_is_not_cached_over_v3(near_cache, other, redis_
 
 
 def test_a_write_of_our_own_refuses_a_fill_of_the_same_key_begun_before_it(near_cache):
-    """Our own writes never come back as invalidations (NOLOOP), so a load in another thread
-    that read the old version before our logout must not cache it after the logout."""
+    """A load in another thread that read the old version before our logout must not cache
+    it after the logout (whether or not the logout's invalidation has come back yet)."""
     session = saved({"v": 1})
     store = near_cache
     ticket = near(store).begin(session.session_key)
     assert ticket is not None
     old = store.client.get(store.key(session.session_key))
-    session.delete()  # through the writer connection: no invalidation comes back
+    session.delete()
     assert not near(store).fill(ticket, old, time.time() + 3600, wrote=False)
     assert store.load(session.session_key) is None
 
@@ -400,6 +400,35 @@ def test_a_write_by_another_process_right_before_our_save_in_the_same_turn_is_se
 
     in_one_turn(redis_server, lambda: other.delete(session.session_key), save_here)
     assert near_cache.load(session.session_key) is None
+
+
+def writer_last_command(server: RedisServer) -> str:
+    client = server.client()
+    try:
+        [writer] = [
+            c for c in client.client_list() if c["name"].startswith("memsession-near-writer")
+        ]
+        return writer["cmd"]
+    finally:
+        client.close()
+
+
+def test_writes_with_nothing_to_keep_go_on_the_pool_not_the_writer_connection(
+    near_cache, redis_server
+):
+    """A logout, or a save of a session on probation, keeps nothing in L1: it does not wait
+    behind the process's other writes on the one writer connection."""
+    session = saved({"v": 1})
+    session["v"] = 2
+    session.save()  # a settled session's save: on the writer, which claims the key
+    assert writer_last_command(redis_server) == "pexpire"
+    anonymous = SessionStore()
+    anonymous["cart"] = ["tea"]
+    anonymous.save()  # on probation
+    session.delete()
+    assert writer_last_command(redis_server) == "pexpire"
+    assert near_cache.load(session.session_key) is None
+    assert near_cache.load(anonymous.session_key) is not None
 
 
 def test_an_insert_is_refused_after_a_reset_arrived(near_cache, redis_server):

@@ -109,15 +109,22 @@ class _Flight:
 class Ticket:
     """Taken before a command whose answer may go into L1; checked before the insert."""
 
-    __slots__ = ("echoes", "epoch", "flight", "seen", "session_key", "writer")
+    __slots__ = ("echoes", "epoch", "flight", "seen", "session_key", "write", "writer")
 
     def __init__(
-        self, session_key: str, epoch: int, flight: _Flight, writer: _Writer | None
+        self,
+        session_key: str,
+        epoch: int,
+        flight: _Flight,
+        *,
+        write: bool = False,
+        writer: _Writer | None = None,
     ) -> None:
         self.session_key = session_key
         self.epoch = epoch
         self.flight = flight
         self.seen = flight.invalidations
+        self.write = write
         self.writer = writer  # set for a write to be sent on the writer connection
         # A write whose invalidation will come back to us (a script's, not claimed): what it
         # wrote is not kept.
@@ -342,10 +349,13 @@ class NearCache:
 
     # -- tickets and inserts --------------------------------------------------------------------
 
-    def begin(self, session_key: str, *, write: bool = False) -> Ticket | None:
+    def begin(
+        self, session_key: str, *, write: bool = False, on_writer: bool = True
+    ) -> Ticket | None:
         """A ticket for a command about to be sent, or None when L1 is not in use (then
-        nothing goes into it). ``write``: the ticket carries the writer connection to send the
-        write on (its own writes do not come back as invalidations: ``NOLOOP``).
+        nothing goes into it). ``write``: a write of ours; with ``on_writer``, the ticket
+        carries the writer connection to send it on (whose own writes do not come back as
+        invalidations: ``NOLOOP``); without, it is sent on the pool and nothing of it is kept.
 
         A write of ours counts as an invalidation of the key for every ticket taken before it,
         from the moment it begins, and no load fills L1 while one is in flight: Redis tells a
@@ -363,7 +373,8 @@ class NearCache:
             if write:
                 flight.writes += 1
                 flight.invalidations += 1
-            return Ticket(session_key, self._epoch, flight, self._writer if write else None)
+            writer = self._writer if write and on_writer else None
+            return Ticket(session_key, self._epoch, flight, write=write, writer=writer)
 
     def fill(self, ticket: Ticket, record: bytes | None, expires_at: float, *, wrote: bool) -> bool:
         """Finish a ticket: insert ``record`` (a settled session's record, whose session
@@ -383,8 +394,9 @@ class NearCache:
                 and ticket.epoch == self._epoch
                 and ticket.seen == flight.invalidations
                 # a load: no write of ours in flight; a write: no other one of ours
-                and flight.writes == (0 if ticket.writer is None else 1)
+                and flight.writes == int(ticket.write)
                 and not ticket.echoes
+                and (ticket.writer is not None or not ticket.write)  # a write on the pool echoes
             )
             stored = False
             if record is not None and valid:
@@ -396,7 +408,7 @@ class NearCache:
                 if not stored:
                     self.l1.delete(ticket.session_key)
                 flight.invalidations += 1
-            if ticket.writer is not None:
+            if ticket.write:
                 flight.writes -= 1
             flight.users -= 1
             if flight.users == 0 and self._flights.get(ticket.session_key) is flight:

@@ -340,7 +340,7 @@ class RedisStore:
         created = self._write(
             session_key,
             lambda run: run(*command),
-            lambda reply: (record if reply and settled else None, expires_at),
+            (lambda reply: (record if reply else None, expires_at)) if settled else None,
         )
         return bool(created)
 
@@ -368,8 +368,8 @@ class RedisStore:
         result = self._write(
             session_key,
             lambda run: self._evalsha(self._update, key, *args, run=run),
-            lambda reply: (record if settled and reply in KEPT else None, expires_at),
-            claim=(key, ttl_ms) if settled else None,
+            (lambda reply: (record if reply in KEPT else None, expires_at)) if settled else None,
+            claim=(key, ttl_ms),
         )
         return RESULTS[result]
 
@@ -377,20 +377,27 @@ class RedisStore:
         self,
         session_key: str,
         send: Callable[[Callable[..., Any]], T],
-        keep: Callable[[T], tuple[bytes | None, float]],
+        keep: Callable[[T], tuple[bytes | None, float]] | None,
         claim: tuple[bytes, int] | None = None,
     ) -> T:
         """Send one write: ``send(run)`` calls ``run(*command)`` (each command of it).
 
-        Without a near cache, on the pool. With one and tracking on, on the near cache's writer
-        connection; then ``keep(reply)`` says what goes into L1 (a record and its session's
-        expiry, or None: the key's copy is removed). A dropped writer connection sends the
-        write again on the pool (the retry a dropped pool connection gets too); tracking is
-        down then, and L1 keeps nothing from it. ``claim`` goes with a script's ``EVALSHA`` on
-        the writer connection (see ``NearCache.execute``).
+        Without a near cache, on the pool. With one and tracking on, a write whose result may
+        be kept (``keep``) goes on the near cache's writer connection; then ``keep(reply)``
+        says what goes into L1 (a record and its session's expiry, or None: the key's copy is
+        removed). A write with nothing to keep (``keep`` None: a delete, a session on
+        probation) goes on the pool, in parallel with the process's other writes; its copy is
+        removed. A dropped writer connection sends the write again on the pool (the retry a
+        dropped pool connection gets too); tracking is down then, and L1 keeps nothing from
+        it. ``claim`` goes with a script's ``EVALSHA`` on the writer connection (see
+        ``NearCache.execute``).
         """
         near = self.near
-        ticket = near.begin(session_key, write=True) if near is not None else None
+        ticket = (
+            near.begin(session_key, write=True, on_writer=keep is not None)
+            if near is not None
+            else None
+        )
         if ticket is None:
             try:
                 reply = send(self.client.execute_command)
@@ -405,17 +412,20 @@ class RedisStore:
             return reply
         assert near is not None
         try:
-            try:
-                reply = send(partial(near.execute, ticket, claim=claim))
-            except WriterLost:
+            if ticket.writer is None:
                 reply = send(self.client.execute_command)
+            else:
+                try:
+                    reply = send(partial(near.execute, ticket, claim=claim))
+                except WriterLost:
+                    reply = send(self.client.execute_command)
         except redis.RedisError as exc:
             near.fill(ticket, None, 0.0, wrote=True)
             _unavailable(exc)
         except BaseException:
             near.fill(ticket, None, 0.0, wrote=True)
             raise
-        record, expires_at = keep(reply)
+        record, expires_at = keep(reply) if keep is not None else (None, 0.0)
         near.fill(ticket, record, expires_at, wrote=True)
         return reply
 
@@ -446,7 +456,7 @@ class RedisStore:
     def delete(self, session_key: str) -> None:
         """Replace the session with a tombstone: no concurrent save can bring it back."""
         command = ("SET", self.key(session_key), TOMBSTONE, "PX", self.tombstone_ms)
-        self._write(session_key, lambda run: run(*command), lambda reply: (None, 0.0))
+        self._write(session_key, lambda run: run(*command), None)
 
     def create_many(self, sessions: Iterable[tuple[str, bytes, float, int, bool]]) -> int:
         """Create many sessions in one pipelined round trip (imports, tests, benchmarks): each
