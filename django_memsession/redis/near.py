@@ -332,9 +332,15 @@ class NearCache:
             return False  # a write is in flight: its reply may be what made the socket readable
         try:
             sock = writer.connection._sock
+            # Polled again under the writer's lock: the reply that made it readable may have
+            # been read since. Only then peeked: the socket has redis-py's timeout, and
+            # Python waits up to that long for data before a recv() on such a socket, even
+            # with MSG_DONTWAIT (holding our lock, and then taking "no data" for an end).
+            if sock is not None and not select.select([sock], [], [], 0)[0]:
+                return True
             try:
                 data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) if sock else b""
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, TimeoutError):
                 return True
             except OSError:
                 data = b""
