@@ -457,6 +457,23 @@ def test_a_killed_invalidation_connection_empties_and_bypasses_l1(near_cache, re
     assert near(near_cache).stats()["tracking_losses"] == 1
 
 
+def test_a_killed_invalidation_connection_with_invalidations_unread_before_its_end_is_lost(
+    near_cache, redis_server
+):
+    """Redis closes the connection after the invalidations it had sent: the drain that reads
+    them must read on to the end, or this load would serve a copy that no invalidation can
+    reach any more."""
+    session = saved({"v": 1})
+    bystander = saved({"b": 1})
+    assert cached(near_cache, session.session_key)
+    write_elsewhere(redis_server, near_cache, bystander.session_key, b"T")
+    wait_for_invalidation(near_cache)  # unread, in front of the end that follows
+    kill(redis_server, near(near_cache)._invalidation_id)
+    write_elsewhere(redis_server, near_cache, session.session_key, b"T")
+    assert near_cache.load(session.session_key) is None
+    assert near(near_cache).stats()["tracking_losses"] == 1
+
+
 def test_a_killed_writer_connection_empties_and_bypasses_l1(near_cache, redis_server):
     """The writer connection carries the tracking registration: when it drops, no more
     invalidations come, although the invalidation connection is fine."""

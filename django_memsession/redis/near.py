@@ -9,8 +9,10 @@ delete that has returned anywhere, by construction:
 * **Two connections of our own per process**, both RESP2. The *invalidation connection* is
   subscribed to ``__redis__:invalidate``. The *writer connection* carries the tracking
   registration, ``CLIENT TRACKING on REDIRECT <invalidation id> BCAST PREFIX <prefix> NOLOOP``,
-  and every write this process makes while tracking is on. ``BCAST`` sends us an invalidation
-  for every write under the prefix by anyone (no per-key tracking to lose on data connections);
+  and the writes this process makes while tracking is on whose result L1 may keep (a write
+  with nothing to keep goes on the pool, in parallel, and comes back to us like anyone else's).
+  ``BCAST`` sends us an invalidation for every write under the prefix by anyone (no per-key
+  tracking to lose on data connections);
   ``NOLOOP`` leaves out the writes made through the writer connection itself, so a save can put
   its own new version into L1 without invalidating it. Redis sends one invalidation per key per
   event-loop turn and leaves it out for a ``NOLOOP`` client only when that client was the key's
@@ -58,6 +60,7 @@ import contextlib
 import os
 import select
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -276,10 +279,14 @@ class NearCache:
     def _drain(self) -> None:
         sock = self._invalidation_socket
         assert sock is not None
+        # Read until the socket has nothing more, never stopping at a short read: Redis
+        # closes a killed connection (or exits) right after the invalidations it had sent, and
+        # an end left unread behind them would let this call serve copies that no
+        # invalidation can reach any more.
         while True:
             try:
                 data = sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
                 break
             except OSError as exc:
                 self._lose(f"invalidation connection failed: {type(exc).__name__}")
@@ -288,9 +295,6 @@ class NearCache:
                 self._lose("invalidation connection closed by Redis")
                 return
             self._buffer += data
-            pending = getattr(sock, "pending", None)  # TLS: bytes decrypted but not yet read
-            if len(data) < 65536 and not (pending and pending()):
-                break
         self._invalidate_buffered()
 
     def _invalidate_buffered(self) -> None:
