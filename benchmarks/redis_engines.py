@@ -1,7 +1,10 @@
 """Per-operation cost of session engines on Redis, in one process, against one ``redis-server``
 on loopback that this module starts, interleaved round by round.
 
-Engines: ``django_memsession.redis``; Django's cache engine on
+Engines: ``django_memsession.redis``; the same with its near cache (``near``, a 16 MiB
+``MEMSESSION_REDIS_NEAR_CACHE``: a load of a session it holds makes no round trip); the memory
+engine (``memory``, ``django_memsession``: what a load from L1 is measured against); Django's
+cache engine on
 ``django.core.cache.backends.redis.RedisCache``; the same engine on django-redis's cache backend
 (``pip install -e ".[bench]"``; left out when it is not installed); and a *floor*: raw redis-py
 with the least a Redis session engine must do — one ``GET`` and a JSON decode for a load, that
@@ -137,9 +140,30 @@ class Floor:
         json.loads(self.client.get(key))
 
 
+class NearEngine(DjangoEngine):
+    """Our Redis engine with a near cache of its own (the process's store stays without)."""
+
+    def __init__(self) -> None:
+        from dataclasses import replace
+
+        from django_memsession.redis.conf import store_settings
+        from django_memsession.redis.engine import SessionStore
+        from django_memsession.redis.store import RedisStore
+
+        store = RedisStore(replace(store_settings(), near_cache_bytes=16 * 1024 * 1024))
+        assert store.near is not None and store.near.connect()
+
+        class Store(SessionStore):
+            _get_store = staticmethod(lambda: store)
+
+        self.store_class = Store
+
+
 def make_engines(url: str) -> dict[str, Any]:
     engines: dict[str, Any] = {
         "memsession": DjangoEngine("django_memsession.redis"),
+        "near": NearEngine(),
+        "memory": DjangoEngine("django_memsession"),
         "rediscache": CacheEngine("rediscache"),
     }
     if _has_django_redis():
@@ -176,6 +200,9 @@ def run(url: str, rounds: int, target_ms: float, quick: bool) -> dict[str, Any]:
     return results
 
 
+# The near cache's targets (issue 14): near / the engine, at most.
+NEAR_TARGETS = {"load": {"memory": 1.5}, "cycle": {"rediscache": 0.4}}
+
 # The issue's targets: memsession / the engine, at most.
 TARGETS = {
     "load": {"rediscache": 0.6, "django_redis": 0.6, "floor": 1.3},
@@ -185,9 +212,9 @@ TARGETS = {
 
 
 def table(results: dict[str, Any]) -> list[str]:
-    names = [name for name in ("memsession", "rediscache", "django_redis", "floor")]
+    names = ["memsession", "near", "memory", "rediscache", "django_redis", "floor"]
     names = [name for name in names if name in results["load"]]
-    others = names[1:]
+    others = [name for name in names if name in ("rediscache", "django_redis", "floor")]
     lines = [
         "| workload | "
         + " | ".join(names)
@@ -212,4 +239,16 @@ def table(results: dict[str, Any]) -> list[str]:
             + " | ".join(ratios)
             + " |"
         )
+    lines += ["", "| near cache | near / memory (target) | near / rediscache (target) |"]
+    lines.append("|---|---|---|")
+    for workload, figures in results.items():
+        if "near" not in figures:
+            continue
+        near = figures["near"]["median"]
+        cells = []
+        for other in ("memory", "rediscache"):
+            target = NEAR_TARGETS.get(workload, {}).get(other)
+            wanted = f" (≤ {target}x)" if target else ""
+            cells.append(f"**{near / figures[other]['median']:.2f}x**{wanted}")
+        lines.append(f"| {workload} | " + " | ".join(cells) + " |")
     return lines

@@ -14,7 +14,16 @@ from .exceptions import SessionBackendUnavailable
 if TYPE_CHECKING:
     from .engine import SessionStore
 
-__all__ = ["SessionBackendUnavailable", "SessionStore"]
+__all__ = ["SessionBackendUnavailable", "SessionStore", "stats"]
+
+
+def stats() -> dict[str, Any]:
+    """This process's figures on the Redis engine: loads answered by the near cache (L1), by
+    Redis (L2), or finding no session, with their rates; invalidations received; the near
+    cache's own figures (``None`` when ``MEMSESSION_REDIS_NEAR_CACHE`` is off)."""
+    from .store import stats as store_stats
+
+    return store_stats()
 
 
 def __getattr__(name: str) -> Any:

@@ -25,6 +25,9 @@ DEFAULT_PREFIX = "memsession:"
 # Redis within the hour and, under volatile-ttl, is evicted before anything a real user holds.
 DEFAULT_PROBATION_AGE = 3600
 DEFAULT_MAX_SESSION_SIZE = 1024 * 1024
+# The smallest near cache: the memory engine's smallest MEMSESSION_MAX_SIZE (E008), below which
+# its tables and the remembered keys' slice leave too little room for sessions.
+MIN_NEAR_CACHE_SIZE = 64 * 1024
 
 # Connection-pool options for a web request. redis-py's own defaults (5 s timeouts, three
 # retries with backoff, also on timeouts) let a hung Redis hold a request for 20 s or more; these
@@ -63,6 +66,10 @@ class RedisSettings:
         return getattr(settings, "MEMSESSION_REDIS_PROBATION_AGE", DEFAULT_PROBATION_AGE)
 
     @property
+    def NEAR_CACHE(self) -> Any:
+        return getattr(settings, "MEMSESSION_REDIS_NEAR_CACHE", None)
+
+    @property
     def MAX_SESSION_SIZE(self) -> Any:
         # The memory engine's setting, with the same meaning: the largest one session may be.
         return getattr(settings, "MEMSESSION_MAX_SESSION_SIZE", None)
@@ -91,6 +98,8 @@ class StoreSettings:
     max_session_bytes: int
     # MEMSESSION_MAX_SESSIONS_PER_USER (validated by memsession.E014): enforced by the user index.
     max_sessions_per_user: int | None = None
+    # The near cache's budget in bytes (a memory store in front of Redis); None: no near cache.
+    near_cache_bytes: int | None = None
 
 
 def redacted(url: str) -> str:
@@ -182,6 +191,29 @@ def problems() -> list[Problem]:
                     f"{exc} Example: MEMSESSION_MAX_SESSION_SIZE = '1M', or None for the default.",
                 )
             )
+    near = conf.NEAR_CACHE
+    if near is not None:
+        try:
+            near_bytes = parse_size(near)
+        except ValueError as exc:
+            found.append(
+                Problem(
+                    "memsession.E108",
+                    f"MEMSESSION_REDIS_NEAR_CACHE = {near!r} is not a size.",
+                    f"{exc} Example: MEMSESSION_REDIS_NEAR_CACHE = '16M', or None for no near "
+                    "cache.",
+                )
+            )
+        else:
+            if near_bytes < MIN_NEAR_CACHE_SIZE:
+                found.append(
+                    Problem(
+                        "memsession.E108",
+                        f"MEMSESSION_REDIS_NEAR_CACHE = {near!r} is smaller than 64 KiB.",
+                        "Give the near cache at least '64K' (e.g. '16M'), or None for no near "
+                        "cache.",
+                    )
+                )
     return found
 
 
@@ -208,6 +240,7 @@ def store_settings() -> StoreSettings:
         probation_age=float(conf.PROBATION_AGE),
         max_session_bytes=DEFAULT_MAX_SESSION_SIZE if size is None else parse_size(size),
         max_sessions_per_user=per_user,
+        near_cache_bytes=None if conf.NEAR_CACHE is None else parse_size(conf.NEAR_CACHE),
     )
 
 

@@ -58,6 +58,10 @@ class SessionStore(FastSessionBase):
     # the index has.
     client: str | None = None
 
+    # The process's Redis store. A subclass may point at another (the benchmarks run the
+    # engine with and without a near cache side by side, in one process).
+    _get_store = staticmethod(get_store)
+
     def __init__(self, session_key: str | None = None) -> None:
         # What SessionBase.__init__ does, minus import_string(SESSION_SERIALIZER) on every
         # request (about 1 µs): load() and save() use the cached codec, which follows the setting.
@@ -86,7 +90,7 @@ class SessionStore(FastSessionBase):
             # and no Redis call. Django's tests call load() directly on such sessions.
             return {}
         current_session.set(self)
-        store = get_store()
+        store = self._get_store()
         try:
             loaded = store.load(session_key)
         except SessionBackendUnavailable as exc:
@@ -104,7 +108,7 @@ class SessionStore(FastSessionBase):
         if session_key is None:
             return {}  # as in load()
         current_session.set(self)
-        store = get_store()
+        store = self._get_store()
         try:
             loaded = await store.aload(session_key)
         except SessionBackendUnavailable as exc:
@@ -145,7 +149,7 @@ class SessionStore(FastSessionBase):
             # Loading found no session (expired, deleted): an update of nothing, as with
             # Django's engines. Through SessionMiddleware the load comes first and save() creates.
             raise UpdateError
-        store = get_store()
+        store = self._get_store()
         payload, expires_at, ttl, full_ttl, now = self._write(store, data)
         user = self._user_of(data)
         indexed = self._indexed(store, must_create, user, expires_at)
@@ -198,7 +202,7 @@ class SessionStore(FastSessionBase):
         data = await self._aget_session(no_load=must_create)
         if self.session_key is None:
             raise UpdateError
-        store = get_store()
+        store = self._get_store()
         payload, expires_at, ttl, full_ttl, now = self._write(store, data)
         user = self._user_of(data)
         indexed = self._indexed(store, must_create, user, expires_at)
@@ -326,7 +330,7 @@ class SessionStore(FastSessionBase):
         session_key, user = self.session_key, self._user
         if session_key is None or user is None:
             return
-        store = get_store()
+        store = self._get_store()
         if store.touch_due(session_key, client):
             with contextlib.suppress(SessionBackendUnavailable):  # else with the next save
                 store.touch(session_key, user, client)
@@ -380,7 +384,7 @@ class SessionStore(FastSessionBase):
         if not self._validate_session_key(session_key):
             return False
         try:
-            return get_store().exists(session_key)
+            return self._get_store().exists(session_key)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -389,7 +393,7 @@ class SessionStore(FastSessionBase):
         if not self._validate_session_key(session_key):
             return False
         try:
-            return await get_store().aexists(session_key)
+            return await self._get_store().aexists(session_key)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -402,9 +406,9 @@ class SessionStore(FastSessionBase):
         user = self._deleted_user(session_key)
         try:
             if user is None:
-                get_store().delete(session_key)
+                self._get_store().delete(session_key)
             else:
-                get_store().delete_logged_in(session_key, user)
+                self._get_store().delete_logged_in(session_key, user)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -417,9 +421,9 @@ class SessionStore(FastSessionBase):
         user = self._deleted_user(session_key)
         try:
             if user is None:
-                await get_store().adelete(session_key)
+                await self._get_store().adelete(session_key)
             else:
-                await get_store().adelete_logged_in(session_key, user)
+                await self._get_store().adelete_logged_in(session_key, user)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise

@@ -17,6 +17,10 @@ Every write sets a TTL, and nothing but these keys is written: no index grows wi
 TTLs are sent relative (``PX``) so the web server's and Redis's clocks need not agree; the
 expiry in the record lets a load refuse a session that has expired by the web server's clock.
 
+With ``MEMSESSION_REDIS_NEAR_CACHE`` set, a :class:`~django_memsession.redis.near.NearCache`
+(a memory store kept coherent by ``CLIENT TRACKING``) answers the loads it can with no round trip,
+and this process's writes go through its writer connection (see ``near.py``).
+
 Each call is one round trip (the first load of a session back from probation, two). Errors
 that mean "Redis cannot answer now" (refused, timed out, read-only replica, out of memory,
 loading) become :class:`SessionBackendUnavailable`; anything else (a bug) is raised as redis-py
@@ -34,7 +38,8 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, NoReturn
+from functools import partial
+from typing import Any, NoReturn, TypeVar
 
 import redis
 import redis.asyncio
@@ -48,15 +53,21 @@ from ..store import wall_clock
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
 from .latency import TimedAsyncRedis, TimedRedis
+from .near import NearCache, Ticket, WriterLost
 from .users import UserIndexMixin
 
-__all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "reset"]
+__all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "reset", "stats"]
+
+T = TypeVar("T")
 
 SESSION = b"S"  # a settled session: its TTL is the rest of its age
 PROBATION = b"P"  # a new anonymous session, on its probation TTL until it comes back
 TOMBSTONE = b"T"
 RECORD_KINDS = (SESSION, PROBATION)
 PROBATION_BYTE = PROBATION[0]
+SESSION_BYTE = SESSION[0]
+# The update script's answers whose record is now the key's value: stored, stored again.
+KEPT = (1, 2)
 EXPIRY_DIGITS = 15  # ms since the epoch: enough until the year 33658
 HEADER_SIZE = 1 + EXPIRY_DIGITS
 
@@ -245,6 +256,21 @@ class RedisStore(UserIndexMixin):
         self._async_lock = threading.Lock()
         self.max_sessions_per_user = config.max_sessions_per_user
         self._init_user_index()
+        self.near = (
+            NearCache(config, clock=lambda: self.clock())  # follows a clock a test swaps in
+            if config.near_cache_bytes is not None
+            else None
+        )
+        self.l2_hits = 0  # loads answered by Redis with a live session
+        self.misses = 0  # loads that found no live session
+        self._counts_lock = threading.Lock()
+
+    def _count(self, found: bool) -> None:
+        with self._counts_lock:
+            if found:
+                self.l2_hits += 1
+            else:
+                self.misses += 1
 
     def _options(self, retry_class: type) -> dict[str, Any]:
         options = dict(self.config.options)
@@ -269,21 +295,50 @@ class RedisStore(UserIndexMixin):
     def load(self, session_key: str) -> Loaded | None:
         """The live session under this key, or None. Creates nothing.
 
-        One plain ``GET``. A session on probation has come back: :meth:`_promote_once` settles
-        it (the one load that costs a second round trip).
+        One plain ``GET``, or none when the near cache holds a valid copy. A session on
+        probation has come back: :meth:`_promote_once` settles it (the one load that costs a
+        second round trip).
         """
+        near = self.near
+        ticket = None
+        if near is not None:
+            record = near.get(session_key)
+            if record is not None:
+                loaded = unpack(record, self.clock())
+                if loaded is not None:
+                    return loaded
+            ticket = near.begin(session_key)
         key = self.prefix + session_key.encode()
         try:
             record = self.client.get(key)
         except redis.RedisError as exc:
+            if ticket is not None:
+                near.fill(ticket, None, 0.0, wrote=False)  # type: ignore[union-attr]
             _unavailable(exc)
         now = self.clock()
         loaded = unpack(record, now)
         if loaded is None and record:
             _expired_on_load(record)
+        if near is not None:
+            if ticket is not None:
+                self._fill_from_load(near, ticket, record, loaded)
+            if near.due():
+                near.connect()  # Redis has just answered: register tracking again
+        self._count(loaded is not None)
         if loaded is not None and record[0] == PROBATION_BYTE:
             self._promote_once(key, loaded, now)
         return loaded
+
+    @staticmethod
+    def _fill_from_load(
+        near: NearCache, ticket: Ticket, record: bytes | None, loaded: Loaded | None
+    ) -> None:
+        """Put what a ``GET`` found into L1: a settled session only (one on probation must
+        reach Redis on its next load too, to be promoted)."""
+        if loaded is not None and record[0] != PROBATION_BYTE:  # type: ignore[index]
+            near.fill(ticket, record, loaded.expires_at, wrote=False)
+        else:
+            near.fill(ticket, None, 0.0, wrote=False)
 
     def _promote_once(self, key: bytes, loaded: Loaded, now: float) -> None:
         """Give a session that came back from probation the rest of its age.
@@ -302,15 +357,13 @@ class RedisStore(UserIndexMixin):
         self, session_key: str, payload: bytes, expires_at: float, ttl_ms: int, settled: bool
     ) -> bool:
         """Store a new session unless the key is taken (by a session or a tombstone)."""
-        try:
-            created = self.client.set(
-                self.prefix + session_key.encode(),
-                pack(payload, expires_at, settled),
-                px=ttl_ms,
-                nx=True,
-            )
-        except redis.RedisError as exc:
-            _unavailable(exc)
+        record = pack(payload, expires_at, settled)
+        command = ("SET", self.prefix + session_key.encode(), record, "PX", ttl_ms, "NX")
+        created = self._write(
+            session_key,
+            lambda run: run(*command),
+            (lambda reply: (record if reply else None, expires_at)) if settled else None,
+        )
         return bool(created)
 
     def update(
@@ -328,22 +381,106 @@ class RedisStore(UserIndexMixin):
         (stored as such, unless it has been settled meanwhile).
         """
         args = self._update_args(payload, expires_at, ttl_ms, full_ttl_ms, may_restore)
-        try:
-            result = self._evalsha(self._update, self.prefix + session_key.encode(), *args)
-        except redis.RedisError as exc:
-            _unavailable(exc)
+        key = self.prefix + session_key.encode()
+        # A settled record the script stored is kept in L1: the near cache's writer makes
+        # itself the key's last writer, so the script's write does not come back to us (see
+        # NearCache._run_claiming). One on probation is not kept (its return must reach Redis).
+        result = self._write(
+            session_key,
+            lambda run: self._evalsha(self._update, key, *args, run=run),
+            self._keep_saved(args[0], expires_at),  # type: ignore[arg-type]
+            claim=(key, ttl_ms),
+        )
         return RESULTS[result]
 
-    def _evalsha(self, script: Any, key: bytes, *args: bytes | int) -> Any:
+    @staticmethod
+    def _keep_saved(
+        record: bytes, expires_at: float
+    ) -> Callable[[Any], tuple[bytes | None, float]] | None:
+        """What a save keeps in the near cache (see :meth:`_write`): a settled record the save
+        stored (its script answered 1 or 2, alone or first of its answers); one on probation,
+        nothing (its return must reach Redis)."""
+        if record[0] != SESSION_BYTE:
+            return None
+
+        def keep(reply: Any) -> tuple[bytes | None, float]:
+            result = reply[0] if isinstance(reply, list) else reply
+            return (record if result in KEPT else None), expires_at
+
+        return keep
+
+    def _write(
+        self,
+        session_key: str,
+        send: Callable[[Callable[..., Any]], T],
+        keep: Callable[[T], tuple[bytes | None, float]] | None,
+        claim: tuple[bytes, int] | None = None,
+    ) -> T:
+        """Send one write: ``send(run)`` calls ``run(*command)`` (each command of it).
+
+        Without a near cache, on the pool. With one and tracking on, a write whose result may
+        be kept (``keep``) goes on the near cache's writer connection; then ``keep(reply)``
+        says what goes into L1 (a record and its session's expiry, or None: the key's copy is
+        removed). A write with nothing to keep (``keep`` None: a delete, a session on
+        probation) goes on the pool, in parallel with the process's other writes; its copy is
+        removed. A dropped writer connection sends the write again on the pool (the retry a
+        dropped pool connection gets too); tracking is down then, and L1 keeps nothing from
+        it. ``claim`` goes with a script's ``EVALSHA`` on the writer connection (see
+        ``NearCache.execute``).
+        """
+        near = self.near
+        ticket = (
+            near.begin(session_key, write=True, on_writer=keep is not None)
+            if near is not None
+            else None
+        )
+        if ticket is None:
+            try:
+                reply = send(self.client.execute_command)
+            except redis.RedisError as exc:
+                if near is not None:
+                    near.forget(session_key)
+                _unavailable(exc)
+            if near is not None:
+                near.forget(session_key)
+                if near.due():
+                    near.connect()
+            return reply
+        assert near is not None
+        try:
+            if ticket.writer is None:
+                reply = send(self.client.execute_command)
+            else:
+                try:
+                    reply = send(partial(near.execute, ticket, claim=claim))
+                except WriterLost:
+                    reply = send(self.client.execute_command)
+        except redis.RedisError as exc:
+            near.fill(ticket, None, 0.0, wrote=True)
+            _unavailable(exc)
+        except BaseException:
+            near.fill(ticket, None, 0.0, wrote=True)
+            raise
+        record, expires_at = keep(reply) if keep is not None else (None, 0.0)
+        near.fill(ticket, record, expires_at, wrote=True)
+        return reply
+
+    def _evalsha(
+        self, script: Any, key: bytes, *args: bytes | int, run: Callable[..., Any] | None = None
+    ) -> Any:
         """Run one of our scripts on one key: ``EVALSHA``, and ``SCRIPT LOAD`` first if Redis
         lost it (a restart, ``SCRIPT FLUSH``). What redis-py's ``Script.__call__`` does, without
-        its per-call import and argument copies on the path every save takes."""
+        its per-call import and argument copies on the path every save takes. ``run`` sends a
+        command (the pool's by default)."""
+        if run is None:
+            run = self.client.execute_command
         try:
-            return self.client.execute_command("EVALSHA", script.sha, 1, key, *args)
+            return run("EVALSHA", script.sha, 1, key, *args)
         except redis.exceptions.NoScriptError:
             # Redis ran nothing: sending it again cannot apply a write twice.
-            script.sha = self.client.script_load(script.script)
-            return self.client.execute_command("EVALSHA", script.sha, 1, key, *args)
+            sha = run("SCRIPT", "LOAD", script.script)
+            script.sha = sha.decode() if isinstance(sha, bytes) else sha
+            return run("EVALSHA", script.sha, 1, key, *args)
 
     def exists(self, session_key: str) -> bool:
         try:
@@ -354,10 +491,8 @@ class RedisStore(UserIndexMixin):
 
     def delete(self, session_key: str) -> None:
         """Replace the session with a tombstone: no concurrent save can bring it back."""
-        try:
-            self.client.set(self.key(session_key), TOMBSTONE, px=self.tombstone_ms)
-        except redis.RedisError as exc:
-            _unavailable(exc)
+        command = ("SET", self.key(session_key), TOMBSTONE, "PX", self.tombstone_ms)
+        self._write(session_key, lambda run: run(*command), None)
 
     def create_many(self, sessions: Iterable[tuple[str, bytes, float, int, bool]]) -> int:
         """Create many sessions in one pipelined round trip (imports, tests, benchmarks): each
@@ -379,7 +514,30 @@ class RedisStore(UserIndexMixin):
             _unavailable(exc)
 
     def close(self) -> None:
+        if self.near is not None:
+            self.near.close()
         self.client.close()
+
+    def stats(self) -> dict[str, Any]:
+        """This process's loads: answered by L1 (the near cache), by Redis (L2), or finding no
+        session; each with its share of all loads; and the near cache's own figures."""
+        near = self.near.stats() if self.near is not None else None
+        with self._counts_lock:
+            l2_hits, misses = self.l2_hits, self.misses
+        l1_hits = near["l1_hits"] if near is not None else 0
+        loads = l1_hits + l2_hits + misses
+        return {
+            "pid": os.getpid(),
+            "loads": loads,
+            "l1_hits": l1_hits,
+            "l2_hits": l2_hits,
+            "misses": misses,
+            "l1_hit_rate": l1_hits / loads if loads else 0.0,
+            "l2_hit_rate": l2_hits / loads if loads else 0.0,
+            "miss_rate": misses / loads if loads else 0.0,
+            "invalidations": near["invalidations"] if near is not None else 0,
+            "near_cache": near,
+        }
 
     # -- async: the same calls on redis.asyncio, one client (and pool) per event loop ---------
 
@@ -400,16 +558,33 @@ class RedisStore(UserIndexMixin):
         return found
 
     async def aload(self, session_key: str) -> Loaded | None:
+        near = self.near
+        ticket = None
+        if near is not None:
+            record = near.get(session_key)  # no I/O: the invalidation socket is only polled
+            if record is not None:
+                loaded = unpack(record, self.clock())
+                if loaded is not None:
+                    return loaded
+            ticket = near.begin(session_key)
         connection = self._async_client()
         key = self.prefix + session_key.encode()
         try:
             record = await connection.client.get(key)
         except redis.RedisError as exc:
+            if ticket is not None:
+                near.fill(ticket, None, 0.0, wrote=False)  # type: ignore[union-attr]
             _unavailable(exc)
         now = self.clock()
         loaded = unpack(record, now)
         if loaded is None and record:
             _expired_on_load(record)
+        if near is not None:
+            if ticket is not None:
+                self._fill_from_load(near, ticket, record, loaded)
+            if near.due():
+                _connect_off_loop(near)
+        self._count(loaded is not None)
         if loaded is not None and record[0] == PROBATION_BYTE:
             try:
                 await connection.promote(keys=[key], args=[_rest_ms(loaded, now)])
@@ -427,7 +602,9 @@ class RedisStore(UserIndexMixin):
                 self.key(session_key), pack(payload, expires_at, settled), px=ttl_ms, nx=True
             )
         except redis.RedisError as exc:
+            self._forget(session_key, answered=False)
             _unavailable(exc)
+        self._forget(session_key, answered=True)
         return bool(created)
 
     async def aupdate(
@@ -444,7 +621,9 @@ class RedisStore(UserIndexMixin):
         try:
             result = await connection.update(keys=[self.key(session_key)], args=args)
         except redis.RedisError as exc:
+            self._forget(session_key, answered=False)
             _unavailable(exc)
+        self._forget(session_key, answered=True)
         return RESULTS[result]
 
     async def aexists(self, session_key: str) -> bool:
@@ -460,7 +639,25 @@ class RedisStore(UserIndexMixin):
         try:
             await client.set(self.key(session_key), TOMBSTONE, px=self.tombstone_ms)
         except redis.RedisError as exc:
+            self._forget(session_key, answered=False)
             _unavailable(exc)
+        self._forget(session_key, answered=True)
+
+    def _forget(self, session_key: str, *, answered: bool) -> None:
+        """After an async write (sent on the event loop's pool, not on the writer connection,
+        whose I/O would block the loop): L1 keeps nothing of it; the next load asks Redis.
+        ``answered``: Redis answered, so tracking may be registered again if it is down."""
+        near = self.near
+        if near is not None:
+            near.forget(session_key)
+            if answered and near.due():
+                _connect_off_loop(near)
+
+
+def _connect_off_loop(near: NearCache) -> None:
+    """Register tracking again in a worker thread: its round trips must not block the event
+    loop. Nobody waits for it; until it is done, loads bypass L1."""
+    asyncio.get_running_loop().run_in_executor(None, near.connect)
 
 
 # -- the process's store --------------------------------------------------------------------------
@@ -507,6 +704,11 @@ def reset() -> None:
         store, _store = _store, None
     if store is not None:
         store.close()
+
+
+def stats() -> dict[str, Any]:
+    """This process's figures on the Redis engine (see :meth:`RedisStore.stats`)."""
+    return get_store().stats()
 
 
 def _settings_changed(*, setting: str, **kwargs: Any) -> None:

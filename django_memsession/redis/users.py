@@ -384,15 +384,19 @@ class UserIndexMixin:
             script = self._scripts[name] = self.client.register_script(self._SOURCES[name])
         return script
 
-    def _run(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
+    def _run(self, name: str, keys: list[bytes], args: list[Any], run: Any = None) -> Any:
         """``EVALSHA``, and ``SCRIPT LOAD`` first if Redis lost the script (as the store's
-        ``_evalsha``, for several keys)."""
+        ``_evalsha``, for several keys). ``run`` sends a command (the pool's by default; the
+        near cache's writer connection for a save it keeps)."""
         script = self._script(name)
+        if run is None:
+            run = self.client.execute_command
         try:
-            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            return run("EVALSHA", script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            script.sha = self.client.script_load(script.script)
-            return self.client.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+            sha = run("SCRIPT", "LOAD", script.script)
+            script.sha = sha.decode() if isinstance(sha, bytes) else sha
+            return run("EVALSHA", script.sha, len(keys), *keys, *args)
 
     async def _arun(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
         client = self._async_client().client  # type: ignore[attr-defined]
@@ -456,8 +460,16 @@ class UserIndexMixin:
         stored, 2 stored again after an eviction, 0 deleted, -1 gone), or 3 for a create of a
         taken key; ended, how many other sessions of the user the per-user limit ended."""
         keys, argv = self._save_args(session_key, *args, **kwargs)
+        expires_at, ttl_ms = args[1], args[2]
         try:
-            result, ended = self._run("save", keys, argv)
+            # Through the store's write path: with a near cache, the saved version is kept
+            # there as an update's is (and a load of this session in flight meanwhile is not).
+            result, ended = self._write(  # type: ignore[attr-defined]
+                session_key,
+                lambda run: self._run("save", keys, argv, run),
+                self._keep_saved(argv[0], expires_at),  # type: ignore[attr-defined]
+                claim=(keys[0], ttl_ms),
+            )
         except redis.RedisError as exc:
             self._fail(exc)
         self._saved(session_key, kwargs, argv, result)
@@ -484,7 +496,9 @@ class UserIndexMixin:
         try:
             result, ended = await self._arun("save", keys, argv)
         except redis.RedisError as exc:
+            self._forget(session_key, answered=False)  # type: ignore[attr-defined]
             self._fail(exc)
+        self._forget(session_key, answered=True)  # type: ignore[attr-defined]
         self._saved(session_key, kwargs, argv, result)
         return result, ended
 
@@ -523,11 +537,15 @@ class UserIndexMixin:
     def delete_logged_in(self, session_key: str, user: str) -> None:
         """The store's delete (a tombstone) and the member's removal, in one round trip."""
         self.last_used.forget(session_key)
-        try:
+
+        def send(_run: Any) -> Any:
             pipe = self.client.pipeline(transaction=True)
             pipe.set(self.prefix + session_key.encode(), b"T", px=self.tombstone_ms)
             pipe.hdel(self.users_key(user), session_key.encode())
-            pipe.execute()
+            return pipe.execute()
+
+        try:
+            self._write(session_key, send, None)  # type: ignore[attr-defined]
         except redis.RedisError as exc:
             self._fail(exc)
 
@@ -540,7 +558,9 @@ class UserIndexMixin:
                 pipe.hdel(self.users_key(user), session_key.encode())
                 await pipe.execute()
         except redis.RedisError as exc:
+            self._forget(session_key, answered=False)  # type: ignore[attr-defined]
             self._fail(exc)
+        self._forget(session_key, answered=True)  # type: ignore[attr-defined]
 
     # -- reading and ending ------------------------------------------------------------------------
 
@@ -576,6 +596,9 @@ class UserIndexMixin:
             return int(self._run("end", [self.users_key(user)], args))
         except redis.RedisError as exc:
             self._fail(exc)
+        finally:
+            for field in fields:  # with a near cache: this process keeps no copy of them
+                self._forget(field.decode(), answered=False)  # type: ignore[attr-defined]
 
     async def aend_sessions(self, user: str, session_keys: Iterable[str]) -> int:
         fields = [key.encode() for key in session_keys]
@@ -588,6 +611,9 @@ class UserIndexMixin:
             return int(await self._arun("end", [self.users_key(user)], args))
         except redis.RedisError as exc:
             self._fail(exc)
+        finally:
+            for field in fields:
+                self._forget(field.decode(), answered=False)  # type: ignore[attr-defined]
 
     # -- prunesessions -----------------------------------------------------------------------------
 

@@ -74,6 +74,7 @@ MEMSESSION_PRUNE_INTERVAL = float(os.environ.get("MEMSESSION_TEST_PRUNE_INTERVAL
 if os.environ.get("MEMSESSION_TEST_REDIS_URL"):
     SESSION_ENGINE = "django_memsession.redis"
     MEMSESSION_REDIS_URL = os.environ["MEMSESSION_TEST_REDIS_URL"]
+    MEMSESSION_REDIS_NEAR_CACHE = os.environ.get("MEMSESSION_TEST_REDIS_NEAR_CACHE") or None
     MIDDLEWARE = [
         "django_memsession.middleware.SessionMiddleware"
         if name == "django.contrib.sessions.middleware.SessionMiddleware"
