@@ -19,6 +19,7 @@ Redis's figures. "Prune now" runs there what ``clearsessions`` runs: the engine'
 from __future__ import annotations
 
 import datetime
+from dataclasses import asdict
 from importlib import import_module
 from typing import Any
 from urllib.parse import urlencode
@@ -36,7 +37,7 @@ from django.views.decorators.http import require_POST
 
 from . import everywhere, runtime
 from .logged_in import user_id
-from .messages import Gathered, ProcessReport, Sample, split_warning
+from .messages import Gathered, NearCacheStats, ProcessReport, Sample, split_warning
 from .models import Stats
 from .pages import session_row
 
@@ -161,13 +162,36 @@ def redis_process_row(report: ProcessReport) -> dict[str, Any]:
         "sample_interval": figures.sample_interval,
         "sample_failures": figures.sample_failures,
         "samples": len(report.history),
+        "near": _near_row(figures.near),
     }
+
+
+NEAR_COUNTS = ("l1_hits", "l2_hits", "misses", "invalidations")
+
+
+def _near_row(near: NearCacheStats | None) -> dict[str, Any] | None:
+    """A process's near cache figures with the share of its loads each answer had."""
+    if near is None:
+        return None
+    row: dict[str, Any] = asdict(near)
+    loads = near.l1_hits + near.l2_hits + near.misses
+    for key in ("l1_hits", "l2_hits", "misses"):
+        row[f"{key}_rate"] = _ratio(row[key], loads)
+    return row
 
 
 def redis_totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     summed = {key: sum(row[key] for row in rows) for key in ("hits", "misses", "round_trips")}
     summed["hit_ratio"] = _ratio(summed["hits"], summed["hits"] + summed["misses"])
     summed["processes"] = len(rows)
+    near = [row["near"] for row in rows if row["near"] is not None]
+    summed["near"] = None
+    if near:
+        counts = {key: sum(row[key] for row in near) for key in NEAR_COUNTS}
+        loads = counts["l1_hits"] + counts["l2_hits"] + counts["misses"]
+        for key in ("l1_hits", "l2_hits", "misses"):
+            counts[f"{key}_rate"] = _ratio(counts[key], loads)
+        summed["near"] = counts
     return summed
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "Gathered",
     "MessageError",
     "MirrorState",
+    "NearCacheStats",
     "PassReport",
     "ProcessReport",
     "PrunerState",
@@ -148,6 +149,25 @@ class StoreStats:
 
 
 @dataclass(frozen=True)
+class NearCacheStats:
+    """One process's near cache (``MEMSESSION_REDIS_NEAR_CACHE``): where its loads were
+    answered (L1: the near cache, no round trip; L2: Redis; or no live session), the
+    invalidations Redis sent it, and its memory store's figures."""
+
+    l1_hits: int
+    l2_hits: int
+    misses: int
+    invalidations: int
+    flushes: int
+    tracking: bool
+    tracking_losses: int
+    entries: int
+    bytes: int
+    max_bytes: int
+    evictions: int
+
+
+@dataclass(frozen=True)
 class RedisProcessStats:
     """One process's own figures on the Redis engine (Redis's are read from Redis itself): what
     its loads found, and its round trips' latency over the last ones (None before any)."""
@@ -161,6 +181,7 @@ class RedisProcessStats:
     # Seconds between two samples of Redis's figures for the history (None: not sampled).
     sample_interval: float | None = None
     sample_failures: int = 0
+    near: NearCacheStats | None = None  # None: no near cache in this process
 
 
 @dataclass(frozen=True)

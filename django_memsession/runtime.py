@@ -60,6 +60,7 @@ from .logged_in import end_local, local_sessions
 from .messages import (
     SESSIONS_PAGE,
     Gathered,
+    NearCacheStats,
     PassReport,
     ProcessReport,
     RedisProcessStats,
@@ -288,6 +289,7 @@ class RedisServices:
                 **figures,
                 sample_interval=self.history.interval,
                 sample_failures=self.history.failures,
+                near=_near_cache_stats(),
             ),
         )
 
@@ -572,8 +574,37 @@ def sample_redis() -> bool:
     return _start_redis().services.history.sample()
 
 
+def _near_cache_stats() -> NearCacheStats | None:
+    """This process's near cache figures, if its Redis store is built and has one (never builds
+    it: a report must not open connections)."""
+    get = _redis_get_store
+    if get is None:
+        return None
+    from .redis import store as redis_store_module
+
+    store = redis_store_module.peek_store()
+    if store is None or store.near is None:
+        return None
+    figures = store.stats()
+    near = figures["near_cache"]
+    return NearCacheStats(
+        l1_hits=figures["l1_hits"],
+        l2_hits=figures["l2_hits"],
+        misses=figures["misses"],
+        invalidations=figures["invalidations"],
+        flushes=near["flushes"],
+        tracking=bool(near["tracking"]),
+        tracking_losses=near["tracking_losses"],
+        entries=near["entries"],
+        bytes=near["bytes"],
+        max_bytes=near["max_bytes"],
+        evictions=near["evictions"],
+    )
+
+
 def _redis_stats() -> dict[str, Any]:
     services = _start_redis().services
+    # (with a near cache, "near" holds its figures: L1 and L2 hits, misses, invalidations)
     process = asdict(services.report().redis)  # type: ignore[arg-type]
     server, problem = redis_server_figures()
     return {"engine": "redis", "pid": os.getpid(), **process, "redis": server, "problem": problem}

@@ -9,6 +9,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from redis_server import RedisServer
 
+import django_memsession
 from django_memsession import runtime
 from django_memsession.admin import StatsAdmin
 from django_memsession.models import Stats
@@ -159,3 +160,23 @@ def test_json_on_redis_has_redis_and_process_figures_and_no_session_key(admin: C
     text = response.content.decode()
     assert not any(key in text for key in keys)
     assert admin.cookies["sessionid"].value not in text
+
+
+def test_with_a_near_cache_the_page_shows_l1_and_l2_hits_and_invalidations(settings):
+    settings.MEMSESSION_REDIS_NEAR_CACHE = "1M"
+    user = User.objects.create_superuser("near", password="pw")
+    client = Client()
+    client.force_login(user)  # saved (and kept in L1) through the near cache's store
+    assert client.get(STATS_URL).status_code == 200  # a load answered by L1
+    html = client.get(STATS_URL).content.decode()
+    l1 = int(html.split('class="l1-hits" data-value="')[1].split('"')[0])
+    assert l1 >= 1
+    assert 'class="invalidations"' in html
+    figures = django_memsession.stats()
+    assert figures["near"]["l1_hits"] >= l1
+
+
+def test_without_a_near_cache_the_page_has_no_near_cache_column(admin: Client):
+    html = admin.get(STATS_URL).content.decode()
+    assert "near cache:" not in html
+    assert django_memsession.stats()["near"] is None

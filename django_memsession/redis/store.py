@@ -56,7 +56,7 @@ from .latency import TimedAsyncRedis, TimedRedis
 from .near import NearCache, Ticket, WriterLost
 from .users import UserIndexMixin
 
-__all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "reset", "stats"]
+__all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "peek_store", "reset", "stats"]
 
 T = TypeVar("T")
 
@@ -676,6 +676,11 @@ def get_store() -> RedisStore:
     if store is None:
         store = _build()
     return store
+
+
+def peek_store() -> RedisStore | None:
+    """This process's store if it is built, without building it."""
+    return _store
 
 
 def _build() -> RedisStore:
