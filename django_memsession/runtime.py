@@ -276,9 +276,9 @@ class RedisServices:
         )
 
     def report(self) -> ProcessReport:
-        from .redis import latency
+        from .redis.latency import recorder
 
-        figures = latency.recorder.figures()
+        figures = recorder.figures()
         return ProcessReport(
             pid=os.getpid(),
             uptime=max(0.0, time.time() - self.created_at),
@@ -296,9 +296,9 @@ class RedisServices:
     @property
     def served(self) -> bool:
         """Whether this process sent a session's round trip (not only built the store)."""
-        from .redis import latency
+        from .redis.latency import recorder
 
-        return latency.recorder.round_trips > 0
+        return recorder.round_trips > 0
 
 
 _store: MemoryStore | None = None  # set once this process's services run: the fast path
@@ -523,10 +523,9 @@ class _StartedRedis:
 
 def _start_redis() -> _StartedRedis:
     global _redis_services, _redis_get_store
-    from .redis import store as redis_store_module
     from .redis.history import History
+    from .redis.store import get_store as get
 
-    get = redis_store_module.get_store
     with _lock:
         services = _redis_services
         if services is None:
@@ -545,23 +544,23 @@ def _start_redis() -> _StartedRedis:
 
 
 def _read_redis_sample() -> Sample:
-    from .redis import info
+    from .redis.info import read
     from .redis.store import get_store as get_redis_store
 
     store = get_redis_store()
-    figures = info.read(store.client, store.prefix)
+    figures = read(store.client, store.prefix)
     return Sample(time=time.time(), entries=figures.sessions, bytes=figures.used_memory)
 
 
 def redis_server_figures() -> tuple[dict[str, Any] | None, str | None]:
     """Redis's own figures now (see ``redis/info.py``), or None and why Redis did not give
     them: never an exception for an unreachable Redis."""
-    from .redis import info
+    from .redis.info import FiguresUnavailable, read
 
     try:
         store = redis_store()
-        figures = info.read(store.client, store.prefix)
-    except info.FiguresUnavailable as exc:
+        figures = read(store.client, store.prefix)
+    except FiguresUnavailable as exc:
         return None, str(exc)
     except Exception as exc:  # the store could not be built (bad settings): say what
         return None, f"{type(exc).__name__}: {exc}"
@@ -580,9 +579,9 @@ def _near_cache_stats() -> NearCacheStats | None:
     get = _redis_get_store
     if get is None:
         return None
-    from .redis import store as redis_store_module
+    from .redis.store import peek_store
 
-    store = redis_store_module.peek_store()
+    store = peek_store()
     if store is None or store.near is None:
         return None
     figures = store.stats()

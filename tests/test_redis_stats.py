@@ -4,6 +4,7 @@ real redis-server."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -99,6 +100,26 @@ def test_the_figures_read_for_stats_are_not_timed_as_round_trips():
     django_memsession.stats()
 
     assert latency.recorder.round_trips == before
+
+
+def test_a_forked_child_counts_only_its_own_loads():
+    """The child empties the one recorder in place, so the engine (which holds it by name)
+    and the figures read it alike."""
+    session = SessionStore()
+    session.save()
+    SessionStore(session.session_key).load()
+    assert latency.recorder.hits >= 1
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status, never return into pytest
+        status = 1
+        try:
+            before = latency.recorder.hits
+            SessionStore(session.session_key).load()
+            status = 0 if (before, latency.recorder.hits) == (0, 1) else 2
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_percentiles_are_nearest_rank_over_the_last_round_trips_only():

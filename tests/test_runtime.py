@@ -46,6 +46,8 @@ def package_imports() -> dict[str, set[str]]:
                     anchor = anchor[: len(anchor) - node.level + 1]
                     base = ".".join([*anchor, base] if base else anchor)
                 if base.startswith("django_memsession"):
+                    # Importing from a package runs its __init__ (and what that imports).
+                    found.add(base)
                     for alias in node.names:
                         candidate = f"{base}.{alias.name}"
                         is_module = (
@@ -53,7 +55,8 @@ def package_imports() -> dict[str, set[str]]:
                             .with_suffix(".py")
                             .exists()
                         )
-                        found.add(candidate if is_module else base)
+                        if is_module:
+                            found.add(candidate)
             elif isinstance(node, ast.Import):
                 found |= {a.name for a in node.names if a.name.startswith("django_memsession")}
         graph[name] = found - {name}

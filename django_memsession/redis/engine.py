@@ -32,8 +32,8 @@ from ..runtime import redis_store as get_store
 from ..serializers import current_codec
 from ..sessionbase import AUTH_SESSION_KEY, FastSessionBase, current_session
 from ..signals import user_sessions_ended
-from . import latency
 from .exceptions import SessionBackendUnavailable
+from .latency import recorder
 from .store import Loaded, RedisStore, UpdateResult
 
 logger = logging.getLogger("django_memsession.redis")
@@ -121,7 +121,7 @@ class SessionStore(FastSessionBase):
         return data
 
     def _decoded(self, loaded: Loaded | None) -> dict[str, Any]:
-        latency.recorder.loaded(loaded is not None)
+        recorder.loaded(loaded is not None)
         if loaded is None:
             # Unknown, expired, deleted or evicted: an empty session that gets a fresh key on save.
             self._session_key = None

@@ -13,7 +13,7 @@ Round trips are timed by the clients the store builds (:class:`TimedRedis`,
 pipeline, and the figures this package reads for the admin page (``INFO``, ``DBSIZE``, a key
 sample; see ``info.py``), are not timed: they are not a session's round trips.
 
-The recorder is one per process; a forked child starts with an empty one (its figures are its
+The recorder is one per process; a forked child empties it (its figures are its
 own, not its parent's).
 """
 
@@ -36,6 +36,10 @@ class Recorder:
     """Counts loads that found a session (hits) or not (misses), and times round trips."""
 
     def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start empty (a forked child: its figures are its own, not its parent's)."""
         self._slots = itertools.count()
         self._ring: list[float | None] = [None] * RING_SIZE
         self._hits = itertools.count()
@@ -90,12 +94,8 @@ def _percentile_ms(ordered: list[float], fraction: float) -> float | None:
 recorder = Recorder()
 
 
-def _fresh_after_fork() -> None:
-    global recorder
-    recorder = Recorder()
-
-
-os.register_at_fork(after_in_child=_fresh_after_fork)
+# Emptied in place, not replaced: modules hold it by name (``from .latency import recorder``).
+os.register_at_fork(after_in_child=recorder.reset)
 
 
 class TimedRedis(redis.Redis):
