@@ -1,16 +1,6 @@
-from typing import Any
-
 from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
-
-
-def _forget_current_session(**kwargs: Any) -> None:
-    """At each request's start and end: a thread serves many requests, and runs other code
-    between them; none of them may keep the last request's session (see password.py)."""
-    from .engine import current_session
-
-    current_session.set(None)
 
 
 class MemsessionConfig(AppConfig):
@@ -49,7 +39,7 @@ class MemsessionConfig(AppConfig):
         from django.db.models.signals import post_save
 
         from .clients import note_login
-        from .password import on_login, on_user_saved
+        from .password import on_login, on_request_finished, on_request_started, on_user_saved
 
         if not apps.is_installed("django.contrib.auth"):
             return
@@ -58,10 +48,8 @@ class MemsessionConfig(AppConfig):
         post_save.connect(
             on_user_saved, sender=get_user_model(), dispatch_uid="django_memsession.password"
         )
-        request_started.connect(_forget_current_session, dispatch_uid="django_memsession.current")
-        request_finished.connect(
-            _forget_current_session, dispatch_uid="django_memsession.current_finished"
-        )
+        request_started.connect(on_request_started, dispatch_uid="django_memsession.password")
+        request_finished.connect(on_request_finished, dispatch_uid="django_memsession.password")
         if apps.is_installed("django.contrib.admin"):
             from .admin import add_logout_everywhere
 

@@ -24,7 +24,6 @@ from .sessionbase import (
     AUTH_SESSION_KEY,
     KEY_LENGTH,
     FastSessionBase,
-    current_session,
     new_session_key,
 )
 from .store import EntryTooLarge, PutResult
@@ -33,7 +32,6 @@ __all__ = [
     "AUTH_SESSION_KEY",
     "KEY_LENGTH",
     "SessionStore",
-    "current_session",
     "new_session_key",
 ]
 
@@ -75,10 +73,6 @@ class SessionStore(FastSessionBase):
             # decode(), an unreadable session is an empty one.
             logger.warning("Session data could not be deserialized; starting an empty session.")
             return {}
-        if AUTH_SESSION_KEY in data:
-            # Only a logged-in session can be the one a password change keeps (a session that
-            # logs in during the request is set by password.on_login).
-            current_session.set(self)
         return data
 
     # -- save ----------------------------------------------------------------------------------
@@ -139,7 +133,8 @@ class SessionStore(FastSessionBase):
     ) -> tuple[str, bytes, float, str | None]:
         """Key, payload, expiry, and the logged-in user's id as Django stores it (None:
         anonymous)."""
-        if self.session_key is None:
+        key = self.session_key
+        if key is None:
             # Loading found no session (expired, deleted): an update of nothing, as with
             # Django's engines. Through SessionMiddleware the load comes first and save() creates.
             raise UpdateError
@@ -147,7 +142,7 @@ class SessionStore(FastSessionBase):
         user = data.get(AUTH_SESSION_KEY)
         if user is not None and user.__class__ is not str:
             user = str(user)
-        return self.session_key, payload, self._expires_at(store, data), user
+        return key, payload, self._expires_at(store, data), user
 
     @staticmethod
     def _too_large(exc: EntryTooLarge) -> SessionTooLarge:

@@ -7,11 +7,13 @@ from __future__ import annotations
 import logging
 import re
 
+import django
 import pytest
+from asgiref.sync import sync_to_async
 from django.contrib import admin
-from django.contrib.auth import login
-from django.contrib.auth.models import Permission, User
-from django.test import Client, RequestFactory, override_settings
+from django.contrib.auth import login, update_session_auth_hash
+from django.contrib.auth.models import AnonymousUser, Permission, User
+from django.test import AsyncClient, Client, RequestFactory, override_settings
 from django.utils.crypto import salted_hmac
 
 import django_memsession
@@ -222,21 +224,55 @@ def test_a_password_change_keeps_this_session_and_ends_the_others_at_once(alice)
     assert changer.get("/session/whoami/").json()["user"] == str(alice.pk)
 
 
-def test_a_password_change_in_the_request_that_logged_in_keeps_that_session(alice):
+def test_update_session_auth_hash_keeps_the_session_that_logged_in_in_the_same_request(alice):
     other = logged_in(alice)
     visitor = SessionStore()
     visitor["cart"] = 1
     visitor.create()  # an anonymous session, loaded by the request below before it logs in
     request = RequestFactory().post("/")
     request.session = SessionStore(visitor.session_key)
+    request.user = AnonymousUser()  # as AuthenticationMiddleware leaves it; login() replaces it
     login(request, alice)
     request.session.save()
     alice.set_password("a new password 2")
     alice.save()
+    update_session_auth_hash(request, alice)
+    request.session.save()
     assert [r.id for r in django_memsession.user_sessions(alice)] == [
         session_id(request.session.session_key)
     ]
     assert not get_store().exists(key_of(other))
+
+
+def test_a_new_password_and_a_login_with_it_keep_the_new_session(alice):
+    changer, _ = logged_in(alice), logged_in(alice)  # and another session of hers
+    response = changer.post("/password/and-login/", {"password": "a new password 2"})
+    assert response.status_code == 200
+    assert [r.id for r in django_memsession.user_sessions(alice)] == [session_id(key_of(changer))]
+    assert changer.get("/session/whoami/").json()["user"] == str(alice.pk)
+
+
+def test_a_new_password_the_request_keeps_no_session_for_ends_all_after_the_response(alice):
+    """Without update_session_auth_hash() Django rejects the request's session too, on its next
+    request; it ends when the request finishes, so the response still saves it (no 400)."""
+    changer, _ = logged_in(alice), logged_in(alice)  # and another session of hers
+    response = changer.post("/password/only/", {"password": "a new password 2"})
+    assert response.status_code == 200
+    assert django_memsession.user_sessions(alice) == []
+    assert changer.get("/session/whoami/").json()["user"] is None
+
+
+@pytest.mark.skipif(django.VERSION < (5, 0), reason="aupdate_session_auth_hash is Django 5.0+")
+@pytest.mark.django_db(transaction=True)  # the async view's queries run on another thread
+async def test_an_async_password_change_keeps_this_session_and_ends_the_others(alice):
+    changer = await sync_to_async(logged_in)(alice)
+    await sync_to_async(logged_in)(alice)  # another session of hers
+    browser = AsyncClient()
+    browser.cookies = changer.cookies
+    response = await browser.post("/password/async/", {"password": "a new password 2"})
+    assert response.status_code == 200
+    records = await sync_to_async(django_memsession.user_sessions)(alice)
+    assert [r.id for r in records] == [session_id(browser.cookies["sessionid"].value)]
 
 
 def test_a_password_set_outside_a_request_ends_every_session(alice):

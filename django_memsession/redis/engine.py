@@ -30,7 +30,7 @@ from django.contrib.sessions.backends.base import CreateError, UpdateError
 from ..exceptions import SessionTooLarge
 from ..runtime import redis_store as get_store
 from ..serializers import current_codec
-from ..sessionbase import AUTH_SESSION_KEY, FastSessionBase, current_session
+from ..sessionbase import AUTH_SESSION_KEY, FastSessionBase
 from ..signals import user_sessions_ended
 from .exceptions import SessionBackendUnavailable
 from .latency import recorder
@@ -89,7 +89,6 @@ class SessionStore(FastSessionBase):
             # No key, or one that failed validation (SessionBase sets it to None): no session,
             # and no Redis call. Django's tests call load() directly on such sessions.
             return {}
-        current_session.set(self)
         store = self._get_store()
         try:
             loaded = store.load(session_key)
@@ -107,7 +106,6 @@ class SessionStore(FastSessionBase):
         session_key = self.session_key
         if session_key is None:
             return {}  # as in load()
-        current_session.set(self)
         store = self._get_store()
         try:
             loaded = await store.aload(session_key)

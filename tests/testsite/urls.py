@@ -23,4 +23,7 @@ urlpatterns = [
     path("session/sign-in/", views.sign_in, name="sign-in-session"),
     path("session/sign-out/", views.sign_out, name="sign-out-session"),
     path("session/whoami/", views.whoami, name="whoami-session"),
+    path("password/and-login/", views.new_password_and_login),
+    path("password/only/", views.new_password_only),
+    path("password/async/", views.new_password_async),
 ]

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable
 
+from django.contrib.auth import login
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -85,3 +86,42 @@ def whoami(request: HttpRequest) -> JsonResponse:
             "visits": request.session.get("visits"),
         }
     )
+
+
+# Password changes that do not go through Django's PasswordChangeView (see password.py): each
+# takes ``password`` in the POST body and changes the signed-in user's password.
+
+
+@csrf_exempt
+def new_password_and_login(request: HttpRequest) -> JsonResponse:
+    """A "reset and sign in" view: the new password, then ``login()`` with it (which flushes
+    the stale session rather than cycling its key)."""
+    user = request.user
+    user.set_password(request.POST["password"])
+    user.save()
+    login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    return JsonResponse({"user": str(user.pk)})
+
+
+@csrf_exempt
+def new_password_only(request: HttpRequest) -> JsonResponse:
+    """The new password, without ``update_session_auth_hash()``, and a change to the session
+    (a message, a flag) that SessionMiddleware saves after the view."""
+    user = request.user
+    user.set_password(request.POST["password"])
+    user.save()
+    request.session["password_changed"] = True
+    return JsonResponse({"user": str(user.pk)})
+
+
+@csrf_exempt
+async def new_password_async(request: HttpRequest) -> JsonResponse:
+    """An async view: ``asave()`` and ``aupdate_session_auth_hash()`` (Django 5.0+)."""
+    from django.contrib.auth import aupdate_session_auth_hash
+
+    # aupdate_session_auth_hash() compares with request.user, which only a sync caller may load.
+    user = request.user = await request.auser()
+    user.set_password(request.POST["password"])
+    await user.asave()
+    await aupdate_session_auth_hash(request, user)
+    return JsonResponse({"user": str(user.pk)})
