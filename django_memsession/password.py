@@ -32,7 +32,7 @@ from typing import Any
 from . import conf
 from .everywhere import end_user_sessions_in_background
 from .logged_in import user_id
-from .sessionbase import AUTH_SESSION_KEY, FastSessionBase, password_changes
+from .sessionbase import AUTH_SESSION_KEY, FastSessionBase, current_password_changes, request_state
 
 __all__ = [
     "RequestPasswordChanges",
@@ -73,15 +73,15 @@ class RequestPasswordChanges(set[str]):
 
 
 def on_request_started(**kwargs: Any) -> None:
-    password_changes.set(RequestPasswordChanges())
+    request_state.password_changes = RequestPasswordChanges()
 
 
 def on_request_finished(**kwargs: Any) -> None:
     """Changes no step of the request kept a session for end every session of their users. A
     thread serves many requests, and runs other code between them: none may see the last
     request's changes."""
-    changes = password_changes.get()
-    password_changes.set(None)
+    changes = current_password_changes()
+    request_state.password_changes = None
     if isinstance(changes, RequestPasswordChanges):
         changes._end_all()
 
@@ -89,7 +89,7 @@ def on_request_finished(**kwargs: Any) -> None:
 def on_login(sender: Any, request: Any = None, user: Any = None, **kwargs: Any) -> None:
     """``user_logged_in``: a login with the new password, after the change in this request, keeps
     the request's session (its key is new, or comes with the response)."""
-    changes = password_changes.get()
+    changes = current_password_changes()
     session = getattr(request, "session", None)
     if changes and user is not None and isinstance(session, FastSessionBase):  # either engine
         assert isinstance(changes, RequestPasswordChanges)
@@ -102,7 +102,7 @@ def on_user_saved(sender: Any, instance: Any, created: bool = False, **kwargs: A
     if conf.conf.END_SESSIONS_ON_PASSWORD_CHANGE is not True:
         return
     uid = user_id(instance)
-    changes = password_changes.get()
+    changes = current_password_changes()
     if isinstance(changes, RequestPasswordChanges):
         changes.add(uid)  # until the request keeps its session, or finishes
     else:

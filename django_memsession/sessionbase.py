@@ -3,12 +3,12 @@ lazy loading without an exception per request. Imports neither store."""
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import os
 import re
+import threading
 from typing import Any, Protocol
 
+from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import VALID_KEY_CHARS, CreateError, SessionBase
 from django.core.signals import setting_changed
@@ -19,8 +19,9 @@ __all__ = [
     "KEY_LENGTH",
     "FastSessionBase",
     "PasswordChanges",
+    "current_password_changes",
     "new_session_key",
-    "password_changes",
+    "request_state",
 ]
 
 # django.contrib.auth.SESSION_KEY, spelled out: importing django.contrib.auth here would make the
@@ -59,12 +60,17 @@ class PasswordChanges(Protocol):
     def session_cycled(self, session: FastSessionBase) -> None: ...
 
 
-# The password changes of the current request (thread or task); None outside a request. Set when
-# each request starts and forgotten when it ends; read only by cycle_key(), so a load or a save
-# pays nothing for it.
-password_changes: contextvars.ContextVar[PasswordChanges | None] = contextvars.ContextVar(
-    "django_memsession_password_changes", default=None
-)
+# The state of the request a thread is serving: ``password_changes`` (a PasswordChanges), set
+# by password.py when each request starts and dropped when it ends; read only by cycle_key(), so
+# a load or a save pays nothing for it. Per thread, not a ContextVar: under ASGI, Django runs a
+# request's request_started receivers, its sync view and its request_finished in one thread (a
+# ThreadSensitiveContext per request) but each in another copy of the context, so a ContextVar
+# set when the request starts is gone when it finishes.
+request_state = threading.local()
+
+
+def current_password_changes() -> PasswordChanges | None:
+    return getattr(request_state, "password_changes", None)
 
 
 # settings.SESSION_COOKIE_AGE, read once: every save of a session without its own expiry needs
@@ -166,13 +172,15 @@ class FastSessionBase(SessionBase):
 
     def cycle_key(self) -> None:
         super().cycle_key()
-        changes = password_changes.get()
-        if changes:
-            changes.session_cycled(self)
+        self._cycled()
 
     async def acycle_key(self) -> None:  # Django 5.0+
         await super().acycle_key()  # type: ignore[misc]
-        changes = password_changes.get()
+        # The request's state is on the thread that runs its sync code (thread-sensitive, as
+        # post_save of asave() ran); ending sessions may wait on Redis or other processes too.
+        await sync_to_async(self._cycled)()
+
+    def _cycled(self) -> None:
+        changes = current_password_changes()
         if changes:
-            # Ending sessions may wait on Redis or on the other processes: not in the event loop.
-            await asyncio.to_thread(changes.session_cycled, self)
+            changes.session_cycled(self)

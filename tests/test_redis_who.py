@@ -50,6 +50,7 @@ from test_who import (  # noqa: F401
     test_ending_this_session_logs_out,
     test_log_out_all_other_sessions,
     test_log_out_everywhere_on_the_admin_user_list,
+    test_over_asgi_a_change_the_request_keeps_no_session_for_ends_all_after_it,
     test_staff_find_a_user_by_primary_key,
     test_staff_find_a_user_by_username_and_see_their_sessions,
     test_staff_with_change_permission_end_all_sessions,

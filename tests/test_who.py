@@ -4,8 +4,11 @@ and the real servers' cover the others."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
+from http.cookies import SimpleCookie
+from urllib.parse import urlencode
 
 import django
 import pytest
@@ -13,7 +16,8 @@ from asgiref.sync import sync_to_async
 from django.contrib import admin
 from django.contrib.auth import login, update_session_auth_hash
 from django.contrib.auth.models import AnonymousUser, Permission, User
-from django.test import AsyncClient, Client, RequestFactory, override_settings
+from django.core.handlers.asgi import ASGIHandler
+from django.test import Client, RequestFactory, override_settings
 from django.utils.crypto import salted_hmac
 
 import django_memsession
@@ -262,17 +266,75 @@ def test_a_new_password_the_request_keeps_no_session_for_ends_all_after_the_resp
     assert changer.get("/session/whoami/").json()["user"] is None
 
 
+async def asgi_post(path: str, data: dict[str, str], client: Client) -> tuple[int, str | None]:
+    """POST through Django's own ASGIHandler, as uvicorn or daphne call it (the test clients
+    run a request's parts on other threads than a server does); the status, and the session
+    cookie it set, if any."""
+    body = urlencode(data).encode()
+    cookie = f"sessionid={key_of(client)}".encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/x-www-form-urlencoded"),
+            (b"content-length", str(len(body)).encode()),
+            (b"cookie", cookie),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("testserver", 80),
+    }
+    incoming = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if incoming:
+            return incoming.pop(0)
+        await asyncio.Event().wait()  # no disconnect: the handler cancels this wait
+        raise AssertionError("unreachable")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await ASGIHandler()(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    cookies = SimpleCookie()
+    for name, value in start["headers"]:
+        if name.lower() == b"set-cookie":
+            cookies.load(value.decode())
+    new_key = cookies["sessionid"].value if "sessionid" in cookies else None
+    return start["status"], new_key
+
+
 @pytest.mark.skipif(django.VERSION < (5, 0), reason="aupdate_session_auth_hash is Django 5.0+")
-@pytest.mark.django_db(transaction=True)  # the async view's queries run on another thread
+@pytest.mark.django_db(transaction=True)  # the view's queries run on another thread
 async def test_an_async_password_change_keeps_this_session_and_ends_the_others(alice):
     changer = await sync_to_async(logged_in)(alice)
     await sync_to_async(logged_in)(alice)  # another session of hers
-    browser = AsyncClient()
-    browser.cookies = changer.cookies
-    response = await browser.post("/password/async/", {"password": "a new password 2"})
-    assert response.status_code == 200
+    status, new_key = await asgi_post("/password/async/", {"password": "a new password 2"}, changer)
+    assert status == 200
     records = await sync_to_async(django_memsession.user_sessions)(alice)
-    assert [r.id for r in records] == [session_id(browser.cookies["sessionid"].value)]
+    assert [r.id for r in records] == [session_id(new_key)]
+
+
+@pytest.mark.django_db(transaction=True)  # the view's queries run on another thread
+async def test_over_asgi_a_change_the_request_keeps_no_session_for_ends_all_after_it(alice):
+    """Under ASGI, request_started, the view and request_finished each run in another copy of
+    the request's context: the change the view notes must still reach request_finished (all
+    end), and count as made in a request (ending at once would interrupt the response's save
+    of the session: a 400)."""
+    changer = await sync_to_async(logged_in)(alice)
+    await sync_to_async(logged_in)(alice)  # another session of hers
+    status, _ = await asgi_post("/password/only/", {"password": "a new password 2"}, changer)
+    assert status == 200
+    assert await sync_to_async(django_memsession.user_sessions)(alice) == []
 
 
 def test_a_password_set_outside_a_request_ends_every_session(alice):
