@@ -1,6 +1,6 @@
 """What this process's Redis figures cost a request: the Redis engine as it runs (each round trip
-timed into the latency ring, each load counted as a hit or a miss, the store reached through the
-runtime) against the same engine without them (a plain redis-py client, no count, the store
+timed into the latency ring, each load counted as a hit or a miss, the store reached through its
+services) against the same engine without them (a plain redis-py client, no count, the store
 reached directly), in one process, interleaved round by round against one ``redis-server``.
 
 Workloads at a ~350 B session: load (one ``GET``) and cycle (a load, then a save: ``GET`` and one
@@ -35,8 +35,7 @@ def make_engines() -> dict[str, Engine]:
     import redis
     from redis.retry import Retry
 
-    from django_memsession import runtime
-    from django_memsession.redis import engine
+    from django_memsession.redis import engine, services
     from django_memsession.redis.conf import store_settings
     from django_memsession.redis.store import PROMOTE_SCRIPT, UPDATE_SCRIPT, RedisStore
 
@@ -57,15 +56,14 @@ def make_engines() -> dict[str, Engine]:
             return engine.current_codec().loads(loaded.payload)
 
     return {
-        "timed": Engine(engine.SessionStore, runtime.redis_store),
+        "timed": Engine(engine.SessionStore, services.redis_store),
         "untimed": Engine(Uncounted, lambda: plain),
     }
 
 
 def run(rounds: int, target_ms: float, quick: bool) -> dict[str, Any]:
     """{workload: {timed|untimed: {median, min, max, rounds}, ratio}} in µs per operation."""
-    from django_memsession import runtime
-    from django_memsession.redis import engine
+    from django_memsession.redis import engine, services
 
     engines = make_engines()
     payload = make_session(SESSION_BYTES)
@@ -95,7 +93,7 @@ def run(rounds: int, target_ms: float, quick: bool) -> dict[str, Any]:
                     flush=True,
                 )
     finally:
-        engine.get_store = runtime.redis_store
+        engine.get_store = services.redis_store
     return results
 
 

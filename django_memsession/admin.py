@@ -307,8 +307,10 @@ class StatsAdmin(admin.ModelAdmin):
         named apart."""
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
+        from .redis.services import redis_server_figures
+
         gathered = runtime.gather("report")
-        server, redis_problem = runtime.redis_server_figures()
+        server, redis_problem = redis_server_figures()
         if server is not None:
             server["uptime_display"] = _duration(server["uptime"])
         on_redis = [report for report in gathered.processes if report.redis is not None]

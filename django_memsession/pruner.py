@@ -21,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 
 from .messages import PassReport, PrunerState, Sample
+from .periodic import Periodic
 from .store import MemoryStore
 
 __all__ = ["Pruner", "release_free_memory"]
@@ -63,13 +64,11 @@ class Pruner:
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
         self._lock = threading.Lock()  # guards the fields below; never held during a pass
-        self._thread: threading.Thread | None = None
-        self._stop_event = threading.Event()
-        self._interval = 0.0
         self._last_pass: PassReport | None = None
         self._passes = 0
         self._failures = 0
         self._history: deque[Sample] = deque(maxlen=HISTORY_SAMPLES)
+        self._thread = Periodic(self._scheduled_pass, "django_memsession-pruner")
 
     def run_pass(self, *, dry_run: bool = False) -> PassReport:
         """One pass now: what it removed (or, ``dry_run``, would remove)."""
@@ -112,11 +111,11 @@ class Pruner:
             return list(self._history)
 
     def state(self) -> PrunerState:
+        interval = self._thread.interval
         with self._lock:
-            alive = self._thread is not None and self._thread.is_alive()
             return PrunerState(
-                alive=alive,
-                interval=self._interval if alive else None,
+                alive=interval is not None,
+                interval=interval,
                 passes=self._passes,
                 failures=self._failures,
                 last_pass=self._last_pass,
@@ -124,50 +123,20 @@ class Pruner:
 
     # -- the thread ------------------------------------------------------------------------------
 
-    def _loop(self, stop_event: threading.Event, interval: float) -> None:
-        while not stop_event.wait(interval):
-            try:
-                self.run_pass()
-            except Exception:
-                with self._lock:
-                    self._failures += 1
-                logger.exception("Session pruner: a pass failed; the next one runs as planned.")
+    def _scheduled_pass(self) -> None:
+        try:
+            self.run_pass()
+        except Exception:
+            with self._lock:
+                self._failures += 1
+            logger.exception("Session pruner: a pass failed; the next one runs as planned.")
 
     def start(self, interval: float) -> bool:
         """Run a pass every ``interval`` seconds on a thread; ``0`` stops it. Calling it with
         another interval restarts the thread with the new one. Whether a thread runs after."""
-        with self._lock:
-            thread = self._thread
-            running = thread is not None and thread.is_alive()
-            if running and self._interval == interval:
-                return True
-        if running:
-            self.stop()
-        if interval <= 0:
-            return False
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return True
-            self._stop_event = threading.Event()
-            self._interval = interval
-            self._thread = threading.Thread(
-                target=self._loop,
-                args=(self._stop_event, interval),
-                name="django_memsession-pruner",
-                daemon=True,
-            )
-            self._thread.start()
-        return True
+        return self._thread.start(interval)
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the thread, waiting up to ``timeout`` seconds (0: do not wait); whether it has
         stopped."""
-        with self._lock:
-            thread, event = self._thread, self._stop_event
-            self._thread = None
-        if thread is None:
-            return True
-        event.set()
-        if timeout and thread is not threading.current_thread():
-            thread.join(timeout)
-        return not thread.is_alive()
+        return self._thread.stop(timeout)

@@ -22,9 +22,9 @@ if TYPE_CHECKING:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from . import runtime
+    from . import serving
 
-    runtime.set_listening(False)
+    serving.set_listening(False)
 
 
 @pytest.fixture

@@ -1,6 +1,9 @@
-"""The composition root: this process's services, built on first use, stopped at exit, started
-again in a forked child, and kept in step with settings. Nothing else in the package imports it
-but the public API (the engine, the package's functions, the admin page and the commands).
+"""The memory engine's composition root: this process's services, built on first use, stopped at
+exit, started again in a forked child, and kept in step with settings. Nothing else in the
+package imports it but the public API (the engine, the package's functions, the admin page and
+the commands). Its public functions (``stats()``, ``report()``, ``gather()``,
+``start_listener()``...) answer for the engine in ``SESSION_ENGINE``: on the Redis engine they
+hand over to that engine's services, ``redis/services.py``, imported only then.
 
 The services, built in this order the first time anything uses the store (normally the first
 request that touches a session; ``stats()`` too):
@@ -10,19 +13,13 @@ request that touches a session; ``stats()`` too):
 2. its :class:`~django_memsession.pruner.Pruner` (the thread runs when
    ``MEMSESSION_PRUNE_INTERVAL`` is not 0);
 3. its :class:`~django_memsession.listener.Listener` on the control socket, when this process
-   serves requests (not a management command other than ``runserver``; not a test run, which the
-   package's pytest plugin says with :func:`set_listening`).
+   serves requests (see ``serving.py``: not a management command other than ``runserver``; not
+   a test run).
 
 With ``MEMSESSION_SNAPSHOT_PATH``, a :class:`~django_memsession.snapshotter.Snapshotter` comes
 between 1 and 2: it restores the snapshot into the store before anything else can use it, and
 writes it on its schedule, on demand, and at exit (``atexit``, and a SIGTERM handler where the
 process has none of its own).
-
-On the Redis engine (``SESSION_ENGINE = "django_memsession.redis"``) no memory store is built:
-the first use of the Redis store (:func:`redis_store`) starts :class:`RedisServices`, the
-listener (as above, so the admin page and ``stats()`` reach every process) and a
-:class:`~django_memsession.redis.history.History` sampling Redis's figures every
-``MEMSESSION_PRUNE_INTERVAL`` seconds. Its modules (and redis-py) are imported only then.
 
 Each is handed what it uses; none of them imports another. Importing this module starts nothing,
 so ``migrate``, ``shell``, ``check`` and runserver's autoreloader parent start nothing.
@@ -43,16 +40,15 @@ import os
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.conf import settings
 from django.core.signals import setting_changed
 
-from . import conf, control, mirror
+from . import conf, control, mirror, serving
 from .events import EventReporter
 from .export import ExportRun
 from .listener import Listener
@@ -60,25 +56,17 @@ from .logged_in import end_local, local_sessions
 from .messages import (
     SESSIONS_PAGE,
     Gathered,
-    NearCacheStats,
     PassReport,
     ProcessReport,
-    RedisProcessStats,
     Request,
-    Sample,
     SnapshotReport,
     StoreStats,
     from_dict,
-    split_warning,
 )
 from .pruner import Pruner
 from .serializers import current_codec
 from .snapshotter import NotOwner, Snapshotter
 from .store import NOT_JOURNALED, MemoryStore
-
-if TYPE_CHECKING:
-    from .redis.history import History
-    from .redis.store import RedisStore
 
 __all__ = [
     "clear",
@@ -88,11 +76,7 @@ __all__ = [
     "prune",
     "prune_everywhere",
     "redis_engine",
-    "redis_server_figures",
-    "redis_store",
     "report",
-    "sample_redis",
-    "set_listening",
     "snapshot",
     "start_listener",
     "start_pruner",
@@ -103,10 +87,9 @@ __all__ = [
 
 logger = logging.getLogger("django_memsession")
 
-# Management commands that serve requests, and so hold a live store worth reaching.
-SERVING_COMMANDS = frozenset({"runserver", "runserver_plus"})
-
 REDIS_ENGINE = "django_memsession.redis"
+# The Redis engine's services: the functions below hand over to them on that engine.
+REDIS_SERVICES = "django_memsession.redis.services"
 
 
 class Services:
@@ -254,60 +237,11 @@ class SnapshotsOff(Exception):
     """Asked for a snapshot where ``MEMSESSION_SNAPSHOT_PATH`` is not set."""
 
 
-class RedisServices:
-    """This process's services on the Redis engine: no store of its own (sessions are in
-    Redis), a listener, and the history of Redis's figures."""
-
-    def __init__(self, history: History) -> None:
-        self.history = history
-        self.listener: Listener | None = None
-        self.started = False
-        self.created_at = time.time()
-
-    def handle(self, request: Request) -> ProcessReport:
-        """A report for any command: what the memory engine does per process (prune, snapshot,
-        a user's sessions) is not done per process on Redis, and the reply says so."""
-        if request.command == "report":
-            return self.report()
-        return replace(
-            self.report(),
-            refused=f"{request.command!r} is not done per process on the Redis engine "
-            "(sessions are in Redis, not in this process)",
-        )
-
-    def report(self) -> ProcessReport:
-        from .redis.latency import recorder
-
-        figures = recorder.figures()
-        return ProcessReport(
-            pid=os.getpid(),
-            uptime=max(0.0, time.time() - self.created_at),
-            stats=None,
-            pruner=None,
-            history=self.history.samples(),
-            redis=RedisProcessStats(
-                **figures,
-                sample_interval=self.history.interval,
-                sample_failures=self.history.failures,
-                near=_near_cache_stats(),
-            ),
-        )
-
-    @property
-    def served(self) -> bool:
-        """Whether this process sent a session's round trip (not only built the store)."""
-        from .redis.latency import recorder
-
-        return recorder.round_trips > 0
-
-
 _store: MemoryStore | None = None  # set once this process's services run: the fast path
 _services: Services | None = None
 _lock = threading.Lock()
-_listening: bool | None = None
 _process_hooks_registered = False
 _fork = threading.local()
-_warned: set[str] = set()
 
 
 def get_store() -> MemoryStore:
@@ -334,7 +268,7 @@ def _start() -> Services:
             # Only a serving process restores and writes the snapshot: a management command
             # (shell, migrate, prunesessions) must neither take the server's sessions nor wait
             # for its claim.
-            snapshot_path = conf.snapshot_path() if should_listen() else None
+            snapshot_path = conf.snapshot_path() if serving.should_listen() else None
             services = _services = Services(store, events, snapshot_path)
             _register_process_hooks()
         if not services.started:
@@ -342,8 +276,8 @@ def _start() -> Services:
             _start_snapshots(services)
             services.pruner.sample()
             _start_pruner_thread(services, conf.prune_interval())
-            if should_listen():
-                _start_listener(services)
+            if serving.should_listen():
+                serving.start_listener(services)
                 _start_mirror(services)
             install_signal_handlers()
         _store = services.store
@@ -372,7 +306,7 @@ def _start_mirror(services: Services) -> None:
         logger.exception("Session mirror to Redis did not start; sessions still work.")
         return
     if problem is not None:
-        _warn_once("mirror", "Session mirror to Redis did not start: %s.", problem)
+        serving.warn_once("mirror", "Session mirror to Redis did not start: %s.", problem)
 
 
 def _start_pruner_thread(services: Services, interval: float) -> None:
@@ -397,216 +331,33 @@ def _register_process_hooks() -> None:
 # -- the control listener -------------------------------------------------------------------------
 
 
-def set_listening(value: bool | None) -> None:
-    """Whether this process listens on the control channel: ``None`` (the default) decides from
-    the command line; the pytest plugin says ``False`` (a test run serves nothing)."""
-    global _listening
-    _listening = value
-
-
-def should_listen() -> bool:
-    """Whether this process serves requests: not a management command other than runserver.
-
-    runserver's autoreloader parent never uses the store, so only the serving child gets here.
-    """
-    if _listening is not None:
-        return _listening
-    program = sys.argv[0] if sys.argv else ""
-    name = os.path.basename(program)
-    # ``python -m django``: the program is django/__main__.py (and only the folder name says so:
-    # a virtualenv called "django-site" holds gunicorn/__main__.py too).
-    is_manage = name in {"manage.py", "django-admin", "django-admin.py"} or (
-        name == "__main__.py" and os.path.basename(os.path.dirname(program)) == "django"
-    )
-    if is_manage:
-        return len(sys.argv) > 1 and sys.argv[1] in SERVING_COMMANDS
-    return True
-
-
-def _warn_once(key: str, message: str, *args: Any) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        logger.warning(message, *args)
-
-
-def _start_listener(services: Services | RedisServices) -> Listener | None:
-    if services.listener is not None or not control.enabled():
-        return services.listener
-    directory = control.control_dir()
-    problem = control.dir_problem(directory, create=True)
-    if problem is not None:
-        _warn_once(
-            "dir",
-            "Session control channel off: %s. prunesessions and the admin page will not reach "
-            "this process; set MEMSESSION_CONTROL_DIR to a private directory (0700) of this "
-            "user, or MEMSESSION_CONTROL = False.",
-            problem,
-        )
-        return None
-    path = control.socket_path(os.getpid())
-    if len(os.fsencode(path)) + 1 > control.MAX_SOCKET_PATH:  # bound as <path>~ first
-        _warn_once(
-            "path",
-            "Session control channel off: the socket path %s is longer than %d bytes; set "
-            "MEMSESSION_CONTROL_DIR to a shorter directory.",
-            path,
-            control.MAX_SOCKET_PATH,
-        )
-        return None
-    try:
-        services.listener = Listener(path, services.handle)
-    except OSError as exc:
-        _warn_once(
-            "bind", "Session control channel off: cannot listen on %s (%s).", path, exc.strerror
-        )
-        return None
-    others = control.live_peers()
-    if others:
-        logger.warning(
-            "%s (pids %s)",
-            split_warning(len(others) + 1),
-            ", ".join(str(pid) for pid in [os.getpid(), *others]),
-        )
-    return services.listener
-
-
 def start_listener() -> Listener | None:
     """Listen for this process now (idempotent); ``None`` when the channel is off or cannot
     start. Builds the store (or, on the Redis engine, its services) if needed."""
     if redis_engine():
-        services = _start_redis().services
-        with _lock:
-            return _start_listener(services)
+        from .redis.services import start_listener as start_redis_listener
+
+        return start_redis_listener()
     get_store()
     assert _services is not None
     with _lock:
-        return _start_listener(_services)
+        return serving.start_listener(_services)
 
 
 def stop_listener() -> None:
-    # No lock: one attribute swap is atomic, and the SIGTERM handler comes here, possibly while
-    # the main thread holds the build lock (a signal handler waiting on it would never return).
-    for services in (_services, _redis_services):
-        if services is None:
-            continue
-        listener, services.listener = services.listener, None
-        if listener is not None:
-            listener.close()
+    """Stop this process's listener, whichever engine's services hold it (no lock: see
+    ``serving.close_listener``)."""
+    serving.close_listener(_services)
+    # Loaded only if this process used the Redis engine (importing it here would import redis).
+    if REDIS_SERVICES in sys.modules:
+        from .redis.services import stop_listener as stop_redis_listener
 
-
-# -- the Redis engine's services ------------------------------------------------------------------
-
-_redis_services: RedisServices | None = None
-# The Redis store's getter once this process's services run: the fast path of redis_store().
-_redis_get_store: Callable[[], RedisStore] | None = None
+        stop_redis_listener()
 
 
 def redis_engine() -> bool:
     """Whether ``SESSION_ENGINE`` is the Redis engine."""
     return getattr(settings, "SESSION_ENGINE", "") == REDIS_ENGINE
-
-
-def redis_store() -> RedisStore:
-    """The Redis engine's store (``redis.store.get_store()``), this process's services started
-    on the first call: what the Redis engine uses."""
-    get = _redis_get_store
-    if get is None:
-        get = _start_redis().get_store
-    return get()
-
-
-class _StartedRedis:
-    def __init__(self, services: RedisServices, get_store: Callable[[], RedisStore]) -> None:
-        self.services = services
-        self.get_store = get_store
-
-
-def _start_redis() -> _StartedRedis:
-    global _redis_services, _redis_get_store
-    from .redis.history import History
-    from .redis.store import get_store as get
-
-    with _lock:
-        services = _redis_services
-        if services is None:
-            services = _redis_services = RedisServices(History(_read_redis_sample))
-            _register_process_hooks()
-        if not services.started:
-            services.started = True
-            try:
-                services.history.start(conf.prune_interval())
-            except Exception:
-                logger.exception("Session history did not start; sessions still work.")
-            if should_listen():
-                _start_listener(services)
-        _redis_get_store = get
-    return _StartedRedis(services, get)
-
-
-def _read_redis_sample() -> Sample:
-    from .redis.info import read
-    from .redis.store import get_store as get_redis_store
-
-    store = get_redis_store()
-    figures = read(store.client, store.prefix)
-    return Sample(time=time.time(), entries=figures.sessions, bytes=figures.used_memory)
-
-
-def redis_server_figures() -> tuple[dict[str, Any] | None, str | None]:
-    """Redis's own figures now (see ``redis/info.py``), or None and why Redis did not give
-    them: never an exception for an unreachable Redis."""
-    from .redis.info import FiguresUnavailable, read
-
-    try:
-        store = redis_store()
-        figures = read(store.client, store.prefix)
-    except FiguresUnavailable as exc:
-        return None, str(exc)
-    except Exception as exc:  # the store could not be built (bad settings): say what
-        return None, f"{type(exc).__name__}: {exc}"
-    return {**asdict(figures), "used_percent": figures.used_percent}, None
-
-
-def sample_redis() -> bool:
-    """Take one sample of Redis's figures for the history now (the thread takes one every
-    ``MEMSESSION_PRUNE_INTERVAL`` seconds); whether Redis gave it."""
-    return _start_redis().services.history.sample()
-
-
-def _near_cache_stats() -> NearCacheStats | None:
-    """This process's near cache figures, if its Redis store is built and has one (never builds
-    it: a report must not open connections)."""
-    get = _redis_get_store
-    if get is None:
-        return None
-    from .redis.store import peek_store
-
-    store = peek_store()
-    if store is None or store.near is None:
-        return None
-    figures = store.stats()
-    near = figures["near_cache"]
-    return NearCacheStats(
-        l1_hits=figures["l1_hits"],
-        l2_hits=figures["l2_hits"],
-        misses=figures["misses"],
-        invalidations=figures["invalidations"],
-        flushes=near["flushes"],
-        tracking=bool(near["tracking"]),
-        tracking_losses=near["tracking_losses"],
-        entries=near["entries"],
-        bytes=near["bytes"],
-        max_bytes=near["max_bytes"],
-        evictions=near["evictions"],
-    )
-
-
-def _redis_stats() -> dict[str, Any]:
-    services = _start_redis().services
-    # (with a near cache, "near" holds its figures: L1 and L2 hits, misses, invalidations)
-    process = asdict(services.report().redis)  # type: ignore[arg-type]
-    server, problem = redis_server_figures()
-    return {"engine": "redis", "pid": os.getpid(), **process, "redis": server, "problem": problem}
 
 
 # -- the pruner ---------------------------------------------------------------------------------
@@ -643,14 +394,18 @@ def stats() -> dict[str, Any]:
     this process's hits, misses and latency, and Redis's own figures under ``"redis"`` (None,
     and ``"problem"`` saying why, when Redis cannot give them)."""
     if redis_engine():
-        return _redis_stats()
+        from .redis.services import stats as redis_stats
+
+        return redis_stats()
     return get_store().stats()
 
 
 def report() -> ProcessReport:
     """This process's full picture: stats, uptime, pruner, size history."""
     if redis_engine():
-        return _start_redis().services.report()
+        from .redis.services import report as redis_report
+
+        return redis_report()
     get_store()
     assert _services is not None
     return _services.report()
@@ -675,8 +430,9 @@ def clear() -> None:
 
 def _local_handler() -> Callable[[Request], ProcessReport] | None:
     if redis_engine():
-        redis_services = _redis_services
-        return redis_services.handle if redis_services is not None else None
+        from .redis.services import local_handler
+
+        return local_handler()
     services = _services
     return services.handle if services is not None else None
 
@@ -738,11 +494,10 @@ def prune_everywhere(*, dry_run: bool = False, timeout: float | None = None) -> 
 
 def _stop_services() -> None:
     """The shutdown path (``atexit``, SIGTERM): stop serving the channel and pruning, then
-    write the final snapshot and give its claim up."""
-    stop_listener()
-    if _redis_services is not None:
-        _redis_services.history.stop(timeout=1.0)
+    write the final snapshot and give its claim up. (The Redis engine's services have their
+    own, in ``redis/services.py``.)"""
     services = _services
+    serving.close_listener(services)
     if services is None:
         return
     services.pruner.stop(timeout=1.0)
@@ -791,7 +546,6 @@ def _before_fork() -> None:
 
 def _after_fork_in_parent() -> None:
     global _store
-    _redis_after_fork_in_parent()
     services = _services
     if getattr(_fork, "locked", False) and services is not None:
         services.store.lock.release()
@@ -801,9 +555,7 @@ def _after_fork_in_parent() -> None:
     # A process that forks before it served anything is a master (see the module's docstring).
     _store = None
     services.started = False
-    listener, services.listener = services.listener, None
-    if listener is not None:
-        listener.close(wait=False)
+    serving.close_listener(services, wait=False)
     services.pruner.stop(timeout=0)
     services.stop_mirror(timeout=0)
     if services.snapshotter is not None:
@@ -812,37 +564,10 @@ def _after_fork_in_parent() -> None:
             services.store.clear()  # the file's sessions belong to the worker that claims it
 
 
-def _redis_after_fork_in_parent() -> None:
-    """On Redis, as for a memory store: a process that forks before it served is a master, and
-    stops listening (and sampling) until it uses the store itself."""
-    global _redis_get_store
-    services = _redis_services
-    if services is None or not services.started or services.served:
-        return
-    _redis_get_store = None
-    services.started = False
-    listener, services.listener = services.listener, None
-    if listener is not None:
-        listener.close(wait=False)
-    services.history.stop(timeout=0)
-
-
-def _redis_after_fork_in_child() -> None:
-    """The child starts its own services on first use: the parent's listener is the
-    parent's, its sampler thread does not exist here (and its lock may have been held)."""
-    global _redis_services, _redis_get_store
-    services = _redis_services
-    _redis_services = None
-    _redis_get_store = None
-    if services is not None and services.listener is not None:
-        services.listener.close(unlink=False)
-
-
 def _after_fork_in_child() -> None:
     global _services, _store, _lock
     _lock = threading.Lock()
     _store = None
-    _redis_after_fork_in_child()
     services = _services
     consistent = getattr(_fork, "locked", False)
     _fork.locked = False
@@ -853,9 +578,7 @@ def _after_fork_in_child() -> None:
     # The parent's mirror (its thread, its connection, its queue) is the parent's: the child
     # reads the marker and builds its own on first use.
     store.on_mirror = None
-    listener = services.listener
-    if listener is not None:
-        listener.close(unlink=False)  # the parent's socket: its file is the parent's
+    serving.close_listener(services, unlink=False)  # the parent's socket: its file is theirs
     snapshotter = services.snapshotter
     parent_served = store.served
     if snapshotter is not None:
@@ -879,9 +602,8 @@ def _after_fork_in_child() -> None:
 
 
 def _settings_changed(*, setting: str, **kwargs: Any) -> None:
-    """``override_settings(MEMSESSION_*=...)`` takes effect on the live services."""
-    if setting.startswith("MEMSESSION_") and not conf.problems():
-        _redis_settings_changed(setting)
+    """``override_settings(MEMSESSION_*=...)`` takes effect on the live services (the Redis
+    engine's have their own receiver, in ``redis/services.py``)."""
     services = _services
     if services is None or not setting.startswith("MEMSESSION_") or conf.problems():
         return
@@ -893,27 +615,11 @@ def _settings_changed(*, setting: str, **kwargs: Any) -> None:
     if setting == "MEMSESSION_SNAPSHOT_INTERVAL" and services.snapshotter is not None:
         services.snapshotter.start(conf.snapshot_interval())
     if setting in ("MEMSESSION_CONTROL", "MEMSESSION_CONTROL_DIR") and (
-        services.listener is not None or should_listen()
+        services.listener is not None or serving.should_listen()
     ):
-        stop_listener()
+        serving.close_listener(services)
         with _lock:
-            _start_listener(services)
-
-
-def _redis_settings_changed(setting: str) -> None:
-    services = _redis_services
-    if services is None or not services.started:
-        return
-    if setting == "MEMSESSION_PRUNE_INTERVAL":
-        services.history.start(conf.prune_interval())
-    if setting in ("MEMSESSION_CONTROL", "MEMSESSION_CONTROL_DIR") and (
-        services.listener is not None or should_listen()
-    ):
-        listener, services.listener = services.listener, None
-        if listener is not None:
-            listener.close()
-        with _lock:
-            _start_listener(services)
+            serving.start_listener(services)
 
 
 setting_changed.connect(_settings_changed, dispatch_uid="django_memsession.runtime")

@@ -21,7 +21,7 @@ from django.test import override_settings
 from processes import store_process
 
 import django_memsession
-from django_memsession import SessionStore, control, runtime
+from django_memsession import SessionStore, control, runtime, serving
 from django_memsession import listener as listener_module
 from django_memsession.listener import Listener
 from django_memsession.messages import SESSIONS_PAGE, Reply, Request, to_json
@@ -476,7 +476,7 @@ def test_control_false_means_this_process_only(control_dir):
 
 
 def test_a_directory_open_to_others_turns_the_channel_off(control_dir, caplog, monkeypatch):
-    monkeypatch.setattr(runtime, "_warned", set())
+    monkeypatch.setattr(serving, "_warned", set())
     os.chmod(control_dir, 0o755)
     with caplog.at_level(logging.WARNING, logger="django_memsession"):
         assert runtime.start_listener() is None
@@ -506,7 +506,7 @@ def test_a_symlink_of_ours_to_a_private_directory_is_fine(control_dir, tmp_path)
 
 
 def test_an_unwritable_directory_is_logged_once_and_not_fatal(caplog, monkeypatch):
-    monkeypatch.setattr(runtime, "_warned", set())
+    monkeypatch.setattr(serving, "_warned", set())
     with (
         override_settings(MEMSESSION_CONTROL_DIR="/proc/memsession-cannot-exist"),
         caplog.at_level(logging.WARNING, logger="django_memsession"),
@@ -517,7 +517,7 @@ def test_an_unwritable_directory_is_logged_once_and_not_fatal(caplog, monkeypatc
 
 
 def test_a_socket_path_over_the_limit_turns_the_channel_off(caplog, monkeypatch, tmp_path):
-    monkeypatch.setattr(runtime, "_warned", set())
+    monkeypatch.setattr(serving, "_warned", set())
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     with (
         override_settings(MEMSESSION_CONTROL_DIR=str(deep)),
@@ -549,12 +549,12 @@ def test_a_socket_path_over_the_limit_turns_the_channel_off(caplog, monkeypatch,
 )
 def test_who_listens_by_default(monkeypatch, argv, expected):
     monkeypatch.setattr(sys, "argv", argv)
-    monkeypatch.setattr(runtime, "_listening", None)
-    assert runtime.should_listen() is expected
+    monkeypatch.setattr(serving, "_listening", None)
+    assert serving.should_listen() is expected
 
 
 def test_the_pytest_plugin_says_a_test_run_does_not_listen():
-    assert runtime.should_listen() is False
+    assert serving.should_listen() is False
 
 
 def test_no_module_changes_behaviour_because_pytest_is_imported():

@@ -10,7 +10,7 @@ import pytest
 from pytest_django.live_server_helper import LiveServer
 
 from django_memsession import runtime
-from django_memsession.redis import SessionStore
+from django_memsession.redis import SessionStore, services
 
 if TYPE_CHECKING:
     from browser import SaveScreenshot
@@ -45,14 +45,14 @@ def test_log_in_read_redis_and_process_figures_and_prune_now(
         session = SessionStore()
         session["cart"] = [{"sku": f"item-{n}", "qty": 1}]
         session.save()
-    runtime.sample_redis()
+    services.sample_redis()
     page = browser_page
 
     page.goto(f"{live_server.url}/admin/login/?next=/admin/")
     page.fill("input[name=username]", "admin")
     page.fill("input[name=password]", "password")
     page.click("input[type=submit]")
-    runtime.sample_redis()  # a second sample, with the admin's session in it: a plot
+    services.sample_redis()  # a second sample, with the admin's session in it: a plot
     page.click("text=Session store")
 
     assert page.url == f"{live_server.url}/admin/django_memsession/stats/"

@@ -13,7 +13,7 @@ import django_memsession
 from django_memsession import runtime
 from django_memsession.admin import StatsAdmin
 from django_memsession.models import Stats
-from django_memsession.redis import SessionStore
+from django_memsession.redis import SessionStore, services
 
 STATS_URL = "/admin/django_memsession/stats/"
 PRUNE_URL = "/admin/django_memsession/stats/prune/"
@@ -78,9 +78,9 @@ def test_a_small_database_is_counted_and_a_large_one_is_marked_an_estimate(
 
 def test_the_history_of_redis_is_plotted_once_there_are_two_samples(admin: Client):
     make_sessions(2)
-    runtime.sample_redis()
+    services.sample_redis()
     make_sessions(2)
-    runtime.sample_redis()
+    services.sample_redis()
 
     html = admin.get(STATS_URL).content.decode()
 

@@ -16,7 +16,7 @@ from redis_server import RedisServer
 import django_memsession
 from django_memsession import runtime
 from django_memsession.messages import Sample
-from django_memsession.redis import SessionStore, info, latency
+from django_memsession.redis import SessionStore, info, latency, services
 from django_memsession.redis.history import History
 from django_memsession.redis.store import get_store
 from django_memsession.signals import sessions_expired
@@ -251,7 +251,7 @@ def test_no_session_key_in_stats(redis_server: RedisServer):
 def test_each_sample_records_sessions_and_redis_used_memory():
     make_sessions(2)
 
-    assert runtime.sample_redis()
+    assert services.sample_redis()
 
     last = runtime.report().history[-1]
     assert last.entries == 2
@@ -262,7 +262,7 @@ def test_a_sample_when_redis_is_down_is_counted_as_failed(redis_server: RedisSer
     before = runtime.report().redis.sample_failures
     redis_server.kill()
 
-    assert not runtime.sample_redis()
+    assert not services.sample_redis()
 
     assert runtime.report().redis.sample_failures == before + 1
 
@@ -286,7 +286,7 @@ def test_the_history_thread_samples_at_once_then_every_interval():
 
 
 def test_the_history_thread_follows_memsession_prune_interval(settings):
-    runtime.redis_store()
+    services.redis_store()
     settings.MEMSESSION_PRUNE_INTERVAL = 3600
 
     assert runtime.report().redis.sample_interval == 3600

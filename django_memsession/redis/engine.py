@@ -7,7 +7,7 @@ create one (``SET NX PX``), a save of an existing session one (a script that ref
 delete). A new anonymous session is written on probation (a short TTL); one that this object
 loaded, or that holds a logged-in user, with its full age. Values round-trip exactly as through
 Django's db engine under ``SESSION_SERIALIZER``. The async methods are native, on
-``redis.asyncio``. The store comes from ``runtime.redis_store()``, whose first call also starts
+``redis.asyncio``. The store comes from ``services.redis_store()``, whose first call also starts
 this process's services (the control listener, the history of Redis's figures).
 
 When Redis cannot answer, every method raises
@@ -28,12 +28,12 @@ from typing import Any
 from django.contrib.sessions.backends.base import CreateError, UpdateError
 
 from ..exceptions import SessionTooLarge
-from ..runtime import redis_store as get_store
 from ..serializers import current_codec
 from ..sessionbase import AUTH_SESSION_KEY, FastSessionBase
 from ..signals import user_sessions_ended
 from .exceptions import SessionBackendUnavailable
 from .latency import recorder
+from .services import redis_store as get_store
 from .store import Loaded, RedisStore, UpdateResult
 
 logger = logging.getLogger("django_memsession.redis")

@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ..messages import Sample
+from ..periodic import Periodic
 
 __all__ = ["HISTORY_SAMPLES", "History"]
 
@@ -33,10 +34,8 @@ class History:
         self.read = read
         self._lock = threading.Lock()  # guards the fields below; never held while reading
         self._samples: deque[Sample] = deque(maxlen=HISTORY_SAMPLES)
-        self._thread: threading.Thread | None = None
-        self._stop_event = threading.Event()
-        self._interval = 0.0
         self.failures = 0
+        self._thread = Periodic(self.sample, "django_memsession-redis-history", at_once=True)
 
     def sample(self) -> bool:
         """Read one sample now and keep it; whether Redis gave it."""
@@ -59,51 +58,14 @@ class History:
     @property
     def interval(self) -> float | None:
         """Seconds between samples while the thread runs; None when it does not."""
-        with self._lock:
-            alive = self._thread is not None and self._thread.is_alive()
-            return self._interval if alive else None
-
-    def _loop(self, stop_event: threading.Event, interval: float) -> None:
-        while True:
-            self.sample()
-            if stop_event.wait(interval):
-                return
+        return self._thread.interval
 
     def start(self, interval: float) -> bool:
         """Sample now and then every ``interval`` seconds on a thread; ``0`` stops it. Another
         interval restarts the thread. Whether a thread runs after."""
-        with self._lock:
-            thread = self._thread
-            running = thread is not None and thread.is_alive()
-            if running and self._interval == interval:
-                return True
-        if running:
-            self.stop()
-        if interval <= 0:
-            return False
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return True
-            self._stop_event = threading.Event()
-            self._interval = interval
-            self._thread = threading.Thread(
-                target=self._loop,
-                args=(self._stop_event, interval),
-                name="django_memsession-redis-history",
-                daemon=True,
-            )
-            self._thread.start()
-        return True
+        return self._thread.start(interval)
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the thread, waiting up to ``timeout`` seconds (0: do not wait); whether it has
         stopped."""
-        with self._lock:
-            thread, event = self._thread, self._stop_event
-            self._thread = None
-        if thread is None:
-            return True
-        event.set()
-        if timeout and thread is not threading.current_thread():
-            thread.join(timeout)
-        return not thread.is_alive()
+        return self._thread.stop(timeout)
