@@ -1,6 +1,18 @@
+from typing import Any
+
 from django.apps import AppConfig
 from django.conf import settings
 from django.core import checks
+
+
+def _forget_current_session(**kwargs: Any) -> None:
+    """At each request's start and end: a WSGI thread serves many requests, and runs other
+    code between them; none of them may keep the last request's session (see password.py).
+    Under ASGI each request runs in its own copy of the server's context, which holds none, so
+    that Django 5+ sends these signals in other copies of it does no harm."""
+    from .sessionbase import current_session
+
+    current_session.set(None)
 
 
 class MemsessionConfig(AppConfig):
@@ -39,7 +51,7 @@ class MemsessionConfig(AppConfig):
         from django.db.models.signals import post_save
 
         from .clients import note_login
-        from .password import on_login, on_request_finished, on_request_started, on_user_saved
+        from .password import on_login, on_user_saved
 
         if not apps.is_installed("django.contrib.auth"):
             return
@@ -48,8 +60,10 @@ class MemsessionConfig(AppConfig):
         post_save.connect(
             on_user_saved, sender=get_user_model(), dispatch_uid="django_memsession.password"
         )
-        request_started.connect(on_request_started, dispatch_uid="django_memsession.password")
-        request_finished.connect(on_request_finished, dispatch_uid="django_memsession.password")
+        request_started.connect(_forget_current_session, dispatch_uid="django_memsession.current")
+        request_finished.connect(
+            _forget_current_session, dispatch_uid="django_memsession.current_finished"
+        )
         if apps.is_installed("django.contrib.admin"):
             from .admin import add_logout_everywhere
 

@@ -24,6 +24,7 @@ from .sessionbase import (
     AUTH_SESSION_KEY,
     KEY_LENGTH,
     FastSessionBase,
+    current_session,
     new_session_key,
 )
 from .store import EntryTooLarge, PutResult
@@ -73,6 +74,10 @@ class SessionStore(FastSessionBase):
             # decode(), an unreadable session is an empty one.
             logger.warning("Session data could not be deserialized; starting an empty session.")
             return {}
+        if AUTH_SESSION_KEY in data:
+            # Only a logged-in session can be the one a password change keeps (a session that
+            # logs in during the request is noted by password.on_login).
+            current_session.set(self)
         return data
 
     # -- save ----------------------------------------------------------------------------------

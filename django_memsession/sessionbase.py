@@ -3,12 +3,11 @@ lazy loading without an exception per request. Imports neither store."""
 
 from __future__ import annotations
 
+import contextvars
 import os
 import re
-import threading
-from typing import Any, Protocol
+from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.sessions.backends.base import VALID_KEY_CHARS, CreateError, SessionBase
 from django.core.signals import setting_changed
@@ -18,10 +17,8 @@ __all__ = [
     "AUTH_SESSION_KEY",
     "KEY_LENGTH",
     "FastSessionBase",
-    "PasswordChanges",
-    "current_password_changes",
+    "current_session",
     "new_session_key",
-    "request_state",
 ]
 
 # django.contrib.auth.SESSION_KEY, spelled out: importing django.contrib.auth here would make the
@@ -51,26 +48,13 @@ def new_session_key() -> str:
             return raw[:KEY_LENGTH].decode("ascii")
 
 
-class PasswordChanges(Protocol):
-    """Password changes made during the current request, waiting for the session that Django
-    keeps (see password.py)."""
-
-    def __len__(self) -> int: ...
-
-    def session_cycled(self, session: FastSessionBase) -> None: ...
-
-
-# The state of the request a thread is serving: ``password_changes`` (a PasswordChanges), set
-# by password.py when each request starts and dropped when it ends; read only by cycle_key(), so
-# a load or a save pays nothing for it. Per thread, not a ContextVar: under ASGI, Django runs a
-# request's request_started receivers, its sync view and its request_finished in one thread (a
-# ThreadSensitiveContext per request) but each in another copy of the context, so a ContextVar
-# set when the request starts is gone when it finishes.
-request_state = threading.local()
-
-
-def current_password_changes() -> PasswordChanges | None:
-    return getattr(request_state, "password_changes", None)
+# The logged-in session the current request (thread or task) loaded or logged in last, on either
+# engine: after a password change, the one that update_session_auth_hash() keeps (see
+# password.py). A ContextVar, so that it follows the request into sync_to_async threads and
+# stays apart between greenlets and tasks. Forgotten when each request starts and ends.
+current_session: contextvars.ContextVar[FastSessionBase | None] = contextvars.ContextVar(
+    "django_memsession_current_session", default=None
+)
 
 
 # settings.SESSION_COOKIE_AGE, read once: every save of a session without its own expiry needs
@@ -166,21 +150,3 @@ class FastSessionBase(SessionBase):
             self.modified = True
             return
         raise RuntimeError("Unable to create a new session key.")
-
-    # After a password change, Django's update_session_auth_hash() keeps the request's session by
-    # cycling its key: the moment the user's other sessions can end, keeping this one.
-
-    def cycle_key(self) -> None:
-        super().cycle_key()
-        self._cycled()
-
-    async def acycle_key(self) -> None:  # Django 5.0+
-        await super().acycle_key()  # type: ignore[misc]
-        # The request's state is on the thread that runs its sync code (thread-sensitive, as
-        # post_save of asave() ran); ending sessions may wait on Redis or other processes too.
-        await sync_to_async(self._cycled)()
-
-    def _cycled(self) -> None:
-        changes = current_password_changes()
-        if changes:
-            changes.session_cycled(self)

@@ -255,9 +255,8 @@ class MemoryStore:
                 if expires_at > now:
                     table.move_to_end(key)
                     self.hits += 1
-                    second = int(now)
-                    if last_used != second:
-                        value = facts.with_last_used(value, second)
+                    if now >= last_used + 1:  # a new second since (int() only then)
+                        value = facts.with_last_used(value, int(now))
                         table[key] = value
                     return value[FACTS_SIZE + user_length + client_length :]
             if HEADER.unpack_from(value)[0] <= now:
@@ -464,7 +463,7 @@ class MemoryStore:
             if old is None:
                 return None
             user_bytes = user.encode()
-            old_expiry, _, created, _, user_length, client_length = FACTS.unpack_from(old)
+            old_expiry, _, created, last_used, user_length, client_length = FACTS.unpack_from(old)
             if user_length != len(user_bytes) or not old.startswith(user_bytes, FACTS_SIZE):
                 return None  # another user, or a user id clipped to MAX_FIELD: the general path
         else:
@@ -482,8 +481,12 @@ class MemoryStore:
         if self.epoch != NOT_JOURNALED:
             tag = self._journal_first(key)
         if authenticated:
-            head = _TIMES.pack(expires_at, tag, created, int(now))
-            value = b"".join((head, old[20 : FACTS_SIZE + user_length + client_length], payload))
+            end = FACTS_SIZE + user_length + client_length
+            if now < last_used + 1:  # used this second (the load before this save noted it)
+                value = b"".join((HEADER.pack(expires_at, tag), old[12:end], payload))
+            else:
+                head = _TIMES.pack(expires_at, tag, created, int(now))
+                value = b"".join((head, old[20:end], payload))
         else:
             value = HEADER.pack(expires_at, tag) + payload
         entry = self.sizer.entry

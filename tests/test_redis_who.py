@@ -28,12 +28,16 @@ from test_who import (  # noqa: F401
     test_a_change_of_address_is_noted_by_the_middleware,
     test_a_login_lists_the_session_under_its_user_with_an_opaque_id,
     test_a_new_password_and_a_login_with_it_keep_the_new_session,
-    test_a_new_password_the_request_keeps_no_session_for_ends_all_after_the_response,
+    test_a_password_change_rolled_back_ends_nothing,
+    test_a_password_reset_that_logs_in_keeps_the_new_session_and_ends_the_others,
+    test_a_password_saved_on_another_thread_keeps_this_session_for_the_response,
     test_a_password_set_by_an_admin_ends_only_that_users_sessions,
     test_a_password_set_outside_a_request_ends_every_session,
     test_a_record_as_json_holds_no_session_key,
     test_a_save_that_does_not_change_the_password_ends_nothing,
     test_a_user_ends_one_of_their_other_sessions,
+    test_a_view_that_keeps_no_session_answers_and_its_session_ends_when_django_rejects_it,
+    test_an_admin_changing_their_own_password_keeps_their_session,
     test_an_async_password_change_keeps_this_session_and_ends_the_others,
     test_an_ending_is_logged_once_without_a_key_and_signalled,
     test_an_id_of_another_users_session_ends_nothing,
@@ -50,14 +54,15 @@ from test_who import (  # noqa: F401
     test_ending_this_session_logs_out,
     test_log_out_all_other_sessions,
     test_log_out_everywhere_on_the_admin_user_list,
-    test_over_asgi_a_change_the_request_keeps_no_session_for_ends_all_after_it,
     test_staff_find_a_user_by_primary_key,
     test_staff_find_a_user_by_username_and_see_their_sessions,
     test_staff_with_change_permission_end_all_sessions,
     test_staff_with_change_permission_end_one_session,
     test_the_client_is_noted_at_login,
     test_the_page_lists_the_users_sessions_marks_this_one_and_shows_no_key,
+    test_update_session_auth_hash_before_the_save_keeps_the_session,
     test_user_sessions_takes_a_primary_key_and_makes_no_query,
+    test_with_atomic_requests_the_others_end_at_the_commit_keeping_the_new_key,
 )
 
 import django_memsession
@@ -291,6 +296,7 @@ def test_the_limit_ending_is_logged_without_a_key(alice, caplog):
     assert f"Ended 1 session(s) of user {alice.pk} (limit)" in caplog.text
 
 
+@pytest.mark.django_db(transaction=True)  # the ending waits for the save's commit
 def test_a_password_change_keeps_this_session_and_ends_the_others_at_once(alice):
     changer, other = logged_in(alice), logged_in(alice)
     response = changer.post(
@@ -307,6 +313,7 @@ def test_a_password_change_keeps_this_session_and_ends_the_others_at_once(alice)
     assert whoami(changer) == str(alice.pk)
 
 
+@pytest.mark.django_db(transaction=True)  # the ending waits for the save's commit
 def test_a_password_change_while_redis_is_down_is_logged_and_does_not_fail(alice, settings, caplog):
     from django_memsession.redis import store
 

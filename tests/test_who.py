@@ -14,11 +14,15 @@ import django
 import pytest
 from asgiref.sync import sync_to_async
 from django.contrib import admin
-from django.contrib.auth import login, update_session_auth_hash
-from django.contrib.auth.models import AnonymousUser, Permission, User
+from django.contrib.auth import login
+from django.contrib.auth.models import Permission, User
+from django.contrib.auth.tokens import default_token_generator
 from django.core.handlers.asgi import ASGIHandler
+from django.db import connection
 from django.test import Client, RequestFactory, override_settings
 from django.utils.crypto import salted_hmac
+from django.utils.encoding import force_bytes
+from django.utils.http import urlsafe_base64_encode
 
 import django_memsession
 from django_memsession import SessionStore
@@ -210,60 +214,112 @@ def test_the_session_cap_holds_through_requests():
 
 # -- password changes -----------------------------------------------------------------------------
 
+# The sessions end when the password's save is committed (transaction.on_commit): these tests run
+# in autocommit, as a site does, not inside a test transaction that never commits.
+committed = pytest.mark.django_db(transaction=True)
 
+CHANGE_FORM = {
+    "old_password": "old password 1",
+    "new_password1": "a new password 2",
+    "new_password2": "a new password 2",
+}
+
+
+@committed
 def test_a_password_change_keeps_this_session_and_ends_the_others_at_once(alice):
     changer, other = logged_in(alice), logged_in(alice)
-    response = changer.post(
-        "/accounts/password/",
-        {
-            "old_password": "old password 1",
-            "new_password1": "a new password 2",
-            "new_password2": "a new password 2",
-        },
-    )
+    response = changer.post("/accounts/password/", CHANGE_FORM)
     assert response.status_code == 302
     # The other session left memory before it came back (Django would reject it only then).
     assert [r.id for r in django_memsession.user_sessions(alice)] == [session_id(key_of(changer))]
-    assert not get_store().exists(key_of(other))
-    assert changer.get("/session/whoami/").json()["user"] == str(alice.pk)
+    assert not SessionStore().exists(key_of(other))
+    assert changer.get(PAGE).status_code == 200  # Django accepts it: it has the new hash
 
 
-def test_update_session_auth_hash_keeps_the_session_that_logged_in_in_the_same_request(alice):
+@committed
+def test_with_atomic_requests_the_others_end_at_the_commit_keeping_the_new_key(alice, monkeypatch):
+    """ATOMIC_REQUESTS commits after the view, when update_session_auth_hash() has given the
+    request's session a new key: that key is the one kept."""
+    monkeypatch.setitem(connection.settings_dict, "ATOMIC_REQUESTS", True)
+    changer, _ = logged_in(alice), logged_in(alice)  # and another session of hers
+    response = changer.post("/accounts/password/", CHANGE_FORM)
+    assert response.status_code == 302
+    assert [r.id for r in django_memsession.user_sessions(alice)] == [session_id(key_of(changer))]
+    assert changer.get(PAGE).status_code == 200
+
+
+@committed
+def test_a_password_change_in_the_request_that_logged_in_keeps_that_session(alice):
     other = logged_in(alice)
     visitor = SessionStore()
     visitor["cart"] = 1
     visitor.create()  # an anonymous session, loaded by the request below before it logs in
     request = RequestFactory().post("/")
     request.session = SessionStore(visitor.session_key)
-    request.user = AnonymousUser()  # as AuthenticationMiddleware leaves it; login() replaces it
     login(request, alice)
     request.session.save()
     alice.set_password("a new password 2")
     alice.save()
-    update_session_auth_hash(request, alice)
-    request.session.save()
     assert [r.id for r in django_memsession.user_sessions(alice)] == [
         session_id(request.session.session_key)
     ]
-    assert not get_store().exists(key_of(other))
+    assert not SessionStore().exists(key_of(other))
 
 
+@committed
+def test_update_session_auth_hash_before_the_save_keeps_the_session(alice):
+    changer, _ = logged_in(alice), logged_in(alice)  # and another session of hers
+    response = changer.post("/password/hash-first/", {"password": "a new password 2"})
+    assert response.status_code == 200
+    assert [r.id for r in django_memsession.user_sessions(alice)] == [session_id(key_of(changer))]
+    assert changer.get(PAGE).status_code == 200  # Django accepts it: it has the new hash
+
+
+@committed
 def test_a_new_password_and_a_login_with_it_keep_the_new_session(alice):
     changer, _ = logged_in(alice), logged_in(alice)  # and another session of hers
     response = changer.post("/password/and-login/", {"password": "a new password 2"})
     assert response.status_code == 200
     assert [r.id for r in django_memsession.user_sessions(alice)] == [session_id(key_of(changer))]
-    assert changer.get("/session/whoami/").json()["user"] == str(alice.pk)
+    assert changer.get(PAGE).status_code == 200  # Django accepts it: it has the new hash
 
 
-def test_a_new_password_the_request_keeps_no_session_for_ends_all_after_the_response(alice):
-    """Without update_session_auth_hash() Django rejects the request's session too, on its next
-    request; it ends when the request finishes, so the response still saves it (no 400)."""
+@committed
+def test_a_password_reset_that_logs_in_keeps_the_new_session_and_ends_the_others(alice):
+    logged_in(alice), logged_in(alice)
+    alice.refresh_from_db()  # the reset token covers the last login
+    browser = Client()
+    uid = urlsafe_base64_encode(force_bytes(alice.pk))
+    token = default_token_generator.make_token(alice)
+    form = browser.get(f"/accounts/reset/{uid}/{token}/")  # to the URL without the token
+    response = browser.post(
+        form["Location"], {"new_password1": "reset 5 pw", "new_password2": "reset 5 pw"}
+    )
+    assert response.status_code == 302
+    assert [r.id for r in django_memsession.user_sessions(alice)] == [session_id(key_of(browser))]
+    assert browser.get(PAGE).status_code == 200
+
+
+@committed
+def test_a_view_that_keeps_no_session_answers_and_its_session_ends_when_django_rejects_it(alice):
+    """Without update_session_auth_hash() the request's own session keeps the old hash: it is
+    kept (ending it would make the response's save of it a 400), and Django rejects it on its
+    next request, which ends it."""
     changer, _ = logged_in(alice), logged_in(alice)  # and another session of hers
     response = changer.post("/password/only/", {"password": "a new password 2"})
     assert response.status_code == 200
+    assert [r.id for r in django_memsession.user_sessions(alice)] == [session_id(key_of(changer))]
+    assert changer.get(PAGE).status_code == 302  # rejected by Django: to the login page
     assert django_memsession.user_sessions(alice) == []
-    assert changer.get("/session/whoami/").json()["user"] is None
+
+
+@committed
+def test_a_password_change_rolled_back_ends_nothing(alice):
+    logged_in(alice), logged_in(alice)
+    changer = logged_in(alice)
+    response = changer.post("/password/rolled-back/", {"password": "a new password 2"})
+    assert response.status_code == 200
+    assert len(django_memsession.user_sessions(alice)) == 3
 
 
 async def asgi_post(path: str, data: dict[str, str], client: Client) -> tuple[int, str | None]:
@@ -314,7 +370,7 @@ async def asgi_post(path: str, data: dict[str, str], client: Client) -> tuple[in
 
 
 @pytest.mark.skipif(django.VERSION < (5, 0), reason="aupdate_session_auth_hash is Django 5.0+")
-@pytest.mark.django_db(transaction=True)  # the view's queries run on another thread
+@committed
 async def test_an_async_password_change_keeps_this_session_and_ends_the_others(alice):
     changer = await sync_to_async(logged_in)(alice)
     await sync_to_async(logged_in)(alice)  # another session of hers
@@ -324,19 +380,21 @@ async def test_an_async_password_change_keeps_this_session_and_ends_the_others(a
     assert [r.id for r in records] == [session_id(new_key)]
 
 
-@pytest.mark.django_db(transaction=True)  # the view's queries run on another thread
-async def test_over_asgi_a_change_the_request_keeps_no_session_for_ends_all_after_it(alice):
-    """Under ASGI, request_started, the view and request_finished each run in another copy of
-    the request's context: the change the view notes must still reach request_finished (all
-    end), and count as made in a request (ending at once would interrupt the response's save
-    of the session: a 400)."""
+@committed
+async def test_a_password_saved_on_another_thread_keeps_this_session_for_the_response(alice):
+    """The save runs on a thread that is not the request's (thread_sensitive=False): the
+    request's session is still known there, kept, and saved after the view (no 400)."""
     changer = await sync_to_async(logged_in)(alice)
     await sync_to_async(logged_in)(alice)  # another session of hers
-    status, _ = await asgi_post("/password/only/", {"password": "a new password 2"}, changer)
+    status, _ = await asgi_post(
+        "/password/another-thread/", {"password": "a new password 2"}, changer
+    )
     assert status == 200
-    assert await sync_to_async(django_memsession.user_sessions)(alice) == []
+    records = await sync_to_async(django_memsession.user_sessions)(alice)
+    assert [r.id for r in records] == [session_id(key_of(changer))]
 
 
+@committed
 def test_a_password_set_outside_a_request_ends_every_session(alice):
     logged_in(alice), logged_in(alice)
     alice.set_password("set in the shell 3")
@@ -344,6 +402,7 @@ def test_a_password_set_outside_a_request_ends_every_session(alice):
     assert django_memsession.user_sessions(alice) == []
 
 
+@committed
 def test_a_password_set_by_an_admin_ends_only_that_users_sessions(alice, bob):
     logged_in(alice)
     admins = logged_in(bob, "bob password 1")
@@ -357,6 +416,19 @@ def test_a_password_set_by_an_admin_ends_only_that_users_sessions(alice, bob):
     assert len(django_memsession.user_sessions(bob)) == 1
 
 
+@committed
+def test_an_admin_changing_their_own_password_keeps_their_session(bob):
+    admins, _ = logged_in(bob, "bob password 1"), logged_in(bob, "bob password 1")
+    User.objects.filter(pk=bob.pk).update(is_staff=True, is_superuser=True)
+    response = admins.post(
+        f"/admin/auth/user/{bob.pk}/password/",
+        {"password1": "own new 4 pw", "password2": "own new 4 pw", "usable_password": "true"},
+    )
+    assert response.status_code == 302, response.content
+    assert [r.id for r in django_memsession.user_sessions(bob)] == [session_id(key_of(admins))]
+
+
+@committed
 def test_a_save_that_does_not_change_the_password_ends_nothing(alice):
     logged_in(alice)
     alice.first_name = "Alice"
@@ -364,6 +436,7 @@ def test_a_save_that_does_not_change_the_password_ends_nothing(alice):
     assert len(django_memsession.user_sessions(alice)) == 1
 
 
+@committed
 @override_settings(MEMSESSION_END_SESSIONS_ON_PASSWORD_CHANGE=False)
 def test_ending_on_password_change_can_be_turned_off(alice):
     logged_in(alice)

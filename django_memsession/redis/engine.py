@@ -29,7 +29,7 @@ from django.contrib.sessions.backends.base import CreateError, UpdateError
 
 from ..exceptions import SessionTooLarge
 from ..serializers import current_codec
-from ..sessionbase import AUTH_SESSION_KEY, FastSessionBase
+from ..sessionbase import AUTH_SESSION_KEY, FastSessionBase, current_session
 from ..signals import user_sessions_ended
 from .exceptions import SessionBackendUnavailable
 from .latency import recorder
@@ -134,7 +134,12 @@ class SessionStore(FastSessionBase):
             logger.warning("Session data could not be deserialized; starting an empty session.")
             return {}
         user = data.get(AUTH_SESSION_KEY)
-        self._user = None if user is None else str(user)
+        if user is None:
+            self._user = None
+        else:
+            self._user = str(user)
+            # The session a password change keeps (see password.py), as on the memory engine.
+            current_session.set(self)
         return data
 
     # -- save ----------------------------------------------------------------------------------

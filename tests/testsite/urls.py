@@ -1,5 +1,10 @@
 from django.contrib import admin
-from django.contrib.auth.views import LoginView, LogoutView, PasswordChangeView
+from django.contrib.auth.views import (
+    LoginView,
+    LogoutView,
+    PasswordChangeView,
+    PasswordResetConfirmView,
+)
 from django.urls import include, path
 
 from . import views
@@ -26,4 +31,11 @@ urlpatterns = [
     path("password/and-login/", views.new_password_and_login),
     path("password/only/", views.new_password_only),
     path("password/async/", views.new_password_async),
+    path("password/hash-first/", views.new_password_hash_first),
+    path("password/rolled-back/", views.new_password_rolled_back),
+    path("password/another-thread/", views.new_password_on_another_thread),
+    path(
+        "accounts/reset/<uidb64>/<token>/",
+        PasswordResetConfirmView.as_view(post_reset_login=True, success_url="/session/whoami/"),
+    ),
 ]

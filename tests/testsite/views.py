@@ -6,7 +6,9 @@ import os
 import time
 from collections.abc import Callable
 
-from django.contrib.auth import login
+from asgiref.sync import sync_to_async
+from django.contrib.auth import get_user_model, login, update_session_auth_hash
+from django.db import transaction
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -124,4 +126,39 @@ async def new_password_async(request: HttpRequest) -> JsonResponse:
     user.set_password(request.POST["password"])
     await user.asave()
     await aupdate_session_auth_hash(request, user)
+    return JsonResponse({"user": str(user.pk)})
+
+
+@csrf_exempt
+def new_password_hash_first(request: HttpRequest) -> JsonResponse:
+    """``update_session_auth_hash()`` before the save (the instance has the new hash already)."""
+    user = request.user
+    user.set_password(request.POST["password"])
+    update_session_auth_hash(request, user)
+    user.save()
+    return JsonResponse({"user": str(user.pk)})
+
+
+@csrf_exempt
+def new_password_rolled_back(request: HttpRequest) -> JsonResponse:
+    """The new password saved in a transaction that then rolls back: no password changed."""
+    try:
+        with transaction.atomic():
+            user = get_user_model().objects.get(pk=request.user.pk)
+            user.set_password(request.POST["password"])
+            user.save()
+            raise RuntimeError("what else the form saves failed")
+    except RuntimeError:
+        pass
+    return JsonResponse({"user": str(request.user.pk)})
+
+
+@csrf_exempt
+async def new_password_on_another_thread(request: HttpRequest) -> JsonResponse:
+    """The save on a thread of its own (not the request's), then a change to the session
+    (which SessionMiddleware saves after the view), no update_session_auth_hash()."""
+    user = request.user = await request.auser()
+    user.set_password(request.POST["password"])
+    await sync_to_async(user.save, thread_sensitive=False)()
+    await sync_to_async(request.session.__setitem__)("password_changed", True)
     return JsonResponse({"user": str(user.pk)})
