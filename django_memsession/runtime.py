@@ -614,12 +614,8 @@ def _settings_changed(*, setting: str, **kwargs: Any) -> None:
         _start_pruner_thread(services, conf.prune_interval())
     if setting == "MEMSESSION_SNAPSHOT_INTERVAL" and services.snapshotter is not None:
         services.snapshotter.start(conf.snapshot_interval())
-    if setting in ("MEMSESSION_CONTROL", "MEMSESSION_CONTROL_DIR") and (
-        services.listener is not None or serving.should_listen()
-    ):
-        serving.close_listener(services)
-        with _lock:
-            serving.start_listener(services)
+    if setting in ("MEMSESSION_CONTROL", "MEMSESSION_CONTROL_DIR"):
+        serving.listen_again(services, _lock)
 
 
 setting_changed.connect(_settings_changed, dispatch_uid="django_memsession.runtime")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from typing import Any, Protocol
 
 from . import control
@@ -23,6 +24,7 @@ __all__ = [
     "SERVING_COMMANDS",
     "Serves",
     "close_listener",
+    "listen_again",
     "set_listening",
     "should_listen",
     "start_listener",
@@ -133,3 +135,13 @@ def close_listener(services: Serves | None, *, unlink: bool = True, wait: bool =
     listener, services.listener = services.listener, None
     if listener is not None:
         listener.close(unlink=unlink, wait=wait)
+
+
+def listen_again(services: Serves, lock: threading.Lock) -> None:
+    """After ``MEMSESSION_CONTROL`` or ``MEMSESSION_CONTROL_DIR`` changed: close the listener
+    and start it on the new settings, if ``services`` listen or should (``lock``: their build
+    lock)."""
+    if services.listener is not None or should_listen():
+        close_listener(services)
+        with lock:
+            start_listener(services)

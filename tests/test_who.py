@@ -267,18 +267,16 @@ def test_a_password_change_in_the_request_that_logged_in_keeps_that_session(alic
 
 
 @committed
-def test_update_session_auth_hash_before_the_save_keeps_the_session(alice):
+@pytest.mark.parametrize(
+    "view",
+    [
+        "/password/hash-first/",  # update_session_auth_hash() before the save
+        "/password/and-login/",  # login() with the new password
+    ],
+)
+def test_a_view_that_keeps_its_session_in_another_way_keeps_it(alice, view):
     changer, _ = logged_in(alice), logged_in(alice)  # and another session of hers
-    response = changer.post("/password/hash-first/", {"password": "a new password 2"})
-    assert response.status_code == 200
-    assert [r.id for r in django_memsession.user_sessions(alice)] == [session_id(key_of(changer))]
-    assert changer.get(PAGE).status_code == 200  # Django accepts it: it has the new hash
-
-
-@committed
-def test_a_new_password_and_a_login_with_it_keep_the_new_session(alice):
-    changer, _ = logged_in(alice), logged_in(alice)  # and another session of hers
-    response = changer.post("/password/and-login/", {"password": "a new password 2"})
+    response = changer.post(view, {"password": "a new password 2"})
     assert response.status_code == 200
     assert [r.id for r in django_memsession.user_sessions(alice)] == [session_id(key_of(changer))]
     assert changer.get(PAGE).status_code == 200  # Django accepts it: it has the new hash

@@ -277,12 +277,8 @@ def _settings_changed(*, setting: str, **kwargs: Any) -> None:
         return
     if setting == "MEMSESSION_PRUNE_INTERVAL":
         services.history.start(conf.prune_interval())
-    if setting in ("MEMSESSION_CONTROL", "MEMSESSION_CONTROL_DIR") and (
-        services.listener is not None or serving.should_listen()
-    ):
-        serving.close_listener(services)
-        with _lock:
-            serving.start_listener(services)
+    if setting in ("MEMSESSION_CONTROL", "MEMSESSION_CONTROL_DIR"):
+        serving.listen_again(services, _lock)
 
 
 setting_changed.connect(_settings_changed, dispatch_uid="django_memsession.redis.services")
