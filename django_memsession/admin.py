@@ -35,7 +35,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from . import everywhere, runtime
+from . import conf, everywhere, runtime
 from .logged_in import user_id
 from .messages import Gathered, NearCacheStats, ProcessReport, Sample, split_warning
 from .models import Stats
@@ -328,7 +328,7 @@ class StatsAdmin(admin.ModelAdmin):
         }
 
     def stats_view(self, request: HttpRequest) -> HttpResponse:
-        if runtime.redis_engine():
+        if conf.redis_engine():
             return self._redis_stats_view(request)
         gathered, rows = self._gather(request)
         context = {
@@ -370,7 +370,7 @@ class StatsAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "django_memsession/redis_stats.html", context)
 
     def json_view(self, request: HttpRequest) -> JsonResponse:
-        if runtime.redis_engine():
+        if conf.redis_engine():
             context = self._redis_context(request)
             context.pop("plot")
             return JsonResponse({"engine": "redis", **context})
@@ -398,7 +398,7 @@ class StatsAdmin(admin.ModelAdmin):
     def _prune(self, request: HttpRequest) -> HttpResponse:
         if not self.has_change_permission(request):
             raise PermissionDenied
-        if runtime.redis_engine():
+        if conf.redis_engine():
             self._prune_redis(request)
             return HttpResponseRedirect(
                 reverse(f"{self.admin_site.name}:django_memsession_stats_changelist")

@@ -11,8 +11,6 @@ from django.core.checks import CheckMessage, Error, Warning
 
 from . import conf, control
 
-ENGINE = "django_memsession"
-
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return [
@@ -35,7 +33,7 @@ def _workers_from_environment() -> tuple[int, str] | None:
 
 def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Warnings about where this engine would not work as users expect."""
-    if getattr(settings, "SESSION_ENGINE", "") != ENGINE:
+    if getattr(settings, "SESSION_ENGINE", "") != conf.MEMORY_ENGINE:
         return []
     found: list[CheckMessage] = []
     workers = _workers_from_environment()

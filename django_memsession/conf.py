@@ -23,6 +23,10 @@ from .dirs import dir_problem
 from .sizing import format_size, parse_size
 from .store import Limits
 
+# SESSION_ENGINE for each of the package's engines.
+MEMORY_ENGINE = "django_memsession"
+REDIS_ENGINE = "django_memsession.redis"
+
 DEFAULT_MAX_SIZE = "64M"
 DEFAULT_MAX_SESSION_SIZE = 1024 * 1024  # capped at MAX_SIZE / 8 unless set explicitly
 DEFAULT_LOW_WATER = 0.75
@@ -391,3 +395,8 @@ def limits() -> Limits:
 def prune_interval() -> float:
     """Seconds between pruner passes; 0 means off. Assumes :func:`problems` found nothing."""
     return float(conf.PRUNE_INTERVAL or 0)
+
+
+def redis_engine() -> bool:
+    """Whether ``SESSION_ENGINE`` is the Redis engine (read at each call: tests change it)."""
+    return getattr(settings, "SESSION_ENGINE", "") == REDIS_ENGINE

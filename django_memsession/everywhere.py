@@ -22,9 +22,7 @@ import logging
 import threading
 from typing import Any, Protocol
 
-from django.conf import settings
-
-from . import control, runtime
+from . import conf, control, runtime
 from .logged_in import end_local, parse_client, session_id, user_id
 from .messages import Gathered, UserSession
 from .signals import user_sessions_ended
@@ -41,8 +39,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("django_memsession")
-
-REDIS_ENGINE = "django_memsession.redis"
 
 
 class Index(Protocol):
@@ -63,7 +59,7 @@ class Index(Protocol):
 
 def index() -> Index:
     """The seam: where who is logged in is answered, for the configured ``SESSION_ENGINE``."""
-    if getattr(settings, "SESSION_ENGINE", "") == REDIS_ENGINE:
+    if conf.redis_engine():
         return SharedIndex()
     return EveryProcess()
 

@@ -45,7 +45,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.signals import setting_changed
 
 from . import conf, control, mirror, serving
@@ -75,7 +74,6 @@ __all__ = [
     "peek_store",
     "prune",
     "prune_everywhere",
-    "redis_engine",
     "report",
     "snapshot",
     "start_listener",
@@ -87,7 +85,6 @@ __all__ = [
 
 logger = logging.getLogger("django_memsession")
 
-REDIS_ENGINE = "django_memsession.redis"
 # The Redis engine's services: the functions below hand over to them on that engine.
 REDIS_SERVICES = "django_memsession.redis.services"
 
@@ -334,7 +331,7 @@ def _register_process_hooks() -> None:
 def start_listener() -> Listener | None:
     """Listen for this process now (idempotent); ``None`` when the channel is off or cannot
     start. Builds the store (or, on the Redis engine, its services) if needed."""
-    if redis_engine():
+    if conf.redis_engine():
         from .redis.services import start_listener as start_redis_listener
 
         return start_redis_listener()
@@ -353,11 +350,6 @@ def stop_listener() -> None:
         from .redis.services import stop_listener as stop_redis_listener
 
         stop_redis_listener()
-
-
-def redis_engine() -> bool:
-    """Whether ``SESSION_ENGINE`` is the Redis engine."""
-    return getattr(settings, "SESSION_ENGINE", "") == REDIS_ENGINE
 
 
 # -- the pruner ---------------------------------------------------------------------------------
@@ -393,7 +385,7 @@ def stats() -> dict[str, Any]:
     ``misses``, ``evictions``, ``expired`` and more (see README, "Stats"). On the Redis engine:
     this process's hits, misses and latency, and Redis's own figures under ``"redis"`` (None,
     and ``"problem"`` saying why, when Redis cannot give them)."""
-    if redis_engine():
+    if conf.redis_engine():
         from .redis.services import stats as redis_stats
 
         return redis_stats()
@@ -402,7 +394,7 @@ def stats() -> dict[str, Any]:
 
 def report() -> ProcessReport:
     """This process's full picture: stats, uptime, pruner, size history."""
-    if redis_engine():
+    if conf.redis_engine():
         from .redis.services import report as redis_report
 
         return redis_report()
@@ -429,7 +421,7 @@ def clear() -> None:
 
 
 def _local_handler() -> Callable[[Request], ProcessReport] | None:
-    if redis_engine():
+    if conf.redis_engine():
         from .redis.services import local_handler
 
         return local_handler()

@@ -10,11 +10,12 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
+from .. import conf as root_conf
 from . import conf
 
 
 def _engine_in_use() -> bool:
-    return getattr(settings, "SESSION_ENGINE", "") == conf.ENGINE
+    return root_conf.redis_engine()
 
 
 def check_redis_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:

@@ -17,8 +17,6 @@ from django.core.exceptions import ImproperlyConfigured
 
 from ..sizing import parse_size
 
-ENGINE = "django_memsession.redis"
-
 DEFAULT_PREFIX = "memsession:"
 # One hour: long enough for a visitor's first visit to come back for a second page (which
 # promotes the session to its full age), short enough that a flood of one-shot sessions leaves

@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import CommandError, CommandParser
 
-from django_memsession import runtime
+from django_memsession import conf, runtime
 from django_memsession.management.fanout import (
     EXIT_NONE_REACHED,
     EXIT_STATUS_HELP,
@@ -41,7 +40,7 @@ class Command(FanOutCommand):
         super().add_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if getattr(settings, "SESSION_ENGINE", "") == "django_memsession.redis":
+        if conf.redis_engine():
             return self.handle_redis(options)
         return super().handle(*args, **options)
 
