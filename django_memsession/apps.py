@@ -23,6 +23,7 @@ class MemsessionConfig(AppConfig):
 
     def ready(self) -> None:
         from .checks import check_deployment, check_settings
+        from .conf import MEMORY_ENGINE, REDIS_ENGINE
         from .redis.checks import check_redis_deployment, check_redis_settings
 
         checks.register(check_settings)
@@ -31,14 +32,14 @@ class MemsessionConfig(AppConfig):
         checks.register(check_redis_settings)
         checks.register(check_redis_deployment, deploy=True)
         engine = getattr(settings, "SESSION_ENGINE", "")
-        if engine == "django_memsession":
+        if engine == MEMORY_ENGINE:
             from . import runtime
 
             # With snapshots on, SIGTERM must reach the shutdown path where nothing else handles
             # it (runserver, plain processes); ready() runs in the main thread, where a handler
             # can be installed.
             runtime.install_signal_handlers()
-        if engine in ("django_memsession", "django_memsession.redis"):
+        if engine in (MEMORY_ENGINE, REDIS_ENGINE):
             self._connect_user_signals()
 
     def _connect_user_signals(self) -> None:

@@ -1,10 +1,12 @@
 """A daemon thread that calls a function every ``interval`` seconds until stopped: the pruner's
-passes and the Redis history's samples.
+passes and the Redis history's samples. The first call comes one interval after the start.
 
 :meth:`Periodic.start` with the interval already running does nothing, with another restarts
-the thread, with 0 stops it; :meth:`Periodic.stop` waits for the thread, up to a timeout. The
-function handles its own errors (an exception would end the thread). Imports nothing of the
-package.
+the thread, with 0 stops it; :meth:`Periodic.stop` waits for the thread, up to a timeout. Starts
+and stops are taken one at a time (the last one wins), and a restart waits for the old thread's
+tick in progress, so that two ticks never run at once but after a stop that did not wait
+(``timeout=0``, as a forking parent does) or timed out. The function handles its own errors (an
+exception would end the thread). Imports nothing of the package.
 """
 
 from __future__ import annotations
@@ -16,14 +18,14 @@ __all__ = ["Periodic"]
 
 
 class Periodic:
-    """Calls ``tick`` every ``interval`` seconds on a thread called ``name``; with ``at_once``,
-    also as the thread starts."""
+    """Calls ``tick`` every ``interval`` seconds on a thread called ``name``."""
 
-    def __init__(self, tick: Callable[[], object], name: str, *, at_once: bool = False) -> None:
+    def __init__(self, tick: Callable[[], object], name: str) -> None:
         self.tick = tick
         self.name = name
-        self.at_once = at_once
-        self._lock = threading.Lock()  # guards the fields below; never held during a tick
+        # Guards the fields below and orders starts and stops; never taken by the thread, so a
+        # stop may wait for it under the lock.
+        self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stop_event = threading.Event()
         self._interval = 0.0
@@ -36,8 +38,6 @@ class Periodic:
             return self._interval if alive else None
 
     def _loop(self, stop_event: threading.Event, interval: float) -> None:
-        if self.at_once:
-            self.tick()
         while not stop_event.wait(interval):
             self.tick()
 
@@ -46,16 +46,11 @@ class Periodic:
         the thread. Whether a thread runs after."""
         with self._lock:
             thread = self._thread
-            running = thread is not None and thread.is_alive()
-            if running and self._interval == interval:
+            if thread is not None and thread.is_alive() and self._interval == interval:
                 return True
-        if running:
-            self.stop()
-        if interval <= 0:
-            return False
-        with self._lock:
-            if self._thread is not None and self._thread.is_alive():
-                return True
+            self._stop(timeout=5.0)
+            if interval <= 0:
+                return False
             self._stop_event = threading.Event()
             self._interval = interval
             self._thread = threading.Thread(
@@ -65,17 +60,19 @@ class Periodic:
                 daemon=True,
             )
             self._thread.start()
-        return True
+            return True
 
     def stop(self, timeout: float = 5.0) -> bool:
         """Stop the thread, waiting up to ``timeout`` seconds (0: do not wait); whether it has
         stopped."""
         with self._lock:
-            thread, event = self._thread, self._stop_event
-            self._thread = None
+            return self._stop(timeout)
+
+    def _stop(self, timeout: float) -> bool:
+        thread, self._thread = self._thread, None
         if thread is None:
             return True
-        event.set()
+        self._stop_event.set()
         if timeout and thread is not threading.current_thread():
             thread.join(timeout)
         return not thread.is_alive()

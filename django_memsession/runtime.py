@@ -92,6 +92,8 @@ REDIS_SERVICES = "django_memsession.redis.services"
 class Services:
     """This process's store and the services built around it."""
 
+    holds_sessions = True  # see serving.Serves
+
     def __init__(
         self, store: MemoryStore, events: EventReporter, snapshot_path: str | None
     ) -> None:

@@ -45,6 +45,9 @@ class Serves(Protocol):
     they answer."""
 
     listener: Listener | None
+    # Whether each process holds sessions of its own (the memory store): then more than one
+    # live process splits them, which is worth a warning. Not on Redis, which they share.
+    holds_sessions: bool
 
     def handle(self, request: Request) -> ProcessReport: ...
 
@@ -116,7 +119,7 @@ def start_listener(services: Serves) -> Listener | None:
             "bind", "Session control channel off: cannot listen on %s (%s).", path, exc.strerror
         )
         return None
-    others = control.live_peers()
+    others = control.live_peers() if services.holds_sessions else []
     if others:
         logger.warning(
             "%s (pids %s)",

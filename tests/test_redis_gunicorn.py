@@ -61,3 +61,25 @@ def test_a_user_sees_their_session_on_every_worker_and_a_logout_holds_on_all(
             if after_logout == served_by:
                 break
         assert after_logout == served_by
+
+
+def test_preload_workers_all_serve_and_none_warns_of_a_split(redis_url, control_dir, monkeypatch):
+    """The app uses the store at import, so the Redis services start in gunicorn's master before
+    it forks: every worker serves every session, and none warns that sessions are split between
+    processes (they are all in Redis)."""
+    monkeypatch.setenv("MEMSESSION_TEST_REDIS_URL", redis_url)
+    with gunicorn(
+        control_dir, "--workers", str(WORKERS), "--preload", app="testsite.wsgi_touching"
+    ) as server:
+        _, key = call(server.base, "/session/sign-in/?user=7", None)
+        served_by: set[int] = set()
+        for visits in range(1, MAX_REQUESTS + 1):
+            answer, _ = call(server.base, "/session/make/", key)
+            assert answer["visits"] == visits
+            served_by.add(answer["pid"])
+            if len(served_by) == WORKERS:
+                break
+        log = server.log()
+    assert len(served_by) == WORKERS
+    assert "hold a session store" not in log
+    assert "Traceback" not in log

@@ -267,7 +267,7 @@ def test_a_sample_when_redis_is_down_is_counted_as_failed(redis_server: RedisSer
     assert runtime.report().redis.sample_failures == before + 1
 
 
-def test_the_history_thread_samples_at_once_then_every_interval():
+def test_the_history_thread_samples_every_interval():
     taken = threading.Semaphore(0)
 
     def read() -> Sample:

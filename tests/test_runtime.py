@@ -93,11 +93,16 @@ def test_the_package_has_no_import_loop():
         ("django_memsession.pruner", {"runtime", "listener", "control", "engine"}),
         ("django_memsession.listener", {"runtime", "pruner", "store", "engine"}),
         ("django_memsession.control", {"runtime", "pruner", "listener", "store", "engine"}),
+        ("django_memsession.serving", {"runtime", "services", "engine", "store", "pruner"}),
     ],
 )
 def test_services_are_leaves(module, must_not_import):
     imported = {name.rpartition(".")[2] for name in package_imports()[module]}
     assert not imported & must_not_import
+
+
+def test_the_periodic_thread_imports_nothing_of_the_package():
+    assert package_imports()["django_memsession.periodic"] == set()
 
 
 def test_the_store_is_built_once_and_its_services_started_once():

@@ -35,7 +35,10 @@ class History:
         self._lock = threading.Lock()  # guards the fields below; never held while reading
         self._samples: deque[Sample] = deque(maxlen=HISTORY_SAMPLES)
         self.failures = 0
-        self._thread = Periodic(self.sample, "django_memsession-redis-history", at_once=True)
+        # The first sample one interval after the start, as the pruner's first pass: not at
+        # once, which under gunicorn --preload put a connection (and its imports) in flight on
+        # this thread while the master forked, leaving a worker a half-imported module.
+        self._thread = Periodic(self.sample, "django_memsession-redis-history")
 
     def sample(self) -> bool:
         """Read one sample now and keep it; whether Redis gave it."""

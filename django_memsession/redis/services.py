@@ -60,6 +60,8 @@ class RedisServices:
     """This process's services on the Redis engine: no store of its own (sessions are in
     Redis), a listener, and the history of Redis's figures."""
 
+    holds_sessions = False  # every process shares Redis: nothing to warn about (serving.Serves)
+
     def __init__(self, history: History) -> None:
         self.history = history
         self.listener: Listener | None = None
