@@ -199,36 +199,31 @@ def _http_lines(results: dict[str, Any], unit: str) -> list[str]:
     return lines
 
 
+# The parts of the suite, in the order a full run takes them.
+PARTS = (
+    "engines",
+    "scale",
+    "users",
+    "http",
+    "redis",
+    "redis-http",
+    "redis-latency",
+    "redis-users",
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
     parser.add_argument("--json", type=Path, help="also write every figure to this JSON file")
     parser.add_argument(
         "--only",
-        choices=[
-            "engines",
-            "scale",
-            "users",
-            "http",
-            "redis",
-            "redis-http",
-            "redis-latency",
-            "redis-users",
-        ],
+        choices=PARTS,
         action="append",
         help="run only these parts (repeatable)",
     )
     args = parser.parse_args()
-    parts = args.only or [
-        "engines",
-        "scale",
-        "users",
-        "http",
-        "redis",
-        "redis-http",
-        "redis-latency",
-        "redis-users",
-    ]
+    parts = args.only or list(PARTS)
     uses_redis = any(part.startswith("redis") for part in parts)
     redis_server = redis_engines.RedisServer() if uses_redis else None
     setup_django(**(redis_engines.settings(redis_server.url) if redis_server else {}))

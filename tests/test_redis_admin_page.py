@@ -8,6 +8,7 @@ from django.contrib.admin import site
 from django.contrib.auth.models import User
 from django.test import Client
 from redis_server import RedisServer
+from test_redis_stats import make_sessions
 
 import django_memsession
 from django_memsession import runtime
@@ -29,16 +30,6 @@ def admin() -> Client:
     client = Client()
     client.force_login(user)
     return client
-
-
-def make_sessions(count: int) -> list[str]:
-    keys = []
-    for n in range(count):
-        session = SessionStore()
-        session["n"] = n
-        session.save()
-        keys.append(session.session_key)
-    return keys
 
 
 def test_the_page_shows_redis_figures_and_this_process_row(admin: Client, redis_server):
