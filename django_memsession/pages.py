@@ -4,7 +4,9 @@
 extends ``django_memsession/base.html`` (a complete page of its own, so no project ``base.html``
 is needed); a project overrides either template by name. Anonymous visitors go to
 ``settings.LOGIN_URL`` (``login_required``), no named URL required. Ending is a POST with
-Django's CSRF token, and works without JavaScript. The page names sessions by their opaque ids
+Django's CSRF token, and works without JavaScript. The view checks the token itself
+(``csrf_protect``): a site that removed ``CsrfViewMiddleware`` (an API-first one) must not get a
+page that ends sessions on a forged POST. The page names sessions by their opaque ids
 only; an id that is not one of this user's sessions is a 404, and nothing ends.
 """
 
@@ -20,6 +22,7 @@ from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_protect
 from django.views.decorators.http import require_http_methods
 
 from . import everywhere
@@ -83,6 +86,7 @@ def _current_id(request: HttpRequest) -> str | None:
 
 
 @never_cache
+@csrf_protect
 @login_required
 @require_http_methods(["GET", "HEAD", "POST"])
 def sessions_view(request: HttpRequest) -> HttpResponse:

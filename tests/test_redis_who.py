@@ -49,6 +49,7 @@ from test_who import (  # noqa: F401
     test_end_user_sessions_takes_request_session_as_keep,
     test_ending_another_users_session_is_a_404_and_ends_nothing,
     test_ending_needs_a_csrf_token,
+    test_ending_needs_a_csrf_token_without_the_csrf_middleware,
     test_ending_needs_the_change_permission,
     test_ending_on_password_change_can_be_turned_off,
     test_ending_this_session_logs_out,
@@ -60,6 +61,7 @@ from test_who import (  # noqa: F401
     test_staff_with_change_permission_end_one_session,
     test_the_client_is_noted_at_login,
     test_the_page_lists_the_users_sessions_marks_this_one_and_shows_no_key,
+    test_the_page_still_takes_a_valid_token_without_the_csrf_middleware,
     test_user_sessions_takes_a_primary_key_and_makes_no_query,
     test_with_atomic_requests_the_others_end_at_the_commit_keeping_the_new_key,
 )

@@ -536,6 +536,33 @@ def test_ending_needs_a_csrf_token(alice):
     assert other.get("/session/whoami/").json()["user"] == str(alice.pk)
 
 
+@pytest.mark.parametrize("action", ["others", "one"])
+def test_ending_needs_a_csrf_token_without_the_csrf_middleware(alice, settings, action):
+    # Some API-first sites remove CsrfViewMiddleware: the page protects itself.
+    settings.MIDDLEWARE = [
+        name for name in settings.MIDDLEWARE if name != "django.middleware.csrf.CsrfViewMiddleware"
+    ]
+    other = logged_in(alice)
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(alice)
+    data = {"action": "others"} if action == "others" else {"session": session_id(key_of(other))}
+    assert strict.post(PAGE, data).status_code == 403
+    assert other.get("/session/whoami/").json()["user"] == str(alice.pk)
+
+
+def test_the_page_still_takes_a_valid_token_without_the_csrf_middleware(alice, settings):
+    settings.MIDDLEWARE = [
+        name for name in settings.MIDDLEWARE if name != "django.middleware.csrf.CsrfViewMiddleware"
+    ]
+    other = logged_in(alice)
+    strict = Client(enforce_csrf_checks=True)
+    strict.force_login(alice)
+    html = strict.get(PAGE).content.decode()
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+    assert strict.post(PAGE, {"action": "others", "csrfmiddlewaretoken": token}).status_code == 302
+    assert other.get("/session/whoami/").json()["user"] is None
+
+
 def test_the_templates_need_no_project_base_template(alice):
     html = logged_in(alice).get(PAGE).content.decode()
     assert html.startswith("<!DOCTYPE html>") and "<h1>Your sessions</h1>" in html
