@@ -43,6 +43,8 @@ def test_wheel_installs_the_django_memsession_package_only() -> None:
     [
         "py.typed",
         "templates/django_memsession/stats.html",
+        "templates/django_memsession/stats_frame.html",
+        "templates/django_memsession/plot.html",
     ],
 )
 def test_package_ships_data_file(relative_path: str) -> None:
