@@ -1,7 +1,17 @@
-"""What redis-py accepts from the Redis engine's settings: which ``MEMSESSION_REDIS_OPTIONS``
-names a client takes (:func:`refused_options`, :func:`accepted_options`), read from redis-py's own
-pool and connection signatures (sync and async), so the list follows the installed redis-py
-instead of a copy that drifts; and what its ``from_url`` refuses in a URL.
+"""One place that builds redis-py clients from the Redis engine's settings, and knows what
+redis-py accepts in them.
+
+- :func:`sync_client`, :func:`async_client`: the store's clients (timed, see ``latency.py``),
+  with the engine's retry policy and a connect hook that refuses a node of a Redis Cluster.
+- :func:`refused_options`, :func:`accepted_options`: which ``MEMSESSION_REDIS_OPTIONS`` names a
+  client takes, read from redis-py's own pool and connection signatures (sync and async), so the
+  list follows the installed redis-py instead of a copy that drifts.
+
+A Redis Cluster node answers a standalone client with ``MOVED`` and ``CROSSSLOT``: every request
+would be a 500. Until the engine supports a cluster, each new connection asks ``INFO cluster``
+once, after its handshake, and a node with ``cluster_enabled:1`` raises :class:`ClusterNode`,
+which the store turns into ``SessionBackendUnavailable`` (a 503, logged once per outage). It costs
+one round trip per connection, nothing per request.
 """
 
 from __future__ import annotations
@@ -9,13 +19,33 @@ from __future__ import annotations
 import difflib
 import functools
 import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 import redis
+import redis.asyncio
 import redis.asyncio.connection
+import redis.asyncio.retry
 import redis.connection
+import redis.retry
+from redis.backoff import NoBackoff
 
-__all__ = ["accepted_options", "accepted_text", "from_url_problem", "refused_options"]
+from .latency import TimedAsyncRedis, TimedRedis
+
+if TYPE_CHECKING:
+    from .conf import StoreSettings
+
+__all__ = [
+    "ClusterNode",
+    "accepted_options",
+    "accepted_text",
+    "async_client",
+    "client_options",
+    "from_url_problem",
+    "refused_options",
+    "sync_client",
+]
 
 # What each scheme's URL makes redis-py build (parse_url's choice), sync and async.
 CONNECTION_CLASSES = {
@@ -135,3 +165,117 @@ def from_url_problem(url: str) -> str | None:
     if refused:
         return f"its query string names what the engine cannot pass on: {', '.join(refused)}"
     return None
+
+
+# -- the clients --------------------------------------------------------------------------------
+
+
+def client_options(config: StoreSettings, asynchronous: bool = False) -> dict[str, Any]:
+    """``from_url``'s keyword arguments for the store's clients: the settings' options, the
+    engine's retry policy unless they give ``"retry"``, and the cluster check on connect."""
+    options = dict(config.options)
+    retry_class = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
+    # One retry, at once, after a dropped connection (an idle connection that Redis or a
+    # proxy closed); none after a timeout: Redis may have applied the write, or may hang.
+    options.setdefault(
+        "retry", retry_class(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    )
+    handshake = options.get("redis_connect_func")
+    options["redis_connect_func"] = (
+        _async_refusing_cluster_nodes(handshake)
+        if asynchronous
+        else _refusing_cluster_nodes(handshake)
+    )
+    return options
+
+
+def sync_client(config: StoreSettings) -> TimedRedis:
+    return TimedRedis.from_url(config.url, **client_options(config))
+
+
+def async_client(config: StoreSettings) -> TimedAsyncRedis:
+    return TimedAsyncRedis.from_url(config.url, **client_options(config, asynchronous=True))
+
+
+# -- a Redis Cluster node, refused on connect ----------------------------------------------------
+
+
+class ClusterNode(redis.RedisError):
+    """The URL names a node of a Redis Cluster: not supported yet. Not a ``ConnectionError``, so
+    redis-py does not retry it; the store makes it ``SessionBackendUnavailable``."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(
+            f"the Redis server at {address} is a node of a Redis Cluster (cluster_enabled:1) "
+            "and cluster mode is not supported yet: point MEMSESSION_REDIS_URL at a standalone "
+            "Redis server"
+        )
+
+
+def is_cluster_node(info: Any) -> bool:
+    """Whether an ``INFO cluster`` reply says cluster mode is on."""
+    text = info.decode(errors="replace") if isinstance(info, bytes) else str(info)
+    return "cluster_enabled:1" in text
+
+
+def _refused_in_cluster_mode(exc: redis.ResponseError) -> bool:
+    # A cluster node refuses SELECT of a database but 0 during the handshake.
+    return "cluster mode" in str(exc)
+
+
+def _address(connection: Any) -> str:
+    path = getattr(connection, "path", None)
+    return path if path else f"{connection.host}:{connection.port}"
+
+
+def _refusing_cluster_nodes(handshake: Callable[[Any], None] | None) -> Callable[[Any], None]:
+    """A ``redis_connect_func``: redis-py's handshake (or the one given in the options), then
+    ``INFO cluster`` once on the new connection."""
+
+    def connect(connection: Any) -> None:
+        try:
+            if handshake is None:
+                connection.on_connect()
+            else:
+                handshake(connection)
+        except redis.ResponseError as exc:
+            if _refused_in_cluster_mode(exc):
+                raise ClusterNode(_address(connection)) from exc
+            raise
+        connection.send_command("INFO", "cluster")
+        try:
+            info = connection.read_response()
+        except redis.ResponseError:
+            return  # INFO refused (an ACL): cannot tell; MOVED and CROSSSLOT are 503s too
+        if is_cluster_node(info):
+            raise ClusterNode(_address(connection))
+
+    return connect
+
+
+def _async_refusing_cluster_nodes(
+    handshake: Callable[[Any], Awaitable[None] | None] | None,
+) -> Callable[[Any], Awaitable[None]]:
+    """The same for ``redis.asyncio``."""
+
+    async def connect(connection: Any) -> None:
+        try:
+            if handshake is None:
+                await connection.on_connect()
+            else:
+                done = handshake(connection)
+                if inspect.isawaitable(done):
+                    await done
+        except redis.ResponseError as exc:
+            if _refused_in_cluster_mode(exc):
+                raise ClusterNode(_address(connection)) from exc
+            raise
+        await connection.send_command("INFO", "cluster")
+        try:
+            info = await connection.read_response()
+        except redis.ResponseError:
+            return
+        if is_cluster_node(info):
+            raise ClusterNode(_address(connection))
+
+    return connect
