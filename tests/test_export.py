@@ -408,3 +408,11 @@ def test_a_bad_url_is_one_line_saying_what_to_write_and_exit_1(url, said, contro
     assert said in line
     assert "redis://127.0.0.1:6379/0" in line
     assert not mirror.marker_path().exists()
+
+
+def test_a_timeout_that_is_not_a_positive_number_is_refused_by_the_parser(redis_url, control_dir):
+    result = run_command("exportsessions", redis_url, "--timeout", "-1", control_dir=control_dir)
+    assert result.returncode == 2  # argparse's
+    assert "Traceback" not in result.stderr
+    assert "argument --timeout: '-1' is not a positive number of seconds" in result.stderr
+    assert not mirror.marker_path().exists()

@@ -26,6 +26,7 @@ from django_memsession.management.fanout import (
     EXIT_SOME_UNREACHABLE,
     Progress,
     none_found,
+    seconds,
 )
 from django_memsession.messages import ExportedSession, ProcessReport
 from django_memsession.snapshot_file import Journal, SnapshotRefused, read_snapshot
@@ -131,7 +132,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--timeout",
-            type=float,
+            type=seconds,
             default=control.PRUNE_TIMEOUT,
             help="Seconds to wait for the processes, for each request "
             f"(default: {control.PRUNE_TIMEOUT:g}).",
