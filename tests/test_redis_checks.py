@@ -156,6 +156,17 @@ def test_a_tls_option_needs_a_rediss_url(settings):
     assert ids() == []
 
 
+@pytest.mark.usefixtures("redis_engine")
+def test_with_no_url_yet_an_option_some_scheme_takes_is_not_refused(settings):
+    """As before exportsessions: MEMSESSION_REDIS_OPTIONS set, MEMSESSION_REDIS_URL not yet."""
+    settings.MEMSESSION_REDIS_URL = None
+    settings.MEMSESSION_REDIS_OPTIONS = {"ssl_ca_certs": "/etc/ssl/ca.pem", "cluster": True}
+    assert ids() == ["memsession.E101", "memsession.E109"]
+    (message,) = [m for m in check_redis_settings() if m.id == "memsession.E109"]
+    assert "'cluster'" in message.msg
+    assert "ssl_ca_certs" not in message.msg
+
+
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # lib_name, lib_version
 @pytest.mark.parametrize("scheme", ["redis", "rediss", "unix"])
 def test_every_accepted_option_is_taken_by_the_sync_and_the_async_connection(scheme):

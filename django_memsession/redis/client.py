@@ -104,12 +104,14 @@ def _set_by_redis_py() -> frozenset[str]:
 
 
 @functools.cache
-def accepted_options(scheme: str = "redis") -> frozenset[str]:
+def accepted_options(scheme: str | None = "redis") -> frozenset[str]:
     """The ``MEMSESSION_REDIS_OPTIONS`` names a client for a URL of this scheme takes: what
     redis-py's pool and that scheme's connection class accept, in both the sync and the async
     client (the engine builds both from the same options), minus what the URL, redis-py's pool
-    or the engine set."""
-    sync_class, async_class = CONNECTION_CLASSES.get(scheme, CONNECTION_CLASSES["redis"])
+    or the engine set. ``None`` (no URL to tell): what a client for any of them takes."""
+    if scheme is None:
+        return frozenset().union(*(accepted_options(known) for known in CONNECTION_CLASSES))
+    sync_class, async_class = CONNECTION_CLASSES[scheme]
     sync_pool, async_pool = POOL_CLASSES
     accepted = (_init_names(sync_pool) | _init_names(sync_class)) & (
         _init_names(async_pool) | _init_names(async_class)
@@ -117,7 +119,7 @@ def accepted_options(scheme: str = "redis") -> frozenset[str]:
     return frozenset(accepted - set(NOT_FOR_THE_ENGINE) - _set_by_redis_py())
 
 
-def refused_options(names: list[str], scheme: str = "redis") -> list[str]:
+def refused_options(names: list[str], scheme: str | None = "redis") -> list[str]:
     """Each name a client for this scheme would not take, with why (or a close match): e.g.
     ``"'socket_timout' (did you mean 'socket_timeout'?)"``. Empty when all are accepted."""
     accepted = accepted_options(scheme)
@@ -143,11 +145,12 @@ def refused_options(names: list[str], scheme: str = "redis") -> list[str]:
     return refused
 
 
-def accepted_text(scheme: str = "redis") -> str:
+def accepted_text(scheme: str | None = "redis") -> str:
     """The accepted names, for a hint."""
+    url = f"a {scheme}:// URL" if scheme is not None else "some URL scheme"
     return (
-        f"Accepted (redis-py {redis.__version__}'s connection and pool options, for a "
-        f"{scheme}:// URL): {', '.join(sorted(accepted_options(scheme)))}."
+        f"Accepted (redis-py {redis.__version__}'s connection and pool options, for {url}): "
+        f"{', '.join(sorted(accepted_options(scheme)))}."
     )
 
 

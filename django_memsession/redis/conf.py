@@ -274,8 +274,10 @@ def _option_name_problems(options: dict[str, Any], url: object) -> list[Problem]
         from .client import accepted_text, refused_options
     except ImportError:  # no redis-py: the engine says so when it is built
         return []
-    scheme = url.partition("://")[0].lower() if isinstance(url, str) else ""
-    scheme = scheme if scheme in URL_SCHEMES else "redis"
+    # Checked for the URL's scheme (ssl_* only with rediss://); with no URL to tell (not set yet,
+    # as before exportsessions), for whichever scheme takes the name.
+    scheme: str | None = url.partition("://")[0].lower() if isinstance(url, str) else None
+    scheme = scheme if scheme in URL_SCHEMES else None
     refused = refused_options(list(options), scheme)
     if not refused:
         return []
