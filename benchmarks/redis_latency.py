@@ -33,15 +33,15 @@ class Engine(DjangoEngine):
 
 def make_engines() -> dict[str, Engine]:
     import redis
-    from redis.retry import Retry
 
     from django_memsession.redis import engine, services
+    from django_memsession.redis.client import client_options
     from django_memsession.redis.conf import store_settings
     from django_memsession.redis.store import PROMOTE_SCRIPT, UPDATE_SCRIPT, RedisStore
 
     config = store_settings()
     plain = RedisStore(config)
-    plain.client = redis.Redis.from_url(config.url, **plain._options(Retry))
+    plain.client = redis.Redis.from_url(config.url, **client_options(config))
     plain._promote = plain.client.register_script(PROMOTE_SCRIPT)
     plain._update = plain.client.register_script(UPDATE_SCRIPT)
 

@@ -33,12 +33,30 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-class RedisServer:
-    """One ``redis-server`` process in a temp dir, with no persistence, and its faults."""
+def free_cluster_port() -> int:
+    """A free loopback port below 55536 whose cluster bus port (port + 10000) is free too."""
+    for _ in range(100):
+        port = _free_port()
+        if port >= 55536:
+            continue
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port below 55536 with a free bus port")
 
-    def __init__(self, executable: str) -> None:
+
+class RedisServer:
+    """One ``redis-server`` process in a temp dir, with no persistence, and its faults.
+
+    ``cluster``: a Redis Cluster node (``cluster-enabled``) holding no slots yet."""
+
+    def __init__(self, executable: str, cluster: bool = False) -> None:
         self.executable = executable
-        self.port = _free_port()
+        self.cluster = cluster
+        self.port = free_cluster_port() if cluster else _free_port()
         self.directory = tempfile.mkdtemp(prefix="memsession-redis-")
         self.process: subprocess.Popen[bytes] | None = None
         self.paused = False
@@ -51,6 +69,9 @@ class RedisServer:
         args = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self.directory]
         args += ["--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"]
+        if self.cluster:
+            args += ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
+            args += ["--cluster-config-file", os.path.join(self.directory, "nodes.conf")]
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.directory
         )

@@ -388,3 +388,31 @@ def test_stop_mirroring_after_every_process_moved_to_redis_succeeds(control_dir)
     assert result.returncode == 0, result.stderr
     assert "started from now on: off" in result.stdout
     assert not mirror.marker_path().exists()
+
+
+# -- bad arguments: a one-line error and a non-zero exit, never a traceback ----------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis://127.0.0.1:notaport/0", "its port is not a number from 1 to 65535"),
+        ("redis://127.0.0.1/zero", "its database number (the path) is not a whole number"),
+    ],
+)
+def test_a_bad_url_is_one_line_saying_what_to_write_and_exit_1(url, said, control_dir):
+    result = run_command("exportsessions", url, control_dir=control_dir)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert said in line
+    assert "redis://127.0.0.1:6379/0" in line
+    assert not mirror.marker_path().exists()
+
+
+def test_a_timeout_that_is_not_a_positive_number_is_refused_by_the_parser(redis_url, control_dir):
+    result = run_command("exportsessions", redis_url, "--timeout", "-1", control_dir=control_dir)
+    assert result.returncode == 2  # argparse's
+    assert "Traceback" not in result.stderr
+    assert "argument --timeout: '-1' is not a positive number of seconds" in result.stderr
+    assert not mirror.marker_path().exists()

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from processes import run_command, store_process
 
 from django_memsession import control
@@ -176,3 +176,9 @@ def test_snapshotsessions_where_snapshots_are_off_says_so(control_dir):
     assert result.returncode == 1
     assert f"pid {pid}: nothing written: snapshots are off" in result.stdout
     assert "No process wrote a snapshot: snapshots are off" in result.stderr
+
+
+@pytest.mark.parametrize("command", ["prunesessions", "snapshotsessions"])
+def test_a_timeout_that_is_not_a_positive_number_is_refused_by_the_parser(command, control_dir):
+    with pytest.raises(CommandError, match=r"--timeout: '0' is not a positive number of seconds"):
+        call_command(command, "--timeout", "0")

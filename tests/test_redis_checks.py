@@ -61,6 +61,37 @@ def test_redis_rediss_and_unix_urls_are_accepted(url, settings):
 
 
 @pytest.mark.usefixtures("redis_engine")
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("redis://127.0.0.1:notaport/0", "its port is not a number from 1 to 65535"),
+        ("redis://127.0.0.1:0/0", "its port is not a number from 1 to 65535"),
+        ("redis://127.0.0.1:65536/0", "its port is not a number from 1 to 65535"),
+        ("redis:///0", "it names no host"),
+        ("redis://127.0.0.1/zero", "its database number (the path) is not a whole number"),
+        ("redis://127.0.0.1/-1", "its database number (the path) is not a whole number"),
+        ("redis://127.0.0.1?db=one", "its ?db= is not a whole number"),
+        ("unix://", "it names no socket"),
+        ("redis://127.0.0.1/0?cluster=yes", "'cluster' (cluster mode is not supported yet)"),
+        ("redis://127.0.0.1/0?socket_timeout=soon", "Invalid value for 'socket_timeout'"),
+    ],
+)
+def test_a_url_redis_py_cannot_use_is_e101_saying_what_is_wrong(url, said, settings):
+    settings.MEMSESSION_REDIS_URL = url
+    (message,) = check_redis_settings()
+    assert message.id == "memsession.E101"
+    assert said in message.msg
+    assert "redis://127.0.0.1:6379/0" in message.hint
+
+
+@pytest.mark.usefixtures("redis_engine")
+def test_manage_py_check_fails_on_a_url_whose_port_is_not_a_number(settings):
+    settings.MEMSESSION_REDIS_URL = "redis://127.0.0.1:notaport/0"
+    with pytest.raises(SystemCheckError, match=r"memsession\.E101"):
+        call_command("check")
+
+
+@pytest.mark.usefixtures("redis_engine")
 def test_a_password_in_a_wrong_url_is_never_shown(settings):
     settings.MEMSESSION_REDIS_URL = "http://user:s3cret@host/"
     (message,) = check_redis_settings()
@@ -85,6 +116,100 @@ def test_each_bad_setting_has_its_own_id_and_a_hint(name, value, expected, setti
     (message,) = check_redis_settings()
     assert message.id == expected
     assert message.hint
+
+
+# -- option names: what redis-py takes, read from its own signatures ----------------------------
+
+
+@pytest.mark.usefixtures("redis_engine")
+def test_an_unknown_option_is_e109_listing_the_accepted_names(settings):
+    settings.MEMSESSION_REDIS_OPTIONS = {"cluster": True}
+    (message,) = check_redis_settings()
+    assert message.id == "memsession.E109"
+    assert "'cluster' (cluster mode is not supported yet)" in message.msg
+    assert "max_connections, " in message.hint
+    assert "socket_timeout, " in message.hint
+
+
+@pytest.mark.usefixtures("redis_engine")
+def test_a_misspelt_option_is_e109_with_its_close_match(settings):
+    settings.MEMSESSION_REDIS_OPTIONS = {"max_conections": 50}
+    (message,) = check_redis_settings()
+    assert message.id == "memsession.E109"
+    assert "'max_conections' (did you mean 'max_connections'?)" in message.msg
+
+
+@pytest.mark.usefixtures("redis_engine")
+def test_an_option_the_engine_sets_itself_is_e109_saying_why(settings):
+    settings.MEMSESSION_REDIS_OPTIONS = {"decode_responses": True, "db": 2}
+    (message,) = check_redis_settings()
+    assert "'decode_responses' (the engine reads and writes bytes)" in message.msg
+    assert "'db' (the URL gives it)" in message.msg
+
+
+@pytest.mark.usefixtures("redis_engine")
+def test_a_tls_option_needs_a_rediss_url(settings):
+    settings.MEMSESSION_REDIS_OPTIONS = {"ssl_ca_certs": "/etc/ssl/ca.pem"}
+    (message,) = check_redis_settings()
+    assert "'ssl_ca_certs' (only with a rediss:// URL)" in message.msg
+    settings.MEMSESSION_REDIS_URL = "rediss://cache.example:6380/0"
+    assert ids() == []
+
+
+@pytest.mark.usefixtures("redis_engine")
+def test_with_no_url_yet_an_option_some_scheme_takes_is_not_refused(settings):
+    """As before exportsessions: MEMSESSION_REDIS_OPTIONS set, MEMSESSION_REDIS_URL not yet."""
+    settings.MEMSESSION_REDIS_URL = None
+    settings.MEMSESSION_REDIS_OPTIONS = {"ssl_ca_certs": "/etc/ssl/ca.pem", "cluster": True}
+    assert ids() == ["memsession.E101", "memsession.E109"]
+    (message,) = [m for m in check_redis_settings() if m.id == "memsession.E109"]
+    assert "'cluster'" in message.msg
+    assert "ssl_ca_certs" not in message.msg
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # lib_name, lib_version
+@pytest.mark.parametrize("scheme", ["redis", "rediss", "unix"])
+def test_every_accepted_option_is_taken_by_the_sync_and_the_async_connection(scheme):
+    import redis.asyncio.connection
+    import redis.connection
+
+    from django_memsession.redis.client import accepted_options
+
+    url = {"unix": "unix:///run/r.sock"}.get(scheme, f"{scheme}://127.0.0.1:6379/0")
+    pools = (redis.connection.ConnectionPool, redis.asyncio.connection.ConnectionPool)
+    for name in sorted(accepted_options(scheme)):
+        for pool_class in pools:
+            # None is each one's "not given" for most; the point is the name: an unknown one is
+            # a TypeError when the pool makes a connection.
+            pool = pool_class.from_url(url, **{name: default_of(name, pool_class)})
+            pool.make_connection()
+
+
+def default_of(name: str, pool_class: type) -> object:
+    """The default redis-py gives ``name`` in the pool's or a connection class's signature."""
+    import inspect
+
+    import redis.asyncio.connection
+    import redis.connection
+
+    module = redis.asyncio.connection if "asyncio" in pool_class.__module__ else redis.connection
+    for cls in (pool_class, module.SSLConnection, module.UnixDomainSocketConnection):
+        for klass in cls.__mro__:
+            init = klass.__dict__.get("__init__")
+            if init is None:
+                continue
+            parameter = inspect.signature(init).parameters.get(name)
+            if parameter is not None and parameter.default is not parameter.empty:
+                return parameter.default
+    return None
+
+
+@pytest.mark.usefixtures("redis_engine")
+def test_the_store_is_not_built_with_an_unknown_option(settings):
+    settings.MEMSESSION_REDIS_OPTIONS = {"cluster": True}
+    store.reset()
+    with pytest.raises(ImproperlyConfigured, match=r"'cluster'.*memsession\.E109"):
+        store.get_store()
 
 
 @pytest.mark.usefixtures("redis_engine")

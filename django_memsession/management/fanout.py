@@ -5,8 +5,9 @@ and exit with a status a script can act on."""
 from __future__ import annotations
 
 import json
+import math
 import time
-from argparse import RawDescriptionHelpFormatter
+from argparse import ArgumentTypeError, RawDescriptionHelpFormatter
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,17 @@ EXIT_STATUS_HELP = (
     f"{EXIT_SOME_UNREACHABLE} when some process could not be reached (it did not answer within "
     "--timeout, or the control directory was refused)."
 )
+
+
+def seconds(text: str) -> float:
+    """``--timeout``'s type: a positive number of seconds, refused by the parser otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ArgumentTypeError(f"{text!r} is not a positive number of seconds (e.g. 30)")
+    return value
 
 
 def size(value: int) -> str:
@@ -48,7 +60,7 @@ class FanOutCommand(BaseCommand):
         )
         parser.add_argument(
             "--timeout",
-            type=float,
+            type=seconds,
             default=PRUNE_TIMEOUT,
             help="Seconds to wait for the processes, all asked at once "
             f"(default: {PRUNE_TIMEOUT:g}).",

@@ -68,11 +68,13 @@ POLICY_HINT = (
 
 
 def check_redis_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Pings Redis and reads its eviction policy (``check --deploy`` only)."""
+    """Pings Redis (which refuses a node of a Redis Cluster, see ``client.py``) and reads its
+    eviction policy (``check --deploy`` only)."""
     if not _engine_in_use() or conf.problems():
         return []
     import redis
 
+    from .client import ClusterNode
     from .exceptions import SessionBackendUnavailable
     from .store import RedisStore
 
@@ -82,6 +84,16 @@ def check_redis_deployment(app_configs: Any = None, **kwargs: Any) -> list[Check
         try:
             store.ping()
         except (SessionBackendUnavailable, redis.RedisError) as exc:
+            if isinstance(exc.__cause__, ClusterNode) or isinstance(exc, ClusterNode):
+                return [
+                    Error(
+                        f"Redis at {conf.redacted(config.url)} is a node of a Redis Cluster "
+                        "(cluster_enabled:1), and the Redis engine does not support cluster mode "
+                        "yet: every request that uses the session would be a 503.",
+                        hint="Point MEMSESSION_REDIS_URL at a standalone Redis server.",
+                        id="memsession.E110",
+                    )
+                ]
             reason = (
                 exc.reason if isinstance(exc, SessionBackendUnavailable) else type(exc).__name__
             )

@@ -2,15 +2,18 @@
 
 The same :func:`problems` feed the system checks (at startup) and :func:`store_settings` (when the
 store is first built), so a server that never runs checks fails with the same message instead of
-misbehaving later. Nothing here imports redis.
+misbehaving later. :func:`url_problem` checks a Redis URL for them and for every command that
+takes one. Importing this module does not import redis; what only redis-py can tell (the option
+names it takes, see ``client.py``) is asked when redis is installed.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -39,6 +42,11 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 }
 
 URL_SCHEMES = ("redis", "rediss", "unix")
+URL_EXAMPLE = (
+    "e.g. redis://127.0.0.1:6379/0 (a host, a port from 1 to 65535, a database number), "
+    "rediss:// for TLS, or unix:///path/redis.sock?db=0"
+)
+DIGITS = re.compile(r"[0-9]+")
 
 
 class RedisSettings:
@@ -126,15 +134,17 @@ def problems() -> list[Problem]:
                 "'redis://127.0.0.1:6379/0' (also rediss:// for TLS, unix:///path/redis.sock).",
             )
         )
-    elif not (isinstance(url, str) and urlsplit(url).scheme in URL_SCHEMES):
-        shown = redacted(url) if isinstance(url, str) else repr(url)
-        found.append(
-            Problem(
-                "memsession.E101",
-                f"MEMSESSION_REDIS_URL = {shown!r} is not a redis://, rediss:// or unix:// URL.",
-                "Write e.g. MEMSESSION_REDIS_URL = 'redis://127.0.0.1:6379/0'.",
+    else:
+        wrong = url_problem(url)
+        if wrong is not None:
+            shown = redacted(url) if isinstance(url, str) else repr(url)
+            found.append(
+                Problem(
+                    "memsession.E101",
+                    f"MEMSESSION_REDIS_URL = {shown!r} is not a Redis URL: {wrong}.",
+                    f"Write the Redis server's URL, {URL_EXAMPLE}.",
+                )
             )
-        )
     if not isinstance(conf.PREFIX, str):
         found.append(
             Problem(
@@ -156,6 +166,7 @@ def problems() -> list[Problem]:
             )
         )
     else:
+        found.extend(_option_name_problems(options, url))
         for name in ("socket_timeout", "socket_connect_timeout"):
             value = options.get(name, DEFAULT_OPTIONS[name])
             if not (_is_number(value) and value > 0):
@@ -213,6 +224,71 @@ def problems() -> list[Problem]:
                     )
                 )
     return found
+
+
+def url_problem(url: object) -> str | None:
+    """What is wrong with a Redis URL, as a clause ("its port is not a number from 1 to 65535"),
+    or None if redis-py can connect with it: a redis://, rediss:// or unix:// scheme; for TCP a
+    host, a port from 1 to 65535 and a database number (the path, or ``?db=``) that is a whole
+    number; for a socket, its path. The clause never quotes a part of the URL, which could be a
+    misplaced password."""
+    if not isinstance(url, str):
+        return "it is not a string"
+    scheme, separator, _ = url.partition("://")
+    scheme = scheme.lower()
+    if not separator or scheme not in URL_SCHEMES:
+        return "it does not start with redis://, rediss:// or unix://"
+    try:
+        parts = urlsplit(url)
+        query = parse_qs(parts.query)
+    except ValueError:
+        return "it cannot be read as a URL (a stray '[', ']' or '@'?)"
+    if scheme == "unix":
+        if not parts.path:
+            return "it names no socket: write unix:///path/redis.sock"
+    else:
+        if not parts.hostname:
+            return "it names no host"
+        try:
+            port = parts.port
+        except ValueError:
+            port = 0
+        if port is not None and not 1 <= port <= 65535:
+            return "its port is not a number from 1 to 65535"
+        database = parts.path.strip("/")
+        if database and not DIGITS.fullmatch(database):
+            return "its database number (the path) is not a whole number: write /0, /1 ..."
+    for database in query.get("db", []):
+        if not DIGITS.fullmatch(database):
+            return "its ?db= is not a whole number"
+    try:
+        from .client import from_url_problem
+    except ImportError:  # no redis-py: the shape is all that can be checked
+        return None
+    return from_url_problem(url)
+
+
+def _option_name_problems(options: dict[str, Any], url: object) -> list[Problem]:
+    """MEMSESSION_REDIS_OPTIONS names that redis-py (or the engine) would not take."""
+    try:
+        from .client import accepted_text, refused_options
+    except ImportError:  # no redis-py: the engine says so when it is built
+        return []
+    # Checked for the URL's scheme (ssl_* only with rediss://); with no URL to tell (not set yet,
+    # as before exportsessions), for whichever scheme takes the name.
+    scheme: str | None = url.partition("://")[0].lower() if isinstance(url, str) else None
+    scheme = scheme if scheme in URL_SCHEMES else None
+    refused = refused_options(list(options), scheme)
+    if not refused:
+        return []
+    return [
+        Problem(
+            "memsession.E109",
+            f"MEMSESSION_REDIS_OPTIONS names what the engine cannot pass to redis-py: "
+            f"{', '.join(refused)}.",
+            f"Remove them. {accepted_text(scheme)}",
+        )
+    ]
 
 
 def store_settings() -> StoreSettings:

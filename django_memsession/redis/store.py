@@ -43,16 +43,13 @@ from typing import Any, NoReturn, TypeVar
 
 import redis
 import redis.asyncio
-import redis.asyncio.retry
 from django.core.signals import setting_changed
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..signals import sessions_expired
 from ..store import wall_clock
+from .client import ClusterNode, async_client, sync_client
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
-from .latency import TimedAsyncRedis, TimedRedis
 from .near import NearCache, Ticket, WriterLost
 from .users import UserIndexMixin
 
@@ -87,6 +84,13 @@ UNAVAILABLE_CODES = {
     "BUSY": "Redis is busy running a script",
     "NOREPLICAS": "Redis has too few replicas to accept writes",
     "TRYAGAIN": "Redis asks to try again",
+    # A node of a Redis Cluster whose INFO the connection could not read (client.py refuses
+    # one it can): a 503 that says why, not a 500.
+    **dict.fromkeys(
+        ("MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN"),
+        "MEMSESSION_REDIS_URL names a node of a Redis Cluster and cluster mode is not "
+        "supported yet: point it at a standalone Redis server",
+    ),
 }
 
 # KEYS[1] the session; ARGV[1] the rest of its age (ms, by the web server's clock).
@@ -184,6 +188,8 @@ def _availability_reason(exc: redis.RedisError) -> str | None:
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         # redis-py's own messages: host, port, errno; never a command's arguments.
         return f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ClusterNode):
+        return str(exc)
     if isinstance(exc, redis.ResponseError):
         # redis-py keeps the error code apart; Redis 7 keeps it for errors inside a script too.
         code = (
@@ -247,7 +253,7 @@ class RedisStore(UserIndexMixin):
         self.probation_ms = max(1, int(config.probation_age * 1000))
         self.tombstone_ms = self.probation_ms * TOMBSTONE_AGE_FACTOR
         # Timed: each round trip's latency goes to this process's figures (latency.py).
-        self.client = TimedRedis.from_url(config.url, **self._options(Retry))
+        self.client = sync_client(config)
         self._promote = self.client.register_script(PROMOTE_SCRIPT)
         self._update = self.client.register_script(UPDATE_SCRIPT)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncClient] = (
@@ -271,15 +277,6 @@ class RedisStore(UserIndexMixin):
                 self.l2_hits += 1
             else:
                 self.misses += 1
-
-    def _options(self, retry_class: type) -> dict[str, Any]:
-        options = dict(self.config.options)
-        # One retry, at once, after a dropped connection (an idle connection that Redis or a
-        # proxy closed); none after a timeout: Redis may have applied the write, or may hang.
-        options.setdefault(
-            "retry", retry_class(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
-        )
-        return options
 
     def key(self, session_key: str) -> bytes:
         return self.prefix + session_key.encode()
@@ -545,9 +542,7 @@ class RedisStore(UserIndexMixin):
         loop = asyncio.get_running_loop()
         found = self._async.get(loop)
         if found is None:
-            client = TimedAsyncRedis.from_url(
-                self.config.url, **self._options(redis.asyncio.retry.Retry)
-            )
+            client = async_client(self.config)
             found = _AsyncClient(
                 client,
                 client.register_script(PROMOTE_SCRIPT),

@@ -26,6 +26,7 @@ from django_memsession.management.fanout import (
     EXIT_SOME_UNREACHABLE,
     Progress,
     none_found,
+    seconds,
 )
 from django_memsession.messages import ExportedSession, ProcessReport
 from django_memsession.snapshot_file import Journal, SnapshotRefused, read_snapshot
@@ -131,7 +132,7 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--timeout",
-            type=float,
+            type=seconds,
             default=control.PRUNE_TIMEOUT,
             help="Seconds to wait for the processes, for each request "
             f"(default: {control.PRUNE_TIMEOUT:g}).",
@@ -145,6 +146,7 @@ class Command(BaseCommand):
         url = options["redis_url"]
         if not url:
             raise CommandError("Give the Redis server's URL, e.g. redis://127.0.0.1:6379/0.")
+        self.check_url(url)
         importer = self.importer(url)
         try:
             try:
@@ -173,6 +175,17 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{len(errors)} process(es) or places could not be copied.",
                 returncode=EXIT_SOME_UNREACHABLE,
+            )
+
+    def check_url(self, url: str) -> None:
+        """A URL redis-py would refuse (or misread) is a one-line error, before anything is done."""
+        from django_memsession.redis.conf import URL_EXAMPLE, url_problem
+
+        problem = url_problem(url)
+        if problem is not None:
+            raise CommandError(
+                f"{self.shown(url)!r} is not a Redis URL: {problem}. Give the Redis server's "
+                f"URL, {URL_EXAMPLE}."
             )
 
     def importer(self, url: str) -> Importer:

@@ -1,0 +1,284 @@
+"""One place that builds redis-py clients from the Redis engine's settings, and knows what
+redis-py accepts in them.
+
+- :func:`sync_client`, :func:`async_client`: the store's clients (timed, see ``latency.py``),
+  with the engine's retry policy and a connect hook that refuses a node of a Redis Cluster.
+- :func:`refused_options`, :func:`accepted_options`: which ``MEMSESSION_REDIS_OPTIONS`` names a
+  client takes, read from redis-py's own pool and connection signatures (sync and async), so the
+  list follows the installed redis-py instead of a copy that drifts.
+
+A Redis Cluster node answers a standalone client with ``MOVED`` and ``CROSSSLOT``: every request
+would be a 500. Until the engine supports a cluster, each new connection asks ``INFO cluster``
+once, after its handshake, and a node with ``cluster_enabled:1`` raises :class:`ClusterNode`,
+which the store turns into ``SessionBackendUnavailable`` (a 503, logged once per outage). It costs
+one round trip per connection, nothing per request.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.connection
+import redis.asyncio.retry
+import redis.connection
+import redis.retry
+from redis.backoff import NoBackoff
+
+from .latency import TimedAsyncRedis, TimedRedis
+
+if TYPE_CHECKING:
+    from .conf import StoreSettings
+
+__all__ = [
+    "ClusterNode",
+    "accepted_options",
+    "accepted_text",
+    "async_client",
+    "client_options",
+    "from_url_problem",
+    "refused_options",
+    "sync_client",
+]
+
+# What each scheme's URL makes redis-py build (parse_url's choice), sync and async.
+CONNECTION_CLASSES = {
+    "redis": (redis.connection.Connection, redis.asyncio.connection.Connection),
+    "rediss": (redis.connection.SSLConnection, redis.asyncio.connection.SSLConnection),
+    "unix": (
+        redis.connection.UnixDomainSocketConnection,
+        redis.asyncio.connection.UnixDomainSocketConnection,
+    ),
+}
+POOL_CLASSES = (redis.connection.ConnectionPool, redis.asyncio.connection.ConnectionPool)
+
+# Names redis-py would take that the engine must not be given, or that users reach for and
+# redis-py does not take; each with what to do instead.
+NOT_FOR_THE_ENGINE = {
+    **dict.fromkeys(("host", "port", "db", "path", "username", "password"), "the URL gives it"),
+    "connection_class": "the URL's scheme chooses it: redis://, rediss:// (TLS), unix://",
+    "connection_pool": "the engine builds its own pool from the URL and these options",
+    "decode_responses": "the engine reads and writes bytes",
+    "single_connection_client": "every thread would share one connection",
+    "ssl": "write a rediss:// URL",
+    "unix_socket_path": "write a unix:// URL",
+    "cluster": "cluster mode is not supported yet",
+}
+
+
+def _init_names(cls: type) -> set[str]:
+    """The keyword arguments ``cls(...)`` takes: its ``__init__``'s, and its bases' for as long
+    as each passes ``**kwargs`` on."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        parameters = inspect.signature(init).parameters.values()
+        names.update(
+            parameter.name
+            for parameter in parameters
+            if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+        )
+        if not any(parameter.kind is parameter.VAR_KEYWORD for parameter in parameters):
+            break
+    names.discard("self")
+    return names
+
+
+@functools.cache
+def _set_by_redis_py() -> frozenset[str]:
+    """What redis-py's pool puts into its connections' arguments itself (a pool built from a URL
+    does no I/O): not for a user to give."""
+    own: set[str] = set()
+    for pool_class in POOL_CLASSES:
+        pool = pool_class.from_url("redis://localhost")
+        own.update(set(pool.connection_kwargs) - _init_names(pool_class))
+    return frozenset(own)
+
+
+@functools.cache
+def accepted_options(scheme: str | None = "redis") -> frozenset[str]:
+    """The ``MEMSESSION_REDIS_OPTIONS`` names a client for a URL of this scheme takes: what
+    redis-py's pool and that scheme's connection class accept, in both the sync and the async
+    client (the engine builds both from the same options), minus what the URL, redis-py's pool
+    or the engine set. ``None`` (no URL to tell): what a client for any of them takes."""
+    if scheme is None:
+        return frozenset().union(*(accepted_options(known) for known in CONNECTION_CLASSES))
+    sync_class, async_class = CONNECTION_CLASSES[scheme]
+    sync_pool, async_pool = POOL_CLASSES
+    accepted = (_init_names(sync_pool) | _init_names(sync_class)) & (
+        _init_names(async_pool) | _init_names(async_class)
+    )
+    return frozenset(accepted - set(NOT_FOR_THE_ENGINE) - _set_by_redis_py())
+
+
+def refused_options(names: list[str], scheme: str | None = "redis") -> list[str]:
+    """Each name a client for this scheme would not take, with why (or a close match): e.g.
+    ``"'socket_timout' (did you mean 'socket_timeout'?)"``. Empty when all are accepted."""
+    accepted = accepted_options(scheme)
+    refused = []
+    for name in names:
+        if name in accepted:
+            continue
+        reason = NOT_FOR_THE_ENGINE.get(name)
+        if reason is None and name in _set_by_redis_py():
+            reason = "redis-py's pool sets it"
+        if reason is None:
+            other = [s for s in CONNECTION_CLASSES if name in accepted_options(s)]
+            if other:
+                reason = "only with a " + " or ".join(f"{s}://" for s in other) + " URL"
+            else:
+                close = difflib.get_close_matches(name, sorted(accepted), n=2)
+                reason = (
+                    "did you mean " + " or ".join(repr(match) for match in close) + "?"
+                    if close
+                    else "not a redis-py connection option"
+                )
+        refused.append(f"{name!r} ({reason})")
+    return refused
+
+
+def accepted_text(scheme: str | None = "redis") -> str:
+    """The accepted names, for a hint."""
+    url = f"a {scheme}:// URL" if scheme is not None else "some URL scheme"
+    return (
+        f"Accepted (redis-py {redis.__version__}'s connection and pool options, for {url}): "
+        f"{', '.join(sorted(accepted_options(scheme)))}."
+    )
+
+
+def from_url_problem(url: str) -> str | None:
+    """What redis-py's ``from_url`` would refuse in a URL of the right shape (see
+    :func:`~.conf.url_problem`): a value it cannot read, a query-string name that no client
+    takes. None when it would build a client from it."""
+    try:
+        redis.connection.parse_url(url)
+    except ValueError as exc:
+        return str(exc).rstrip(".")
+    parts = urlsplit(url)
+    names = [name for name in parse_qs(parts.query) if name != "db"]
+    refused = refused_options(names, parts.scheme.lower())
+    if refused:
+        return f"its query string names what the engine cannot pass on: {', '.join(refused)}"
+    return None
+
+
+# -- the clients --------------------------------------------------------------------------------
+
+
+def client_options(config: StoreSettings, asynchronous: bool = False) -> dict[str, Any]:
+    """``from_url``'s keyword arguments for the store's clients: the settings' options, the
+    engine's retry policy unless they give ``"retry"``, and the cluster check on connect."""
+    options = dict(config.options)
+    retry_class = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
+    # One retry, at once, after a dropped connection (an idle connection that Redis or a
+    # proxy closed); none after a timeout: Redis may have applied the write, or may hang.
+    options.setdefault(
+        "retry", retry_class(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    )
+    handshake = options.get("redis_connect_func")
+    options["redis_connect_func"] = (
+        _async_refusing_cluster_nodes(handshake)
+        if asynchronous
+        else _refusing_cluster_nodes(handshake)
+    )
+    return options
+
+
+def sync_client(config: StoreSettings) -> TimedRedis:
+    return TimedRedis.from_url(config.url, **client_options(config))
+
+
+def async_client(config: StoreSettings) -> TimedAsyncRedis:
+    return TimedAsyncRedis.from_url(config.url, **client_options(config, asynchronous=True))
+
+
+# -- a Redis Cluster node, refused on connect ----------------------------------------------------
+
+
+class ClusterNode(redis.RedisError):
+    """The URL names a node of a Redis Cluster: not supported yet. Not a ``ConnectionError``, so
+    redis-py does not retry it; the store makes it ``SessionBackendUnavailable``."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(
+            f"the Redis server at {address} is a node of a Redis Cluster (cluster_enabled:1) "
+            "and cluster mode is not supported yet: point MEMSESSION_REDIS_URL at a standalone "
+            "Redis server"
+        )
+
+
+def is_cluster_node(info: Any) -> bool:
+    """Whether an ``INFO cluster`` reply says cluster mode is on."""
+    text = info.decode(errors="replace") if isinstance(info, bytes) else str(info)
+    return "cluster_enabled:1" in text
+
+
+def _refused_in_cluster_mode(exc: redis.ResponseError) -> bool:
+    # A cluster node refuses SELECT of a database but 0 during the handshake.
+    return "cluster mode" in str(exc)
+
+
+def _address(connection: Any) -> str:
+    path = getattr(connection, "path", None)
+    return path if path else f"{connection.host}:{connection.port}"
+
+
+def _refusing_cluster_nodes(handshake: Callable[[Any], None] | None) -> Callable[[Any], None]:
+    """A ``redis_connect_func``: redis-py's handshake (or the one given in the options), then
+    ``INFO cluster`` once on the new connection."""
+
+    def connect(connection: Any) -> None:
+        try:
+            if handshake is None:
+                connection.on_connect()
+            else:
+                handshake(connection)
+        except redis.ResponseError as exc:
+            if _refused_in_cluster_mode(exc):
+                raise ClusterNode(_address(connection)) from exc
+            raise
+        connection.send_command("INFO", "cluster")
+        try:
+            info = connection.read_response()
+        except redis.ResponseError:
+            return  # INFO refused (an ACL): cannot tell; MOVED and CROSSSLOT are 503s too
+        if is_cluster_node(info):
+            raise ClusterNode(_address(connection))
+
+    return connect
+
+
+def _async_refusing_cluster_nodes(
+    handshake: Callable[[Any], Awaitable[None] | None] | None,
+) -> Callable[[Any], Awaitable[None]]:
+    """The same for ``redis.asyncio``."""
+
+    async def connect(connection: Any) -> None:
+        try:
+            if handshake is None:
+                await connection.on_connect()
+            else:
+                done = handshake(connection)
+                if inspect.isawaitable(done):
+                    await done
+        except redis.ResponseError as exc:
+            if _refused_in_cluster_mode(exc):
+                raise ClusterNode(_address(connection)) from exc
+            raise
+        await connection.send_command("INFO", "cluster")
+        try:
+            info = await connection.read_response()
+        except redis.ResponseError:
+            return
+        if is_cluster_node(info):
+            raise ClusterNode(_address(connection))
+
+    return connect
