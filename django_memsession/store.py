@@ -895,7 +895,9 @@ class MemoryStore:
             used += size
             count += 1
             while used > room or (cap is not None and count > cap):
-                coldest = next(segment for segment in kept if segment)
+                for coldest in kept:  # never all empty: the one just kept is there
+                    if coldest:
+                        break
                 dropped_key, dropped = coldest.popitem(last=False)
                 used -= entry(len(dropped_key), len(dropped))
                 count -= 1
