@@ -823,3 +823,18 @@ def test_records_that_cannot_be_unpacked_are_logged_once_without_their_keys(make
     (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert "3 sessions could not be unpacked" in line
     assert not any(key(n) in caplog.text for n in range(2, 5))
+
+
+def test_the_later_copy_of_a_key_is_the_one_restored(make, clock):
+    """A session written while the snapshot was copied is in the file twice."""
+    store = make().store
+    alive = HEADER.pack(clock() + 3600, 0)
+    store.restore(
+        [
+            (PROBATION, key(1), alive + b"old"),
+            (PROBATION, key(2), alive + b"2"),
+            (RETURNING, key(1), alive + b"new"),
+        ]
+    )
+    assert contents(store) == {key(2): (PROBATION, b"2"), key(1): (RETURNING, b"new")}
+    assert store.stats()["bytes"] == asizeof.asizeof(*store.containers())
