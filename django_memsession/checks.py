@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from . import conf, control
+from .snapshot_file import Claim, file_problem
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
@@ -59,4 +61,35 @@ def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
                 id="memsession.W002",
             )
         )
+    found += _snapshot_file_warnings()
+    return found
+
+
+def _snapshot_file_warnings() -> list[CheckMessage]:
+    """The snapshot and its lock file as a serving process would find them: what it would
+    refuse (see :func:`~django_memsession.snapshot_file.file_problem`)."""
+    setting = conf.conf.SNAPSHOT_PATH
+    if not (isinstance(setting, (str, os.PathLike)) and os.path.isabs(setting)):
+        return []  # none, or E010
+    path = Path(setting)
+    found: list[CheckMessage] = []
+    for file, consequence in (
+        (path, "the server will set it aside and start with an empty store"),
+        (Claim(path).path, "the server will take no snapshots"),
+    ):
+        try:
+            problem = file_problem(file)
+        except OSError:
+            continue  # an unreadable directory: E011
+        if problem is not None:
+            found.append(
+                Warning(
+                    f"{file} will not be used: {problem.reason}; {consequence}.",
+                    hint=f"To fix it: {problem.remedy}. The snapshot holds session keys "
+                    "(credentials): it and the files beside it are used only as regular "
+                    "files of the server's user that no other user may read or write, as ssh "
+                    "refuses a private key others can read.",
+                    id="memsession.W003",
+                )
+            )
     return found

@@ -7,18 +7,26 @@ Next to ``MEMSESSION_SNAPSHOT_PATH`` (``<path>``):
   key length and value length, then the keys, then the values: so a chunk is read with a few
   C-level calls, not a Python loop over fields), an end marker and an HMAC-SHA256 of everything
   before it, keyed from ``SECRET_KEY`` (Django's ``salted_hmac`` with
-  a salt of its own). Reading checks the MAC over the raw bytes before anything is parsed, with
-  ``SECRET_KEY`` and then each of ``SECRET_KEY_FALLBACKS`` (a key rotation logs nobody out). The
-  file holds session keys: it is created ``0600``, written to a temporary file in the same
-  directory, fsynced, renamed over the old one, and the directory fsynced: a crash, a full disk
-  or a permission error leaves the previous snapshot as it was.
+  a salt of its own). The file holds session keys: it is created ``0600``, written to a
+  temporary file in the same directory, fsynced, renamed over the old one, and the directory
+  fsynced: a crash, a full disk or a permission error leaves the previous snapshot as it was.
+  Reading opens it once and refuses anything but a regular file of this user's that no other
+  user may read or write (a FIFO, a symlink, a device, a file others could read or replace the
+  contents of), then makes two passes over the open file, each in pieces of ``READ_SIZE``: the
+  first checks the MAC, with ``SECRET_KEY`` and each of ``SECRET_KEY_FALLBACKS`` at once (a key
+  rotation logs nobody out), before anything is parsed; the second reads the records, a batch
+  at a time, so a file of any size is read in bounded memory.
 - ``<path>.journal-<epoch>``: the sessions written or deleted since snapshot ``<epoch>`` began,
   as 16-byte keyed hashes (never the keys), appended with one ``write()`` each so that a crash
   (``kill -9``) loses none of those that returned.
 - ``<path>.lock``: the claim. The process holding an exclusive ``flock`` on it owns the snapshot:
   it restored it, and only it writes it. Its pid and when it claimed are written in it.
 - ``<path>.rejected-<time>``: a snapshot that was refused (tampered, truncated, foreign, of a
-  future format), kept for inspection.
+  future format, not a private regular file), kept for inspection.
+
+The journals and the claim are opened as the snapshot is (never through a symlink, never
+waiting on a FIFO, only a regular file of this user's that no one else may read or write); a
+journal that is not a regular file is ignored when read.
 
 Nothing here knows the store; :mod:`~django_memsession.snapshotter` joins the two.
 """
@@ -26,14 +34,17 @@ Nothing here knows the store; :mod:`~django_memsession.snapshotter` joins the tw
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import hmac
 import json
+import logging
 import os
+import stat
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 from pathlib import Path
@@ -43,14 +54,21 @@ from django.utils.crypto import salted_hmac
 
 __all__ = [
     "Claim",
+    "FileProblem",
     "Journal",
+    "Snapshot",
     "SnapshotData",
     "SnapshotRefused",
+    "UnsafeFile",
     "Written",
+    "file_problem",
+    "open_snapshot",
     "read_snapshot",
     "set_aside",
     "write_snapshot",
 ]
+
+logger = logging.getLogger("django_memsession")
 
 MAGIC = b"django-memsession snapshot\n"
 # 2: a logged-in session's value carries its facts (see users.py). Version 1 files are still
@@ -67,10 +85,33 @@ LENGTH = struct.Struct("<I")
 CHUNK = struct.Struct("<BI")  # a marker (not END), the records in the chunk
 CHUNK_MARK = 0x01
 MAX_HEADER = 4096
+# A restore reads the file in pieces of at most this many bytes (a larger record alone), and the
+# records' sizes this many records at a time: its extra memory does not grow with the file.
+READ_SIZE = 1 << 18
+BATCH_RECORDS = 4096
 
 
 class SnapshotRefused(Exception):
     """A snapshot file that is not one this project wrote; the message is safe to log."""
+
+
+@dataclass(frozen=True)
+class FileProblem:
+    """Why a file at one of the snapshot's paths is not one this process made, and what to do."""
+
+    reason: str
+    remedy: str
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.remedy}"
+
+
+class UnsafeFile(OSError):
+    """A journal or the claim file that :func:`file_problem` finds fault with."""
+
+    def __init__(self, path: Path, problem: FileProblem) -> None:
+        super().__init__(errno.EPERM, str(problem), str(path))
+        self.problem = problem
 
 
 @dataclass(frozen=True)
@@ -93,6 +134,85 @@ def _secrets() -> list[str]:
 
 def _signer(secret: str) -> hmac.HMAC:
     return salted_hmac(SALT, b"", secret=secret, algorithm="sha256")
+
+
+# -- the files' safety ---------------------------------------------------------------------------
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def _problem(info: os.stat_result, path: Path, *, private: bool = True) -> FileProblem | None:
+    """What is wrong with the file ``info`` describes (an ``lstat``, or an ``fstat`` of the file
+    opened), or None. The files this process makes are regular files of its own, ``0600``;
+    anything else was put there by someone else: a FIFO would hang the open, a device or a
+    symlink would read or write elsewhere, and a file others may read or write gives away the
+    session keys in it or lets them choose what is restored (``ssh`` refuses a private key
+    others can read). ``private=False``: only the kind is checked."""
+    mode = info.st_mode
+    if stat.S_ISLNK(mode):
+        return FileProblem(
+            "it is a symlink (the snapshot's files are never opened through one)",
+            f"replace {path} with the file itself (a symlinked directory above it is fine)",
+        )
+    if not stat.S_ISREG(mode):
+        kind = next((name for is_kind, name in _KINDS if is_kind(mode)), "a special file")
+        return FileProblem(
+            f"it is {kind}, not a regular file",
+            f"remove {path}; the server writes a regular file there",
+        )
+    if not private:
+        return None
+    uid = os.geteuid()
+    if info.st_uid != uid:
+        return FileProblem(
+            f"it belongs to another user (uid {info.st_uid}; the server runs as uid {uid})",
+            f"remove {path}, or chown it to the user the server runs as",
+        )
+    if stat.S_IMODE(mode) & 0o077:
+        return FileProblem(
+            f"other users may read or write it (mode {stat.S_IMODE(mode):04o})",
+            f"chmod 600 {path}",
+        )
+    return None
+
+
+def file_problem(path: Path) -> FileProblem | None:
+    """What is wrong with the file at ``path`` itself (a symlink is not followed), or None when
+    it will do or there is none."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return _problem(info, path)
+
+
+def _open_checked(path: Path, flags: int, *, private: bool = True) -> int:
+    """``path`` opened, once :func:`file_problem` finds nothing wrong with it; ``UnsafeFile``
+    otherwise. Never through a symlink (``O_NOFOLLOW``), never waiting for a FIFO's other end
+    (``O_NONBLOCK``: no effect on a regular file's reads and writes), and checked again on the
+    file opened (``fstat``), so a file swapped in after the first check is refused too."""
+    info = None
+    with contextlib.suppress(FileNotFoundError):
+        info = os.lstat(path)
+    problem = _problem(info, path, private=private) if info is not None else None
+    if problem is None:
+        extra = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
+        fd = os.open(path, flags | extra, 0o600)
+        try:
+            problem = _problem(os.fstat(fd), path, private=private)
+        except BaseException:
+            os.close(fd)
+            raise
+        if problem is None:
+            return fd
+        os.close(fd)
+    raise UnsafeFile(path, problem)
 
 
 # -- the snapshot --------------------------------------------------------------------------------
@@ -118,7 +238,11 @@ def write_snapshot(
     signer = _signer(settings.SECRET_KEY)
     sessions = 0
     size = 0
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # A file of our own, made now: whatever is at the name (a leftover of a process with our
+    # pid, a symlink planted there) is removed, and O_EXCL never follows a symlink.
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb", buffering=1 << 20) as out:
 
@@ -157,62 +281,202 @@ def write_snapshot(
 
 
 def read_snapshot(path: Path) -> SnapshotData:
-    """The snapshot at ``path``; :class:`SnapshotRefused` for anything this project did not
-    write, before any of it is parsed. ``FileNotFoundError`` when there is none."""
-    data = path.read_bytes()
-    if not data:
+    """The whole snapshot at ``path`` in memory (a restore reads it in batches instead, with
+    :func:`open_snapshot`); the same refusals."""
+    with open_snapshot(path) as snapshot:
+        records = [record for batch in snapshot.batches() for record in batch]
+        return SnapshotData(
+            epoch=snapshot.epoch,
+            started_at=snapshot.started_at,
+            records=records,
+            version=snapshot.version,
+        )
+
+
+@contextlib.contextmanager
+def open_snapshot(path: Path) -> Iterator[Snapshot]:
+    """The snapshot at ``path``, opened and its signature checked, its records not read yet.
+
+    :class:`SnapshotRefused` for anything this project did not write: a file that is not a
+    private regular file of this user's (see :func:`file_problem`), then a bad signature, before
+    anything is parsed. ``FileNotFoundError`` when there is none. The file is opened once: the
+    check of the signature and the reading of the records are two passes over the same open
+    file, so a file swapped in at the path meanwhile is never read.
+    """
+    try:
+        fd = _open_checked(path, os.O_RDONLY)
+    except UnsafeFile as exc:
+        raise SnapshotRefused(exc.problem.reason) from None
+    try:
+        yield _verified(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_exact(fd: int, offset: int, length: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    while len(data) < length:  # a pipe or a signal may cut a read short; a regular file's end
+        more = os.pread(fd, length - len(data), offset + len(data))
+        if not more:
+            raise SnapshotRefused("the file changed while it was read")
+        data += more
+    return data
+
+
+def _verified(fd: int) -> Snapshot:
+    """The first pass: the signature over everything before it, read in pieces of
+    ``READ_SIZE`` (with ``SECRET_KEY`` and each fallback at once); then the header."""
+    size = os.fstat(fd).st_size
+    if not size:
         raise SnapshotRefused("the file is empty")
-    if not data.startswith(MAGIC) or len(data) < len(MAGIC) + 1 + LENGTH.size + 1 + MAC_SIZE:
+    if size < len(MAGIC) + 1 + LENGTH.size + 1 + MAC_SIZE:
         raise SnapshotRefused("not a snapshot file, or truncated")
-    version = data[len(MAGIC)]
+    head = _read_exact(fd, 0, len(MAGIC) + 1)
+    if not head.startswith(MAGIC):
+        raise SnapshotRefused("not a snapshot file, or truncated")
+    version = head[len(MAGIC)]
     if version not in READABLE_VERSIONS:
         raise SnapshotRefused(
             f"format version {version}, this version reads {', '.join(map(str, READABLE_VERSIONS))}"
         )
-    body, mac = data[:-MAC_SIZE], data[-MAC_SIZE:]
-    for secret in _secrets():
-        signer = _signer(secret)
-        signer.update(body)
-        if hmac.compare_digest(signer.digest(), mac):
-            break
-    else:
+    end = size - MAC_SIZE
+    signers = [_signer(secret) for secret in _secrets()]
+    for offset in range(0, end, READ_SIZE):
+        piece = _read_exact(fd, offset, min(READ_SIZE, end - offset))
+        for signer in signers:
+            signer.update(piece)
+    mac = _read_exact(fd, end, MAC_SIZE)
+    if not any(hmac.compare_digest(signer.digest(), mac) for signer in signers):
         raise SnapshotRefused("bad signature (tampered, truncated, or another SECRET_KEY)")
     try:
-        return _parse(memoryview(body), version)
-    except (ValueError, KeyError, TypeError, IndexError, struct.error, UnicodeDecodeError) as exc:
+        offset = len(MAGIC) + 1
+        (header_length,) = LENGTH.unpack(_read_exact(fd, offset, LENGTH.size))
+        offset += LENGTH.size
+        if header_length > MAX_HEADER or offset + header_length >= end:
+            raise ValueError("header")
+        header = json.loads(_read_exact(fd, offset, header_length))
+        epoch, started_at = int(header["epoch"]), float(header["started_at"])
+    except (ValueError, KeyError, TypeError, struct.error) as exc:
         # Signed by us yet unreadable: a bug, never a crash of the process that restores.
         raise SnapshotRefused(f"signed but malformed ({type(exc).__name__})") from None
+    return Snapshot(fd, end, offset + header_length, epoch, started_at, version)
 
 
-def _parse(body: memoryview, version: int) -> SnapshotData:
-    offset = len(MAGIC) + 1
-    (header_length,) = LENGTH.unpack_from(body, offset)
-    if header_length > MAX_HEADER:
-        raise ValueError("header")
-    offset += LENGTH.size
-    header = json.loads(bytes(body[offset : offset + header_length]))
-    offset += header_length
-    epoch, started_at = int(header["epoch"]), float(header["started_at"])
-    records: list[tuple[int, str, bytes]] = []
-    end = len(body)
-    while body[offset] != END:
-        mark, count = CHUNK.unpack_from(body, offset)
-        if mark != CHUNK_MARK:
-            raise ValueError("chunk")
-        offset += CHUNK.size
-        sizes_end = offset + count * RECORD.size
-        segments, key_lengths, value_lengths = (
-            zip(*RECORD.iter_unpack(body[offset:sizes_end]), strict=True) if count else ((), (), ())
-        )
-        keys_end = sizes_end + sum(key_lengths)
-        values_end = keys_end + sum(value_lengths)
-        if values_end > end or max(segments, default=0) > 2:
-            raise ValueError("chunk")
-        keys = str(body[sizes_end:keys_end], "ascii")
-        values = bytes(body[keys_end:values_end])
+class Snapshot:
+    """An open snapshot whose signature matched: its header, and its records (:meth:`batches`)."""
+
+    def __init__(
+        self, fd: int, end: int, records_at: int, epoch: int, started_at: float, version: int
+    ) -> None:
+        self._fd = fd
+        self._end = end  # where the signed part ends
+        self._records_at = records_at
+        self.epoch = epoch
+        self.started_at = started_at
+        self.version = version
+        self.too_large = 0  # records whose value was longer than the reader wanted: not read
+
+    def batches(self, largest_value: int | None = None) -> Iterator[list[tuple[int, str, bytes]]]:
+        """The second pass: the records in the order they were written, a batch of at most
+        ``BATCH_RECORDS`` records and ``READ_SIZE`` bytes at a time (or one larger record), so
+        reading never holds more than that beside what the caller keeps. A record whose value
+        is longer than ``largest_value`` is skipped unread and counted in ``too_large``.
+
+        A record is what the file says it is (a segment, a key, a value): whether the value is
+        one the store can use is the store's to check. :class:`SnapshotRefused` when the
+        chunks themselves do not add up (a signed file: a bug).
+        """
+        try:
+            yield from self._batches(largest_value)
+        except (ValueError, struct.error) as exc:
+            raise SnapshotRefused(f"signed but malformed ({type(exc).__name__})") from None
+
+    def _batches(self, largest_value: int | None) -> Iterator[list[tuple[int, str, bytes]]]:
+        fd, end = self._fd, self._end
+        offset = self._records_at
+        while True:
+            if offset >= end:
+                raise ValueError("no end marker")
+            if _read_exact(fd, offset, 1)[0] == END:
+                if offset + 1 != end:
+                    raise ValueError("trailing bytes")
+                return
+            mark, count = CHUNK.unpack(_read_exact(fd, offset, CHUNK.size))
+            if mark != CHUNK_MARK:
+                raise ValueError("chunk")
+            sizes_at = offset + CHUNK.size
+            keys_at = sizes_at + count * RECORD.size
+            if keys_at > end:
+                raise ValueError("chunk")
+            # The chunk's keys come before all of its values: where the values begin is the
+            # sum of its key lengths, so its sizes are read twice (a few bytes a record).
+            key_total = value_total = 0
+            for _, key_lengths, value_lengths in self._sizes(sizes_at, count):
+                key_total += sum(key_lengths)
+                value_total += sum(value_lengths)
+            values_at = keys_at + key_total
+            offset = values_at + value_total
+            if offset > end:
+                raise ValueError("chunk")
+            for sizes in self._sizes(sizes_at, count):
+                yield from self._cut(sizes, keys_at, values_at, largest_value)
+                keys_at += sum(sizes[1])
+                values_at += sum(sizes[2])
+
+    def _sizes(
+        self, at: int, count: int
+    ) -> Iterator[tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:
+        """The chunk's (segments, key lengths, value lengths), ``BATCH_RECORDS`` at a time."""
+        for first in range(0, count, BATCH_RECORDS):
+            number = min(BATCH_RECORDS, count - first)
+            data = _read_exact(self._fd, at + first * RECORD.size, number * RECORD.size)
+            yield tuple(zip(*RECORD.iter_unpack(data), strict=True))  # type: ignore[misc]
+
+    def _cut(
+        self,
+        sizes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
+        keys_at: int,
+        values_at: int,
+        largest_value: int | None,
+    ) -> Iterator[list[tuple[int, str, bytes]]]:
+        """The records of ``sizes`` (their keys from ``keys_at``, their values from
+        ``values_at``) in batches of at most ``READ_SIZE`` bytes, a larger record alone."""
+        _, key_lengths, value_lengths = sizes
+        first = held = 0
+        for index, (key_length, value_length) in enumerate(
+            zip(key_lengths, value_lengths, strict=True)
+        ):
+            too_large = largest_value is not None and value_length > largest_value
+            if first < index and (too_large or held + key_length + value_length > READ_SIZE):
+                yield self._read(sizes, first, index, keys_at, values_at)
+                keys_at += sum(key_lengths[first:index])
+                values_at += sum(value_lengths[first:index])
+                first, held = index, 0
+            if too_large:
+                self.too_large += 1
+                keys_at += key_length
+                values_at += value_length
+                first = index + 1
+            else:
+                held += key_length + value_length
+        if first < len(key_lengths):
+            yield self._read(sizes, first, len(key_lengths), keys_at, values_at)
+
+    def _read(
+        self,
+        sizes: tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]],
+        first: int,
+        stop: int,
+        keys_at: int,
+        values_at: int,
+    ) -> list[tuple[int, str, bytes]]:
+        segments, key_lengths, value_lengths = (part[first:stop] for part in sizes)
+        # A key that is not ASCII is not one of ours: replaced, the store leaves it out.
+        keys = _read_exact(self._fd, keys_at, sum(key_lengths)).decode("ascii", "replace")
+        values = _read_exact(self._fd, values_at, sum(value_lengths))
         key_ends = list(accumulate(key_lengths))
         value_ends = list(accumulate(value_lengths))
-        records.extend(
+        return list(
             zip(
                 segments,
                 [keys[e - n : e] for e, n in zip(key_ends, key_lengths, strict=True)],
@@ -220,10 +484,6 @@ def _parse(body: memoryview, version: int) -> SnapshotData:
                 strict=True,
             )
         )
-        offset = values_end
-    if offset + 1 != end:
-        raise ValueError("trailing bytes")
-    return SnapshotData(epoch=epoch, started_at=started_at, records=records, version=version)
 
 
 def set_aside(path: Path) -> Path | None:
@@ -261,7 +521,7 @@ class Journal:
 
     def open(self, epoch: int) -> None:
         """Start the journal of ``epoch`` (before the store starts journaling under it)."""
-        fd = os.open(self.file(epoch), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = _open_checked(self.file(epoch), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         self._fds[epoch] = fd
 
     def append(self, key: str, epoch: int) -> bool:
@@ -284,16 +544,29 @@ class Journal:
         return sorted(epochs)
 
     def hashes_since(self, epoch: int) -> set[bytes]:
-        """Every hash journaled in ``epoch`` or later (a torn last record is ignored)."""
+        """Every hash journaled in ``epoch`` or later (a torn last record is ignored).
+
+        A journal that is not a regular file (a FIFO, a symlink) is not one of ours: ignored,
+        with a WARNING. One that others may read or write is still read: its hashes only ever
+        leave sessions out."""
         found: set[bytes] = set()
         for number in self.existing():
-            if number >= epoch:
-                with contextlib.suppress(OSError):
-                    data = self.file(number).read_bytes()
-                    found.update(
-                        data[i : i + HASH_SIZE]
-                        for i in range(0, len(data) - HASH_SIZE + 1, HASH_SIZE)
-                    )
+            if number < epoch:
+                continue
+            try:
+                fd = _open_checked(self.file(number), os.O_RDONLY, private=False)
+            except UnsafeFile as exc:
+                logger.warning(
+                    "Session snapshot journal %s ignored: %s.", exc.filename, exc.strerror
+                )
+                continue
+            except OSError:
+                continue
+            with open(fd, "rb") as journal, contextlib.suppress(OSError):
+                data = journal.read()
+                found.update(
+                    data[i : i + HASH_SIZE] for i in range(0, len(data) - HASH_SIZE + 1, HASH_SIZE)
+                )
         return found
 
     def keys_matching(self, keys: Iterable[str], hashes: set[bytes]) -> set[str]:
@@ -335,7 +608,9 @@ class Claim:
         return self._fd is not None
 
     def try_take(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        """Whether this process took the claim; ``OSError`` (``UnsafeFile`` for a symlink, a
+        FIFO, another user's file or one open to others) when the file cannot be used."""
+        fd = _open_checked(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -349,7 +624,9 @@ class Claim:
     def holder(self) -> tuple[int, float] | None:
         """(pid, when it claimed) of the process holding the claim, as it wrote them."""
         try:
-            info = json.loads(self.path.read_bytes()[:200])
+            fd = _open_checked(self.path, os.O_RDONLY)
+            with open(fd, "rb") as claim:
+                info = json.loads(claim.read(200))
             return int(info["pid"]), float(info["claimed_at"])
         except (OSError, ValueError, KeyError, TypeError):
             return None

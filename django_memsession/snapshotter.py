@@ -15,8 +15,10 @@
 - Only the process holding the claim writes; a process that forks (gunicorn's master) gives its
   claim up and never writes.
 
-A refused file (tampered, truncated, foreign, future format) is logged once at WARNING with the
-word "snapshot", set aside for inspection, and the process starts empty. A write that fails
+A refused file (tampered, truncated, foreign, future format; not a regular file, a symlink,
+another user's, open to other users) is logged once at WARNING with the word "snapshot", set
+aside for inspection, and the process starts empty. A record in it that the store cannot use is
+left out, counted in one WARNING (never with its key). A write that fails
 (full disk, permissions) is logged and the previous snapshot stays; the process goes on.
 """
 
@@ -36,9 +38,8 @@ from .messages import RestoreReport, SnapshotReport, SnapshotState
 from .snapshot_file import (
     Claim,
     Journal,
-    SnapshotData,
     SnapshotRefused,
-    read_snapshot,
+    open_snapshot,
     set_aside,
     write_snapshot,
 )
@@ -157,22 +158,45 @@ class Snapshotter:
     def _restore_claimed(self) -> RestoreReport | None:
         self._remove_stale_temporaries()
         epoch = max([0, *self.journal.existing()])
-        report = None
         started = time.perf_counter()
         with _gc_paused():
-            data, report = self._read_and_restore(started)
+            snapshot_epoch, report = self._read_and_restore(started)
         # Journal from now on under a new epoch; the old journals stay until a newer snapshot.
-        self._begin_epoch(max(epoch, data.epoch if data is not None else 0) + 1)
+        self._begin_epoch(max(epoch, snapshot_epoch) + 1)
         with self._state_lock:
             self.restored = report
         return report
 
-    def _read_and_restore(self, started: float) -> tuple[SnapshotData | None, RestoreReport | None]:
-        report = None
+    def _read_and_restore(self, started: float) -> tuple[int, RestoreReport | None]:
+        """The snapshot's epoch (0: none read) and what its restore put back.
+
+        Read in batches straight into :meth:`MemoryStore.restore`, which keeps what fits as it
+        goes: a file larger than the budget never has to fit in memory. A file refused midway
+        (signed, yet its chunks do not add up) leaves the store as it was."""
         try:
-            data = read_snapshot(self.path)
+            with open_snapshot(self.path) as snapshot:
+                journaled = 0
+                hashes = self.journal.hashes_since(snapshot.epoch)
+
+                def records() -> Iterator[tuple[int, str, bytes]]:
+                    nonlocal journaled
+                    for batch in snapshot.batches(self.store.limits.max_session_bytes):
+                        if hashes:
+                            changed = self.journal.keys_matching((k for _, k, _ in batch), hashes)
+                            journaled += len(changed)
+                            batch = [record for record in batch if record[1] not in changed]
+                        if snapshot.version == 1:
+                            batch = self._upgrade(batch, int(snapshot.started_at))
+                        yield from batch
+
+                result = self.store.restore(records())
+                epoch, started_at, too_large = (
+                    snapshot.epoch,
+                    snapshot.started_at,
+                    snapshot.too_large,
+                )
         except FileNotFoundError:
-            data = None
+            return 0, None
         except SnapshotRefused as exc:
             aside = set_aside(self.path)
             logger.warning(
@@ -182,50 +206,51 @@ class Snapshotter:
                 exc,
                 aside or "(could not be moved)",
             )
-            data = None
+            return 0, None
         except OSError as exc:
             logger.warning(
                 "Session snapshot %s could not be read (%s); starting with an empty store.",
                 self.path,
                 exc.strerror,
             )
-            data = None
-        if data is not None:
-            journaled = self.journal.keys_matching(
-                (key for _, key, _ in data.records), self.journal.hashes_since(data.epoch)
+            return 0, None
+        left_out = result.left_out + too_large
+        if result.unreadable:
+            # Once, with a count: never a key (keys are credentials).
+            logger.warning(
+                "Session snapshot %s: %d sessions could not be unpacked and were left out.",
+                self.path,
+                result.unreadable,
             )
-            records = [record for record in data.records if record[1] not in journaled]
-            if data.version == 1:
-                records = self._upgrade(records, int(data.started_at))
-            result = self.store.restore(records)
-            report = RestoreReport(
-                at=self.store.clock(),
-                sessions=result.sessions,
-                expired=result.expired,
-                journaled=len(journaled),
-                left_out=result.left_out,
-                duration=time.perf_counter() - started,
-                snapshot_started_at=data.started_at,
-            )
-            logger.info(
-                "Session snapshot restored: %d sessions (%d expired, %d changed after it began, "
-                "%d over the budget left out).",
-                result.sessions,
-                result.expired,
-                len(journaled),
-                result.left_out,
-            )
-        return data, report
+        report = RestoreReport(
+            at=self.store.clock(),
+            sessions=result.sessions,
+            expired=result.expired,
+            journaled=journaled,
+            left_out=left_out,
+            duration=time.perf_counter() - started,
+            snapshot_started_at=started_at,
+        )
+        logger.info(
+            "Session snapshot restored: %d sessions (%d expired, %d changed after it began, "
+            "%d over the budget left out).",
+            result.sessions,
+            result.expired,
+            journaled,
+            left_out,
+        )
+        return epoch, report
 
     def _upgrade(
         self, records: list[tuple[int, str, bytes]], seconds: int
     ) -> list[tuple[int, str, bytes]]:
         """Version 1 records: logged-in sessions get their facts, the user read from the
-        payload by ``user_of_payload`` (the runtime hands the session codec's)."""
+        payload by ``user_of_payload`` (the runtime hands the session codec's). A value too
+        short for the plain header is left as it is: the store leaves it out."""
         reader = self.user_of_payload
         upgraded = []
         for segment, key, value in records:
-            if segment == AUTHENTICATED:
+            if segment == AUTHENTICATED and len(value) >= HEADER_SIZE:
                 user = reader(value[HEADER_SIZE:]) if reader is not None else None
                 value = from_plain(value, user, seconds)
             upgraded.append((segment, key, value))

@@ -31,7 +31,8 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -68,6 +69,26 @@ _TIMES = struct.Struct("<dIII")
 EXPIRED_PROBE = 8
 # A restore fills this share of the sessions' room with entries; their tables take the rest.
 RESTORE_FILL = 0.9
+_SEGMENTS = frozenset(range(len(SEGMENT_NAMES)))
+
+
+def _expiry(index: int, key: str, value: bytes) -> float | None:
+    """The expiry of a record read back from a snapshot, or None when it is not one the store
+    wrote, whole: a segment it does not have, a key that is not ASCII (every key it accepts
+    is), a value too short for its header, an expiry that is not a time, a logged-in session's
+    value too short for its facts. Such a record is treated as absent, never half used."""
+    if len(value) < HEADER_SIZE or not key.isascii() or index not in _SEGMENTS:
+        return None
+    expires_at = HEADER.unpack_from(value)[0]
+    if not math.isfinite(expires_at):
+        return None
+    if index == AUTHENTICATED:
+        if len(value) < FACTS_SIZE:
+            return None
+        *_, user_length, client_length = FACTS.unpack_from(value)
+        if FACTS_SIZE + user_length + client_length > len(value):
+            return None
+    return expires_at
 
 
 def wall_clock() -> float:
@@ -138,6 +159,7 @@ class RestoreResult:
     sessions: int = 0
     expired: int = 0
     left_out: int = 0
+    unreadable: int = 0  # records the store could not use (see _expiry): left out too
 
 
 @dataclass
@@ -782,88 +804,105 @@ class MemoryStore:
                     yield copied
                     copied = []
 
-    def restore(self, records: list[tuple[int, str, bytes]]) -> RestoreResult:
+    def restore(self, records: Iterable[tuple[int, str, bytes]]) -> RestoreResult:
         """Put back sessions from a snapshot: ``(segment, key, value)`` in the order
-        :meth:`copy_chunks` gives them (a later copy of a key wins).
+        :meth:`copy_chunks` gives them (a later copy of a key wins), read as they come (a
+        generator reading a file in batches), the store untouched until the last is read.
 
-        Expired sessions are left out. When they do not all fit in the budget (it was lowered),
-        the most valuable come back first: logged-in, then returning, then new sessions, the
-        most recently used of each first. Keys already in the store are left alone.
+        Expired sessions are left out, and records the store cannot use (see
+        :func:`_expiry`). When they do not all fit in the budget (it was lowered, or the file
+        was written by a store with a larger one), the most valuable come back: logged-in, then
+        returning, then new sessions, the most recently used of each first. What is kept while
+        the records are read never holds much more than the budget: each record that does not
+        fit pushes out the least valuable kept so far. Keys already in the store are left alone.
         """
         now = self.clock()
         result = RestoreResult()
-        room = self.limits.session_bytes * RESTORE_FILL
-        largest = self.limits.max_session_bytes
-        cap = self.limits.max_sessions
-        unpack = HEADER.unpack_from
-        sizes = self.sizer.entries([(len(key), len(value)) for _, key, value in records])
-        live = [unpack(value)[0] > now for _, _, value in records]
-        distinct = len({key for _, key, _ in records}) == len(records)
-        total = sum(size for size, alive in zip(sizes, live, strict=True) if alive)
-        chosen: list[tuple[int, str, bytes, int]]
-        fits = cap is None or sum(live) <= cap
-        if distinct and fits and total <= room and max(sizes, default=0) <= largest:
-            # The usual case: every live session fits, each once.
-            chosen = [
-                (index, key, value, size)
-                for (index, key, value), size, alive in zip(records, sizes, live, strict=True)
-                if alive
-            ]
-            result.expired = len(records) - len(chosen)
-            used = total
-        else:
-            chosen, used = [], 0
-            seen: set[str] = set()
-            # Backwards: the most valuable and most recent first, the newest copy of a key.
-            for (index, key, value), size, alive in zip(
-                reversed(records), reversed(sizes), reversed(live), strict=True
-            ):
-                if key in seen:
-                    continue
-                seen.add(key)
-                if not alive:
-                    result.expired += 1
-                elif (
-                    used + size > room or size > largest or (cap is not None and len(chosen) >= cap)
-                ):
-                    result.left_out += 1
-                else:
-                    used += size
-                    chosen.append((index, key, value, size))
-            chosen.reverse()
+        kept, used = self._choose(records, now, result)
         events: list[StoreEvent] = []
         with self._lock:
             policy = self._policy
             if not len(policy):
                 # The usual case, a store not yet serving: straight into the segments, the
                 # tables measured once at the end.
-                segments = policy.segments
-                for index, key, value, _ in chosen:
-                    segments[index][key] = value
+                for index, chosen in enumerate(kept):
+                    policy.segments[index].update(chosen)
+                    result.sessions += len(chosen)
                 self._entry_bytes += used
                 policy.table_bytes = policy.measure_tables()
-                authenticated = segments[AUTHENTICATED]
-                for index, key, value, _ in chosen:
-                    if index == AUTHENTICATED and authenticated.get(key) is value:
-                        # The key object the policy holds (a later copy may have replaced it).
-                        self._index_add(value, key)
-                result.sessions = len(chosen)
+                for key, value in kept[AUTHENTICATED].items():
+                    self._index_add(value, key)  # the key object the policy holds
             else:
-                for index, key, value, size in chosen:
-                    if policy.find(key)[1] is not None:
-                        result.left_out += 1
-                        continue
-                    policy.put(key, value, index, None)
-                    self._entry_bytes += size
-                    if index == AUTHENTICATED:
-                        self._index_add(value, key)
-                    result.sessions += 1
+                entry = self.sizer.entry
+                for index, chosen in enumerate(kept):
+                    for key, value in chosen.items():
+                        if policy.find(key)[1] is not None:
+                            result.left_out += 1
+                            continue
+                        policy.put(key, value, index, None)
+                        self._entry_bytes += entry(len(key), len(value))
+                        if index == AUTHENTICATED:
+                            self._index_add(value, key)
+                        result.sessions += 1
             if self._over_budget():
                 self._make_room(
                     self.limits.session_bytes, now, reason="restore", spare=None, events=events
                 )
         self._emit(events)
         return result
+
+    def _choose(
+        self, records: Iterable[tuple[int, str, bytes]], now: float, result: RestoreResult
+    ) -> tuple[list[OrderedDict[str, bytes]], int]:
+        """The records a restore keeps, per segment in order, and their bytes; counts what it
+        leaves out in ``result``.
+
+        Read one at a time: a record that fits is kept; while the kept ones are over the room
+        (or the cap on sessions), the least valuable goes: the coldest of the coldest segment.
+        So the kept ones never exceed the room by more than one record, however long the file,
+        and what stays is the most valuable that fits. A later copy of a key replaces an earlier
+        one (counted once as left out if it had been pushed out meanwhile: a key written while
+        the snapshot was copied, a rare case).
+        """
+        room = self.limits.session_bytes * RESTORE_FILL
+        largest = self.limits.max_session_bytes
+        cap = self.limits.max_sessions
+        entry = self.sizer.entry
+        kept: list[OrderedDict[str, bytes]] = [OrderedDict() for _ in SEGMENT_NAMES]
+        # A key is in one segment at most: the first pop that finds it ends the search (a
+        # value is never empty).
+        pop_probation, pop_returning, pop_authenticated = (segment.pop for segment in kept)
+        used = count = 0
+        for index, key, value in records:
+            earlier = (
+                pop_probation(key, None) or pop_returning(key, None) or pop_authenticated(key, None)
+            )
+            if earlier is not None:
+                used -= entry(len(key), len(earlier))
+                count -= 1
+            expires_at = _expiry(index, key, value)
+            if expires_at is None:
+                result.unreadable += 1
+                continue
+            if expires_at <= now:
+                result.expired += 1
+                continue
+            size = entry(len(key), len(value))
+            if size > largest:
+                result.left_out += 1
+                continue
+            kept[index][key] = value
+            used += size
+            count += 1
+            while used > room or (cap is not None and count > cap):
+                for coldest in kept:  # never all empty: the one just kept is there
+                    if coldest:
+                        break
+                dropped_key, dropped = coldest.popitem(last=False)
+                used -= entry(len(dropped_key), len(dropped))
+                count -= 1
+                result.left_out += 1
+        return kept, used
 
     # -- who is logged in -----------------------------------------------------------------------
 

@@ -264,3 +264,67 @@ def test_client_ip_sources_are_accepted(value):
 def test_end_sessions_on_password_change_not_a_bool_is_e017():
     with override_settings(MEMSESSION_END_SESSIONS_ON_PASSWORD_CHANGE=1):
         assert ids() == ["memsession.E017"]
+
+
+# -- the snapshot file as a server would find it ------------------------------------------------
+
+
+@pytest.fixture
+def snapshot_path(tmp_path, monkeypatch):
+    """A snapshot path in a private directory, set; no worker count in the environment."""
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.delenv("GUNICORN_CMD_ARGS", raising=False)
+    directory = tmp_path / "private"
+    directory.mkdir(mode=0o700)
+    path = directory / "s.snapshot"
+    with override_settings(MEMSESSION_SNAPSHOT_PATH=str(path)):
+        yield path
+
+
+def snapshot_warning():
+    from django_memsession.checks import check_deployment
+
+    (message,) = check_deployment()
+    assert message.id == "memsession.W003"
+    return message
+
+
+def test_a_private_snapshot_file_is_no_warning(snapshot_path):
+    from django_memsession.checks import check_deployment
+
+    snapshot_path.write_bytes(b"")
+    snapshot_path.chmod(0o600)
+    assert check_deployment() == []
+
+
+def test_a_snapshot_file_others_may_read_is_w003_saying_chmod_600(snapshot_path):
+    snapshot_path.write_bytes(b"")
+    snapshot_path.chmod(0o644)
+    message = snapshot_warning()
+    assert "other users may read or write it (mode 0644)" in message.msg
+    assert f"chmod 600 {snapshot_path}" in message.hint
+
+
+def test_a_fifo_at_the_snapshot_path_is_w003(snapshot_path):
+    os.mkfifo(snapshot_path, 0o600)
+    message = snapshot_warning()
+    assert "it is a FIFO, not a regular file" in message.msg
+    assert f"remove {snapshot_path}" in message.hint
+
+
+def test_a_symlink_at_the_snapshot_path_is_w003(snapshot_path):
+    target = snapshot_path.with_name("real")
+    target.write_bytes(b"")
+    target.chmod(0o600)
+    snapshot_path.symlink_to(target)
+    assert "it is a symlink" in snapshot_warning().msg
+
+
+def test_a_symlink_at_the_snapshot_lock_file_is_w003(snapshot_path):
+    target = snapshot_path.with_name("real")
+    target.write_bytes(b"")
+    target.chmod(0o600)
+    snapshot_path.with_name("s.snapshot.lock").symlink_to(target)
+    message = snapshot_warning()
+    assert "s.snapshot.lock will not be used: it is a symlink" in message.msg
+    assert "no snapshots" in message.msg

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
 import threading
 import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,8 @@ from pympler import asizeof
 from django_memsession import snapshot_file
 from django_memsession.lru import AUTHENTICATED, PROBATION, RETURNING
 from django_memsession.snapshotter import Snapshotter
-from django_memsession.store import Limits, MemoryStore
+from django_memsession.store import HEADER, Limits, MemoryStore
+from django_memsession.users import FACTS
 
 
 @pytest.fixture
@@ -560,3 +563,278 @@ def test_a_version_1_file_is_read_and_its_logged_in_sessions_are_indexed(make, c
     assert (row.key, row.created, row.client) == (key(1), int(clock()), None)
     assert process.store.get(key(1)) == b'{"_auth_user_id": "7"}'
     assert process.store.get(key(2)) == b'{"cart": []}'
+
+
+# -- what the file may be -----------------------------------------------------------------------
+
+
+def refused(make, caplog) -> tuple[Snapshotter, str]:
+    """A new process's restore that is expected to refuse the file: it, and its one WARNING."""
+    with caplog.at_level(logging.WARNING, logger="django_memsession"):
+        process = started(make)
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    return process, line
+
+
+def saved(make) -> Path:
+    """A snapshot of one session (key 1), written by a process that has gone."""
+    old = started(make)
+    create(old.store, 1)
+    old.shutdown()
+    return old.path
+
+
+def rejected(path: Path) -> Path:
+    (aside,) = path.parent.glob(f"{path.name}.rejected-*")
+    return aside
+
+
+def feed(fifo: Path, data: bytes) -> None:
+    """Write ``data`` into a FIFO, once a reader opens it (so a reader that waits gets it)."""
+    with contextlib.suppress(BrokenPipeError), open(fifo, "wb") as out:
+        out.write(data)
+
+
+def test_a_fifo_at_the_path_is_refused_at_once_with_the_tampered_files_warning(make, caplog):
+    """The first use of the store never waits for a writer at the FIFO's other end. A feeder
+    thread holds that end (through a second name of the same FIFO, which is not set aside), so
+    a restore that opened the FIFO would get a valid snapshot from it, not hang."""
+    path = saved(make)
+    data = path.read_bytes()
+    path.unlink()
+    os.mkfifo(path, 0o600)
+    other_name = path.with_name("feeder")
+    os.link(path, other_name)
+    feeder = threading.Thread(target=feed, args=(other_name, data), daemon=True)
+    feeder.start()
+    try:
+        new, line = refused(make, caplog)
+    finally:
+        reader = os.open(other_name, os.O_RDONLY | os.O_NONBLOCK)  # lets the feeder through
+        feeder.join()
+        os.close(reader)
+    assert new.store.stats()["entries"] == 0
+    assert "refused: it is a FIFO, not a regular file" in line
+    assert stat.S_ISFIFO(rejected(path).lstat().st_mode)
+
+
+def test_a_directory_at_the_path_is_refused_with_the_tampered_files_warning(make, caplog):
+    path = make().path
+    path.mkdir()
+    _, line = refused(make, caplog)
+    assert "refused: it is a directory, not a regular file" in line
+    assert rejected(path).is_dir()
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o666, 0o640, 0o602])
+def test_a_file_other_users_may_read_or_write_is_refused_and_set_aside(make, caplog, mode):
+    """It holds session keys: as ssh refuses a private key others can read."""
+    path = saved(make)
+    path.chmod(mode)
+    new, line = refused(make, caplog)
+    assert new.store.stats()["entries"] == 0
+    assert f"refused: other users may read or write it (mode {mode:04o})" in line
+    assert not path.exists() and rejected(path).exists()
+
+
+def test_a_symlink_at_the_path_is_refused_and_set_aside_and_its_target_left_alone(make, caplog):
+    path = saved(make)
+    target = path.with_name("elsewhere")
+    path.rename(target)
+    path.symlink_to(target)
+    new, line = refused(make, caplog)
+    assert new.store.stats()["entries"] == 0
+    assert "refused: it is a symlink" in line
+    assert rejected(path).is_symlink() and target.is_file()
+
+
+def test_a_snapshot_under_a_symlinked_directory_is_read(clock, sizer, tmp_path):
+    """As /var/run is a symlink to /run: only the file itself may not be one."""
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "linked").symlink_to(real)
+    path = tmp_path / "linked" / "sessions.snapshot"
+    records = [(PROBATION, key(1), HEADER.pack(clock() + 60, 0) + b"{}")]
+    snapshot_file.write_snapshot(path, [records], epoch=1, started_at=clock())
+    store = MemoryStore(Limits(1 << 20, 1 << 17, 0.75), clock=clock, sizer=sizer)
+    process = Snapshotter(store, path)
+    try:
+        process.restore()
+    finally:
+        crash(process)
+    assert store.get(key(1)) == b"{}"
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="giving a file to another user needs root")
+def test_a_file_owned_by_another_user_is_refused_and_set_aside(make, caplog):
+    """Whoever owns it can rewrite it at any time; the process only reads its own files."""
+    path = saved(make)
+    os.chown(path, 65534, -1)
+    new, line = refused(make, caplog)
+    assert new.store.stats()["entries"] == 0
+    assert "refused: it belongs to another user (uid 65534" in line
+
+
+def test_a_symlink_at_the_lock_file_is_not_followed_and_snapshots_are_off(make, caplog):
+    path = saved(make)
+    victim = path.with_name("victim")
+    victim.write_bytes(b"not the server's")
+    victim.chmod(0o600)
+    lock = path.with_name(f"{path.name}.lock")
+    lock.unlink()
+    lock.symlink_to(victim)
+    with caplog.at_level(logging.WARNING, logger="django_memsession"):
+        new = started(make)
+    assert victim.read_bytes() == b"not the server's"
+    assert not new.claim.held and new.store.stats()["entries"] == 0
+    assert "Session snapshots off" in caplog.text and "it is a symlink" in caplog.text
+
+
+def test_a_symlink_at_a_journal_is_not_written_through(snapshot_dir):
+    journal = snapshot_file.Journal(snapshot_dir / "sessions.snapshot")
+    victim = snapshot_dir / "victim"
+    victim.write_bytes(b"")
+    victim.chmod(0o600)
+    journal.file(3).symlink_to(victim)
+    with pytest.raises(snapshot_file.UnsafeFile, match="it is a symlink"):
+        journal.open(3)
+    assert not journal.append(key(1), 3)
+    assert victim.read_bytes() == b""
+
+
+def test_a_fifo_among_the_journals_is_ignored_without_waiting_for_a_writer(make, caplog):
+    """The feeder would hand a reader that waited the hash of key 1 (leaving it out)."""
+    old = started(make)
+    create(old.store, 1)
+    old.write()
+    crash(old)
+    journal = old.journal.file(old.store.epoch)
+    journal.unlink()
+    os.mkfifo(journal, 0o600)
+    other_name = journal.with_name("feeder")
+    os.link(journal, other_name)
+    hashed = snapshot_file.key_hash(key(1), old.journal.journal_key)
+    feeder = threading.Thread(target=feed, args=(other_name, hashed), daemon=True)
+    feeder.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="django_memsession"):
+            new = started(make)
+    finally:
+        reader = os.open(other_name, os.O_RDONLY | os.O_NONBLOCK)
+        feeder.join()
+        os.close(reader)
+    assert new.store.get(key(1)) == b"{}"
+    assert f"journal {journal} ignored: it is a FIFO" in caplog.text
+
+
+def test_a_symlink_at_the_temporary_name_is_not_written_through(snapshot_dir):
+    path = snapshot_dir / "sessions.snapshot"
+    victim = snapshot_dir / "victim"
+    victim.write_bytes(b"not the server's")
+    path.with_name(f"{path.name}.tmp-{os.getpid()}").symlink_to(victim)
+    snapshot_file.write_snapshot(path, [], epoch=1, started_at=1.0)
+    assert victim.read_bytes() == b"not the server's"
+    assert not path.is_symlink() and snapshot_file.read_snapshot(path).records == []
+
+
+# -- a file larger than the budget ----------------------------------------------------------------
+
+
+def test_a_file_many_times_the_budget_is_restored_in_bounded_memory(make, clock):
+    """A file written by a store with a budget 32 times this one's: a restore keeps the most
+    valuable that fit, and its peak of traced memory (the store it builds included) stays
+    under 4 times the budget; reading the file whole would take 32."""
+    budget = 1 << 20
+    process = make(max_bytes=budget)
+    expires = HEADER.pack(clock() + 3600, 0)
+
+    def chunks():
+        for start in range(0, 16_000, 1000):
+            yield [(PROBATION, key(n), expires + b"v" * 2048) for n in range(start, start + 1000)]
+
+    written = snapshot_file.write_snapshot(process.path, chunks(), epoch=1, started_at=clock())
+    assert written.bytes > 32 * budget
+    tracemalloc.start()
+    try:
+        process.restore()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * budget
+    assert process.store.stats()["bytes"] <= budget
+    assert process.store.get(key(15_999)) is not None  # the most recent came back
+    assert process.store.get(key(0)) is None
+
+
+def test_the_records_read_in_small_pieces_are_the_records_written(snapshot_dir, monkeypatch):
+    path = snapshot_dir / "f"
+    chunks = [
+        [(PROBATION, key(n), b"v" * (n % 7)) for n in range(10)],
+        [],
+        [(AUTHENTICATED, key(n), b"w" * 30) for n in range(10, 13)],
+    ]
+    snapshot_file.write_snapshot(path, chunks, epoch=7, started_at=1.5)
+    monkeypatch.setattr(snapshot_file, "READ_SIZE", 40)
+    monkeypatch.setattr(snapshot_file, "BATCH_RECORDS", 3)
+    assert snapshot_file.read_snapshot(path).records == [r for chunk in chunks for r in chunk]
+
+
+def test_a_session_larger_than_this_store_takes_is_left_out_unread(snapshot_dir):
+    path = snapshot_dir / "f"
+    records = [(PROBATION, key(n), b"v" * size) for n, size in enumerate((10, 5000, 20))]
+    snapshot_file.write_snapshot(path, [records], epoch=1, started_at=1.0)
+    with snapshot_file.open_snapshot(path) as snapshot:
+        read = [record for batch in snapshot.batches(largest_value=100) for record in batch]
+        assert snapshot.too_large == 1
+    assert read == [records[0], records[2]]
+
+
+# -- a record that is not whole -------------------------------------------------------------------
+
+
+def unusable_records(clock) -> list[tuple[int, str, bytes]]:
+    """Two good sessions around three records that cannot be unpacked."""
+    alive = clock() + 3600
+    return [
+        (PROBATION, key(1), HEADER.pack(alive, 0) + b'{"n": 1}'),
+        (PROBATION, key(2), b"\x01"),  # shorter than the header
+        (AUTHENTICATED, key(3), HEADER.pack(alive, 0) + b"{}"),  # too short for its facts
+        (AUTHENTICATED, key(4), FACTS.pack(alive, 0, 1, 1, 500, 0) + b"7"),  # a user id cut short
+        (RETURNING, key(5), HEADER.pack(alive, 0) + b'{"n": 5}'),
+    ]
+
+
+def test_a_record_that_cannot_be_unpacked_is_left_out_and_the_rest_restored(make, clock):
+    process = make()
+    snapshot_file.write_snapshot(process.path, [unusable_records(clock)], epoch=1, started_at=1.0)
+    process.restore()
+    assert process.restored.sessions == 2
+    assert contents(process.store) == {
+        key(1): (PROBATION, b'{"n": 1}'),
+        key(5): (RETURNING, b'{"n": 5}'),
+    }
+
+
+def test_records_that_cannot_be_unpacked_are_logged_once_without_their_keys(make, clock, caplog):
+    process = make()
+    snapshot_file.write_snapshot(process.path, [unusable_records(clock)], epoch=1, started_at=1.0)
+    with caplog.at_level(logging.DEBUG, logger="django_memsession"):
+        process.restore()
+    (line,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert "3 sessions could not be unpacked" in line
+    assert not any(key(n) in caplog.text for n in range(2, 5))
+
+
+def test_the_later_copy_of_a_key_is_the_one_restored(make, clock):
+    """A session written while the snapshot was copied is in the file twice."""
+    store = make().store
+    alive = HEADER.pack(clock() + 3600, 0)
+    store.restore(
+        [
+            (PROBATION, key(1), alive + b"old"),
+            (PROBATION, key(2), alive + b"2"),
+            (RETURNING, key(1), alive + b"new"),
+        ]
+    )
+    assert contents(store) == {key(2): (PROBATION, b"2"), key(1): (RETURNING, b"new")}
+    assert store.stats()["bytes"] == asizeof.asizeof(*store.containers())

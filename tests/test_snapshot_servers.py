@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import threading
 import time
 import urllib.request
@@ -172,3 +173,21 @@ def test_preload_with_two_workers_restores_each_session_in_one_worker_only(
     # Every restored session is in one worker: no copies in the other (nor in the master).
     assert sum(p["entries"] for p in processes) == written
     assert sorted(p["entries"] for p in processes)[0] == 0
+
+
+def test_a_fifo_at_the_snapshot_path_is_refused_and_the_server_serves(control_dir, snapshot_env):
+    """Nobody writes into the FIFO: a server that opened it would wait for ever at its first
+    request. It is set aside with one WARNING, and the snapshot written at shutdown is a private
+    regular file in its place."""
+    path = Path(snapshot_env["MEMSESSION_TEST_SNAPSHOT_PATH"])
+    os.mkfifo(path, 0o600)
+    with gunicorn(control_dir, "--workers", "1", extra_env=snapshot_env) as server:
+        guest = Browser()
+        made = guest.get(server, "/session/make/?expiry=3600")
+        log = server.log()
+    assert made["visits"] == 1
+    warnings = [line for line in log.splitlines() if "snapshot" in line and "refused" in line]
+    assert len(warnings) == 1 and "it is a FIFO" in warnings[0]
+    (aside,) = path.parent.glob("sessions.snapshot.rejected-*")
+    assert stat.S_ISFIFO(aside.lstat().st_mode)
+    assert stat.S_ISREG(path.lstat().st_mode) and stat.S_IMODE(path.stat().st_mode) == 0o600
