@@ -116,7 +116,9 @@ return 1
 # KEYS[1] the session; ARGV[1] the new record; ARGV[2] its TTL (ms); ARGV[3] the rest of its
 # full age (ms); ARGV[4] now (ms, web server's clock); ARGV[5] "1" if a missing key was evicted
 # (the engine saw the session live) rather than expired.
-# Returns 1 stored, 2 stored again after eviction, 0 deleted (a tombstone), -1 gone (expired).
+# Returns 1 stored, 2 stored again after eviction, 0 deleted (a tombstone), -1 gone (expired;
+# a record expired by the web server's clock is deleted then, so that nothing after the script,
+# the near cache's PEXPIRE ... GT, can lengthen its TTL).
 # A record on probation ("P") written over a settled one ("S": another request saw the session
 # come back) is stored settled, with its full age: a save never puts a session back on probation.
 # A value that is not ours (see users.HEADER_OF) counts as a missing key: written over when the
@@ -139,6 +141,7 @@ if kind == '' then
   return 2
 end
 if expires_at <= tonumber(ARGV[4]) then
+  redis.call('DEL', KEYS[1])
   return -1
 end
 if kind == 'S' and string.byte(record, 1) == 80 then

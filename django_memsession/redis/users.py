@@ -129,6 +129,7 @@ else
     end
     result = 2
   elseif expires_at <= now_ms then
+    redis.call('DEL', KEYS[1])  -- as in UPDATE_SCRIPT
     return {-1, 0}
   elseif kind == 'S' and string.byte(record, 1) == 80 then
     record = 'S' .. string.sub(record, 2)
