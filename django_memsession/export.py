@@ -16,6 +16,8 @@ request on the control channel.
 from __future__ import annotations
 
 import base64
+import logging
+import math
 import time
 from collections.abc import Iterable
 
@@ -24,18 +26,47 @@ from .messages import EXPORT_PAGE_BYTES, ExportedSession
 from .store import HEADER, HEADER_SIZE, MemoryStore
 from .users import FACTS, FACTS_SIZE
 
-__all__ = ["IDLE_TIMEOUT", "ExportRun", "session_of"]
+__all__ = ["IDLE_TIMEOUT", "ExportRun", "expiry_of", "session_of"]
 
 IDLE_TIMEOUT = 300.0
+
+logger = logging.getLogger("django_memsession")
+
+
+def _parts(segment: int, value: bytes, version: int) -> tuple[float, int] | None:
+    """A stored value's expiry and where its payload starts; None unless it is a whole value of
+    ours: long enough for its header, its facts' lengths within it, a finite expiry."""
+    if segment == AUTHENTICATED and version >= 2:
+        if len(value) < FACTS_SIZE:
+            return None
+        expires_at, _, _, _, user_length, client_length = FACTS.unpack_from(value)
+        start = FACTS_SIZE + user_length + client_length
+    else:
+        if len(value) < HEADER_SIZE:
+            return None
+        expires_at, start = HEADER.unpack_from(value)[0], HEADER_SIZE
+    if start > len(value) or not math.isfinite(expires_at):
+        return None
+    return expires_at, start
+
+
+def expiry_of(segment: int, value: bytes, version: int = 2) -> float | None:
+    """A stored value's expiry; None for a value that is not a whole session of ours (cut
+    short, or its facts' lengths past its end, or an expiry that is not a number): an export
+    leaves it out."""
+    parts = _parts(segment, value, version)
+    return None if parts is None else parts[0]
 
 
 def session_of(segment: int, value: bytes, version: int = 2) -> tuple[float, bytes]:
     """A stored value's expiry and serialized session. A logged-in session's value carries its
-    facts (user, client, times) before the payload; a version 1 snapshot's does not."""
-    if segment == AUTHENTICATED and version >= 2:
-        expires_at, _, _, _, user_length, client_length = FACTS.unpack_from(value)
-        return expires_at, value[FACTS_SIZE + user_length + client_length :]
-    return HEADER.unpack_from(value)[0], value[HEADER_SIZE:]
+    facts (user, client, times) before the payload; a version 1 snapshot's does not. Raises
+    ValueError for a value that is not whole (see :func:`expiry_of`), never a part of one."""
+    parts = _parts(segment, value, version)
+    if parts is None:
+        raise ValueError("not a whole session value")
+    expires_at, start = parts
+    return expires_at, value[start:]
 
 
 def latest(records: Iterable[tuple[int, str, bytes]]) -> dict[str, tuple[int, bytes]]:
@@ -53,9 +84,18 @@ class ExportRun:
         copied = latest(record for chunk in store.copy_chunks() for record in chunk)
         now = store.clock()
         self._records: list[tuple[str, int, bytes]] = []
+        broken = 0
         for key, (segment, value) in copied.items():
-            if HEADER.unpack_from(value)[0] > now:
+            expires_at = expiry_of(segment, value)
+            if expires_at is None:
+                broken += 1
+            elif expires_at > now:
                 self._records.append((key, segment, value))
+        if broken:
+            # Never the keys: they are the visitors' credentials.
+            logger.warning(
+                "Export: %d stored value(s) were not whole sessions and were left out.", broken
+            )
         self.touched = time.monotonic()
 
     @property

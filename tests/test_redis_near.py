@@ -603,6 +603,66 @@ def test_redis_keeps_a_cached_session_as_long_as_l1_may_serve_it(near_cache, red
     assert copy_expires_at <= time.time() + 600
 
 
+def ttls_asked_for(server: RedisServer, key: bytes, write: Callable[[], object]) -> list[int]:
+    """Every TTL (ms) Redis was asked to give ``key`` while ``write`` ran, by a command or by a
+    script's command: read from ``MONITOR``, what Redis itself was sent."""
+    end = f"end-of-{key.decode()}"
+    asked = []
+    watcher = server.client()
+    try:
+        with watcher.monitor() as monitor:
+            write()
+            marker = server.client()
+            marker.get(end)
+            marker.close()
+            while (command := monitor.next_command()["command"].split(" ")) != ["GET", end]:
+                if command[1:2] != [key.decode()]:
+                    continue
+                if command[0] == "PEXPIRE":
+                    asked.append(int(command[2]))
+                elif command[0] == "SET" and "PX" in command:
+                    asked.append(int(command[command.index("PX") + 1]))
+    finally:
+        watcher.close()
+    return asked
+
+
+def test_a_kept_save_never_gives_its_key_a_longer_ttl_than_its_session_has(
+    near_cache, redis_server
+):
+    """A save that L1 keeps claims its key after the script (``PEXPIRE ... GT``, see
+    ``NearCache._run_claiming``): that may give the key the TTL its session has left, never a
+    longer one, not even by the millisecond in which both ran."""
+    session = saved({"n": 1})
+    session.set_expiry(600)
+    session["n"] = 2
+    asked = ttls_asked_for(redis_server, near_cache.key(session.session_key), session.save)
+    assert asked and max(asked) <= 600_000
+
+
+def test_a_save_that_finds_its_session_expired_gives_its_key_no_longer_life(
+    near_cache, redis_server
+):
+    """The session has expired by the web server's clock, Redis's TTL has a little left: the
+    save is refused, and the key lives no longer for it (the claim after the script finds no
+    key to lengthen)."""
+    clock = FakeClock(time.time())
+    near_cache.clock = clock
+    session = saved({"n": 1})
+    session.set_expiry(60)
+    session.save()
+    clock.advance(61)
+    session.set_expiry(3600)
+    session["n"] = 2
+    with pytest.raises(UpdateError):
+        session.save()
+    client = redis_server.client()
+    try:
+        assert client.pttl(near_cache.key(session.session_key)) <= 60_000
+    finally:
+        client.close()
+
+
 def test_logged_in_copies_in_l1_are_not_indexed_as_this_processs_users(near_cache):
     """L1 holds copies of Redis records: who is logged in is not answered from it, and its
     figures never count a user."""

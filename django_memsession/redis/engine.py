@@ -96,6 +96,10 @@ class SessionStore(FastSessionBase):
             self.outage = exc
             raise
         data = self._decoded(loaded)
+        if data is None:
+            if loaded is not None:
+                store.discard(session_key, loaded)
+            return {}
         if self._user is not None and store.touch_due(session_key):
             # Best effort: "last used" is refreshed at the next chance.
             with contextlib.suppress(SessionBackendUnavailable):
@@ -113,26 +117,26 @@ class SessionStore(FastSessionBase):
             self.outage = exc
             raise
         data = self._decoded(loaded)
+        if data is None:
+            if loaded is not None:
+                await store.adiscard(session_key, loaded)
+            return {}
         if self._user is not None and store.touch_due(session_key):
             with contextlib.suppress(SessionBackendUnavailable):  # best effort, as in load()
                 await store.atouch(session_key, self._user)
         return data
 
-    def _decoded(self, loaded: Loaded | None) -> dict[str, Any]:
-        recorder.loaded(loaded is not None)
-        if loaded is None:
-            # Unknown, expired, deleted or evicted: an empty session that gets a fresh key on save.
+    def _decoded(self, loaded: Loaded | None) -> dict[str, Any] | None:
+        """The session's data; None for no session: unknown, expired, deleted or evicted (then
+        ``loaded`` is None), or a record whose data is not a session (the caller deletes it).
+        Either way an empty session that gets a fresh key on save."""
+        data = None if loaded is None else self._deserialized(loaded.payload)
+        recorder.loaded(data is not None)
+        if data is None:
             self._session_key = None
-            return {}
-        self._known_expires_at = loaded.expires_at
+            return None
+        self._known_expires_at = loaded.expires_at  # type: ignore[union-attr]
         self._came_back = True
-        try:
-            data: dict[str, Any] = current_codec().loads(loaded.payload)
-        except Exception:
-            # Only a change of SESSION_SERIALIZER makes stored data unreadable. Like Django's
-            # decode(), an unreadable session is an empty one.
-            logger.warning("Session data could not be deserialized; starting an empty session.")
-            return {}
         user = data.get(AUTH_SESSION_KEY)
         if user is None:
             self._user = None
@@ -141,6 +145,23 @@ class SessionStore(FastSessionBase):
             # The session a password change keeps (see password.py), as on the memory engine.
             current_session.set(self)
         return data
+
+    @staticmethod
+    def _deserialized(payload: bytes) -> dict[str, Any] | None:
+        """A record's data, or None if it is not a session's: it cannot be deserialized (written
+        under another SESSION_SERIALIZER, or not by us), or is not a dict (JSON's ``[1, 2]``)."""
+        try:
+            data = current_codec().loads(payload)
+        except Exception:
+            data = None
+        if isinstance(data, dict):
+            return data
+        # Never the key, nor the data: the key is the visitor's credential.
+        logger.warning(
+            "A session's data could not be read as a session; it was treated as no session and "
+            "deleted (the visitor gets a new session)."
+        )
+        return None
 
     # -- save ----------------------------------------------------------------------------------
 

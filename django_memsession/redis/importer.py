@@ -52,23 +52,20 @@ from .conf import (
 )
 from .exceptions import SessionBackendUnavailable
 from .store import TOMBSTONE, RedisStore, _availability_reason, pack
-from .users import INDEX_TTL_MARGIN_MS, facts_text
+from .users import HEADER_OF, INDEX_TTL_MARGIN_MS, facts_text
 
 __all__ = ["Importer", "Kind", "Outcome", "Write", "importer_for"]
 
 # KEYS[1] the session; ARGV[1] the record; ARGV[2] its TTL (ms); ARGV[3] its expiry (ms since
 # the epoch, as in the record's header). 1 written; 0 a tombstone kept; -1 a newer copy kept.
+# Both scripts write over a value that is not ours (users.HEADER_OF), as over nothing.
 EXPORT_SCRIPT = """
-local header = redis.call('GETRANGE', KEYS[1], 0, 15)
-local kind = string.sub(header, 1, 1)
+local kind, expires_at = header_of(KEYS[1])
 if kind == 'T' then
   return 0
 end
-if kind == 'S' or kind == 'P' then
-  local expires_at = tonumber(string.sub(header, 2, 16))
-  if expires_at and expires_at >= tonumber(ARGV[3]) then
-    return -1
-  end
+if kind ~= '' and expires_at >= tonumber(ARGV[3]) then
+  return -1
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return index(4)
@@ -76,7 +73,7 @@ return index(4)
 
 # KEYS[1] the session; ARGV[1] the record; ARGV[2] its TTL (ms). 1 written; 0 a tombstone kept.
 MIRROR_SCRIPT = """
-if redis.call('GETRANGE', KEYS[1], 0, 0) == 'T' then
+if header_of(KEYS[1]) == 'T' then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
@@ -97,8 +94,8 @@ local function index(at)
   return 1
 end
 """
-EXPORT_SCRIPT = INDEX + EXPORT_SCRIPT
-MIRROR_SCRIPT = INDEX + MIRROR_SCRIPT
+EXPORT_SCRIPT = HEADER_OF + INDEX + EXPORT_SCRIPT
+MIRROR_SCRIPT = HEADER_OF + INDEX + MIRROR_SCRIPT
 
 
 class Kind(Enum):

@@ -20,8 +20,9 @@ delete that has returned anywhere, by construction:
   one before ours does not (our own write saw it, and we keep or drop what we wrote).
 * **A script's save claims its key.** Redis 7.0 attributes a script's writes to its script
   client, so ``NOLOOP`` does not leave them out: our own save would come back and drop its copy.
-  The save pipelines ``PEXPIRE key ttl+1 GT`` right after the script on the writer connection,
-  which makes the writer the key's last writer in that turn (see :meth:`NearCache.execute`).
+  The save sends the script with its TTL a millisecond short and pipelines ``PEXPIRE key ttl
+  GT`` right after it on the writer connection, which gives the key its TTL (never a longer one)
+  and makes the writer the key's last writer in that turn (see :meth:`NearCache.execute`).
 * **Invalidations are applied before a copy is served.** Redis sends the invalidation of a write
   (in ``beforeSleep``) before the writer's reply, so by the time a write has returned to its
   caller, the invalidation is on its way to every process. Every L1 hit first polls both our
@@ -461,8 +462,8 @@ class NearCache:
         raised it (the write may have been applied: it is never sent again). An error reply
         (``NOSCRIPT``, ``OOM``...) leaves the connection as it was.
 
-        ``claim`` (the key, and the TTL in ms the script gives it) with an ``EVALSHA``: see
-        :meth:`_run_claiming`.
+        ``claim`` (the key, and the TTL in ms the script gives it, its ``ARGV[2]``) with an
+        ``EVALSHA``: see :meth:`_run_claiming`.
         """
         writer = ticket.writer
         assert writer is not None
@@ -497,21 +498,32 @@ class NearCache:
 
         Redis 7.0 sends a script's writes to every ``BCAST`` client, ``NOLOOP`` or not (they
         are made by its script client, not by the caller), so our own save would come back and
-        drop the copy it just kept. ``PEXPIRE key ttl+1 GT``, pipelined right after the script,
-        is a write of ours that changes nothing but the TTL (by a millisecond): the key's last
-        writer in that event-loop turn is then this connection, and ``NOLOOP`` leaves the turn
-        out. No other client's command runs between the two (Redis runs the commands of one
-        read back to back; a pipeline split over two reads is two turns, and the first one's
-        invalidation comes to us). A write by another client later in the same turn makes it
-        the last writer: we hear of it. One earlier in the turn was seen by the script.
+        drop the copy it just kept. So the script is sent with its TTL (``ttl``, its
+        ``ARGV[2]``, as the store's update script and the user index's save script take it) a
+        millisecond short, and ``PEXPIRE key ttl GT``, pipelined right after it, gives the key
+        its full TTL back: a write of ours that changes nothing but the TTL, and always changes
+        it (Redis's clock does not go back between the two). The key's last writer in that
+        event-loop turn is then this connection, and ``NOLOOP`` leaves the turn out. No other
+        client's command runs between the two (Redis runs the commands of one read back to
+        back; a pipeline split over two reads is two turns, and the first one's invalidation
+        comes to us). A write by another client later in the same turn makes it the last
+        writer: we hear of it. One earlier in the turn was seen by the script.
 
-        When ``PEXPIRE`` changes nothing (the script wrote a longer TTL, or nothing: the key is
-        gone), the script's write comes back: the ticket is marked so that nothing is kept.
-        ``GT`` leaves a shorter TTL alone; a tombstone's may be lengthened (a save that raced a
-        logout), never shortened.
+        The key never gets a longer TTL than ``ttl`` from the ``PEXPIRE``, which runs right
+        after the script: it does not outlive its session. (Sending ``ttl + 1`` instead, with
+        the script's own TTL, did: by a millisecond, whenever both ran in the same one.)
+
+        When ``PEXPIRE`` changes nothing (the key holds a longer TTL, or nothing: the script
+        wrote nothing and the key is gone), the script's write, if any, comes back: the ticket
+        is marked so that nothing is kept. ``GT`` leaves a longer TTL alone; a tombstone's may
+        be lengthened (a save that raced a logout), never shortened.
         """
+        at = 4 + int(args[2])  # ARGV[2], after EVALSHA, the sha, the number of keys and the keys
+        if int(args[at]) != ttl:
+            raise ValueError("a claimed script takes the TTL it writes as ARGV[2]")
+        short = (*args[:at], max(1, ttl - 1), *args[at + 1 :])
         connection.send_packed_command(
-            connection.pack_commands([args, ("PEXPIRE", key, ttl + 1, "GT")])
+            connection.pack_commands([short, ("PEXPIRE", key, ttl, "GT")])
         )
         error = None
         try:

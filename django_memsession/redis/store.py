@@ -13,6 +13,10 @@ Knows nothing of Django requests (the engine in ``engine.py`` does). One key per
   concurrent save can never bring the session back. It outlives a probation TTL, so under
   ``volatile-ttl`` a flood of new sessions is evicted before any tombstone.
 
+Anything else under a session key (a key of another Redis type, a string in no format of ours:
+typed in with ``redis-cli``, or corrupted) is no session: a load logs it, never with the key, and
+deletes it; the scripts take it for a missing key (see ``users.HEADER_OF``).
+
 Every write sets a TTL, and nothing but these keys is written: no index grows with traffic.
 TTLs are sent relative (``PX``) so the web server's and Redis's clocks need not agree; the
 expiry in the record lets a load refuse a session that has expired by the web server's clock.
@@ -31,6 +35,8 @@ retried, so a write that may have been applied is not re-sent.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import math
 import os
 import threading
@@ -51,11 +57,13 @@ from .client import ClusterNode, async_client, sync_client
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
 from .near import NearCache, Ticket, WriterLost
-from .users import UserIndexMixin
+from .users import HEADER_OF, UserIndexMixin
 
 __all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "peek_store", "reset", "stats"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger("django_memsession.redis")
 
 SESSION = b"S"  # a settled session: its TTL is the rest of its age
 PROBATION = b"P"  # a new anonymous session, on its probation TTL until it comes back
@@ -97,24 +105,32 @@ UNAVAILABLE_CODES = {
 # Returns 1 if the session was on probation and is now settled with its full TTL, else 0. Only a
 # record still on probation changes (SETRANGE keeps the value's TTL, PEXPIRE sets the new one):
 # a tombstone written since the load stays a tombstone, a session settled since stays as it is.
-PROMOTE_SCRIPT = """
-if redis.call('GETRANGE', KEYS[1], 0, 0) ~= 'P' then
+PROMOTE_SCRIPT = (
+    HEADER_OF
+    + """
+if header_of(KEYS[1]) ~= 'P' then
   return 0
 end
 redis.call('SETRANGE', KEYS[1], 0, 'S')
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
+)
 
 # KEYS[1] the session; ARGV[1] the new record; ARGV[2] its TTL (ms); ARGV[3] the rest of its
 # full age (ms); ARGV[4] now (ms, web server's clock); ARGV[5] "1" if a missing key was evicted
 # (the engine saw the session live) rather than expired.
-# Returns 1 stored, 2 stored again after eviction, 0 deleted (a tombstone), -1 gone (expired).
+# Returns 1 stored, 2 stored again after eviction, 0 deleted (a tombstone), -1 gone (expired;
+# a record expired by the web server's clock is deleted then, so that nothing after the script,
+# the near cache's PEXPIRE ... GT, can lengthen its TTL).
 # A record on probation ("P") written over a settled one ("S": another request saw the session
 # come back) is stored settled, with its full age: a save never puts a session back on probation.
-UPDATE_SCRIPT = """
-local header = redis.call('GETRANGE', KEYS[1], 0, 15)
-local kind = string.sub(header, 1, 1)
+# A value that is not ours (see users.HEADER_OF) counts as a missing key: written over when the
+# session may be stored again, else deleted.
+UPDATE_SCRIPT = (
+    HEADER_OF
+    + """
+local kind, expires_at = header_of(KEYS[1])
 if kind == 'T' then
   return 0
 end
@@ -122,13 +138,14 @@ local record = ARGV[1]
 local ttl = tonumber(ARGV[2])
 if kind == '' then
   if ARGV[5] ~= '1' then
+    redis.call('DEL', KEYS[1])  -- nothing, or a value not ours: gone either way
     return -1
   end
   redis.call('SET', KEYS[1], record, 'PX', ttl)
   return 2
 end
-local expires_at = tonumber(string.sub(header, 2, 16))
-if expires_at and expires_at <= tonumber(ARGV[4]) then
+if expires_at <= tonumber(ARGV[4]) then
+  redis.call('DEL', KEYS[1])
   return -1
 end
 if kind == 'S' and string.byte(record, 1) == 80 then
@@ -137,6 +154,20 @@ if kind == 'S' and string.byte(record, 1) == 80 then
 end
 redis.call('SET', KEYS[1], record, 'PX', ttl)
 return 1
+"""
+)
+
+# KEYS[1] a session; ARGV[1] what a load found there, from byte ARGV[2] on (1: the whole value;
+# 17: a record's data, whose header a promotion may have changed since). Deletes the key if it
+# still holds that, or holds a value of another type (never ours); otherwise it has been written
+# since, and is left alone. Returns 1 if it deleted the key.
+DISCARD_SCRIPT = """
+local held = redis.pcall('GET', KEYS[1])
+if type(held) == 'table' or (held and string.sub(held, tonumber(ARGV[2])) == ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
 """
 
 
@@ -167,13 +198,41 @@ def pack(payload: bytes, expires_at: float, settled: bool = True) -> bytes:
 
 
 def unpack(record: bytes | None, now: float) -> Loaded | None:
-    """A live session from a stored value; None for nothing, a tombstone or an expired one."""
+    """A live session from a stored value; None for nothing, a tombstone, an expired session or
+    a value that is not ours (see :func:`foreign`)."""
     if not record or record[:1] not in RECORD_KINDS or len(record) < HEADER_SIZE:
         return None
-    expires_at = int(record[1:HEADER_SIZE]) / 1000
+    expiry = record[1:HEADER_SIZE]
+    if not expiry.isdigit():  # ASCII digits only: int() would also take " 1", "+1" or "1_0"
+        return None
+    expires_at = int(expiry) / 1000
     if expires_at <= now:
         return None
     return Loaded(record[HEADER_SIZE:], expires_at)
+
+
+def foreign(value: bytes) -> bool:
+    """Whether a string under a session key is none of ours: neither a tombstone nor a record
+    (its kind, then its expiry in 15 ASCII digits). Every release wrote only these: the first
+    one ``S`` records and tombstones, ``P`` records since. Scripts read it as
+    ``users.HEADER_OF`` does."""
+    return value != TOMBSTONE and not (
+        value[:1] in RECORD_KINDS and len(value) >= HEADER_SIZE and value[1:HEADER_SIZE].isdigit()
+    )
+
+
+def _wrong_type(exc: redis.RedisError) -> bool:
+    """Whether Redis refused a command because the key holds another type (``WRONGTYPE``)."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
+
+
+def _log_foreign(of_another_type: bool) -> None:
+    # Never the key: it is the visitor's credential.
+    logger.warning(
+        "A session key held %s, not a session record; it was treated as no session and "
+        "deleted (the visitor gets a new session).",
+        "a value of another Redis type" if of_another_type else "a value in no format of ours",
+    )
 
 
 # For redis-py versions whose exceptions do not carry the code (before 7).
@@ -232,6 +291,7 @@ class _AsyncClient:
     client: redis.asyncio.Redis
     promote: Any
     update: Any
+    discard: Any
 
 
 class RedisStore(UserIndexMixin):
@@ -256,6 +316,7 @@ class RedisStore(UserIndexMixin):
         self.client = sync_client(config)
         self._promote = self.client.register_script(PROMOTE_SCRIPT)
         self._update = self.client.register_script(UPDATE_SCRIPT)
+        self._discard_script = self.client.register_script(DISCARD_SCRIPT)
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
@@ -311,11 +372,18 @@ class RedisStore(UserIndexMixin):
         except redis.RedisError as exc:
             if ticket is not None:
                 near.fill(ticket, None, 0.0, wrote=False)  # type: ignore[union-attr]
-            _unavailable(exc)
+            if not _wrong_type(exc):
+                _unavailable(exc)
+            self._count(False)
+            self._discard_foreign(session_key, None)
+            return None
         now = self.clock()
         loaded = unpack(record, now)
-        if loaded is None and record:
-            _expired_on_load(record)
+        if loaded is None and record is not None:
+            if foreign(record):
+                self._discard_foreign(session_key, record)
+            else:
+                _expired_on_load(record)
         if near is not None:
             if ticket is not None:
                 self._fill_from_load(near, ticket, record, loaded)
@@ -483,6 +551,8 @@ class RedisStore(UserIndexMixin):
         try:
             header = self.client.getrange(self.key(session_key), 0, HEADER_SIZE - 1)
         except redis.RedisError as exc:
+            if _wrong_type(exc):
+                return False  # not ours: no session (the load that finds it deletes it)
             _unavailable(exc)
         return unpack(header, self.clock()) is not None
 
@@ -490,6 +560,30 @@ class RedisStore(UserIndexMixin):
         """Replace the session with a tombstone: no concurrent save can bring it back."""
         command = ("SET", self.key(session_key), TOMBSTONE, "PX", self.tombstone_ms)
         self._write(session_key, lambda run: run(*command), None)
+
+    def discard(self, session_key: str, loaded: Loaded) -> None:
+        """Delete a record whose data is not a session (the engine could not read it), unless
+        it has been written since it was loaded. Best effort, as :meth:`_discard_foreign`."""
+        self._discard(session_key, loaded.payload, HEADER_SIZE + 1)
+
+    def _discard_foreign(self, session_key: str, found: bytes | None) -> None:
+        """A load found a value that is not ours (``found``; None: a key of another type): no
+        session, logged once (the value goes with it), never with the key. Nothing else would
+        replace it (the visitor gets a new key), so it is deleted, unless written since."""
+        _log_foreign(of_another_type=found is None)
+        self._discard(session_key, found or b"", 1)
+
+    def _discard(self, session_key: str, found: bytes, start: int) -> None:
+        # Best effort: the load has its answer (no session) whatever happens here; if Redis
+        # cannot take the write now, the next load of the key finds the value again. Sent as
+        # every write of ours, so the near cache keeps no copy of the key.
+        key = self.key(session_key)
+        with contextlib.suppress(SessionBackendUnavailable):
+            self._write(
+                session_key,
+                lambda run: self._evalsha(self._discard_script, key, found, start, run=run),
+                None,
+            )
 
     def create_many(self, sessions: Iterable[tuple[str, bytes, float, int, bool]]) -> int:
         """Create many sessions in one pipelined round trip (imports, tests, benchmarks): each
@@ -547,6 +641,7 @@ class RedisStore(UserIndexMixin):
                 client,
                 client.register_script(PROMOTE_SCRIPT),
                 client.register_script(UPDATE_SCRIPT),
+                client.register_script(DISCARD_SCRIPT),
             )
             with self._async_lock:
                 self._async[loop] = found
@@ -569,11 +664,18 @@ class RedisStore(UserIndexMixin):
         except redis.RedisError as exc:
             if ticket is not None:
                 near.fill(ticket, None, 0.0, wrote=False)  # type: ignore[union-attr]
-            _unavailable(exc)
+            if not _wrong_type(exc):
+                _unavailable(exc)
+            self._count(False)
+            await self._adiscard_foreign(session_key, None)
+            return None
         now = self.clock()
         loaded = unpack(record, now)
-        if loaded is None and record:
-            _expired_on_load(record)
+        if loaded is None and record is not None:
+            if foreign(record):
+                await self._adiscard_foreign(session_key, record)
+            else:
+                _expired_on_load(record)
         if near is not None:
             if ticket is not None:
                 self._fill_from_load(near, ticket, record, loaded)
@@ -626,6 +728,8 @@ class RedisStore(UserIndexMixin):
         try:
             header = await client.getrange(self.key(session_key), 0, HEADER_SIZE - 1)
         except redis.RedisError as exc:
+            if _wrong_type(exc):
+                return False  # as in exists()
             _unavailable(exc)
         return unpack(header, self.clock()) is not None
 
@@ -636,6 +740,24 @@ class RedisStore(UserIndexMixin):
         except redis.RedisError as exc:
             self._forget(session_key, answered=False)
             _unavailable(exc)
+        self._forget(session_key, answered=True)
+
+    async def adiscard(self, session_key: str, loaded: Loaded) -> None:
+        await self._adiscard(session_key, loaded.payload, HEADER_SIZE + 1)
+
+    async def _adiscard_foreign(self, session_key: str, found: bytes | None) -> None:
+        _log_foreign(of_another_type=found is None)
+        await self._adiscard(session_key, found or b"", 1)
+
+    async def _adiscard(self, session_key: str, found: bytes, start: int) -> None:
+        connection = self._async_client()
+        try:
+            await connection.discard(keys=[self.key(session_key)], args=[found, start])
+        except redis.RedisError as exc:
+            self._forget(session_key, answered=False)
+            if _availability_reason(exc) is None:  # best effort, as in _discard()
+                raise
+            return
         self._forget(session_key, answered=True)
 
     def _forget(self, session_key: str, *, answered: bool) -> None:

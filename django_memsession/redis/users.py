@@ -36,6 +36,7 @@ from typing import Any
 import redis
 
 __all__ = [
+    "HEADER_OF",
     "LAST_USED_INTERVAL",
     "ImportedSession",
     "IndexPrune",
@@ -54,22 +55,41 @@ INDEX_TTL_MARGIN_MS = LAST_USED_INTERVAL * 1000
 LAST_USED_MEMORY = 10_000
 PRUNE_BATCH = 200
 
-# What every script below shares: whether a member's session is live. The record's header is
-# its kind (S settled, P on probation, T tombstone) and its expiry in ms (see store.py).
-LIVE = """
-local function live(key, now_ms)
-  local header = redis.call('GETRANGE', key, 0, 15)
-  local kind = string.sub(header, 1, 1)
-  if kind ~= 'S' and kind ~= 'P' then
-    return nil
+# What a session key holds, read by every script that reads one (here, in store.py and in
+# importer.py): ``kind, expires`` for a record (kind 'S' settled or 'P' on probation, then its
+# expiry as 15 ASCII digits of ms; see store.py), 'T' for a tombstone, and '' for nothing there
+# or for a value that is not ours (a key of another type, a string in no format we write:
+# typed in with redis-cli, or corrupted). Such a value is never a session nor a logout: the
+# scripts treat it as nothing and write over it (or delete it) instead of failing on it.
+HEADER_OF = """
+local function header_of(key)
+  local header = redis.pcall('GETRANGE', key, 0, 15)
+  if type(header) ~= 'string' then
+    return ''
   end
-  local expires = tonumber(string.sub(header, 2, 16))
-  if not expires or expires <= now_ms then
+  if header == 'T' then
+    return 'T'
+  end
+  if #header == 16 and string.find(header, '^[SP]%d+$') then
+    return string.sub(header, 1, 1), tonumber(string.sub(header, 2))
+  end
+  return ''
+end
+"""
+
+# What the scripts below share: whether a member's session is live.
+LIVE = (
+    HEADER_OF
+    + """
+local function live(key, now_ms)
+  local kind, expires = header_of(key)
+  if (kind ~= 'S' and kind ~= 'P') or expires <= now_ms then
     return nil
   end
   return expires
 end
 """
+)
 
 # Store a logged-in session (create or update), and index it, atomically.
 # KEYS[1] the session, KEYS[2] its user's hash, KEYS[3] the hash of the user it was loaded as
@@ -96,8 +116,7 @@ if ARGV[13] == 'c' then
     return {3, 0}
   end
 else
-  local header = redis.call('GETRANGE', KEYS[1], 0, 15)
-  local kind = string.sub(header, 1, 1)
+  local kind, expires_at = header_of(KEYS[1])
   if kind == 'T' then
     return {0, 0}
   end
@@ -105,18 +124,16 @@ else
   local ttl = tonumber(ARGV[2])
   if kind == '' then
     if ARGV[5] ~= '1' then
+      redis.call('DEL', KEYS[1])  -- nothing, or a value not ours: gone either way
       return {-1, 0}
     end
     result = 2
-  else
-    local expires_at = tonumber(string.sub(header, 2, 16))
-    if expires_at and expires_at <= now_ms then
-      return {-1, 0}
-    end
-    if kind == 'S' and string.byte(record, 1) == 80 then
-      record = 'S' .. string.sub(record, 2)
-      ttl = tonumber(ARGV[3])
-    end
+  elseif expires_at <= now_ms then
+    redis.call('DEL', KEYS[1])  -- as in UPDATE_SCRIPT
+    return {-1, 0}
+  elseif kind == 'S' and string.byte(record, 1) == 80 then
+    record = 'S' .. string.sub(record, 2)
+    ttl = tonumber(ARGV[3])
   end
   redis.call('SET', KEYS[1], record, 'PX', ttl)
 end
