@@ -37,13 +37,14 @@ def make_engines() -> dict[str, Engine]:
     from django_memsession.redis import engine, services
     from django_memsession.redis.client import client_options
     from django_memsession.redis.conf import store_settings
-    from django_memsession.redis.store import PROMOTE_SCRIPT, UPDATE_SCRIPT, RedisStore
+    from django_memsession.redis.scripts import source
+    from django_memsession.redis.store import RedisStore
 
     config = store_settings()
     plain = RedisStore(config)
     plain.client = redis.Redis.from_url(config.url, **client_options(config))
-    plain._promote = plain.client.register_script(PROMOTE_SCRIPT)
-    plain._update = plain.client.register_script(UPDATE_SCRIPT)
+    plain._promote = plain.client.register_script(source("promote"))
+    plain._update = plain.client.register_script(source("update"))
 
     class Uncounted(engine.SessionStore):
         def _decoded(self, loaded: Any) -> dict[str, Any]:

@@ -1,13 +1,20 @@
 """The suite tests the installed wheel, and the wheel carries what the package needs to run."""
 
 import os
+import subprocess
+import sys
 import sysconfig
+import zipfile
 from importlib import metadata, resources
 from pathlib import Path
 
 import pytest
 
 import django_memsession
+from django_memsession.redis.scripts import PARTS
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+LUA_FILES = sorted({f"redis/lua/{part}.lua" for parts in PARTS.values() for part in parts})
 
 # tox sets this: its environments install the built wheel. A developer running `pytest` straight
 # from a checkout tests the source tree, where these checks would be meaningless.
@@ -45,6 +52,7 @@ def test_wheel_installs_the_django_memsession_package_only() -> None:
         "templates/django_memsession/stats.html",
         "templates/django_memsession/stats_frame.html",
         "templates/django_memsession/plot.html",
+        *LUA_FILES,
     ],
 )
 def test_package_ships_data_file(relative_path: str) -> None:
@@ -53,4 +61,21 @@ def test_package_ships_data_file(relative_path: str) -> None:
     assert data_file.is_file(), (
         f"django_memsession/{relative_path} is missing from the installed package: "
         "check [tool.setuptools.package-data] in pyproject.toml"
+    )
+
+
+@pytest.mark.heavy
+def test_built_wheel_holds_every_lua_script(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), "."],
+        cwd=REPOSITORY,
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("django_memsession-*.whl")
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+
+    assert {f"django_memsession/{path}" for path in LUA_FILES} <= names, (
+        "a Lua script is missing from the wheel: check [tool.setuptools.package-data] in "
+        "pyproject.toml"
     )

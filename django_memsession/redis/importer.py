@@ -51,51 +51,11 @@ from .conf import (
     redacted,
 )
 from .exceptions import SessionBackendUnavailable
+from .scripts import source
 from .store import TOMBSTONE, RedisStore, _availability_reason, pack
-from .users import HEADER_OF, INDEX_TTL_MARGIN_MS, facts_text
+from .users import INDEX_TTL_MARGIN_MS, facts_text
 
 __all__ = ["Importer", "Kind", "Outcome", "Write", "importer_for"]
-
-# KEYS[1] the session; ARGV[1] the record; ARGV[2] its TTL (ms); ARGV[3] its expiry (ms since
-# the epoch, as in the record's header). 1 written; 0 a tombstone kept; -1 a newer copy kept.
-# Both scripts write over a value that is not ours (users.HEADER_OF), as over nothing.
-EXPORT_SCRIPT = """
-local kind, expires_at = header_of(KEYS[1])
-if kind == 'T' then
-  return 0
-end
-if kind ~= '' and expires_at >= tonumber(ARGV[3]) then
-  return -1
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return index(4)
-"""
-
-# KEYS[1] the session; ARGV[1] the record; ARGV[2] its TTL (ms). 1 written; 0 a tombstone kept.
-MIRROR_SCRIPT = """
-if header_of(KEYS[1]) == 'T' then
-  return 0
-end
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-return index(3)
-"""
-
-# Both scripts end with this, for a logged-in session: KEYS[2] its user's hash; from ARGV[at],
-# the member (the session key), its facts, and the least TTL (ms) the hash gets.
-INDEX = """
-local function index(at)
-  if KEYS[2] then
-    redis.call('HSETNX', KEYS[2], ARGV[at], ARGV[at + 1])
-    local least = tonumber(ARGV[at + 2])
-    if redis.call('PTTL', KEYS[2]) < least then
-      redis.call('PEXPIRE', KEYS[2], least)
-    end
-  end
-  return 1
-end
-"""
-EXPORT_SCRIPT = HEADER_OF + INDEX + EXPORT_SCRIPT
-MIRROR_SCRIPT = HEADER_OF + INDEX + MIRROR_SCRIPT
 
 
 class Kind(Enum):
@@ -132,8 +92,8 @@ class Importer:
     def __init__(self, store: RedisStore, clock: Callable[[], float] = wall_clock) -> None:
         self.store = store
         self.clock = clock
-        self._export = store.client.register_script(EXPORT_SCRIPT)
-        self._mirror = store.client.register_script(MIRROR_SCRIPT)
+        self._export = store.client.register_script(source("export"))
+        self._mirror = store.client.register_script(source("mirror"))
 
     def ping(self) -> None:
         """Raise :class:`~django_memsession.redis.exceptions.SessionBackendUnavailable` (with

@@ -15,7 +15,7 @@ Knows nothing of Django requests (the engine in ``engine.py`` does). One key per
 
 Anything else under a session key (a key of another Redis type, a string in no format of ours:
 typed in with ``redis-cli``, or corrupted) is no session: a load logs it, never with the key, and
-deletes it; the scripts take it for a missing key (see ``users.HEADER_OF``).
+deletes it; the scripts take it for a missing key (see ``lua/header_of.lua``).
 
 Every write sets a TTL, and nothing but these keys is written: no index grows with traffic.
 TTLs are sent relative (``PX``) so the web server's and Redis's clocks need not agree; the
@@ -57,7 +57,8 @@ from .client import ClusterNode, async_client, sync_client
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
 from .near import NearCache, Ticket, WriterLost
-from .users import HEADER_OF, UserIndexMixin
+from .scripts import source
+from .users import UserIndexMixin
 
 __all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "peek_store", "reset", "stats"]
 
@@ -100,75 +101,6 @@ UNAVAILABLE_CODES = {
         "supported yet: point it at a standalone Redis server",
     ),
 }
-
-# KEYS[1] the session; ARGV[1] the rest of its age (ms, by the web server's clock).
-# Returns 1 if the session was on probation and is now settled with its full TTL, else 0. Only a
-# record still on probation changes (SETRANGE keeps the value's TTL, PEXPIRE sets the new one):
-# a tombstone written since the load stays a tombstone, a session settled since stays as it is.
-PROMOTE_SCRIPT = (
-    HEADER_OF
-    + """
-if header_of(KEYS[1]) ~= 'P' then
-  return 0
-end
-redis.call('SETRANGE', KEYS[1], 0, 'S')
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-return 1
-"""
-)
-
-# KEYS[1] the session; ARGV[1] the new record; ARGV[2] its TTL (ms); ARGV[3] the rest of its
-# full age (ms); ARGV[4] now (ms, web server's clock); ARGV[5] "1" if a missing key was evicted
-# (the engine saw the session live) rather than expired.
-# Returns 1 stored, 2 stored again after eviction, 0 deleted (a tombstone), -1 gone (expired;
-# a record expired by the web server's clock is deleted then, so that nothing after the script,
-# the near cache's PEXPIRE ... GT, can lengthen its TTL).
-# A record on probation ("P") written over a settled one ("S": another request saw the session
-# come back) is stored settled, with its full age: a save never puts a session back on probation.
-# A value that is not ours (see users.HEADER_OF) counts as a missing key: written over when the
-# session may be stored again, else deleted.
-UPDATE_SCRIPT = (
-    HEADER_OF
-    + """
-local kind, expires_at = header_of(KEYS[1])
-if kind == 'T' then
-  return 0
-end
-local record = ARGV[1]
-local ttl = tonumber(ARGV[2])
-if kind == '' then
-  if ARGV[5] ~= '1' then
-    redis.call('DEL', KEYS[1])  -- nothing, or a value not ours: gone either way
-    return -1
-  end
-  redis.call('SET', KEYS[1], record, 'PX', ttl)
-  return 2
-end
-if expires_at <= tonumber(ARGV[4]) then
-  redis.call('DEL', KEYS[1])
-  return -1
-end
-if kind == 'S' and string.byte(record, 1) == 80 then
-  record = 'S' .. string.sub(record, 2)
-  ttl = tonumber(ARGV[3])
-end
-redis.call('SET', KEYS[1], record, 'PX', ttl)
-return 1
-"""
-)
-
-# KEYS[1] a session; ARGV[1] what a load found there, from byte ARGV[2] on (1: the whole value;
-# 17: a record's data, whose header a promotion may have changed since). Deletes the key if it
-# still holds that, or holds a value of another type (never ours); otherwise it has been written
-# since, and is left alone. Returns 1 if it deleted the key.
-DISCARD_SCRIPT = """
-local held = redis.pcall('GET', KEYS[1])
-if type(held) == 'table' or (held and string.sub(held, tonumber(ARGV[2])) == ARGV[1]) then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"""
 
 
 class UpdateResult(Enum):
@@ -215,7 +147,7 @@ def foreign(value: bytes) -> bool:
     """Whether a string under a session key is none of ours: neither a tombstone nor a record
     (its kind, then its expiry in 15 ASCII digits). Every release wrote only these: the first
     one ``S`` records and tombstones, ``P`` records since. Scripts read it as
-    ``users.HEADER_OF`` does."""
+    ``lua/header_of.lua`` does."""
     return value != TOMBSTONE and not (
         value[:1] in RECORD_KINDS and len(value) >= HEADER_SIZE and value[1:HEADER_SIZE].isdigit()
     )
@@ -314,9 +246,9 @@ class RedisStore(UserIndexMixin):
         self.tombstone_ms = self.probation_ms * TOMBSTONE_AGE_FACTOR
         # Timed: each round trip's latency goes to this process's figures (latency.py).
         self.client = sync_client(config)
-        self._promote = self.client.register_script(PROMOTE_SCRIPT)
-        self._update = self.client.register_script(UPDATE_SCRIPT)
-        self._discard_script = self.client.register_script(DISCARD_SCRIPT)
+        self._promote = self.client.register_script(source("promote"))
+        self._update = self.client.register_script(source("update"))
+        self._discard_script = self.client.register_script(source("discard"))
         self._async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncClient] = (
             weakref.WeakKeyDictionary()
         )
@@ -639,9 +571,9 @@ class RedisStore(UserIndexMixin):
             client = async_client(self.config)
             found = _AsyncClient(
                 client,
-                client.register_script(PROMOTE_SCRIPT),
-                client.register_script(UPDATE_SCRIPT),
-                client.register_script(DISCARD_SCRIPT),
+                client.register_script(source("promote")),
+                client.register_script(source("update")),
+                client.register_script(source("discard")),
             )
             with self._async_lock:
                 self._async[loop] = found

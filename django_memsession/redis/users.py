@@ -35,8 +35,9 @@ from typing import Any
 
 import redis
 
+from .scripts import source
+
 __all__ = [
-    "HEADER_OF",
     "LAST_USED_INTERVAL",
     "ImportedSession",
     "IndexPrune",
@@ -49,207 +50,11 @@ USERS = b"u:"  # after the prefix: no session key has a ':' (they are [a-z0-9])
 SECONDS_DIGITS = 10
 # A load refreshes "last used" at most this often per session and process (see LastUsed).
 LAST_USED_INTERVAL = 60
-# A user's hash outlives the sessions written into it by this much (see SAVE_SCRIPT's ARGV[17]).
+# A user's hash outlives the sessions written into it by this much (see lua/save.lua's ARGV[17]).
 INDEX_TTL_MARGIN_MS = LAST_USED_INTERVAL * 1000
 # How many remembered sessions a process keeps for that; the oldest are forgotten first.
 LAST_USED_MEMORY = 10_000
 PRUNE_BATCH = 200
-
-# What a session key holds, read by every script that reads one (here, in store.py and in
-# importer.py): ``kind, expires`` for a record (kind 'S' settled or 'P' on probation, then its
-# expiry as 15 ASCII digits of ms; see store.py), 'T' for a tombstone, and '' for nothing there
-# or for a value that is not ours (a key of another type, a string in no format we write:
-# typed in with redis-cli, or corrupted). Such a value is never a session nor a logout: the
-# scripts treat it as nothing and write over it (or delete it) instead of failing on it.
-HEADER_OF = """
-local function header_of(key)
-  local header = redis.pcall('GETRANGE', key, 0, 15)
-  if type(header) ~= 'string' then
-    return ''
-  end
-  if header == 'T' then
-    return 'T'
-  end
-  if #header == 16 and string.find(header, '^[SP]%d+$') then
-    return string.sub(header, 1, 1), tonumber(string.sub(header, 2))
-  end
-  return ''
-end
-"""
-
-# What the scripts below share: whether a member's session is live.
-LIVE = (
-    HEADER_OF
-    + """
-local function live(key, now_ms)
-  local kind, expires = header_of(key)
-  if (kind ~= 'S' and kind ~= 'P') or expires <= now_ms then
-    return nil
-  end
-  return expires
-end
-"""
-)
-
-# Store a logged-in session (create or update), and index it, atomically.
-# KEYS[1] the session, KEYS[2] its user's hash, KEYS[3] the hash of the user it was loaded as
-# (the same, or another user's, or an unused name).
-# ARGV[1..5] as UPDATE_SCRIPT in store.py (record, ttl, full ttl, now ms, may restore);
-# ARGV[6] the session key (the field); ARGV[7] now in seconds (10 digits); ARGV[8] "1" to set the
-# client to ARGV[9], else keep the one noted; ARGV[10] the per-user limit (0: none);
-# ARGV[11] the key prefix; ARGV[12] the tombstone TTL (ms); ARGV[13] "c" to create (SET NX),
-# "u" to update; ARGV[14] "1" to index under KEYS[2] (a logged-in session), "0" to only remove
-# the member from KEYS[3] (a session that was logged in and is not any more); ARGV[15]
-# (optional) when a new member was created, if not now (imports); ARGV[16] (optional) the key
-# this session replaces (cycle_key): not counted against the limit, it is about to go;
-# ARGV[17] the least TTL (ms) the hash gets: the session's full age and one interval more (so
-# that the plain saves of the next interval, see the engine's _indexed(), stay within it).
-# Returns {result, ended}: result as UPDATE_SCRIPT (1, 2, 0, -1), or 3 for a create of a taken
-# key; ended, how many of the user's other sessions the limit ended.
-SAVE_SCRIPT = (
-    LIVE
-    + """
-local now_ms = tonumber(ARGV[4])
-local result = 1
-if ARGV[13] == 'c' then
-  if not redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'NX') then
-    return {3, 0}
-  end
-else
-  local kind, expires_at = header_of(KEYS[1])
-  if kind == 'T' then
-    return {0, 0}
-  end
-  local record = ARGV[1]
-  local ttl = tonumber(ARGV[2])
-  if kind == '' then
-    if ARGV[5] ~= '1' then
-      redis.call('DEL', KEYS[1])  -- nothing, or a value not ours: gone either way
-      return {-1, 0}
-    end
-    result = 2
-  elseif expires_at <= now_ms then
-    redis.call('DEL', KEYS[1])  -- as in UPDATE_SCRIPT
-    return {-1, 0}
-  elseif kind == 'S' and string.byte(record, 1) == 80 then
-    record = 'S' .. string.sub(record, 2)
-    ttl = tonumber(ARGV[3])
-  end
-  redis.call('SET', KEYS[1], record, 'PX', ttl)
-end
-local field = ARGV[6]
-if ARGV[14] ~= '1' or KEYS[3] ~= KEYS[2] then
-  redis.call('HDEL', KEYS[3], field)
-end
-if ARGV[14] ~= '1' then
-  return {result, 0}
-end
-local users = KEYS[2]
-local old = redis.call('HGET', users, field)
-local created = ARGV[15] or ARGV[7]
-local client = ARGV[9]
-if old then
-  created = string.sub(old, 1, 10)
-  if ARGV[8] ~= '1' then
-    client = string.sub(old, 21)
-  end
-end
-redis.call('HSET', users, field, created .. ARGV[7] .. client)
-local hash_ttl = tonumber(ARGV[17])
-if redis.call('PTTL', users) < hash_ttl then
-  redis.call('PEXPIRE', users, hash_ttl)
-end
-local limit = tonumber(ARGV[10])
-if old or limit == 0 or result == 2 then
-  return {result, 0}
-end
-local members = redis.call('HGETALL', users)
-local others = {}
-for i = 1, #members, 2 do
-  local other = members[i]
-  if other ~= field and other ~= ARGV[16] then
-    if live(ARGV[11] .. other, now_ms) then
-      table.insert(others, {other, string.sub(members[i + 1], 11, 20)})
-    else
-      redis.call('HDEL', users, other)
-    end
-  end
-end
-local over = #others + 1 - limit
-if over <= 0 then
-  return {result, 0}
-end
-table.sort(others, function(a, b) return a[2] < b[2] end)
-for i = 1, over do
-  redis.call('SET', ARGV[11] .. others[i][1], 'T', 'PX', ARGV[12])
-  redis.call('HDEL', users, others[i][1])
-end
-return {result, over}
-"""
-)
-
-# Refresh a member's last use (and its client, when ARGV[3] is "1"): only a member still there,
-# so a touch after a logout adds nothing. KEYS[1] the hash; ARGV[1] the field; ARGV[2] now
-# (10 digits); ARGV[4] the client.
-TOUCH_SCRIPT = """
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-if not old then
-  return 0
-end
-local client = string.sub(old, 21)
-if ARGV[3] == '1' then
-  client = ARGV[4]
-end
-redis.call('HSET', KEYS[1], ARGV[1], string.sub(old, 1, 10) .. ARGV[2] .. client)
-return 1
-"""
-
-# The live members of one hash, with each session's expiry; the dead ones are removed (unless
-# ARGV[3] is "1": a dry run). KEYS[1] the hash; ARGV[1] the prefix; ARGV[2] now (ms).
-# Returns {removed, field, facts, expiry (ms), field, facts, expiry, ...}.
-READ_SCRIPT = (
-    LIVE
-    + """
-local members = redis.call('HGETALL', KEYS[1])
-local found = {0}
-local removed = 0
-for i = 1, #members, 2 do
-  local expires = live(ARGV[1] .. members[i], tonumber(ARGV[2]))
-  if expires then
-    table.insert(found, members[i])
-    table.insert(found, members[i + 1])
-    table.insert(found, expires)
-  else
-    removed = removed + 1
-    if ARGV[3] ~= '1' then
-      redis.call('HDEL', KEYS[1], members[i])
-    end
-  end
-end
-found[1] = removed
-return found
-"""
-)
-
-# End the named members of one hash: a tombstone for each session still indexed there (never
-# another user's), and the member removed. KEYS[1] the hash; ARGV[1] the prefix; ARGV[2] the
-# tombstone TTL (ms); ARGV[3] now (ms); ARGV[4..] the fields. Returns how many live ones ended.
-END_SCRIPT = (
-    LIVE
-    + """
-local ended = 0
-for i = 4, #ARGV do
-  if redis.call('HDEL', KEYS[1], ARGV[i]) == 1 then
-    local key = ARGV[1] .. ARGV[i]
-    if live(key, tonumber(ARGV[3])) then
-      ended = ended + 1
-    end
-    redis.call('SET', key, 'T', 'PX', ARGV[2])
-  end
-end
-return ended
-"""
-)
 
 
 def digits(seconds: float) -> bytes:
@@ -393,12 +198,10 @@ class UserIndexMixin:
 
     # -- scripts ---------------------------------------------------------------------------------
 
-    _SOURCES = {"save": SAVE_SCRIPT, "touch": TOUCH_SCRIPT, "read": READ_SCRIPT, "end": END_SCRIPT}
-
     def _script(self, name: str) -> Any:
         script = self._scripts.get(name)
         if script is None:
-            script = self._scripts[name] = self.client.register_script(self._SOURCES[name])
+            script = self._scripts[name] = self.client.register_script(source(name))
         return script
 
     def _run(self, name: str, keys: list[bytes], args: list[Any], run: Any = None) -> Any:
@@ -422,7 +225,7 @@ class UserIndexMixin:
             scripts = self._async_scripts[client] = {}
         script = scripts.get(name)
         if script is None:
-            script = scripts[name] = client.register_script(self._SOURCES[name])
+            script = scripts[name] = client.register_script(source(name))
         return await script(keys=keys, args=args)
 
     def _fail(self, exc: redis.RedisError) -> Any:

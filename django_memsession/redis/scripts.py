@@ -1,0 +1,34 @@
+"""The Lua scripts the Redis engine runs: read from ``lua/*.lua`` (package data, shipped in the
+wheel), each file documenting its ``KEYS``, ``ARGV`` and returns in its opening comment.
+
+A script as sent is its shared functions first (``header_of.lua``: what a session key holds;
+``live.lua``, ``index_member.lua``), then its body: :data:`PARTS` says which. The files are read
+on first use (a store registering its scripts), once per process, not at import.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+__all__ = ["PARTS", "source"]
+
+# Each script: the files it is made of, in order (the functions it calls come before its body).
+PARTS = {
+    "promote": ("header_of", "promote"),
+    "update": ("header_of", "update"),
+    "discard": ("discard",),
+    "save": ("header_of", "live", "save"),
+    "touch": ("touch",),
+    "read": ("header_of", "live", "read"),
+    "end": ("header_of", "live", "end"),
+    "export": ("header_of", "index_member", "export"),
+    "mirror": ("header_of", "index_member", "mirror"),
+}
+
+
+@cache
+def source(name: str) -> str:
+    """The text of the script ``name`` (a key of :data:`PARTS`), as ``SCRIPT LOAD`` takes it."""
+    lua = resources.files(__package__).joinpath("lua")
+    return "".join(lua.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in PARTS[name])
