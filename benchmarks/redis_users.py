@@ -77,7 +77,7 @@ def load_modify_save(rounds: int, count: int) -> dict[str, Any]:
     results: dict[str, Any] = {"payload_bytes": len(json.dumps(payload))}
     for label, every_load in (("real clock", False), ("every load notes last used", True)):
         if every_load:
-            store.touch_due = lambda *args: True  # type: ignore[method-assign]
+            store.index.touch_due = lambda *args: True  # type: ignore[method-assign]
         ratios: list[float] = []
         times: dict[str, list[float]] = {name: [] for name in engines}
         for _ in range(rounds):
@@ -90,7 +90,7 @@ def load_modify_save(rounds: int, count: int) -> dict[str, Any]:
             **{name: summary(values) for name, values in times.items()},
             "ratio": statistics.median(ratios),
         }
-    del store.touch_due
+    del store.index.touch_due
     return results
 
 
@@ -113,7 +113,7 @@ def memory(server_url: str) -> dict[str, Any]:
             session.client = client_text
             session.update({**payload, "_auth_user_id": user})
             session.save()
-            hashes.append(client.memory_usage(store.users_key(user), samples=0))
+            hashes.append(client.memory_usage(store.index.users_key(user), samples=0))
             sessions.append(client.memory_usage(store.key(session.session_key), samples=0))
         figures[label] = {
             "index_bytes_per_user": statistics.mean(hashes),

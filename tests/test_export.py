@@ -141,7 +141,7 @@ def test_sessions_and_logins_load_on_the_redis_engine_after_the_export(redis_url
 
 def indexed(user: str) -> list[str]:
     """The session keys the Redis user index lists for ``user``."""
-    return [row.key for row in redis_store().user_sessions(user)]
+    return [row.key for row in redis_store().index.user_sessions(user)]
 
 
 def test_an_exported_login_is_in_the_redis_user_index(redis_url):

@@ -221,7 +221,7 @@ def test_a_login_over_a_value_gone_bad_since_the_load_stores_the_session(bad, re
     session["_auth_user_id"] = "7"
     session.save()
     assert SessionStore(session_key)["_auth_user_id"] == "7"
-    assert [s.key for s in get_store().user_sessions("7")] == [session_key]
+    assert [s.key for s in get_store().index.user_sessions("7")] == [session_key]
 
 
 @needs_django5_async
@@ -270,9 +270,9 @@ def test_a_create_on_a_key_holding_a_value_not_ours_is_refused_as_on_a_taken_key
 def test_a_users_session_gone_bad_is_not_listed_and_leaves_the_index(bad, redis_server):
     session_key = saved(_auth_user_id="7")
     put(redis_server, bad, session_key)
-    assert get_store().user_sessions("7") == []
+    assert get_store().index.user_sessions("7") == []
     client = redis_server.client()
-    assert client.hlen(get_store().users_key("7")) == 0
+    assert client.hlen(get_store().index.users_key("7")) == 0
     client.close()
 
 
@@ -284,7 +284,7 @@ def test_a_login_under_the_per_user_limit_passes_over_a_session_gone_bad(
     gone_bad = saved(_auth_user_id="7")
     put(redis_server, bad, gone_bad)
     fresh = saved(_auth_user_id="7")
-    assert [s.key for s in get_store().user_sessions("7")] == [fresh]
+    assert [s.key for s in get_store().index.user_sessions("7")] == [fresh]
 
 
 # -- through a request ----------------------------------------------------------------------------

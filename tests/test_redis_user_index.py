@@ -20,8 +20,8 @@ from redis_server import RedisServer
 import django_memsession
 from django_memsession.redis import SessionStore
 from django_memsession.redis.checks import check_redis_settings
+from django_memsession.redis.index import ImportedSession
 from django_memsession.redis.store import get_store, unpack
-from django_memsession.redis.users import ImportedSession
 from django_memsession.serializers import current_codec
 
 pytestmark = pytest.mark.usefixtures("redis_url")
@@ -40,7 +40,7 @@ def index_problems(server: RedisServer) -> list[str]:
         now = store.clock()
         users_prefix = store.prefix + b"u:"
         indexed: set[tuple[str, str]] = set()
-        for name in client.scan_iter(match=store.users_pattern()):
+        for name in client.scan_iter(match=store.index.users_pattern()):
             user = name[len(users_prefix) :].decode()
             for field in client.hkeys(name):
                 indexed.add((user, field.decode()))
@@ -116,7 +116,7 @@ def test_the_index_stays_right_under_8_threads(redis_server):
     for thread in threads:
         thread.join()
     assert errors == []
-    get_store().prune_index()  # the members of sessions ended without their user known
+    get_store().index.prune_index()  # the members of sessions ended without their user known
     assert index_problems(redis_server) == []
 
 
@@ -194,7 +194,7 @@ def test_prune_index_removes_members_of_gone_sessions_and_reports_them(redis_ser
     kept = logged_in_session("1")
     for user in ("1", "2"):
         end_without_a_logout(redis_server, logged_in_session(user))
-    result = get_store().prune_index()
+    result = get_store().index.prune_index()
     assert (result.users, result.removed, result.sessions) == (2, 2, 1)
     assert [r.id for r in django_memsession.user_sessions("1")] != []
     assert index_problems(redis_server) == []
@@ -203,8 +203,8 @@ def test_prune_index_removes_members_of_gone_sessions_and_reports_them(redis_ser
 
 def test_a_dry_run_removes_nothing(redis_server):
     end_without_a_logout(redis_server, logged_in_session("1"))
-    first = get_store().prune_index(dry_run=True)
-    second = get_store().prune_index(dry_run=True)
+    first = get_store().index.prune_index(dry_run=True)
+    second = get_store().index.prune_index(dry_run=True)
     assert (first.removed, second.removed) == (1, 1)
 
 
@@ -212,7 +212,7 @@ def test_prune_index_scans_in_bounded_batches(redis_server):
     for user in range(60):
         end_without_a_logout(redis_server, logged_in_session(str(user)))
     calls = redis_server.calls("scan")
-    result = get_store().prune_index(batch=10)
+    result = get_store().index.prune_index(batch=10)
     assert result.removed == 60
     assert redis_server.calls("scan") - calls >= 6  # 60 hashes, 10 at a time
 
@@ -224,7 +224,7 @@ def test_prune_index_keeps_other_prefixes_alone(redis_server, settings):
     settings.MEMSESSION_REDIS_PREFIX = "other[app]:"
     store.reset()
     end_without_a_logout(redis_server, logged_in_session("1"))
-    assert get_store().prune_index().users == 1
+    assert get_store().index.prune_index().users == 1
 
 
 def test_prunesessions_on_redis_prints_what_it_removed(redis_server, control_dir):
@@ -275,30 +275,30 @@ def test_prunesessions_exits_1_when_redis_cannot_be_reached(control_dir):
 def test_clearsessions_cleans_the_index(redis_server):
     end_without_a_logout(redis_server, logged_in_session("1"))
     call_command("clearsessions")
-    assert get_store().prune_index(dry_run=True).removed == 0
+    assert get_store().index.prune_index(dry_run=True).removed == 0
 
 
 async def test_aclear_expired_cleans_the_index(redis_server):
     end_without_a_logout(redis_server, logged_in_session("1"))
     await SessionStore.aclear_expired()
-    assert get_store().prune_index(dry_run=True).removed == 0
+    assert get_store().index.prune_index(dry_run=True).removed == 0
 
 
 async def test_the_async_reads_and_endings_of_the_store_keep_the_index(redis_server):
     kept, ended = logged_in_session("5"), logged_in_session("5")
     store = get_store()
-    assert {row.key for row in await store.auser_sessions("5")} == {
+    assert {row.key for row in await store.index.auser_sessions("5")} == {
         kept.session_key,
         ended.session_key,
     }
-    assert await store.aend_sessions("5", [ended.session_key]) == 1
-    assert [row.key for row in await store.auser_sessions("5")] == [kept.session_key]
+    assert await store.index.aend_sessions("5", [ended.session_key]) == 1
+    assert [row.key for row in await store.index.auser_sessions("5")] == [kept.session_key]
     assert not SessionStore().exists(ended.session_key)
 
 
 def test_ending_a_key_of_another_user_ends_nothing(redis_server):
     mine, theirs = logged_in_session("5"), logged_in_session("6")
-    assert get_store().end_sessions("5", [theirs.session_key]) == 0
+    assert get_store().index.end_sessions("5", [theirs.session_key]) == 0
     assert SessionStore().exists(theirs.session_key)
     assert mine.exists(mine.session_key)
 
@@ -337,13 +337,13 @@ def test_import_sessions_never_overwrites_a_session_or_a_tombstone(redis_server)
     gone = logged_in_session("5")
     gone_key = gone.session_key
     gone.flush()
-    before = get_store().user_sessions("5")
+    before = get_store().index.user_sessions("5")
     written = get_store().import_sessions(
         [imported(live.session_key, "5"), imported(gone_key, "5")]
     )
     assert written == 0
     assert SessionStore(live.session_key).load()["mine"] is True
-    assert get_store().user_sessions("5") == before
+    assert get_store().index.user_sessions("5") == before
     assert not SessionStore().exists(gone_key)
 
 
@@ -374,3 +374,9 @@ def test_a_bad_per_user_limit_stops_the_store_from_being_built(settings):
     store.reset()
     with pytest.raises(ImproperlyConfigured, match=r"memsession\.E014"):
         get_store()
+
+
+def test_the_index_names_are_still_importable_from_redis_users():
+    from django_memsession.redis import users
+
+    assert users.ImportedSession is ImportedSession

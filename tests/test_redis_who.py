@@ -70,8 +70,8 @@ import django_memsession
 from django_memsession.logged_in import session_id
 from django_memsession.redis import SessionStore
 from django_memsession.redis import store as store_module
+from django_memsession.redis.index import INDEX_TTL_MARGIN_MS, LAST_USED_INTERVAL
 from django_memsession.redis.store import RedisStore, get_store
-from django_memsession.redis.users import INDEX_TTL_MARGIN_MS, LAST_USED_INTERVAL
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("redis_site")]
 
@@ -96,7 +96,7 @@ def global_clock(redis_site: str, monkeypatch) -> FakeClock:
 def users_hash(server: RedisServer, user: User) -> dict[bytes, bytes]:
     client = server.client()
     try:
-        return client.hgetall(get_store().users_key(str(user.pk)))
+        return client.hgetall(get_store().index.users_key(str(user.pk)))
     finally:
         client.close()
 
@@ -127,7 +127,7 @@ def test_the_index_lives_as_long_as_its_longest_session(alice, redis_server, set
     logged_in(alice)
     client = redis_server.client()
     try:
-        ttl = client.pttl(get_store().users_key(str(alice.pk)))
+        ttl = client.pttl(get_store().index.users_key(str(alice.pk)))
     finally:
         client.close()
     age = settings.SESSION_COOKIE_AGE * 1000
@@ -231,7 +231,7 @@ def test_an_evicted_session_saved_again_is_indexed_again(alice, redis_server):
         raw.delete(get_store().key(key_of(client)))  # evicted by Redis
     finally:
         raw.close()
-    get_store().prune_index()  # and its member cleaned
+    get_store().index.prune_index()  # and its member cleaned
     session.save()
     assert list(users_hash(redis_server, alice)) == [key_of(client).encode()]
 

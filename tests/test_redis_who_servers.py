@@ -39,7 +39,7 @@ def test_sessions_signed_in_on_two_workers_are_listed_and_ended_from_outside(
         leaving = browsers.pop()
         leaving.get(server, "/session/sign-out/")
         assert len(django_memsession.user_sessions("42")) == len(browsers)
-        assert len(get_store().client.hkeys(get_store().users_key("42"))) == len(browsers)
+        assert len(get_store().client.hkeys(get_store().index.users_key("42"))) == len(browsers)
 
         assert django_memsession.end_user_sessions(42) == len(browsers)
         # Whichever worker a request reaches, none of these sessions is there any more.

@@ -100,10 +100,10 @@ class SessionStore(FastSessionBase):
             if loaded is not None:
                 store.discard(session_key, loaded)
             return {}
-        if self._user is not None and store.touch_due(session_key):
+        if self._user is not None and store.index.touch_due(session_key):
             # Best effort: "last used" is refreshed at the next chance.
             with contextlib.suppress(SessionBackendUnavailable):
-                store.touch(session_key, self._user)
+                store.index.touch(session_key, self._user)
         return data
 
     async def aload(self) -> dict[str, Any]:
@@ -121,9 +121,9 @@ class SessionStore(FastSessionBase):
             if loaded is not None:
                 await store.adiscard(session_key, loaded)
             return {}
-        if self._user is not None and store.touch_due(session_key):
+        if self._user is not None and store.index.touch_due(session_key):
             with contextlib.suppress(SessionBackendUnavailable):  # best effort, as in load()
-                await store.atouch(session_key, self._user)
+                await store.index.atouch(session_key, self._user)
         return data
 
     def _decoded(self, loaded: Loaded | None) -> dict[str, Any] | None:
@@ -179,7 +179,7 @@ class SessionStore(FastSessionBase):
         indexed = self._indexed(store, must_create, user, expires_at)
         try:
             if indexed:
-                result, ended = store.save_logged_in(
+                result, ended = store.index.save_logged_in(
                     self.session_key,
                     payload,
                     expires_at,
@@ -206,7 +206,7 @@ class SessionStore(FastSessionBase):
                     raise UpdateError
                 if updated is UpdateResult.RESTORED and user is not None:
                     # Evicted meanwhile, so its member may have been cleaned: index it again.
-                    result, ended = store.save_logged_in(
+                    result, ended = store.index.save_logged_in(
                         self.session_key,
                         payload,
                         expires_at,
@@ -232,7 +232,7 @@ class SessionStore(FastSessionBase):
         indexed = self._indexed(store, must_create, user, expires_at)
         try:
             if indexed:
-                result, ended = await store.asave_logged_in(
+                result, ended = await store.index.asave_logged_in(
                     self.session_key,
                     payload,
                     expires_at,
@@ -259,7 +259,7 @@ class SessionStore(FastSessionBase):
                     raise UpdateError
                 if updated is UpdateResult.RESTORED and user is not None:
                     # As in save(): index it again.
-                    result, ended = await store.asave_logged_in(
+                    result, ended = await store.index.asave_logged_in(
                         self.session_key,
                         payload,
                         expires_at,
@@ -290,7 +290,7 @@ class SessionStore(FastSessionBase):
         return (
             must_create
             or user != self._user
-            or not store.index_fresh(self.session_key, expires_at, self.client)
+            or not store.index.index_fresh(self.session_key, expires_at, self.client)
         )
 
     @staticmethod
@@ -341,7 +341,7 @@ class SessionStore(FastSessionBase):
                 "(%s).",
                 ended,
                 user,
-                store.max_sessions_per_user,
+                store.index.max_sessions_per_user,
             )
             user_sessions_ended.send(
                 sender=RedisStore, user=user, count=ended, reason="limit", by=None
@@ -355,9 +355,9 @@ class SessionStore(FastSessionBase):
         if session_key is None or user is None:
             return
         store = self._get_store()
-        if store.touch_due(session_key, client):
+        if store.index.touch_due(session_key, client):
             with contextlib.suppress(SessionBackendUnavailable):  # else with the next save
-                store.touch(session_key, user, client)
+                store.index.touch(session_key, user, client)
 
     def _may_restore(self, now: float) -> bool:
         """Whether a save that finds the key missing stores the session again: only if this
@@ -432,7 +432,7 @@ class SessionStore(FastSessionBase):
             if user is None:
                 self._get_store().delete(session_key)
             else:
-                self._get_store().delete_logged_in(session_key, user)
+                self._get_store().index.delete_logged_in(session_key, user)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -447,7 +447,7 @@ class SessionStore(FastSessionBase):
             if user is None:
                 await self._get_store().adelete(session_key)
             else:
-                await self._get_store().adelete_logged_in(session_key, user)
+                await self._get_store().index.adelete_logged_in(session_key, user)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -467,7 +467,7 @@ class SessionStore(FastSessionBase):
         """Redis removes each session when its TTL runs out; what is left is the user index's
         members of sessions that are gone (``clearsessions`` cleans them, as ``prunesessions``).
         """
-        result = get_store().prune_index()
+        result = get_store().index.prune_index()
         logger.debug("clear_expired: %d index member(s) of gone sessions removed", result.removed)
 
     @classmethod

@@ -4,7 +4,7 @@ pipelined in one round trip per batch, in the order given (so a write and a late
 same key reach Redis in that order).
 
 Three kinds of write, each a session record or a tombstone in the Redis store's own format
-(:func:`~django_memsession.redis.store.pack`, ``S`` records, TTLs sent relative with ``PX``):
+(:func:`~django_memsession.redis.record.pack`, ``S`` records, TTLs sent relative with ``PX``):
 
 - ``EXPORT``: a copy made by the export. Written only where Redis holds nothing under the key, or
   a session record that expires earlier (an older copy, e.g. of an earlier export). Never over a
@@ -17,7 +17,7 @@ Three kinds of write, each a session record or a tombstone in the Redis store's 
 A record whose session has expired by the web server's clock is not sent.
 
 A logged-in session (its payload names a user, ``_auth_user_id``) written by ``EXPORT`` or
-``MIRROR`` also enters that user's hash of the Redis user index (:mod:`.users`), in the same
+``MIRROR`` also enters that user's hash of the Redis user index (:mod:`.index`), in the same
 script, so both happen or neither: after the switch, "who is logged in" and "log out everywhere"
 find it before it is saved again. Its facts there start at the write (created and last used are
 not carried over from the memory store); a member already in the hash keeps its own. A ``DELETE``
@@ -30,7 +30,6 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import NoReturn
 from urllib.parse import urlsplit
 
 import redis
@@ -50,10 +49,11 @@ from .conf import (
     problems,
     redacted,
 )
-from .exceptions import SessionBackendUnavailable
+from .index import INDEX_TTL_MARGIN_MS, facts_text
+from .outages import unavailable
+from .record import TOMBSTONE, pack
 from .scripts import source
-from .store import TOMBSTONE, RedisStore, _availability_reason, pack
-from .users import INDEX_TTL_MARGIN_MS, facts_text
+from .store import RedisStore
 
 __all__ = ["Importer", "Kind", "Outcome", "Write", "importer_for"]
 
@@ -124,7 +124,7 @@ class Importer:
             keys, index = [key], []
             user = _user_of(write.payload)
             if user is not None:
-                keys.append(self.store.users_key(user))
+                keys.append(self.store.index.users_key(user))
                 facts = facts_text(now, now, None)
                 index = [write.key.encode(), facts, ttl_ms + INDEX_TTL_MARGIN_MS]
             if write.kind is Kind.EXPORT:
@@ -137,7 +137,7 @@ class Importer:
             try:
                 answers = iter(pipe.execute())
             except redis.RedisError as exc:
-                _raise_unavailable(exc)
+                unavailable(exc)
             for index, outcome in enumerate(outcomes):
                 if outcome is None:
                     answer = next(answers)
@@ -159,13 +159,6 @@ def _user_of(payload: bytes) -> str | None:
         return None
     user = data.get(AUTH_SESSION_KEY) if isinstance(data, dict) else None
     return None if user is None else str(user)
-
-
-def _raise_unavailable(exc: redis.RedisError) -> NoReturn:
-    reason = _availability_reason(exc)
-    if reason is None:
-        raise exc
-    raise SessionBackendUnavailable(reason) from exc
 
 
 def importer_for(url: str) -> Importer:

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 
-from .store import PROBATION, SESSION, TOMBSTONE
+from .record import PROBATION, SESSION, TOMBSTONE
 
 __all__ = ["EXACT_LIMIT", "SAMPLE_SIZE", "FiguresUnavailable", "ServerFigures", "read"]
 

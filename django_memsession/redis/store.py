@@ -1,23 +1,19 @@
 """The Redis store: sessions as Redis strings with TTLs, conditional writes in Lua, tombstones.
 
 Knows nothing of Django requests (the engine in ``engine.py`` does). One key per session,
-``<prefix><session key>``, holding one of:
-
-* a session record: a kind byte + its expiry (15 digits, ms since the epoch on the web server's
-  clock) + the serialized session. ``b"S"`` (settled): its TTL is the rest of the session's age.
-  ``b"P"`` (on probation): a new anonymous session, stored with the shorter probation TTL until
-  it comes back or logs in. The kind is in the value, not guessed from the TTL, so a load of a
-  settled session (nearly every load) is one plain ``GET``; only the first load of a session on
-  probation takes a second round trip, to promote it;
-* a tombstone, ``b"T"``, written by a delete (logout, ``flush()``, ``cycle_key()``), so that a
-  concurrent save can never bring the session back. It outlives a probation TTL, so under
-  ``volatile-ttl`` a flood of new sessions is evicted before any tombstone.
+``<prefix><session key>``, holding a session record or a tombstone (the format: ``record.py``).
+A settled session's load (nearly every load) is one plain ``GET``; only the first load of a
+session on probation takes a second round trip, to promote it. A tombstone outlives a probation
+TTL, so under ``volatile-ttl`` a flood of new sessions is evicted before any tombstone.
 
 Anything else under a session key (a key of another Redis type, a string in no format of ours:
 typed in with ``redis-cli``, or corrupted) is no session: a load logs it, never with the key, and
 deletes it; the scripts take it for a missing key (see ``lua/header_of.lua``).
 
-Every write sets a TTL, and nothing but these keys is written: no index grows with traffic.
+Who is logged in (one hash per logged-in user beside the sessions) is the store's ``index``, a
+:class:`~django_memsession.redis.index.RedisUserIndex`.
+
+Every write sets a TTL, and nothing grows with anonymous traffic.
 TTLs are sent relative (``PX``) so the web server's and Redis's clocks need not agree; the
 expiry in the record lets a load refuse a session that has expired by the web server's clock.
 
@@ -45,7 +41,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
@@ -53,12 +49,24 @@ from django.core.signals import setting_changed
 
 from ..signals import sessions_expired
 from ..store import wall_clock
-from .client import ClusterNode, async_client, sync_client
+from .client import async_client, sync_client
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
+from .index import ImportedSession, IndexedSession, IndexPrune, RedisUserIndex
 from .near import NearCache, Ticket, WriterLost
+from .outages import availability_reason, unavailable, wrong_type
+from .record import (
+    HEADER_SIZE,
+    PROBATION_BYTE,
+    RECORD_KINDS,
+    SESSION_BYTE,
+    TOMBSTONE,
+    Loaded,
+    foreign,
+    pack,
+    unpack,
+)
 from .scripts import source
-from .users import UserIndexMixin
 
 __all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "peek_store", "reset", "stats"]
 
@@ -66,41 +74,12 @@ T = TypeVar("T")
 
 logger = logging.getLogger("django_memsession.redis")
 
-SESSION = b"S"  # a settled session: its TTL is the rest of its age
-PROBATION = b"P"  # a new anonymous session, on its probation TTL until it comes back
-TOMBSTONE = b"T"
-RECORD_KINDS = (SESSION, PROBATION)
-PROBATION_BYTE = PROBATION[0]
-SESSION_BYTE = SESSION[0]
 # The update script's answers whose record is now the key's value: stored, stored again.
 KEPT = (1, 2)
-EXPIRY_DIGITS = 15  # ms since the epoch: enough until the year 33658
-HEADER_SIZE = 1 + EXPIRY_DIGITS
-
 # A tombstone lives this many times the probation age: longer than any probation TTL, so a
 # flood of new sessions is evicted first; and far longer than any request that could still
 # save the deleted session.
 TOMBSTONE_AGE_FACTOR = 2
-
-# Redis error codes that mean "cannot answer now", not "wrong request", and what each means.
-UNAVAILABLE_CODES = {
-    "OOM": "Redis is out of memory and refuses writes (maxmemory is reached and its "
-    "maxmemory-policy evicts nothing; volatile-ttl would evict the shortest-lived sessions)",
-    "READONLY": "Redis is a read-only replica (a failover in progress, or the URL names a replica)",
-    "LOADING": "Redis is loading its data set",
-    "MASTERDOWN": "Redis is a replica that lost its master",
-    "MISCONF": "Redis refuses writes because it cannot save to disk",
-    "BUSY": "Redis is busy running a script",
-    "NOREPLICAS": "Redis has too few replicas to accept writes",
-    "TRYAGAIN": "Redis asks to try again",
-    # A node of a Redis Cluster whose INFO the connection could not read (client.py refuses
-    # one it can): a 503 that says why, not a 500.
-    **dict.fromkeys(
-        ("MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN"),
-        "MEMSESSION_REDIS_URL names a node of a Redis Cluster and cluster mode is not "
-        "supported yet: point it at a standalone Redis server",
-    ),
-}
 
 
 class UpdateResult(Enum):
@@ -114,50 +93,6 @@ class UpdateResult(Enum):
 RESULTS = {result.value: result for result in UpdateResult}
 
 
-class Loaded:
-    """A live session as loaded: its serialized data and its expiry."""
-
-    __slots__ = ("expires_at", "payload")
-
-    def __init__(self, payload: bytes, expires_at: float) -> None:
-        self.payload = payload
-        self.expires_at = expires_at  # seconds since the epoch, on the store's clock
-
-
-def pack(payload: bytes, expires_at: float, settled: bool = True) -> bytes:
-    """A session record: its kind (settled, or on probation), its expiry, its data."""
-    return b"%c%0*d" % (83 if settled else 80, EXPIRY_DIGITS, int(expires_at * 1000)) + payload
-
-
-def unpack(record: bytes | None, now: float) -> Loaded | None:
-    """A live session from a stored value; None for nothing, a tombstone, an expired session or
-    a value that is not ours (see :func:`foreign`)."""
-    if not record or record[:1] not in RECORD_KINDS or len(record) < HEADER_SIZE:
-        return None
-    expiry = record[1:HEADER_SIZE]
-    if not expiry.isdigit():  # ASCII digits only: int() would also take " 1", "+1" or "1_0"
-        return None
-    expires_at = int(expiry) / 1000
-    if expires_at <= now:
-        return None
-    return Loaded(record[HEADER_SIZE:], expires_at)
-
-
-def foreign(value: bytes) -> bool:
-    """Whether a string under a session key is none of ours: neither a tombstone nor a record
-    (its kind, then its expiry in 15 ASCII digits). Every release wrote only these: the first
-    one ``S`` records and tombstones, ``P`` records since. Scripts read it as
-    ``lua/header_of.lua`` does."""
-    return value != TOMBSTONE and not (
-        value[:1] in RECORD_KINDS and len(value) >= HEADER_SIZE and value[1:HEADER_SIZE].isdigit()
-    )
-
-
-def _wrong_type(exc: redis.RedisError) -> bool:
-    """Whether Redis refused a command because the key holds another type (``WRONGTYPE``)."""
-    return isinstance(exc, redis.ResponseError) and str(exc).startswith("WRONGTYPE")
-
-
 def _log_foreign(of_another_type: bool) -> None:
     # Never the key: it is the visitor's credential.
     logger.warning(
@@ -165,44 +100,6 @@ def _log_foreign(of_another_type: bool) -> None:
         "deleted (the visitor gets a new session).",
         "a value of another Redis type" if of_another_type else "a value in no format of ours",
     )
-
-
-# For redis-py versions whose exceptions do not carry the code (before 7).
-_CODES_BY_CLASS = {
-    redis.exceptions.ReadOnlyError: "READONLY",
-    redis.exceptions.OutOfMemoryError: "OOM",
-}
-
-
-def _availability_reason(exc: redis.RedisError) -> str | None:
-    """Why Redis could not answer, in words that never hold a key or data; None for a bug."""
-    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
-        # redis-py's own messages: host, port, errno; never a command's arguments.
-        return f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, ClusterNode):
-        return str(exc)
-    if isinstance(exc, redis.ResponseError):
-        # redis-py keeps the error code apart; Redis 7 keeps it for errors inside a script too.
-        code = (
-            getattr(exc, "status_code", None)
-            or _CODES_BY_CLASS.get(type(exc))
-            or str(exc).split(" ", 1)[0]
-        )
-        if code in UNAVAILABLE_CODES:
-            return f"{UNAVAILABLE_CODES[code]} ({code})"
-    return None
-
-
-def _unavailable(exc: redis.RedisError) -> NoReturn:
-    """Raise what a redis-py error means: ours for an outage, the error itself for a bug.
-
-    Called from ``except`` clauses rather than wrapping each call in a context manager: the
-    success path then costs nothing (a generator-based context manager costs about 1 µs a call).
-    """
-    reason = _availability_reason(exc)
-    if reason is None:
-        raise exc
-    raise SessionBackendUnavailable(reason) from exc
 
 
 def _expired_on_load(record: bytes) -> None:
@@ -226,15 +123,12 @@ class _AsyncClient:
     discard: Any
 
 
-class RedisStore(UserIndexMixin):
+class RedisStore:
     """Sessions in one Redis database, under one key prefix. Thread-safe; one per process.
 
-    Who is logged in (the user index beside the sessions) is :class:`~.users.UserIndexMixin`.
+    Who is logged in (the user index beside the sessions) is ``index``, a
+    :class:`~.index.RedisUserIndex`.
     """
-
-    # For the user index: how a redis-py error is raised, and how a record is packed.
-    _fail = staticmethod(_unavailable)
-    _record = staticmethod(pack)
 
     def __init__(self, config: StoreSettings, clock: Callable[[], float] = wall_clock) -> None:
         self.config = config
@@ -253,8 +147,7 @@ class RedisStore(UserIndexMixin):
             weakref.WeakKeyDictionary()
         )
         self._async_lock = threading.Lock()
-        self.max_sessions_per_user = config.max_sessions_per_user
-        self._init_user_index()
+        self.index = RedisUserIndex(self)
         self.near = (
             NearCache(config, clock=lambda: self.clock())  # follows a clock a test swaps in
             if config.near_cache_bytes is not None
@@ -304,8 +197,8 @@ class RedisStore(UserIndexMixin):
         except redis.RedisError as exc:
             if ticket is not None:
                 near.fill(ticket, None, 0.0, wrote=False)  # type: ignore[union-attr]
-            if not _wrong_type(exc):
-                _unavailable(exc)
+            if not wrong_type(exc):
+                unavailable(exc)
             self._count(False)
             self._discard_foreign(session_key, None)
             return None
@@ -347,7 +240,7 @@ class RedisStore(UserIndexMixin):
         try:
             self._evalsha(self._promote, key, _rest_ms(loaded, now))
         except redis.RedisError as exc:
-            if _availability_reason(exc) is None:
+            if availability_reason(exc) is None:
                 raise
 
     def create(
@@ -437,7 +330,7 @@ class RedisStore(UserIndexMixin):
             except redis.RedisError as exc:
                 if near is not None:
                     near.forget(session_key)
-                _unavailable(exc)
+                unavailable(exc)
             if near is not None:
                 near.forget(session_key)
                 if near.due():
@@ -454,7 +347,7 @@ class RedisStore(UserIndexMixin):
                     reply = send(self.client.execute_command)
         except redis.RedisError as exc:
             near.fill(ticket, None, 0.0, wrote=True)
-            _unavailable(exc)
+            unavailable(exc)
         except BaseException:
             near.fill(ticket, None, 0.0, wrote=True)
             raise
@@ -483,9 +376,9 @@ class RedisStore(UserIndexMixin):
         try:
             header = self.client.getrange(self.key(session_key), 0, HEADER_SIZE - 1)
         except redis.RedisError as exc:
-            if _wrong_type(exc):
+            if wrong_type(exc):
                 return False  # not ours: no session (the load that finds it deletes it)
-            _unavailable(exc)
+            unavailable(exc)
         return unpack(header, self.clock()) is not None
 
     def delete(self, session_key: str) -> None:
@@ -528,13 +421,13 @@ class RedisStore(UserIndexMixin):
                 pipe.set(self.key(session_key), record, px=ttl_ms, nx=True)
             return sum(1 for created in pipe.execute() if created)
         except redis.RedisError as exc:
-            _unavailable(exc)
+            unavailable(exc)
 
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())
         except redis.RedisError as exc:
-            _unavailable(exc)
+            unavailable(exc)
 
     def close(self) -> None:
         if self.near is not None:
@@ -561,6 +454,21 @@ class RedisStore(UserIndexMixin):
             "invalidations": near["invalidations"] if near is not None else 0,
             "near_cache": near,
         }
+
+    # -- the user index, for callers outside the Redis engine (everywhere, prunesessions) and
+    # the documented ``RedisStore.import_sessions``: the index's own methods
+
+    def user_sessions(self, user: str) -> list[IndexedSession]:
+        return self.index.user_sessions(user)
+
+    def end_sessions(self, user: str, session_keys: Iterable[str]) -> int:
+        return self.index.end_sessions(user, session_keys)
+
+    def prune_index(self, *, dry_run: bool = False) -> IndexPrune:
+        return self.index.prune_index(dry_run=dry_run)
+
+    def import_sessions(self, sessions: Iterable[ImportedSession]) -> int:
+        return self.index.import_sessions(sessions)
 
     # -- async: the same calls on redis.asyncio, one client (and pool) per event loop ---------
 
@@ -596,8 +504,8 @@ class RedisStore(UserIndexMixin):
         except redis.RedisError as exc:
             if ticket is not None:
                 near.fill(ticket, None, 0.0, wrote=False)  # type: ignore[union-attr]
-            if not _wrong_type(exc):
-                _unavailable(exc)
+            if not wrong_type(exc):
+                unavailable(exc)
             self._count(False)
             await self._adiscard_foreign(session_key, None)
             return None
@@ -618,7 +526,7 @@ class RedisStore(UserIndexMixin):
             try:
                 await connection.promote(keys=[key], args=[_rest_ms(loaded, now)])
             except redis.RedisError as exc:  # best effort, as in _promote_once()
-                if _availability_reason(exc) is None:
+                if availability_reason(exc) is None:
                     raise
         return loaded
 
@@ -632,7 +540,7 @@ class RedisStore(UserIndexMixin):
             )
         except redis.RedisError as exc:
             self._forget(session_key, answered=False)
-            _unavailable(exc)
+            unavailable(exc)
         self._forget(session_key, answered=True)
         return bool(created)
 
@@ -651,7 +559,7 @@ class RedisStore(UserIndexMixin):
             result = await connection.update(keys=[self.key(session_key)], args=args)
         except redis.RedisError as exc:
             self._forget(session_key, answered=False)
-            _unavailable(exc)
+            unavailable(exc)
         self._forget(session_key, answered=True)
         return RESULTS[result]
 
@@ -660,9 +568,9 @@ class RedisStore(UserIndexMixin):
         try:
             header = await client.getrange(self.key(session_key), 0, HEADER_SIZE - 1)
         except redis.RedisError as exc:
-            if _wrong_type(exc):
+            if wrong_type(exc):
                 return False  # as in exists()
-            _unavailable(exc)
+            unavailable(exc)
         return unpack(header, self.clock()) is not None
 
     async def adelete(self, session_key: str) -> None:
@@ -671,7 +579,7 @@ class RedisStore(UserIndexMixin):
             await client.set(self.key(session_key), TOMBSTONE, px=self.tombstone_ms)
         except redis.RedisError as exc:
             self._forget(session_key, answered=False)
-            _unavailable(exc)
+            unavailable(exc)
         self._forget(session_key, answered=True)
 
     async def adiscard(self, session_key: str, loaded: Loaded) -> None:
@@ -687,7 +595,7 @@ class RedisStore(UserIndexMixin):
             await connection.discard(keys=[self.key(session_key)], args=[found, start])
         except redis.RedisError as exc:
             self._forget(session_key, answered=False)
-            if _availability_reason(exc) is None:  # best effort, as in _discard()
+            if availability_reason(exc) is None:  # best effort, as in _discard()
                 raise
             return
         self._forget(session_key, answered=True)
