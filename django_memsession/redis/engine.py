@@ -45,9 +45,34 @@ REFUSED = (UpdateResult.DELETED, UpdateResult.GONE)
 STORED_LOGGED_IN = (1, 2)
 TAKEN = 3
 
+# What a load leaves to do after its round trip (see SessionStore._loaded()).
+DONE, DISCARD, TOUCH = 0, 1, 2
+
 # Ages (in seconds) this far from zero skip the datetime check in _expiry_age(): 100 years, far
 # inside what datetime can represent from today.
 SANE_AGE = 100 * 365 * 24 * 3600
+
+
+class _SavePlan:
+    """What one save writes, decided before its round trip (see ``SessionStore._save_plan``)."""
+
+    __slots__ = ("args", "expires_at", "indexed", "must_create", "now", "store", "user")
+
+    def __init__(
+        self,
+        store: RedisStore,
+        must_create: bool,
+        now: float,
+        expires_at: float,
+        user: str | None,
+    ) -> None:
+        self.store = store
+        self.must_create = must_create
+        self.now = now
+        self.expires_at = expires_at
+        self.user = user
+        self.indexed = False
+        self.args: tuple[Any, ...] = ()
 
 
 class SessionStore(FastSessionBase):
@@ -81,7 +106,7 @@ class SessionStore(FastSessionBase):
     # Every store call below notes an outage on self.outage (for the middleware) with a plain
     # try/except: a context manager would cost about 1 µs on every call's success path.
 
-    # -- load ----------------------------------------------------------------------------------
+    # -- load: _loaded() decides what is left after the round trip; load() and aload() run it
 
     def load(self) -> dict[str, Any]:
         session_key = self.session_key
@@ -95,15 +120,13 @@ class SessionStore(FastSessionBase):
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
-        data = self._decoded(loaded)
-        if data is None:
-            if loaded is not None:
-                store.discard(session_key, loaded)
-            return {}
-        if self._user is not None and store.index.touch_due(session_key):
+        data, then = self._loaded(store, session_key, loaded)
+        if then == DISCARD:
+            store.discard(session_key, loaded)  # type: ignore[arg-type]
+        elif then == TOUCH:
             # Best effort: "last used" is refreshed at the next chance.
             with contextlib.suppress(SessionBackendUnavailable):
-                store.index.touch(session_key, self._user)
+                store.index.touch(session_key, self._user)  # type: ignore[arg-type]
         return data
 
     async def aload(self) -> dict[str, Any]:
@@ -116,15 +139,25 @@ class SessionStore(FastSessionBase):
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
+        data, then = self._loaded(store, session_key, loaded)
+        if then == DISCARD:
+            await store.adiscard(session_key, loaded)  # type: ignore[arg-type]
+        elif then == TOUCH:
+            with contextlib.suppress(SessionBackendUnavailable):  # best effort, as in load()
+                await store.index.atouch(session_key, self._user)  # type: ignore[arg-type]
+        return data
+
+    def _loaded(
+        self, store: RedisStore, session_key: str, loaded: Loaded | None
+    ) -> tuple[dict[str, Any], int]:
+        """The session's data, and what is left to do: DISCARD a record whose data is not a
+        session, TOUCH a logged-in session whose "last used" is due, or DONE."""
         data = self._decoded(loaded)
         if data is None:
-            if loaded is not None:
-                await store.adiscard(session_key, loaded)
-            return {}
+            return {}, (DONE if loaded is None else DISCARD)
         if self._user is not None and store.index.touch_due(session_key):
-            with contextlib.suppress(SessionBackendUnavailable):  # best effort, as in load()
-                await store.index.atouch(session_key, self._user)
-        return data
+            return data, TOUCH
+        return data, DONE
 
     def _decoded(self, loaded: Loaded | None) -> dict[str, Any] | None:
         """The session's data; None for no session: unknown, expired, deleted or evicted (then
@@ -163,115 +196,87 @@ class SessionStore(FastSessionBase):
         )
         return None
 
-    # -- save ----------------------------------------------------------------------------------
+    # -- save: _save_plan() decides what to write, _created(), _updated() and _saved_logged_in()
+    # what the answer means; save() and asave() do the round trips
 
     def save(self, must_create: bool = False) -> None:
         if self.session_key is None:
             return self.create()
-        data = self._get_session(no_load=must_create)
+        plan = self._save_plan(self._get_session(no_load=must_create), must_create)
+        store = plan.store
+        try:
+            if plan.indexed:
+                result, ended = store.index.save_logged_in(*plan.args, **self._index_args(plan))
+                return self._saved_logged_in(plan, result, ended)
+            if must_create:
+                self._created(store.create(*plan.args))
+            elif self._updated(plan, store.update(*plan.args)):
+                result, ended = store.index.save_logged_in(*plan.args[:5], **self._index_args(plan))
+                return self._saved_logged_in(plan, result, ended)
+        except SessionBackendUnavailable as exc:
+            self.outage = exc
+            raise
+        self._known_expires_at = plan.expires_at
+
+    async def asave(self, must_create: bool = False) -> None:
         if self.session_key is None:
+            return await self.acreate()
+        plan = self._save_plan(await self._aget_session(no_load=must_create), must_create)
+        store = plan.store
+        try:
+            if plan.indexed:
+                result, ended = await store.index.asave_logged_in(
+                    *plan.args, **self._index_args(plan)
+                )
+                return self._saved_logged_in(plan, result, ended)
+            if must_create:
+                self._created(await store.acreate(*plan.args))
+            elif self._updated(plan, await store.aupdate(*plan.args)):
+                result, ended = await store.index.asave_logged_in(
+                    *plan.args[:5], **self._index_args(plan)
+                )
+                return self._saved_logged_in(plan, result, ended)
+        except SessionBackendUnavailable as exc:
+            self.outage = exc
+            raise
+        self._known_expires_at = plan.expires_at
+
+    def _save_plan(self, data: dict[str, Any], must_create: bool) -> _SavePlan:
+        """What a save writes, before any round trip. ``args``: the index's save (key, payload,
+        expiry, TTL, full TTL), else the store's create (... TTL, settled) or update (... full
+        TTL, may restore)."""
+        session_key = self.session_key
+        if session_key is None:
             # Loading found no session (expired, deleted): an update of nothing, as with
             # Django's engines. Through SessionMiddleware the load comes first and save() creates.
             raise UpdateError
         store = self._get_store()
         payload, expires_at, ttl, full_ttl, now = self._write(store, data)
         user = self._user_of(data)
-        indexed = self._indexed(store, must_create, user, expires_at)
-        try:
-            if indexed:
-                result, ended = store.index.save_logged_in(
-                    self.session_key,
-                    payload,
-                    expires_at,
-                    ttl,
-                    full_ttl,
-                    **self._index_args(must_create, now, user),
-                )
-                return self._saved_logged_in(store, result, ended, expires_at, user)
-            if must_create:
-                if not store.create(
-                    self.session_key, payload, expires_at, ttl, settled=ttl >= full_ttl
-                ):
-                    raise CreateError
-            else:
-                updated = store.update(
-                    self.session_key,
-                    payload,
-                    expires_at,
-                    ttl,
-                    full_ttl,
-                    may_restore=self._may_restore(now),
-                )
-                if updated in REFUSED:
-                    raise UpdateError
-                if updated is UpdateResult.RESTORED and user is not None:
-                    # Evicted meanwhile, so its member may have been cleaned: index it again.
-                    result, ended = store.index.save_logged_in(
-                        self.session_key,
-                        payload,
-                        expires_at,
-                        ttl,
-                        full_ttl,
-                        **self._index_args(must_create, now, user),
-                    )
-                    return self._saved_logged_in(store, result, ended, expires_at, user)
-        except SessionBackendUnavailable as exc:
-            self.outage = exc
-            raise
-        self._known_expires_at = expires_at
+        plan = _SavePlan(store, must_create, now, expires_at, user)
+        plan.indexed = self._indexed(store, must_create, user, expires_at)
+        if plan.indexed:
+            plan.args = (session_key, payload, expires_at, ttl, full_ttl)
+        elif must_create:
+            plan.args = (session_key, payload, expires_at, ttl, ttl >= full_ttl)
+        else:
+            may_restore = self._may_restore(now)
+            plan.args = (session_key, payload, expires_at, ttl, full_ttl, may_restore)
+        return plan
 
-    async def asave(self, must_create: bool = False) -> None:
-        if self.session_key is None:
-            return await self.acreate()
-        data = await self._aget_session(no_load=must_create)
-        if self.session_key is None:
+    @staticmethod
+    def _created(created: bool) -> None:
+        if not created:
+            raise CreateError
+
+    @staticmethod
+    def _updated(plan: _SavePlan, updated: UpdateResult) -> bool:
+        """What an update answered: a refusal raised as Django expects; True if the session was
+        stored again after an eviction and is logged in (its member may have been cleaned: the
+        save indexes it again)."""
+        if updated in REFUSED:
             raise UpdateError
-        store = self._get_store()
-        payload, expires_at, ttl, full_ttl, now = self._write(store, data)
-        user = self._user_of(data)
-        indexed = self._indexed(store, must_create, user, expires_at)
-        try:
-            if indexed:
-                result, ended = await store.index.asave_logged_in(
-                    self.session_key,
-                    payload,
-                    expires_at,
-                    ttl,
-                    full_ttl,
-                    **self._index_args(must_create, now, user),
-                )
-                return self._saved_logged_in(store, result, ended, expires_at, user)
-            if must_create:
-                if not await store.acreate(
-                    self.session_key, payload, expires_at, ttl, settled=ttl >= full_ttl
-                ):
-                    raise CreateError
-            else:
-                updated = await store.aupdate(
-                    self.session_key,
-                    payload,
-                    expires_at,
-                    ttl,
-                    full_ttl,
-                    may_restore=self._may_restore(now),
-                )
-                if updated in REFUSED:
-                    raise UpdateError
-                if updated is UpdateResult.RESTORED and user is not None:
-                    # As in save(): index it again.
-                    result, ended = await store.index.asave_logged_in(
-                        self.session_key,
-                        payload,
-                        expires_at,
-                        ttl,
-                        full_ttl,
-                        **self._index_args(must_create, now, user),
-                    )
-                    return self._saved_logged_in(store, result, ended, expires_at, user)
-        except SessionBackendUnavailable as exc:
-            self.outage = exc
-            raise
-        self._known_expires_at = expires_at
+        return updated is UpdateResult.RESTORED and plan.user is not None
 
     def _indexed(
         self, store: RedisStore, must_create: bool, user: str | None, expires_at: float
@@ -298,11 +303,11 @@ class SessionStore(FastSessionBase):
         user = data.get(AUTH_SESSION_KEY)
         return None if user is None else str(user)
 
-    def _index_args(self, must_create: bool, now: float, user: str | None) -> dict[str, Any]:
+    def _index_args(self, plan: _SavePlan) -> dict[str, Any]:
         return {
-            "create": must_create,
-            "may_restore": self._may_restore(now),
-            "user": user,
+            "create": plan.must_create,
+            "may_restore": self._may_restore(plan.now),
+            "user": plan.user,
             "loaded_user": self._user,
             "client": self.client,
             "replacing": self.__dict__.get("_replacing"),
@@ -324,16 +329,15 @@ class SessionStore(FastSessionBase):
         finally:
             self._replacing = None
 
-    def _saved_logged_in(
-        self, store: RedisStore, result: int, ended: int, expires_at: float, user: str | None
-    ) -> None:
+    def _saved_logged_in(self, plan: _SavePlan, result: int, ended: int) -> None:
         """What the user index's save answered: a refusal raised as Django expects, an ending
         by the per-user limit logged and signalled (as on the memory engine)."""
         if result == TAKEN:
             raise CreateError
         if result not in STORED_LOGGED_IN:
             raise UpdateError
-        self._known_expires_at = expires_at
+        user = plan.user
+        self._known_expires_at = plan.expires_at
         self._user = user
         if ended:
             who_logger.info(
@@ -341,7 +345,7 @@ class SessionStore(FastSessionBase):
                 "(%s).",
                 ended,
                 user,
-                store.index.max_sessions_per_user,
+                plan.store.index.max_sessions_per_user,
             )
             user_sessions_ended.send(
                 sender=RedisStore, user=user, count=ended, reason="limit", by=None
