@@ -37,7 +37,7 @@ import math
 import os
 import threading
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from functools import partial
@@ -88,6 +88,9 @@ class UpdateResult(Enum):
     DELETED = 0  # a tombstone: deleted (logout) since it was loaded
     GONE = -1  # missing and expired by the engine's clock
 
+
+# What a load leaves to do after its GET (see RedisStore._found()).
+DONE, DISCARD, PROMOTE = 0, 1, 2
 
 # The update script's answers (a dict lookup costs a tenth of Enum's own call).
 RESULTS = {result.value: result for result in UpdateResult}
@@ -173,6 +176,68 @@ class RedisStore:
         record = pack(payload, expires_at, settled=ttl_ms >= full_ttl_ms)
         return [record, ttl_ms, full_ttl_ms, int(self.clock() * 1000), int(may_restore)]
 
+    # -- what a call decides, before and after its round trip: the sync and async runners below
+    # share these, and only do the I/O
+
+    def _from_near(self, session_key: str) -> tuple[Loaded | None, Ticket | None]:
+        """Before a load's ``GET``: a valid copy from L1 (then no round trip), else the ticket
+        the ``GET`` takes (None without a near cache)."""
+        near = self.near
+        if near is None:
+            return None, None
+        record = near.get(session_key)  # no I/O: the invalidation socket is only polled
+        if record is not None:
+            loaded = unpack(record, self.clock())
+            if loaded is not None:
+                return loaded, None
+        return None, near.begin(session_key)
+
+    def _get_failed(self, ticket: Ticket | None, exc: redis.RedisError) -> None:
+        """A load's ``GET`` failed: raised as an outage or a bug, unless the key holds a value
+        of another type; that is no session, which the caller discards."""
+        if ticket is not None:
+            self.near.fill(ticket, None, 0.0, wrote=False)  # type: ignore[union-attr]
+        if not wrong_type(exc):
+            unavailable(exc)
+        self._count(False)
+
+    def _found(
+        self, record: bytes | None, ticket: Ticket | None
+    ) -> tuple[Loaded | None, int, float]:
+        """What a load's ``GET`` found: the live session or None, what is left to do (DISCARD a
+        value not ours, PROMOTE a session back from probation, or DONE), and now. L1 gets the
+        record if it may keep it; the load is counted."""
+        now = self.clock()
+        loaded = unpack(record, now)
+        then = DONE
+        if loaded is None:
+            if record is not None:
+                if foreign(record):
+                    then = DISCARD
+                else:
+                    _expired_on_load(record)
+        elif record[0] == PROBATION_BYTE:  # type: ignore[index]
+            then = PROMOTE
+        if ticket is not None:
+            self._fill_from_load(self.near, ticket, record, loaded)  # type: ignore[arg-type]
+        self._count(loaded is not None)
+        return loaded, then, now
+
+    def _create_command(
+        self, session_key: str, payload: bytes, expires_at: float, ttl_ms: int, settled: bool
+    ) -> tuple[tuple[Any, ...], bytes]:
+        """A create's command (``SET NX`` with its TTL), and the record it writes."""
+        record = pack(payload, expires_at, settled)
+        return ("SET", self.prefix + session_key.encode(), record, "PX", ttl_ms, "NX"), record
+
+    def _tombstone_command(self, session_key: str) -> tuple[Any, ...]:
+        return ("SET", self.prefix + session_key.encode(), TOMBSTONE, "PX", self.tombstone_ms)
+
+    def _exists_failed(self, exc: redis.RedisError) -> bool:
+        if wrong_type(exc):
+            return False  # not ours: no session (the load that finds it deletes it)
+        unavailable(exc)
+
     # -- sync ----------------------------------------------------------------------------------
 
     def load(self, session_key: str) -> Loaded | None:
@@ -182,41 +247,24 @@ class RedisStore:
         probation has come back: :meth:`_promote_once` settles it (the one load that costs a
         second round trip).
         """
-        near = self.near
-        ticket = None
-        if near is not None:
-            record = near.get(session_key)
-            if record is not None:
-                loaded = unpack(record, self.clock())
-                if loaded is not None:
-                    return loaded
-            ticket = near.begin(session_key)
+        loaded, ticket = self._from_near(session_key)
+        if loaded is not None:
+            return loaded
         key = self.prefix + session_key.encode()
         try:
             record = self.client.get(key)
         except redis.RedisError as exc:
-            if ticket is not None:
-                near.fill(ticket, None, 0.0, wrote=False)  # type: ignore[union-attr]
-            if not wrong_type(exc):
-                unavailable(exc)
-            self._count(False)
+            self._get_failed(ticket, exc)
             self._discard_foreign(session_key, None)
             return None
-        now = self.clock()
-        loaded = unpack(record, now)
-        if loaded is None and record is not None:
-            if foreign(record):
-                self._discard_foreign(session_key, record)
-            else:
-                _expired_on_load(record)
-        if near is not None:
-            if ticket is not None:
-                self._fill_from_load(near, ticket, record, loaded)
-            if near.due():
-                near.connect()  # Redis has just answered: register tracking again
-        self._count(loaded is not None)
-        if loaded is not None and record[0] == PROBATION_BYTE:
-            self._promote_once(key, loaded, now)
+        loaded, then, now = self._found(record, ticket)
+        if then == DISCARD:
+            self._discard_foreign(session_key, record)
+        near = self.near
+        if near is not None and near.due():
+            near.connect()  # Redis has just answered: register tracking again
+        if then == PROMOTE:
+            self._promote_once(key, loaded, now)  # type: ignore[arg-type]
         return loaded
 
     @staticmethod
@@ -247,8 +295,7 @@ class RedisStore:
         self, session_key: str, payload: bytes, expires_at: float, ttl_ms: int, settled: bool
     ) -> bool:
         """Store a new session unless the key is taken (by a session or a tombstone)."""
-        record = pack(payload, expires_at, settled)
-        command = ("SET", self.prefix + session_key.encode(), record, "PX", ttl_ms, "NX")
+        command, record = self._create_command(session_key, payload, expires_at, ttl_ms, settled)
         created = self._write(
             session_key,
             lambda run: run(*command),
@@ -376,14 +423,12 @@ class RedisStore:
         try:
             header = self.client.getrange(self.key(session_key), 0, HEADER_SIZE - 1)
         except redis.RedisError as exc:
-            if wrong_type(exc):
-                return False  # not ours: no session (the load that finds it deletes it)
-            unavailable(exc)
+            return self._exists_failed(exc)
         return unpack(header, self.clock()) is not None
 
     def delete(self, session_key: str) -> None:
         """Replace the session with a tombstone: no concurrent save can bring it back."""
-        command = ("SET", self.key(session_key), TOMBSTONE, "PX", self.tombstone_ms)
+        command = self._tombstone_command(session_key)
         self._write(session_key, lambda run: run(*command), None)
 
     def discard(self, session_key: str, loaded: Loaded) -> None:
@@ -488,43 +533,26 @@ class RedisStore:
         return found
 
     async def aload(self, session_key: str) -> Loaded | None:
-        near = self.near
-        ticket = None
-        if near is not None:
-            record = near.get(session_key)  # no I/O: the invalidation socket is only polled
-            if record is not None:
-                loaded = unpack(record, self.clock())
-                if loaded is not None:
-                    return loaded
-            ticket = near.begin(session_key)
+        loaded, ticket = self._from_near(session_key)
+        if loaded is not None:
+            return loaded
         connection = self._async_client()
         key = self.prefix + session_key.encode()
         try:
             record = await connection.client.get(key)
         except redis.RedisError as exc:
-            if ticket is not None:
-                near.fill(ticket, None, 0.0, wrote=False)  # type: ignore[union-attr]
-            if not wrong_type(exc):
-                unavailable(exc)
-            self._count(False)
+            self._get_failed(ticket, exc)
             await self._adiscard_foreign(session_key, None)
             return None
-        now = self.clock()
-        loaded = unpack(record, now)
-        if loaded is None and record is not None:
-            if foreign(record):
-                await self._adiscard_foreign(session_key, record)
-            else:
-                _expired_on_load(record)
-        if near is not None:
-            if ticket is not None:
-                self._fill_from_load(near, ticket, record, loaded)
-            if near.due():
-                _connect_off_loop(near)
-        self._count(loaded is not None)
-        if loaded is not None and record[0] == PROBATION_BYTE:
+        loaded, then, now = self._found(record, ticket)
+        if then == DISCARD:
+            await self._adiscard_foreign(session_key, record)
+        near = self.near
+        if near is not None and near.due():
+            _connect_off_loop(near)
+        if then == PROMOTE:
             try:
-                await connection.promote(keys=[key], args=[_rest_ms(loaded, now)])
+                await connection.promote(keys=[key], args=[_rest_ms(loaded, now)])  # type: ignore[arg-type]
             except redis.RedisError as exc:  # best effort, as in _promote_once()
                 if availability_reason(exc) is None:
                     raise
@@ -533,16 +561,8 @@ class RedisStore:
     async def acreate(
         self, session_key: str, payload: bytes, expires_at: float, ttl_ms: int, settled: bool
     ) -> bool:
-        client = self._async_client().client
-        try:
-            created = await client.set(
-                self.key(session_key), pack(payload, expires_at, settled), px=ttl_ms, nx=True
-            )
-        except redis.RedisError as exc:
-            self._forget(session_key, answered=False)
-            unavailable(exc)
-        self._forget(session_key, answered=True)
-        return bool(created)
+        command, _ = self._create_command(session_key, payload, expires_at, ttl_ms, settled)
+        return bool(await self._asend(session_key, lambda c: c.client.execute_command(*command)))
 
     async def aupdate(
         self,
@@ -553,34 +573,21 @@ class RedisStore:
         full_ttl_ms: int,
         may_restore: bool,
     ) -> UpdateResult:
-        connection = self._async_client()
         args = self._update_args(payload, expires_at, ttl_ms, full_ttl_ms, may_restore)
-        try:
-            result = await connection.update(keys=[self.key(session_key)], args=args)
-        except redis.RedisError as exc:
-            self._forget(session_key, answered=False)
-            unavailable(exc)
-        self._forget(session_key, answered=True)
-        return RESULTS[result]
+        keys = [self.prefix + session_key.encode()]
+        return RESULTS[await self._asend(session_key, lambda c: c.update(keys=keys, args=args))]
 
     async def aexists(self, session_key: str) -> bool:
         client = self._async_client().client
         try:
             header = await client.getrange(self.key(session_key), 0, HEADER_SIZE - 1)
         except redis.RedisError as exc:
-            if wrong_type(exc):
-                return False  # as in exists()
-            unavailable(exc)
+            return self._exists_failed(exc)
         return unpack(header, self.clock()) is not None
 
     async def adelete(self, session_key: str) -> None:
-        client = self._async_client().client
-        try:
-            await client.set(self.key(session_key), TOMBSTONE, px=self.tombstone_ms)
-        except redis.RedisError as exc:
-            self._forget(session_key, answered=False)
-            unavailable(exc)
-        self._forget(session_key, answered=True)
+        command = self._tombstone_command(session_key)
+        await self._asend(session_key, lambda c: c.client.execute_command(*command))
 
     async def adiscard(self, session_key: str, loaded: Loaded) -> None:
         await self._adiscard(session_key, loaded.payload, HEADER_SIZE + 1)
@@ -590,15 +597,20 @@ class RedisStore:
         await self._adiscard(session_key, found or b"", 1)
 
     async def _adiscard(self, session_key: str, found: bytes, start: int) -> None:
-        connection = self._async_client()
+        keys = [self.prefix + session_key.encode()]
+        with contextlib.suppress(SessionBackendUnavailable):  # best effort, as in _discard()
+            await self._asend(session_key, lambda c: c.discard(keys=keys, args=[found, start]))
+
+    async def _asend(self, session_key: str, send: Callable[[_AsyncClient], Awaitable[T]]) -> T:
+        """Send one write on the event loop's pool (not on the near cache's writer connection,
+        whose I/O would block the loop), raising what a failure means."""
         try:
-            await connection.discard(keys=[self.key(session_key)], args=[found, start])
+            reply = await send(self._async_client())
         except redis.RedisError as exc:
             self._forget(session_key, answered=False)
-            if availability_reason(exc) is None:  # best effort, as in _discard()
-                raise
-            return
+            unavailable(exc)
         self._forget(session_key, answered=True)
+        return reply
 
     def _forget(self, session_key: str, *, answered: bool) -> None:
         """After an async write (sent on the event loop's pool, not on the writer connection,
