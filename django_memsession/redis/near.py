@@ -71,6 +71,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..conf import DEFAULT_LOW_WATER
 from ..sizing import EntrySizer
 from ..store import EntryTooLarge, Limits, MemoryStore, PutResult
 from .conf import StoreSettings
@@ -83,7 +84,8 @@ WRITER_NAME = "memsession-near-writer"
 # How long after a failed attempt to register tracking again (on the monotonic clock): a Redis
 # that is down is not asked on every request.
 RETRY_INTERVAL = 1.0
-# A session larger than this share of the near cache is not kept in it.
+# A session larger than this share of the near cache is not kept in it: the memory engine's own
+# rule for its default MEMSESSION_MAX_SESSION_SIZE (an eighth of MEMSESSION_MAX_SIZE, conf.py).
 MAX_SESSION_SHARE = 8
 POLL_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
@@ -212,11 +214,14 @@ class NearCache:
         self.config = config
         self.prefix = config.prefix.encode()
         budget = config.near_cache_bytes
-        self.l1 = MemoryStore(
-            Limits(max_bytes=budget, max_session_bytes=budget // MAX_SESSION_SHARE, low_water=0.75),
-            clock=clock,
-            sizer=EntrySizer(),
+        # The memory engine's defaults, not its settings: MEMSESSION_LOW_WATER and
+        # MEMSESSION_MAX_SESSION_SIZE size the memory engine's store, not this cache.
+        limits = Limits(
+            max_bytes=budget,
+            max_session_bytes=budget // MAX_SESSION_SHARE,
+            low_water=DEFAULT_LOW_WATER,
         )
+        self.l1 = MemoryStore(limits, clock=clock, sizer=EntrySizer())
         self.monotonic = monotonic
         self.retry_interval = retry_interval
         self.pid = os.getpid()
