@@ -284,7 +284,7 @@ class SessionStore(FastSessionBase):
         """Whether this save goes through the user index's script, or is a plain update.
 
         A session that is, or was, logged in is indexed by its save; but a save of the same
-        user's session that this process indexed less than ``users.LAST_USED_INTERVAL`` ago,
+        user's session that this process indexed less than ``index.LAST_USED_INTERVAL`` ago,
         with the same client and an expiry within the hash's TTL, is a plain update: its member
         is there (a logout or an ending leaves a tombstone, which refuses the update; an
         eviction is noticed as RESTORED and indexed again), and "last used" is true to the
@@ -353,7 +353,7 @@ class SessionStore(FastSessionBase):
 
     def note_client(self, client: str) -> None:
         """Note a logged-in session's client: with its next save, or now (one round trip) if
-        this process has not noted this client for it yet (see ``users.LastUsed``)."""
+        this process has not noted this client for it yet (see ``index.LastUsed``)."""
         self.client = client
         session_key, user = self.session_key, self._user
         if session_key is None or user is None:

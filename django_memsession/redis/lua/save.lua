@@ -34,7 +34,7 @@ else
     end
     result = 2
   elseif expires_at <= now_ms then
-    redis.call('DEL', KEYS[1])  -- as in UPDATE_SCRIPT
+    redis.call('DEL', KEYS[1])  -- as in update.lua
     return {-1, 0}
   elseif kind == 'S' and string.byte(record, 1) == 80 then
     record = 'S' .. string.sub(record, 2)
