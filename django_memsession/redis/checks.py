@@ -11,6 +11,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from .. import conf as root_conf
+from ..checks import errors
 from . import conf
 
 
@@ -21,10 +22,7 @@ def _engine_in_use() -> bool:
 def check_redis_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if not _engine_in_use():
         return []
-    found: list[CheckMessage] = [
-        Error(problem.msg, hint=problem.hint, id=problem.id, obj="settings")
-        for problem in conf.problems()
-    ]
+    found = errors(conf.problems())
     if getattr(settings, "MEMSESSION_MAX_SESSIONS", None) is not None:
         # Honouring a count would take a counter beside every write and a choice of what to
         # evict, which Redis makes itself (maxmemory-policy): not cheaply, so not at all.
