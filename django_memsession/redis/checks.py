@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from .. import conf as root_conf
@@ -23,7 +22,7 @@ def check_redis_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMe
     if not _engine_in_use():
         return []
     found = errors(conf.problems())
-    if getattr(settings, "MEMSESSION_MAX_SESSIONS", None) is not None:
+    if root_conf.conf.MAX_SESSIONS is not None:
         # Honouring a count would take a counter beside every write and a choice of what to
         # evict, which Redis makes itself (maxmemory-policy): not cheaply, so not at all.
         found.append(

@@ -4,7 +4,7 @@ engine's beside it, and what both share in ``conf/base.py``); this module re-exp
 
 from __future__ import annotations
 
-from ..conf.base import DEFAULT_MAX_SESSION_SIZE, Problem
+from ..conf.base import DEFAULT_MAX_SESSION_SIZE, Problem, problems_text, raise_any
 from ..conf.redis import (
     DEFAULT_OPTIONS,
     DEFAULT_PREFIX,
@@ -44,6 +44,8 @@ __all__ = [
     "max_session_bytes",
     "pool_options",
     "problems",
+    "problems_text",
+    "raise_any",
     "redacted",
     "store_settings",
     "url_problem",
