@@ -53,11 +53,20 @@ class Setting:
     def __get__(self, instance: object, owner: type | None = None) -> Any:
         if instance is None:
             return self
+        return getattr(settings, self.name, self.default)
+
+
+class DictSetting(Setting):
+    """A setting whose default is a dict: a fresh copy each time it is not set, so that nobody
+    shares (and changes) the default."""
+
+    __slots__ = ()
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
         value = getattr(settings, self.name, self)
-        if value is self:
-            # A fresh {} each time, as a literal default would be: nobody shares a mutable default.
-            return dict(self.default) if isinstance(self.default, dict) else self.default
-        return value
+        return dict(self.default) if value is self else value
 
 
 class BaseSettings:

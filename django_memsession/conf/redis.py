@@ -24,6 +24,7 @@ from ..sizing import parse_size
 from .base import (
     DEFAULT_MAX_SESSION_SIZE,
     BaseSettings,
+    DictSetting,
     Problem,
     Setting,
     _is_number,
@@ -75,7 +76,7 @@ class RedisSettings(BaseSettings):
 
     URL = Setting(None)
     PREFIX = Setting(DEFAULT_PREFIX)
-    OPTIONS = Setting({})
+    OPTIONS = DictSetting({})
     PROBATION_AGE = Setting(DEFAULT_PROBATION_AGE)
     NEAR_CACHE = Setting(None)
 
