@@ -71,7 +71,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..conf import DEFAULT_LOW_WATER
+from ..conf import DEFAULT_LOW_WATER, MAX_SESSION_SHARE
 from ..sizing import EntrySizer
 from ..store import EntryTooLarge, Limits, MemoryStore, PutResult
 from .conf import StoreSettings
@@ -84,9 +84,6 @@ WRITER_NAME = "memsession-near-writer"
 # How long after a failed attempt to register tracking again (on the monotonic clock): a Redis
 # that is down is not asked on every request.
 RETRY_INTERVAL = 1.0
-# A session larger than this share of the near cache is not kept in it: the memory engine's own
-# rule for its default MEMSESSION_MAX_SESSION_SIZE (an eighth of MEMSESSION_MAX_SIZE, conf.py).
-MAX_SESSION_SHARE = 8
 POLL_EVENTS = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
@@ -214,8 +211,9 @@ class NearCache:
         self.config = config
         self.prefix = config.prefix.encode()
         budget = config.near_cache_bytes
-        # The memory engine's defaults, not its settings: MEMSESSION_LOW_WATER and
-        # MEMSESSION_MAX_SESSION_SIZE size the memory engine's store, not this cache.
+        # The memory engine's defaults (conf), not its settings: MEMSESSION_LOW_WATER and
+        # MEMSESSION_MAX_SESSION_SIZE size the memory engine's store, not this cache. A session
+        # larger than a MAX_SESSION_SHARE-th of the budget is not kept.
         limits = Limits(
             max_bytes=budget,
             max_session_bytes=budget // MAX_SESSION_SHARE,
