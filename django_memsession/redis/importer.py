@@ -33,20 +33,19 @@ from enum import Enum
 from urllib.parse import urlsplit
 
 import redis
-from django.core.exceptions import ImproperlyConfigured
 
 from ..serializers import current_codec
 from ..sessionbase import AUTH_SESSION_KEY
-from ..sizing import parse_size
 from ..store import wall_clock
 from .conf import (
-    DEFAULT_MAX_SESSION_SIZE,
-    DEFAULT_OPTIONS,
     URL_SCHEMES,
     Problem,
     StoreSettings,
     conf,
+    max_session_bytes,
+    pool_options,
     problems,
+    raise_any,
     redacted,
 )
 from .index import INDEX_TTL_MARGIN_MS, facts_text
@@ -175,16 +174,12 @@ def importer_for(url: str) -> Importer:
                 "Give the Redis server's URL, e.g. redis://127.0.0.1:6379/0.",
             ),
         )
-    if found:
-        raise ImproperlyConfigured(
-            "; ".join(f"{problem.msg} {problem.hint} ({problem.id})" for problem in found)
-        )
-    size = conf.MAX_SESSION_SIZE
+    raise_any(found)
     settings = StoreSettings(
         url=url,
         prefix=conf.PREFIX,
-        options={**DEFAULT_OPTIONS, **conf.OPTIONS},
+        options=pool_options(),
         probation_age=float(conf.PROBATION_AGE),
-        max_session_bytes=DEFAULT_MAX_SESSION_SIZE if size is None else parse_size(size),
+        max_session_bytes=max_session_bytes(),
     )
     return Importer(RedisStore(settings))

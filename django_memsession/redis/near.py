@@ -71,10 +71,9 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from ..conf import DEFAULT_LOW_WATER, MAX_SESSION_SHARE
 from ..sizing import EntrySizer
 from ..store import EntryTooLarge, Limits, MemoryStore, PutResult
-from .conf import StoreSettings
+from .conf import NEAR_CACHE_LOW_WATER, NEAR_CACHE_SESSION_SHARE, StoreSettings
 
 __all__ = ["NearCache", "Ticket", "WriterLost", "parse_resp"]
 
@@ -211,13 +210,12 @@ class NearCache:
         self.config = config
         self.prefix = config.prefix.encode()
         budget = config.near_cache_bytes
-        # The memory engine's defaults (conf), not its settings: MEMSESSION_LOW_WATER and
-        # MEMSESSION_MAX_SESSION_SIZE size the memory engine's store, not this cache. A session
-        # larger than a MAX_SESSION_SHARE-th of the budget is not kept.
+        # conf's defaults for the near cache, not the memory engine's settings:
+        # MEMSESSION_LOW_WATER and MEMSESSION_MAX_SESSION_SIZE size its store, not this cache.
         limits = Limits(
             max_bytes=budget,
-            max_session_bytes=budget // MAX_SESSION_SHARE,
-            low_water=DEFAULT_LOW_WATER,
+            max_session_bytes=budget // NEAR_CACHE_SESSION_SHARE,
+            low_water=NEAR_CACHE_LOW_WATER,
         )
         self.l1 = MemoryStore(limits, clock=clock, sizer=EntrySizer())
         self.monotonic = monotonic
