@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
-from .store import PutResult
+from .memory.store import PutResult
 
 __all__ = ["SessionBackend"]
 

@@ -11,7 +11,7 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from . import conf, control
-from .snapshot_file import Claim, file_problem
+from .memory.snapshot.file import Claim, file_problem
 
 
 def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:

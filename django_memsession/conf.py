@@ -20,8 +20,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
 from .dirs import dir_problem
+from .memory.store import Limits
 from .sizing import format_size, parse_size
-from .store import Limits
 
 # SESSION_ENGINE for each of the package's engines.
 MEMORY_ENGINE = "django_memsession"

@@ -23,10 +23,11 @@ import threading
 from typing import Any, Protocol
 
 from . import conf, control, runtime
-from .logged_in import end_local, parse_client, session_id, user_id
+from .logged_in import parse_client, session_id, user_id
+from .memory.store import MemoryStore
+from .memory.who import end_local
 from .messages import Gathered, UserSession
 from .signals import user_sessions_ended
-from .store import MemoryStore
 
 __all__ = [
     "EveryProcess",

@@ -19,7 +19,7 @@ stop (each sends what it has queued first). A process also sends what it has que
 exits (``atexit``, within :data:`DRAIN_TIMEOUT`), so a restart loses nothing it had accepted.
 
 Fork-safe: the thread and the Redis connection are this process's; a forked child drops both
-and builds its own on first use (see :mod:`~django_memsession.runtime`).
+and builds its own on first use (see :mod:`~django_memsession.memory.services`).
 """
 
 from __future__ import annotations

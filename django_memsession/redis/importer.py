@@ -36,10 +36,10 @@ from urllib.parse import urlsplit
 import redis
 from django.core.exceptions import ImproperlyConfigured
 
+from ..clock import wall_clock
 from ..serializers import current_codec
 from ..sessionbase import AUTH_SESSION_KEY
 from ..sizing import parse_size
-from ..store import wall_clock
 from .conf import (
     DEFAULT_MAX_SESSION_SIZE,
     DEFAULT_OPTIONS,

@@ -2,22 +2,23 @@
 
 Knows nothing of Django requests (the engine in ``engine.py`` does). Time comes from an injected
 clock and sizes from an injected :class:`~django_memsession.sizing.EntrySizer`, so tests move time
-instead of sleeping. The eviction policy is :class:`~django_memsession.lru.SegmentedLRU`; the keys
-of evicted sessions are :class:`~django_memsession.remembered.RememberedKeys`.
+instead of sleeping. The eviction policy is
+:class:`~django_memsession.memory.lru.SegmentedLRU`; the keys of evicted sessions are
+:class:`~django_memsession.memory.remembered.RememberedKeys`.
 
 Layout, chosen for memory (see README, "Memory"): one ``bytes`` value per session, whose first 12
 bytes are its expiry time and its journal epoch, so an entry is a key, a value and a slot in an
 ``OrderedDict``; no per-entry tuple, float or bookkeeping object. Recency is the ``OrderedDict``
 order.
 
-Journal (when snapshots are on, see :mod:`~django_memsession.snapshotter`): a snapshot is copied
-while requests go on, so after a crash the file may hold an older version of a session written
-after the copy began, or a session deleted since. The store tells its ``on_journal`` callback,
-after the lock is released, about the first write or delete of each session in each *epoch* (one
-epoch per snapshot); a restore leaves out every session journaled since its snapshot began.
-Each entry carries the epoch it was last journaled in, so a session written on every request
-is journaled once per snapshot, not once per write. A new session is not journaled (it cannot be
-in an older snapshot at an older version); its first update is.
+Journal (when snapshots are on, see :mod:`~django_memsession.memory.snapshot.writer`): a snapshot is
+copied while requests go on, so after a crash the file may hold an older version of a session
+written after the copy began, or a session deleted since. The store tells its ``on_journal``
+callback, after the lock is released, about the first write or delete of each session in each
+*epoch* (one epoch per snapshot); a restore leaves out every session journaled since its snapshot
+began. Each entry carries the epoch it was last journaled in, so a session written on every request
+is journaled once per snapshot, not once per write. A new session is not journaled (it cannot be in
+an older snapshot at an older version); its first update is.
 
 Locking: one ``threading.Lock``, held only for dictionary work. Packing, sizing, serialization,
 logging and signals all happen outside it; events gathered under the lock are handed to the
@@ -36,11 +37,12 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 
-from . import users as facts
+from ..clock import wall_clock
+from ..sizing import EntrySizer
+from . import index as facts
+from .index import FACTS, FACTS_SIZE, SessionFacts, UserIndex, user_key
 from .lru import AUTHENTICATED, PROBATION, RETURNING, SEGMENT_NAMES, SegmentedLRU
 from .remembered import RememberedKeys
-from .sizing import EntrySizer
-from .users import FACTS, FACTS_SIZE, SessionFacts, UserIndex, user_key
 
 __all__ = [
     "EntryTooLarge",
@@ -91,12 +93,6 @@ def _expiry(index: int, key: str, value: bytes) -> float | None:
     return expires_at
 
 
-def wall_clock() -> float:
-    """``time.time()``, looked up when called: freezegun and time-machine move it, as they move
-    the expiries of Django's own engines."""
-    return time.time()
-
-
 class EntryTooLarge(ValueError):
     """One entry alone is larger than the per-session limit."""
 
@@ -134,7 +130,8 @@ class Limits:
 
     @property
     def session_bytes(self) -> int:
-        """The rest, for sessions and their tables (see :mod:`~django_memsession.remembered`)."""
+        """The rest, for sessions and their tables (see
+        :mod:`~django_memsession.memory.remembered`)."""
         return self.max_bytes - self.remember_bytes
 
 
@@ -240,7 +237,7 @@ class MemoryStore:
         """The stored payload of a live session (and it becomes most recently used), or None.
 
         A logged-in session's last use is noted to the second: its value is copied with the new
-        second at most once a second (see :mod:`~django_memsession.users`).
+        second at most once a second (see :mod:`~django_memsession.memory.index`).
         """
         now = self.clock()
         events = None
@@ -623,8 +620,8 @@ class MemoryStore:
         """Remove every expired session (and forget expired remembered keys).
 
         Walks each segment in chunks of ``chunk_size`` entries (see
-        :class:`~django_memsession.lru.SegmentedLRU`), holding the lock for one chunk at a time
-        and yielding between chunks, so a request waits on a prune for a fraction of a
+        :class:`~django_memsession.memory.lru.SegmentedLRU`), holding the lock for one chunk at a
+        time and yielding between chunks, so a request waits on a prune for a fraction of a
         millisecond per chunk, however many sessions there are.
         """
         result = PruneResult()

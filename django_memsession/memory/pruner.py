@@ -20,8 +20,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .messages import PassReport, PrunerState, Sample
-from .periodic import Periodic
+from ..messages import PassReport, PrunerState, Sample
+from ..periodic import Periodic
 from .store import MemoryStore
 
 __all__ = ["Pruner", "release_free_memory"]

@@ -16,17 +16,18 @@ from typing import Any
 
 from django.contrib.sessions.backends.base import CreateError, UpdateError
 
-from . import runtime
-from .backend import SessionBackend
-from .exceptions import SessionTooLarge
-from .serializers import current_codec
-from .sessionbase import (
+from .. import runtime
+from ..backend import SessionBackend
+from ..exceptions import SessionTooLarge
+from ..serializers import current_codec
+from ..sessionbase import (
     AUTH_SESSION_KEY,
     KEY_LENGTH,
     FastSessionBase,
     current_session,
     new_session_key,
 )
+from . import services
 from .store import EntryTooLarge, PutResult
 
 __all__ = [
@@ -48,7 +49,7 @@ class SessionStore(FastSessionBase):
     """The session engine: ``SESSION_ENGINE = "django_memsession"``."""
 
     # The store this engine talks to; another store kind's engine overrides it.
-    backend: Callable[[], SessionBackend] = staticmethod(runtime.get_store)
+    backend: Callable[[], SessionBackend] = staticmethod(services.get_store)
     # The client (IP address and user agent, see clients.py) to note with the next save of a
     # logged-in session; set at login when MEMSESSION_TRACK_CLIENTS is on. None keeps what the
     # store has.
