@@ -1,23 +1,19 @@
-"""The public API's process functions, for the engine in ``SESSION_ENGINE``: ``stats()``,
-``report()``, ``gather()``, ``ask()``, ``start_listener()``... On the memory engine they are its
-services' (``memory/services.py``, where the memory engine's composition root now lives); on the
-Redis engine they hand over to that engine's services, ``redis/services.py``, imported only then.
+"""The public API's process functions, answering for this process's engine through the seam
+(:func:`django_memsession.engines.current`): ``stats()``, ``report()``, ``gather()``, ``ask()``,
+``start_listener()``, ``stop_listener()``, ``prune_everywhere()``.
 
 ``prune()``, ``snapshot()``, ``start_pruner()``, ``stop_pruner()``, ``clear()``, ``get_store()``
-and ``peek_store()`` are the memory engine's, re-exported from ``memory/services.py``.
+and ``peek_store()`` are the memory engine's (each process's own store), re-exported from
+``memory/services.py``, where the memory engine's composition root now lives.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import sys
-from collections.abc import Callable
 from typing import Any
 
-from . import conf, control
+from . import control, engines
 from .listener import Listener
-from .memory import services as memory
 from .memory.services import (
     SnapshotsOff,
     clear,
@@ -30,7 +26,7 @@ from .memory.services import (
     stop_pruner,
     user_of_payload,
 )
-from .messages import Gathered, ProcessReport, Request
+from .messages import Gathered, ProcessReport
 
 __all__ = [
     "SnapshotsOff",
@@ -54,28 +50,17 @@ __all__ = [
 
 logger = logging.getLogger("django_memsession")
 
-# The Redis engine's services: the functions below hand over to them on that engine.
-REDIS_SERVICES = "django_memsession.redis.services"
-
 
 def start_listener() -> Listener | None:
     """Listen for this process now (idempotent); ``None`` when the channel is off or cannot
-    start. Builds the store (or, on the Redis engine, its services) if needed."""
-    if conf.redis_engine():
-        from .redis.services import start_listener as start_redis_listener
-
-        return start_redis_listener()
-    return memory.start_listener()
+    start. Builds this engine's services if needed."""
+    return engines.current().start_listener()
 
 
 def stop_listener() -> None:
     """Stop this process's listener, whichever engine's services hold it."""
-    memory.stop_listener()
-    # Loaded only if this process used the Redis engine (importing it here would import redis).
-    if REDIS_SERVICES in sys.modules:
-        from .redis.services import stop_listener as stop_redis_listener
-
-        stop_redis_listener()
+    for engine in engines.loaded():
+        engine.stop_listener()
 
 
 def stats() -> dict[str, Any]:
@@ -83,28 +68,12 @@ def stats() -> dict[str, Any]:
     ``misses``, ``evictions``, ``expired`` and more (see README, "Stats"). On the Redis engine:
     this process's hits, misses and latency, and Redis's own figures under ``"redis"`` (None,
     and ``"problem"`` saying why, when Redis cannot give them)."""
-    if conf.redis_engine():
-        from .redis.services import stats as redis_stats
-
-        return redis_stats()
-    return memory.stats()
+    return engines.current().stats()
 
 
 def report() -> ProcessReport:
     """This process's full picture: stats, uptime, pruner, size history."""
-    if conf.redis_engine():
-        from .redis.services import report as redis_report
-
-        return redis_report()
-    return memory.report()
-
-
-def _local_handler() -> Callable[[Request], ProcessReport] | None:
-    if conf.redis_engine():
-        from .redis.services import local_handler
-
-        return local_handler()
-    return memory.local_handler()
+    return engines.current().report()
 
 
 def gather(
@@ -123,7 +92,7 @@ def gather(
         command,
         dry_run=dry_run,
         timeout=timeout,
-        local=_local_handler() if local else None,
+        local=engines.current().local_handler() if local else None,
         fields=fields,
     )
 
@@ -138,14 +107,8 @@ def ask(
 ) -> ProcessReport:
     """Ask one process (this one directly): the next page of a long answer. Raises
     ``control.ChannelError``."""
-    if pid == os.getpid():
-        handler = _local_handler()
-        if handler is None:
-            raise control.Gone("this process holds no store")
-        return handler(control.new_request(command, dry_run=dry_run, fields=fields))
-    return control.request(
-        control.socket_path(pid), command, dry_run=dry_run, timeout=timeout, fields=fields
-    )
+    local = engines.current().local_handler()
+    return control.ask(pid, command, fields=fields, timeout=timeout, dry_run=dry_run, local=local)
 
 
 def prune_everywhere(*, dry_run: bool = False, timeout: float | None = None) -> Gathered:

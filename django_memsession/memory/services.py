@@ -46,6 +46,7 @@ from typing import Any
 from django.core.signals import setting_changed
 
 from .. import conf, mirror, serving
+from ..exceptions import SnapshotsOff
 from ..listener import Listener
 from ..messages import (
     SESSIONS_PAGE,
@@ -62,10 +63,12 @@ from .export import ExportRun
 from .pruner import Pruner
 from .snapshot.writer import NotOwner, Snapshotter
 from .store import NOT_JOURNALED, MemoryStore
-from .who import end_local, local_sessions
+from .who import EveryProcess, end_local, local_sessions
 
 __all__ = [
+    "MemoryEngine",
     "clear",
+    "engine",
     "get_store",
     "local_handler",
     "peek_store",
@@ -223,10 +226,6 @@ def user_of_payload(payload: bytes) -> str | None:
     except Exception:
         return None
     return None if user is None else str(user)
-
-
-class SnapshotsOff(Exception):
-    """Asked for a snapshot where ``MEMSESSION_SNAPSHOT_PATH`` is not set."""
 
 
 _store: MemoryStore | None = None  # set once this process's services run: the fast path
@@ -399,6 +398,33 @@ def local_handler() -> Callable[[Request], ProcessReport] | None:
     """What answers this process's own part of a fan-out: its services, once built."""
     services = _services
     return services.handle if services is not None else None
+
+
+class MemoryEngine:
+    """The memory engine's services behind the seam (see ``engines.Engine``)."""
+
+    name = "memory"
+    shared = False  # each process holds its own sessions
+
+    stats = staticmethod(stats)
+    report = staticmethod(report)
+    local_handler = staticmethod(local_handler)
+    start_listener = staticmethod(start_listener)
+    stop_listener = staticmethod(stop_listener)
+    snapshot = staticmethod(snapshot)
+
+    def prune_shared(self, *, dry_run: bool = False) -> None:
+        """Nothing is shared: each process prunes its own store (ask them all)."""
+        return None
+
+    def server_figures(self) -> tuple[dict[str, Any] | None, str | None]:
+        return None, "the memory engine has no session server"
+
+    def index(self) -> EveryProcess:
+        return EveryProcess(local_handler, peek_store)
+
+
+engine = MemoryEngine()
 
 
 # -- process events -----------------------------------------------------------------------------
