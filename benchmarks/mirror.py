@@ -29,7 +29,7 @@ from .redis_engines import RedisServer
 
 def mirror_overhead(url: str, rounds: int, count: int) -> dict[str, Any]:
     from django_memsession import SessionStore
-    from django_memsession.mirror import Mirror
+    from django_memsession.redis.move import Mirror
     from django_memsession.runtime import get_store
 
     store = get_store()

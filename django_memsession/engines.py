@@ -22,9 +22,10 @@ from .conf import MEMORY_ENGINE, REDIS_ENGINE
 
 if TYPE_CHECKING:
     from .listener import Listener
+    from .memory.services import WriteMirror
     from .messages import ProcessReport, Request, SnapshotReport, UserSession
 
-__all__ = ["Engine", "Index", "current", "loaded", "ready"]
+__all__ = ["Engine", "Index", "current", "loaded", "ready", "redis_mirror"]
 
 # Each engine's services, once imported (see loaded()).
 MEMORY_SERVICES = "django_memsession.memory.services"
@@ -129,3 +130,12 @@ def loaded() -> list[Engine]:
     if REDIS_SERVICES in sys.modules:
         found.append(_redis())
     return found
+
+
+def redis_mirror(url: str) -> WriteMirror:
+    """The memory services' ``mirror_factory``: a mirror of this process's store to the Redis at
+    ``url`` while a move is under way (``exportsessions``). The memory engine never imports the
+    Redis engine; this seam hands it the Redis side's mirror."""
+    from .redis.move import mirror_for
+
+    return mirror_for(url)

@@ -14,6 +14,7 @@ from typing import Any
 
 from . import control, engines
 from .listener import Listener
+from .memory import services as memory_services
 from .memory.services import (
     SnapshotsOff,
     clear,
@@ -49,6 +50,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger("django_memsession")
+
+# A memory process mirrors its writes to Redis during a move (exportsessions): the memory engine
+# builds that mirror through this hook, so it imports nothing of the Redis engine.
+memory_services.mirror_factory = engines.redis_mirror
 
 
 def start_listener() -> Listener | None:

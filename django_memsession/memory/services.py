@@ -41,7 +41,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from django.core.signals import setting_changed
 
@@ -50,6 +50,7 @@ from ..exceptions import SnapshotsOff
 from ..listener import Listener
 from ..messages import (
     SESSIONS_PAGE,
+    MirrorState,
     PassReport,
     ProcessReport,
     Request,
@@ -67,6 +68,7 @@ from .who import EveryProcess, end_local, local_sessions
 
 __all__ = [
     "MemoryEngine",
+    "WriteMirror",
     "clear",
     "engine",
     "get_store",
@@ -83,6 +85,31 @@ __all__ = [
 ]
 
 logger = logging.getLogger("django_memsession")
+
+
+class WriteMirror(Protocol):
+    """A copy of the store's writes and deletes sent elsewhere while a move to another engine is
+    under way (the Redis side's, ``redis/move.py``). The store calls ``note`` under its lock:
+    it must not block, raise or do I/O."""
+
+    url: str
+
+    @property
+    def alive(self) -> bool: ...
+
+    def note(self, key: str, payload: bytes | None, expires_at: float) -> None: ...
+
+    def start(self) -> None: ...
+
+    def stop(self, timeout: float = mirror.DRAIN_TIMEOUT) -> bool: ...
+
+    def state(self) -> MirrorState: ...
+
+
+# The hook that builds a mirror to the URL in the marker file (see mirror.py). The package sets
+# it (runtime.py, to the Redis side's, through engines.py), so this engine imports no other
+# engine; None: this process cannot mirror.
+mirror_factory: Callable[[str], WriteMirror] | None = None
 
 
 class Services:
@@ -104,7 +131,7 @@ class Services:
             store.on_journal = self.snapshotter.journal_write
         self.started = False
         self.restored = False  # the snapshot is restored once per process, on first use
-        self.mirror: mirror.Mirror | None = None
+        self.mirror: WriteMirror | None = None
         self.export: ExportRun | None = None
         self._mirror_lock = threading.Lock()
 
@@ -138,7 +165,8 @@ class Services:
 
     def sync_mirror(self) -> str | None:
         """Mirror this process's writes and deletes to Redis while the marker file says so
-        (see mirror.py); why not, when it should and cannot."""
+        (see mirror.py), through the mirror ``mirror_factory`` builds; why not, when it should
+        and cannot."""
         try:
             url = mirror.read_marker()
         except mirror.MarkerError as exc:
@@ -149,9 +177,10 @@ class Services:
                 return None
             started = None
             if url is not None:
-                from ..redis.conf import redacted
-
-                started = mirror.Mirror(url, redacted(url))
+                factory = mirror_factory
+                if factory is None:
+                    return "this process cannot mirror (no mirror_factory is set)"
+                started = factory(url)
                 started.start()
             # One attribute swap: the next write, under the store's lock, goes to the new one.
             self.store.on_mirror = started.note if started is not None else None
