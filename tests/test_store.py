@@ -351,7 +351,7 @@ def test_a_prune_walk_evicts_no_session_to_pay_for_its_passing_second_table(
 ):
     """A walk moves a segment's entries into a new table, and the old one is freed only when
     the walk is through: writes meanwhile must not evict live sessions for that."""
-    from django_memsession.memory import store as store_module
+    from django_memsession.memory import pruning as store_module
 
     store = make_store(max_bytes=256 * 1024)
     full = capacity(make_store, authenticated=True, max_bytes=256 * 1024)
@@ -369,7 +369,7 @@ def test_a_prune_walk_evicts_no_session_to_pay_for_its_passing_second_table(
 
 
 def test_a_shrink_under_a_flood_of_writes_ends(make_store, monkeypatch):
-    from django_memsession.memory import store as store_module
+    from django_memsession.memory import pruning as store_module
 
     store = make_store(max_bytes=64 * 1024, low_water=0.5)
     fill(store, capacity(make_store, max_bytes=64 * 1024, low_water=0.5))

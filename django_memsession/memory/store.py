@@ -23,28 +23,39 @@ an older snapshot at an older version); its first update is.
 Locking: one ``threading.Lock``, held only for dictionary work. Packing, sizing, serialization,
 logging and signals all happen outside it; events gathered under the lock are handed to the
 ``on_event`` callback after it is released.
+
+This module is the request path (``get``, ``put``, ``delete``, ``exists`` and their async twins)
+and the internals every job uses under the lock (``_make_room``, ``_drop``, the byte totals).
+The lock keeps the store one class: the other jobs hold the same lock over the same tables, so
+they are methods too, each in a module of its own, mixed in: pruning and shrinking
+(``pruning.py``), snapshot copy and restore (``copying.py``), the user index's upkeep and queries
+(``indexing.py``), inspection and upkeep (``upkeep.py``). The record format is ``record.py``;
+what the store takes and gives back, ``results.py``. The request path's methods are defined
+here, on the class itself: splitting added no call or lookup to a load or a save.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import struct
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from enum import Enum
+from collections.abc import Callable
 
 from ..clock import wall_clock
 from ..sizing import EntrySizer
 from . import index as facts
-from .index import FACTS, FACTS_SIZE, SessionFacts, UserIndex, user_key
-from .lru import AUTHENTICATED, PROBATION, RETURNING, SEGMENT_NAMES, SegmentedLRU
+from .copying import SnapshotCopy
+from .index import FACTS, FACTS_SIZE, UserIndex
+from .indexing import Indexing
+from .lru import AUTHENTICATED, PROBATION, RETURNING, SegmentedLRU
+from .pruning import Pruning
+from .record import CARRIED, HEADER, HEADER_SIZE, NOT_JOURNALED, TIMES
 from .remembered import RememberedKeys
+from .results import EntryTooLarge, Limits, PruneResult, PutResult, RestoreResult, StoreEvent
+from .upkeep import Upkeep
 
 __all__ = [
+    "HEADER",
+    "HEADER_SIZE",
+    "NOT_JOURNALED",
     "EntryTooLarge",
     "Limits",
     "MemoryStore",
@@ -55,134 +66,12 @@ __all__ = [
     "wall_clock",
 ]
 
-# expires_at (seconds since the epoch, on the store's clock); the journal epoch of the entry's
-# last journaled write (NOT_JOURNALED: none).
-HEADER = struct.Struct("<dI")
-HEADER_SIZE = HEADER.size
-NOT_JOURNALED = 0
-
-# Parts of a logged-in session's facts (see users.FACTS): created and the two lengths; expiry,
-# epoch, created and last use.
-_CARRIED = struct.Struct("<I4xHH")
-_TIMES = struct.Struct("<dIII")
-
 # How many of the coldest entries of each segment a write over budget looks at for expired ones
 # before it evicts live sessions: bounded work per request; the pruner does the thorough job.
 EXPIRED_PROBE = 8
-# A restore fills this share of the sessions' room with entries; their tables take the rest.
-RESTORE_FILL = 0.9
-_SEGMENTS = frozenset(range(len(SEGMENT_NAMES)))
 
 
-def _expiry(index: int, key: str, value: bytes) -> float | None:
-    """The expiry of a record read back from a snapshot, or None when it is not one the store
-    wrote, whole: a segment it does not have, a key that is not ASCII (every key it accepts
-    is), a value too short for its header, an expiry that is not a time, a logged-in session's
-    value too short for its facts. Such a record is treated as absent, never half used."""
-    if len(value) < HEADER_SIZE or not key.isascii() or index not in _SEGMENTS:
-        return None
-    expires_at = HEADER.unpack_from(value)[0]
-    if not math.isfinite(expires_at):
-        return None
-    if index == AUTHENTICATED:
-        if len(value) < FACTS_SIZE:
-            return None
-        *_, user_length, client_length = FACTS.unpack_from(value)
-        if FACTS_SIZE + user_length + client_length > len(value):
-            return None
-    return expires_at
-
-
-class EntryTooLarge(ValueError):
-    """One entry alone is larger than the per-session limit."""
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"entry of {size} bytes exceeds the per-session limit of {limit} bytes")
-        self.size = size
-        self.limit = limit
-
-
-class PutResult(Enum):
-    STORED = "stored"
-    RESTORED = "restored"  # a recently evicted key came back: stored again
-    EXISTS = "exists"  # create of a key that is present (live, or expired and not yet pruned)
-    MISSING = "missing"  # update of a key that is gone (deleted, expired, or forgotten)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_bytes: int
-    max_session_bytes: int
-    low_water: float
-    # A cap on the number of sessions beside the bytes (None: none), and on each user's.
-    max_sessions: int | None = None
-    max_sessions_per_user: int | None = None
-
-    @property
-    def low_water_bytes(self) -> int:
-        return int(self.max_bytes * self.low_water)
-
-    @property
-    def remember_bytes(self) -> int:
-        """The slice of the budget set aside for the keys of evicted sessions (so eviction is
-        not logout)."""
-        return self.max_bytes // 16
-
-    @property
-    def session_bytes(self) -> int:
-        """The rest, for sessions and their tables (see
-        :mod:`~django_memsession.memory.remembered`)."""
-        return self.max_bytes - self.remember_bytes
-
-
-@dataclass(frozen=True)
-class StoreEvent:
-    """Something that removed sessions, reported once per batch after the lock is released."""
-
-    kind: str  # "evicted", "expired", or "ended" (a user's session over their limit)
-    count: int
-    bytes: int
-    # "write" (a save needed room), "load" (found expired), "prune" (a prune pass), "shrink"
-    # (brought down to the low-water mark), "settings" (a smaller MEMSESSION_MAX_SIZE),
-    # "limit" (MEMSESSION_MAX_SESSIONS_PER_USER, with ``user``)
-    reason: str
-    user: str | None = None
-
-
-@dataclass
-class RestoreResult:
-    """What a restore put back, and what it left out (expired; over the budget, or present)."""
-
-    sessions: int = 0
-    expired: int = 0
-    left_out: int = 0
-    unreadable: int = 0  # records the store could not use (see _expiry): left out too
-
-
-@dataclass
-class PruneResult:
-    """What a walk removed: expired sessions, and live ones evicted to reach the low-water mark.
-
-    ``removed`` is always both together, everywhere it is shown.
-    """
-
-    expired: int = 0
-    expired_bytes: int = 0
-    evicted: int = 0
-    evicted_bytes: int = 0
-    longest_lock_hold: float = 0.0
-    events: list[StoreEvent] = field(default_factory=list)
-
-    @property
-    def removed(self) -> int:
-        return self.expired + self.evicted
-
-    @property
-    def bytes_freed(self) -> int:
-        return self.expired_bytes + self.evicted_bytes
-
-
-class MemoryStore:
+class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
     """Sessions in memory under a byte budget. Every operation is O(1) in the number of entries.
 
     ``get``/``put``/``delete``/``exists`` (and their async twins, for the
@@ -313,11 +202,11 @@ class MemoryStore:
         (same user, client kept) reuses the old value's user and client bytes as they are."""
         second = int(now)
         if old is not None:
-            created, user_length, client_length = _CARRIED.unpack_from(old, 12)
+            created, user_length, client_length = CARRIED.unpack_from(old, 12)
             if user_length == len(user) and old.startswith(user, FACTS_SIZE):
                 if client is None:
                     end = FACTS_SIZE + user_length + client_length
-                    head = _TIMES.pack(expires_at, tag, created, second)
+                    head = TIMES.pack(expires_at, tag, created, second)
                     return b"".join((head, old[20:end], payload)), False
                 head = FACTS.pack(expires_at, tag, created, second, len(user), len(client))
                 return b"".join((head, user, client, payload)), False
@@ -504,7 +393,7 @@ class MemoryStore:
             if now < last_used + 1:  # used this second (the load before this save noted it)
                 value = b"".join((HEADER.pack(expires_at, tag), old[12:end], payload))
             else:
-                head = _TIMES.pack(expires_at, tag, created, int(now))
+                head = TIMES.pack(expires_at, tag, created, int(now))
                 value = b"".join((head, old[20:end], payload))
         else:
             value = HEADER.pack(expires_at, tag) + payload
@@ -614,427 +503,6 @@ class MemoryStore:
     async def adelete(self, key: str) -> bool:
         return self.delete(key)
 
-    # -- background work, in chunks -----------------------------------------------------------
-
-    def prune_expired(self, *, chunk_size: int = 1000, dry_run: bool = False) -> PruneResult:
-        """Remove every expired session (and forget expired remembered keys).
-
-        Walks each segment in chunks of ``chunk_size`` entries (see
-        :class:`~django_memsession.memory.lru.SegmentedLRU`), holding the lock for one chunk at a
-        time and yielding between chunks, so a request waits on a prune for a fraction of a
-        millisecond per chunk, however many sessions there are.
-        """
-        result = PruneResult()
-        now = self.clock()
-
-        walking = 0  # the segment being walked
-
-        def expired(key: str, value: bytes) -> bool:
-            if HEADER.unpack_from(value)[0] > now:
-                return False
-            size = self.sizer.entry(len(key), len(value))
-            result.expired += 1
-            result.expired_bytes += size
-            if dry_run:
-                return False
-            self._entry_bytes -= size
-            self.expired += 1
-            if walking == AUTHENTICATED:
-                self._index_remove(value, key)
-            return True
-
-        with self._prune_lock:  # one walk at a time; requests never wait on this lock
-            for index in range(len(SEGMENT_NAMES)):
-                walking = index
-                with self._lock:
-                    # Entries written during the walk join the back's hot end; the bound lets
-                    # it look at those too, but never chase a stream of new writes for ever.
-                    budget = 2 * len(self._policy.segments[index]) + chunk_size
-                through = False
-                while not through and budget > 0:
-                    held_since = time.perf_counter()
-                    with self._lock:
-                        through = self._policy.scan(index, chunk_size, expired)
-                    result.longest_lock_hold = max(
-                        result.longest_lock_hold, time.perf_counter() - held_since
-                    )
-                    budget -= chunk_size
-                    time.sleep(0)  # let waiting request threads take the lock (and the GIL)
-            if not dry_run:
-                self._forget_expired(now, chunk_size)
-        if not dry_run and result.expired:
-            result.events.append(
-                StoreEvent("expired", result.expired, result.expired_bytes, "prune")
-            )
-            self._emit(result.events)
-        return result
-
-    def _forget_expired(self, now: float, chunk_size: int) -> None:
-        """Drop remembered keys whose sessions would have expired by now: one turn of the queue,
-        in chunks."""
-        with self._lock:
-            remaining = len(self._remembered)
-        while remaining > 0:
-            with self._lock:
-                self._remembered.forget_expired(
-                    now, min(chunk_size, remaining), self.limits.remember_bytes
-                )
-            remaining -= chunk_size
-            time.sleep(0)
-
-    def shrink(
-        self, *, chunk_size: int = 1000, dry_run: bool = False, freed_first: int = 0
-    ) -> PruneResult:
-        """Bring the store down to the low-water mark, evicting cold sessions in chunks.
-
-        ``dry_run`` estimates instead, in O(1) (walking the coldest sessions to count them would
-        hold the lock for as many sessions as there are to evict): the bytes over the mark, less
-        ``freed_first`` (what the pass would already have removed as expired), in sessions of
-        the mean size, each of which leaves its key remembered while the remembered keys' slice
-        has room.
-        """
-        if dry_run:
-            return self._estimate_shrink(freed_first)
-        result = PruneResult()
-        with self._lock:
-            # Bounded: under a flood, writes refill the store as fast as a shrink empties it.
-            chunks_left = len(self._policy) // chunk_size + 1
-        while chunks_left > 0:
-            chunks_left -= 1
-            held_since = time.perf_counter()
-            events: list[StoreEvent] = []
-            with self._lock:
-                target = self.limits.low_water_bytes
-                if self._charged_total() <= target:
-                    break
-                evicted = self._make_room(
-                    target,
-                    self.clock(),
-                    reason="shrink",
-                    spare=None,
-                    events=events,
-                    max_evictions=chunk_size,
-                    with_remembered=True,
-                )
-            result.longest_lock_hold = max(
-                result.longest_lock_hold, time.perf_counter() - held_since
-            )
-            for event in events:
-                if event.kind == "evicted":
-                    result.evicted += event.count
-                    result.evicted_bytes += event.bytes
-                else:
-                    result.expired += event.count
-                    result.expired_bytes += event.bytes
-            self._emit(events)
-            if not evicted:
-                break
-            time.sleep(0)
-        return result
-
-    def _estimate_shrink(self, freed_first: int) -> PruneResult:
-        result = PruneResult()
-        with self._lock:
-            excess = self._charged_total() - freed_first - self.limits.low_water_bytes
-            entries, entry_bytes = len(self._policy), self._entry_bytes
-            room = self.limits.remember_bytes - self._remembered.bytes
-            coldest = self._policy.victim(None)
-        if excess <= 0 or not entries or coldest is None:
-            return result
-        mean = entry_bytes / entries
-        remembered = self.sizer.remembered(len(coldest[1]))
-        while_room = max(0, room) // remembered  # evictions that also remember a key
-        if excess <= while_room * (mean - remembered):
-            evictions = math.ceil(excess / (mean - remembered))
-        else:
-            rest = excess - while_room * (mean - remembered)
-            evictions = while_room + math.ceil(rest / mean)
-        result.evicted = min(entries, evictions)
-        result.evicted_bytes = round(result.evicted * mean)
-        return result
-
-    # -- snapshots -----------------------------------------------------------------------------
-
-    def begin_epoch(self, epoch: int) -> None:
-        """Start journal epoch ``epoch`` (a snapshot begins): from now on, the first write or
-        delete of each session is journaled under it."""
-        with self._lock:
-            self.epoch = epoch
-
-    def copy_chunks(self, *, chunk_size: int = 1000) -> Iterator[list[tuple[int, str, bytes]]]:
-        """Every entry as ``(segment, key, value)``, coldest segment first and each segment from
-        its cold end: the order a restore rebuilds recency from.
-
-        Copied in chunks by the prune walk (the lock is held for one chunk at a time, the values
-        are shared, not copied), so requests go on meanwhile. A session written during the copy
-        may appear twice, the later copy being the newer: a restore keeps the last. Entries
-        written so often during the copy that the walk's bound runs out are copied at the end
-        in one hold.
-        """
-        copied: list[tuple[int, str, bytes]] = []
-        index = 0
-
-        def keep(key: str, value: bytes) -> bool:  # reads the current ``copied`` and ``index``
-            copied.append((index, key, value))
-            return False
-
-        with self._prune_lock:  # one walk at a time, prunes included
-            for index in range(len(SEGMENT_NAMES)):
-                with self._lock:
-                    budget = 2 * len(self._policy.segments[index]) + chunk_size
-                through = False
-                while not through:
-                    with self._lock:
-                        if budget <= 0:
-                            copied.extend(
-                                (index, key, value)
-                                for key, value in self._policy.segments[index].items()
-                            )
-                            break
-                        through = self._policy.scan(index, chunk_size, keep)
-                    budget -= chunk_size
-                    if copied:
-                        yield copied
-                        copied = []
-                    time.sleep(0)
-                if copied:
-                    yield copied
-                    copied = []
-
-    def restore(self, records: Iterable[tuple[int, str, bytes]]) -> RestoreResult:
-        """Put back sessions from a snapshot: ``(segment, key, value)`` in the order
-        :meth:`copy_chunks` gives them (a later copy of a key wins), read as they come (a
-        generator reading a file in batches), the store untouched until the last is read.
-
-        Expired sessions are left out, and records the store cannot use (see
-        :func:`_expiry`). When they do not all fit in the budget (it was lowered, or the file
-        was written by a store with a larger one), the most valuable come back: logged-in, then
-        returning, then new sessions, the most recently used of each first. What is kept while
-        the records are read never holds much more than the budget: each record that does not
-        fit pushes out the least valuable kept so far. Keys already in the store are left alone.
-        """
-        now = self.clock()
-        result = RestoreResult()
-        kept, used = self._choose(records, now, result)
-        events: list[StoreEvent] = []
-        with self._lock:
-            policy = self._policy
-            if not len(policy):
-                # The usual case, a store not yet serving: straight into the segments, the
-                # tables measured once at the end.
-                for index, chosen in enumerate(kept):
-                    policy.segments[index].update(chosen)
-                    result.sessions += len(chosen)
-                self._entry_bytes += used
-                policy.table_bytes = policy.measure_tables()
-                for key, value in kept[AUTHENTICATED].items():
-                    self._index_add(value, key)  # the key object the policy holds
-            else:
-                entry = self.sizer.entry
-                for index, chosen in enumerate(kept):
-                    for key, value in chosen.items():
-                        if policy.find(key)[1] is not None:
-                            result.left_out += 1
-                            continue
-                        policy.put(key, value, index, None)
-                        self._entry_bytes += entry(len(key), len(value))
-                        if index == AUTHENTICATED:
-                            self._index_add(value, key)
-                        result.sessions += 1
-            if self._over_budget():
-                self._make_room(
-                    self.limits.session_bytes, now, reason="restore", spare=None, events=events
-                )
-        self._emit(events)
-        return result
-
-    def _choose(
-        self, records: Iterable[tuple[int, str, bytes]], now: float, result: RestoreResult
-    ) -> tuple[list[OrderedDict[str, bytes]], int]:
-        """The records a restore keeps, per segment in order, and their bytes; counts what it
-        leaves out in ``result``.
-
-        Read one at a time: a record that fits is kept; while the kept ones are over the room
-        (or the cap on sessions), the least valuable goes: the coldest of the coldest segment.
-        So the kept ones never exceed the room by more than one record, however long the file,
-        and what stays is the most valuable that fits. A later copy of a key replaces an earlier
-        one (counted once as left out if it had been pushed out meanwhile: a key written while
-        the snapshot was copied, a rare case).
-        """
-        room = self.limits.session_bytes * RESTORE_FILL
-        largest = self.limits.max_session_bytes
-        cap = self.limits.max_sessions
-        entry = self.sizer.entry
-        kept: list[OrderedDict[str, bytes]] = [OrderedDict() for _ in SEGMENT_NAMES]
-        # A key is in one segment at most: the first pop that finds it ends the search (a
-        # value is never empty).
-        pop_probation, pop_returning, pop_authenticated = (segment.pop for segment in kept)
-        used = count = 0
-        for index, key, value in records:
-            earlier = (
-                pop_probation(key, None) or pop_returning(key, None) or pop_authenticated(key, None)
-            )
-            if earlier is not None:
-                used -= entry(len(key), len(earlier))
-                count -= 1
-            expires_at = _expiry(index, key, value)
-            if expires_at is None:
-                result.unreadable += 1
-                continue
-            if expires_at <= now:
-                result.expired += 1
-                continue
-            size = entry(len(key), len(value))
-            if size > largest:
-                result.left_out += 1
-                continue
-            kept[index][key] = value
-            used += size
-            count += 1
-            while used > room or (cap is not None and count > cap):
-                for coldest in kept:  # never all empty: the one just kept is there
-                    if coldest:
-                        break
-                dropped_key, dropped = coldest.popitem(last=False)
-                used -= entry(len(dropped_key), len(dropped))
-                count -= 1
-                result.left_out += 1
-        return kept, used
-
-    # -- who is logged in -----------------------------------------------------------------------
-
-    def user_sessions(self, user: str) -> list[SessionFacts]:
-        """The live sessions of ``user`` (Django's ``_auth_user_id`` text), most recently used
-        first. O(their sessions); the values are decoded outside the lock."""
-        now = self.clock()
-        wanted = user_key(user)
-        with self._lock:
-            found = [(key, self._policy.find(key)[1]) for key in self._users.keys(wanted)]
-        rows = [
-            facts.read_facts(key, value)
-            for key, value in found
-            if value is not None and HEADER.unpack_from(value)[0] > now
-        ]
-        rows.sort(key=lambda row: (row.last_used, row.created), reverse=True)
-        return rows
-
-    def note_client(self, key: str, client: str) -> bool:
-        """Note ``client`` (opaque text) for a logged-in session if it differs from the one
-        noted; whether it changed. Not a write of the session: not journaled."""
-        encoded = facts.encode(client)
-        with self._lock:
-            index, value = self._policy.find(key)
-            if index != AUTHENTICATED or value is None:
-                return False
-            user, created, old_client = facts.carried(value)
-            if old_client == encoded:
-                return False
-            offset = facts.payload_offset(value)
-            expires_at, epoch = HEADER.unpack_from(value)
-            new_value = facts.facts_value(
-                expires_at,
-                epoch,
-                created,
-                facts.last_used_of(value),
-                user,
-                encoded,
-                value[offset:],
-            )
-            size = self.sizer.entry(len(key), len(new_value))
-            if size > self.limits.max_session_bytes:
-                return False
-            self._entry_bytes += size - self.sizer.entry(len(key), len(value))
-            if self._policy.put(key, new_value, index, index):
-                self._index_add(new_value, key)  # it was in a prune walk's front: re-pointed
-        return True
-
-    # -- inspection and tests ----------------------------------------------------------------
-
-    def stats(self) -> dict[str, object]:
-        with self._lock:
-            segments = self._policy.sizes()
-            figures: dict[str, object] = {
-                "pid": os.getpid(),
-                "entries": len(self._policy),
-                "bytes": self._total(),
-                "max_bytes": self.limits.max_bytes,
-                "low_water_bytes": self.limits.low_water_bytes,
-                "max_session_bytes": self.limits.max_session_bytes,
-                "remembered": len(self._remembered),
-                "remembered_bytes": self._remembered.bytes,
-                "users": len(self._users),
-                "user_index_bytes": self._users.bytes,
-                "hits": self.hits,
-                "misses": self.misses,
-                "evictions": self.evictions,
-                "expired": self.expired,
-                "restored": self.restored,
-                "rejected": self.rejected,
-                "segments": segments,
-                "created_at": self.created_at,
-            }
-        return figures
-
-    def clear(self) -> None:
-        """Empty the store and reset its counters (for tests)."""
-        with self._lock:
-            self._policy = SegmentedLRU()
-            self._remembered = RememberedKeys(self.sizer)
-            self._users = UserIndex()
-            self._entry_bytes = 0
-            self._reset_counters()
-
-    def reconfigure(self, limits: Limits) -> None:
-        """New limits; sessions stay, evicting what no longer fits."""
-        events: list[StoreEvent] = []
-        with self._lock:
-            self.limits = limits
-            self._remembered.trim(limits.remember_bytes)
-            if self._over_budget():
-                self._make_room(
-                    limits.session_bytes, self.clock(), reason="settings", spare=None, events=events
-                )
-        self._emit(events)
-
-    def containers(self) -> tuple[dict[object, object], ...]:
-        """Every container the store holds: what its size is the size of (for tests)."""
-        policy = self._policy
-        return (  # type: ignore[return-value]
-            *policy.segments,
-            *policy.fronts,
-            self._remembered.keys,
-            self._users.users,
-        )
-
-    @property
-    def served(self) -> bool:
-        """Whether a request ever used this store (a load or a save), as opposed to a process
-        that only built it (gunicorn's --preload master, whose app called ``stats()``)."""
-        return bool(self.hits or self.misses or self.writes)
-
-    def accounted_bytes(self) -> int:
-        """The store's size measured afresh (for tests: it must equal ``stats()["bytes"]``)."""
-        with self._lock:
-            return sum(self._measure())
-
-    def after_fork_in_child(self, consistent: bool) -> None:
-        """A fresh lock for the child; recount if the fork may have caught a write half-done."""
-        self._lock = threading.Lock()
-        self._prune_lock = threading.Lock()
-        self.created_at = self.clock()
-        if not consistent:
-            (
-                self._entry_bytes,
-                self._policy.table_bytes,
-                self._remembered.bytes,
-                self._users.bytes,
-            ) = self._measure()
-            self._policy.measure_fronts()
-
-    @property
-    def lock(self) -> threading.Lock:
-        return self._lock
-
     # -- internals (call with the lock held) ---------------------------------------------------
 
     def _session_bytes(self) -> int:
@@ -1142,50 +610,6 @@ class MemoryStore:
         if index == AUTHENTICATED:
             self._index_remove(value, key)
         return size
-
-    def _index_add(self, value: bytes, key: str) -> int:
-        """Index a logged-in session under its user (``key``: the object the policy holds);
-        how many sessions the user has (0: no user id given, not indexed)."""
-        user = facts.user_of(value)
-        if not user:
-            return 0
-        return self._users.add(user_key(user.decode(errors="replace")), key)
-
-    def _index_remove(self, value: bytes, key: str) -> None:
-        user = facts.user_of(value)
-        if user:
-            self._users.remove(user_key(user.decode(errors="replace")), key)
-
-    def _end_over_limit(
-        self,
-        value: bytes,
-        key: str,
-        limit: int,
-        events: list[StoreEvent],
-        journal: list[tuple[str, int]],
-    ) -> None:
-        """The user of ``value`` just logged in beyond ``limit`` sessions: end their least
-        recently used others (as a logout: not remembered, journaled)."""
-        user_text = facts.user_of(value).decode(errors="replace")
-        user = user_key(user_text)
-        others = []
-        for other in self._users.keys(user):
-            if other != key:
-                index, other_value = self._policy.find(other)
-                if other_value is not None:
-                    others.append((facts.last_used_of(other_value), other, index, other_value))
-        others.sort(key=lambda row: row[0])
-        count = size = 0
-        for _, other, index, other_value in others[: max(0, len(others) + 1 - limit)]:
-            self._remembered.forget(other)
-            size += self._drop(other, index, other_value)
-            count += 1
-            if self.on_mirror is not None:
-                self.on_mirror(other, None, 0.0)
-            if self.epoch != NOT_JOURNALED:
-                journal.append((other, self.epoch))
-        if count:
-            events.append(StoreEvent("ended", count, size, "limit", user=user_text))
 
     def _over_count(self) -> bool:
         cap = self.limits.max_sessions
