@@ -74,8 +74,8 @@ EXPIRED_PROBE = 8
 class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
     """Sessions in memory under a byte budget. Every operation is O(1) in the number of entries.
 
-    ``get``/``put``/``delete``/``exists`` (and their async twins, for the
-    :class:`~django_memsession.backend.SessionBackend` interface) are what a request uses;
+    ``get``/``put``/``delete``/``exists`` (and their async twins, for the engine's async
+    methods) are what a request uses;
     ``prune_expired`` and ``shrink`` are background work done in chunks, releasing the lock
     between chunks.
     """
