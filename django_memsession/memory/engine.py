@@ -48,7 +48,7 @@ _PLAUSIBLE_AGE = 1e10
 class SessionStore(FastSessionBase):
     """The session engine: ``SESSION_ENGINE = "django_memsession"``."""
 
-    # This process's store (a test or a benchmark may point it at another).
+    # The store this engine talks to: this process's, built by the memory engine's services.
     backend: Callable[[], MemoryStore] = staticmethod(services.get_store)
     # The client (IP address and user agent, see clients.py) to note with the next save of a
     # logged-in session; set at login when MEMSESSION_TRACK_CLIENTS is on. None keeps what the

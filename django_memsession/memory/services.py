@@ -1,7 +1,9 @@
 """The memory engine's composition root: this process's services, built on first use, stopped at
 exit, started again in a forked child, and kept in step with settings. Nothing else in the
-package imports it but the memory engine's ``SessionStore`` and the public API
-(``runtime.py``, which answers for whichever engine is in ``SESSION_ENGINE``).
+package imports it but the memory engine's ``SessionStore``, the seam (``engines.py``: the
+:class:`MemoryEngine` at the bottom is what the surfaces see) and the public API
+(``runtime.py``, which re-exports the memory engine's own functions: ``prune()``,
+``snapshot()``, ``clear()``...).
 
 The services, built in this order the first time anything uses the store (normally the first
 request that touches a session; ``stats()`` too):

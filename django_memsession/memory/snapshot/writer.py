@@ -245,7 +245,7 @@ class Snapshotter:
         self, records: list[tuple[int, str, bytes]], seconds: int
     ) -> list[tuple[int, str, bytes]]:
         """Version 1 records: logged-in sessions get their facts, the user read from the
-        payload by ``user_of_payload`` (the runtime hands the session codec's). A value too
+        payload by ``user_of_payload`` (the services hand the session codec's). A value too
         short for the plain header is left as it is: the store leaves it out."""
         reader = self.user_of_payload
         upgraded = []
