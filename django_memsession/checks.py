@@ -1,4 +1,7 @@
-"""System checks: a bad ``MEMSESSION_*`` setting is an error at startup saying what to write."""
+"""System checks: a bad ``MEMSESSION_*`` setting is an error at startup saying what to write (the
+problems come from ``conf``, which raises the same text as ``ImproperlyConfigured`` where checks
+never run); warnings about where the memory engine would not work as users expect. The Redis
+engine's checks are in ``redis/checks.py``."""
 
 from __future__ import annotations
 
@@ -11,14 +14,21 @@ from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from . import conf, control
+from .conf import Problem
 from .memory.snapshot.file import Claim, file_problem
 
 
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+def errors(found: list[Problem]) -> list[CheckMessage]:
+    """The settings' problems as system-check errors: the text ``ImproperlyConfigured`` gives."""
     return [
-        Error(problem.msg, hint=problem.hint, id=problem.id, obj="settings")
-        for problem in conf.problems()
+        Error(problem.msg, hint=problem.hint, id=problem.id, obj="settings") for problem in found
     ]
+
+
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
+    """The ``MEMSESSION_*`` settings (the memory engine's and those both engines read): run for
+    either engine, as both read the shared ones."""
+    return errors(conf.problems())
 
 
 def _workers_from_environment() -> tuple[int, str] | None:

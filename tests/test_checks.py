@@ -3,8 +3,11 @@ and the same text stops the store from being built where checks never run."""
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import threading
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -12,8 +15,11 @@ from django.core.management import call_command
 from django.core.management.base import SystemCheckError
 from django.test import override_settings
 
+import django_memsession
 from django_memsession import conf
 from django_memsession.checks import check_settings
+from django_memsession.conf.memory import MemsessionSettings
+from django_memsession.conf.redis import RedisSettings
 
 
 def ids() -> list[str]:
@@ -328,3 +334,55 @@ def test_a_symlink_at_the_snapshot_lock_file_is_w003(snapshot_path):
     message = snapshot_warning()
     assert "s.snapshot.lock will not be used: it is a symlink" in message.msg
     assert "no snapshots" in message.msg
+
+
+# -- the README says what conf does -------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_settings() -> dict[str, list[str]]:
+    """Each setting in the README's settings tables, with its default cells (a setting both
+    engines read may have a row in each engine's table)."""
+    found: dict[str, list[str]] = {}
+    in_table = False
+    for line in README.read_text().splitlines():
+        if line.startswith("| setting | default |"):
+            in_table = True
+        elif in_table and line.startswith("| `"):
+            name, default = (cell.strip() for cell in line.strip("|").split("|")[:2])
+            found.setdefault(name.strip("`"), []).append(default)
+        elif not line.startswith("|---"):
+            in_table = False
+    return found
+
+
+def written_default(cell: str) -> object:
+    """The Python value a default cell starts with: `"64M"`, `60`, `None` = 1 MiB ..."""
+    match = re.match(r"`([^`]*)`", cell)
+    assert match, cell
+    return ast.literal_eval(match.group(1))
+
+
+def test_the_readme_lists_every_setting_with_the_default_conf_gives_it():
+    in_conf = {**MemsessionSettings.settings(), **RedisSettings.settings()}
+    in_readme = readme_settings()
+    assert sorted(in_readme) == sorted(in_conf)
+    for name, cells in in_readme.items():
+        for cell in cells:
+            assert written_default(cell) == in_conf[name].default, name
+
+
+def test_the_readme_gives_the_session_cap_that_none_means():
+    memory, redis = readme_settings()["MEMSESSION_MAX_SESSION_SIZE"]
+    assert conf.DEFAULT_MAX_SESSION_SIZE == 1024 * 1024
+    assert memory == f"`None` = 1 MiB, or `MAX_SIZE / {conf.MAX_SESSION_SHARE}` if smaller"
+    assert redis == "`None` = 1 MiB"
+
+
+def test_the_readme_lists_every_check_id():
+    in_code: set[str] = set()
+    for path in Path(django_memsession.__file__).parent.rglob("*.py"):
+        in_code.update(re.findall(r"memsession\.[EW][0-9]{3}", path.read_text()))
+    in_readme = re.findall(r"^\| `(memsession\.[EW][0-9]{3})` \|", README.read_text(), re.M)
+    assert sorted(in_readme) == sorted(in_code)

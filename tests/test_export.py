@@ -17,7 +17,10 @@ from django_memsession import SessionStore as MemorySession
 from django_memsession import mirror, runtime
 from django_memsession.memory import export
 from django_memsession.memory import services as memory_services
+from django_memsession.memory.index import FACTS
+from django_memsession.memory.lru import AUTHENTICATED, PROBATION
 from django_memsession.memory.snapshot.file import Journal, write_snapshot
+from django_memsession.memory.store import HEADER
 from django_memsession.redis.engine import SessionStore as RedisSession
 from django_memsession.redis.importer import Importer, Kind, Outcome, Write, importer_for
 from django_memsession.redis.store import get_store as redis_store
@@ -369,6 +372,29 @@ def test_a_session_journaled_after_the_snapshot_began_is_left_out(redis_url, tmp
     result = export_json(redis_url, "--from-snapshot", str(path))
     assert result["total"]["left_out"] == 1
     assert loaded(kept) == {"v": 1} and loaded(changed) is None
+
+
+def test_records_of_a_snapshot_that_are_not_whole_are_left_out_and_counted(
+    redis_url, tmp_path, redis_server
+):
+    """Signed by us, yet holding values no store wrote whole: each is treated as absent, the
+    rest is copied, and no key is printed."""
+    path = tmp_path / "sessions.snapshot"
+    kept = memory_session(v=1)
+    (good,) = [record for chunk in runtime.get_store().copy_chunks() for record in chunk]
+    alive = time.time() + 600
+    broken = [
+        (PROBATION, "a" * 32, b"\x01"),  # shorter than the header
+        (AUTHENTICATED, "b" * 32, HEADER.pack(alive, 0) + b"{}"),  # too short for its facts
+        (AUTHENTICATED, "c" * 32, FACTS.pack(alive, 0, 1, 1, 500, 0) + b"7"),  # user cut short
+    ]
+    write_snapshot(path, [[*broken, good]], epoch=1, started_at=0.0)
+    out = io.StringIO()
+    call_command("exportsessions", redis_url, "--from-snapshot", str(path), stdout=out, stderr=out)
+    assert "3 left out (not whole sessions" in out.getvalue()
+    assert not any(key in out.getvalue() for key in ("a" * 32, "b" * 32, "c" * 32))
+    assert loaded(kept) == {"v": 1}
+    assert redis_server.client().exists(*(f"memsession:{c * 32}" for c in "abc")) == 0
 
 
 def test_a_tampered_snapshot_is_refused(redis_url, tmp_path, redis_server):

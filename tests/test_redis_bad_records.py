@@ -20,7 +20,7 @@ import pytest
 from django.conf import settings
 from redis_server import RedisServer
 
-from django_memsession import export
+from django_memsession.memory import export
 from django_memsession.memory.index import FACTS
 from django_memsession.memory.lru import AUTHENTICATED, RETURNING
 from django_memsession.memory.store import HEADER
@@ -63,6 +63,7 @@ UNREADABLE = {
     "data-a-json-list": a_string(b"S009999999999999[1,2,3]"),
     "data-a-json-string": a_string(b'S009999999999999"abc"'),
     "data-not-json": a_string(b"S009999999999999abc"),
+    "no-data": a_string(b"S009999999999999"),
     "probation-data-a-json-list": a_string(b"P009999999999999[1]"),
 }
 BAD = {**FOREIGN, **UNREADABLE}
@@ -167,6 +168,18 @@ def test_a_bad_value_written_again_after_its_load_is_left_to_that_writer(redis_s
     get_store().discard(KEY, loaded)
     assert client.get(get_store().key(KEY)) == newer
     client.close()
+
+
+def test_a_logout_after_the_load_of_an_unreadable_record_stays_a_logout(redis_server):
+    put(redis_server, "no-data")
+    loaded = get_store().load(KEY)
+    assert loaded is not None
+    get_store().delete(KEY)  # another request logs out meanwhile
+    get_store().discard(KEY, loaded)
+    assert held(redis_server)[0] == "string"
+    assert get_store().update(KEY, b"{}", time.time() + 60, 60_000, 60_000, True) is (
+        UpdateResult.DELETED
+    )
 
 
 # -- a save ---------------------------------------------------------------------------------------

@@ -637,6 +637,14 @@ def test_a_file_other_users_may_read_or_write_is_refused_and_set_aside(make, cap
     assert not path.exists() and rejected(path).exists()
 
 
+def test_a_file_set_aside_for_its_mode_is_made_private(make, caplog):
+    """The keys in it are no longer left readable by others once it is out of the way."""
+    path = saved(make)
+    path.chmod(0o644)
+    refused(make, caplog)
+    assert stat.S_IMODE(rejected(path).stat().st_mode) == 0o600
+
+
 def test_a_symlink_at_the_path_is_refused_and_set_aside_and_its_target_left_alone(make, caplog):
     path = saved(make)
     target = path.with_name("elsewhere")

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
 from .. import conf as root_conf
+from ..checks import errors
 from . import conf
 
 
@@ -21,11 +21,8 @@ def _engine_in_use() -> bool:
 def check_redis_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     if not _engine_in_use():
         return []
-    found: list[CheckMessage] = [
-        Error(problem.msg, hint=problem.hint, id=problem.id, obj="settings")
-        for problem in conf.problems()
-    ]
-    if getattr(settings, "MEMSESSION_MAX_SESSIONS", None) is not None:
+    found = errors(conf.problems())
+    if root_conf.conf.MAX_SESSIONS is not None:
         # Honouring a count would take a counter beside every write and a choice of what to
         # evict, which Redis makes itself (maxmemory-policy): not cheaply, so not at all.
         found.append(

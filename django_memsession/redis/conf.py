@@ -1,322 +1,52 @@
-"""The Redis engine's settings, read through one object with typed defaults, and their validation.
-
-The same :func:`problems` feed the system checks (at startup) and :func:`store_settings` (when the
-store is first built), so a server that never runs checks fails with the same message instead of
-misbehaving later. :func:`url_problem` checks a Redis URL for them and for every command that
-takes one. Importing this module does not import redis; what only redis-py can tell (the option
-names it takes, see ``client.py``) is asked when redis is installed.
-"""
+"""The Redis engine's settings now live in ``django_memsession/conf/redis.py`` (with the memory
+engine's beside it, and what both share in ``conf/base.py``); this module re-exports them, so
+``from .conf import ...`` in this package and ``django_memsession.redis.conf`` keep working."""
 
 from __future__ import annotations
 
-import math
-import re
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qs, urlsplit
-
-from django.conf import settings
-from django.core.exceptions import ImproperlyConfigured
-
-from ..sizing import parse_size
-
-DEFAULT_PREFIX = "memsession:"
-# One hour: long enough for a visitor's first visit to come back for a second page (which
-# promotes the session to its full age), short enough that a flood of one-shot sessions leaves
-# Redis within the hour and, under volatile-ttl, is evicted before anything a real user holds.
-DEFAULT_PROBATION_AGE = 3600
-DEFAULT_MAX_SESSION_SIZE = 1024 * 1024
-# The smallest near cache: the memory engine's smallest MEMSESSION_MAX_SIZE (E008), below which
-# its tables and the remembered keys' slice leave too little room for sessions.
-MIN_NEAR_CACHE_SIZE = 64 * 1024
-
-# Connection-pool options for a web request. redis-py's own defaults (5 s timeouts, three
-# retries with backoff, also on timeouts) let a hung Redis hold a request for 20 s or more; these
-# fail a request within about 1 s per Redis call. The retry policy (one retry, on a dropped
-# connection only, never after a timeout) is set in ``store.py``, unless OPTIONS gives "retry".
-DEFAULT_OPTIONS: dict[str, Any] = {
-    "socket_timeout": 1.0,
-    "socket_connect_timeout": 1.0,
-    "socket_keepalive": True,
-    "health_check_interval": 0,
-}
-
-URL_SCHEMES = ("redis", "rediss", "unix")
-URL_EXAMPLE = (
-    "e.g. redis://127.0.0.1:6379/0 (a host, a port from 1 to 65535, a database number), "
-    "rediss:// for TLS, or unix:///path/redis.sock?db=0"
+from ..conf.base import DEFAULT_MAX_SESSION_SIZE, Problem, problems_text, raise_any
+from ..conf.redis import (
+    DEFAULT_OPTIONS,
+    DEFAULT_PREFIX,
+    DEFAULT_PROBATION_AGE,
+    DIGITS,
+    MIN_NEAR_CACHE_SIZE,
+    NEAR_CACHE_LOW_WATER,
+    NEAR_CACHE_SESSION_SHARE,
+    URL_EXAMPLE,
+    URL_SCHEMES,
+    RedisSettings,
+    StoreSettings,
+    conf,
+    max_session_bytes,
+    pool_options,
+    problems,
+    redacted,
+    store_settings,
+    url_problem,
 )
-DIGITS = re.compile(r"[0-9]+")
 
-
-class RedisSettings:
-    """Shadows Django's settings: each ``MEMSESSION_REDIS_*`` setting with its default.
-
-    Properties read ``django.conf.settings`` on every access, so ``override_settings`` works.
-    """
-
-    @property
-    def URL(self) -> Any:
-        return getattr(settings, "MEMSESSION_REDIS_URL", None)
-
-    @property
-    def PREFIX(self) -> Any:
-        return getattr(settings, "MEMSESSION_REDIS_PREFIX", DEFAULT_PREFIX)
-
-    @property
-    def OPTIONS(self) -> Any:
-        return getattr(settings, "MEMSESSION_REDIS_OPTIONS", {})
-
-    @property
-    def PROBATION_AGE(self) -> Any:
-        return getattr(settings, "MEMSESSION_REDIS_PROBATION_AGE", DEFAULT_PROBATION_AGE)
-
-    @property
-    def NEAR_CACHE(self) -> Any:
-        return getattr(settings, "MEMSESSION_REDIS_NEAR_CACHE", None)
-
-    @property
-    def MAX_SESSION_SIZE(self) -> Any:
-        # The memory engine's setting, with the same meaning: the largest one session may be.
-        return getattr(settings, "MEMSESSION_MAX_SESSION_SIZE", None)
-
-
-conf = RedisSettings()
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One bad setting: a stable id (``memsession.E101``), what is wrong, and what to write."""
-
-    id: str
-    msg: str
-    hint: str
-
-
-@dataclass(frozen=True)
-class StoreSettings:
-    """What the store is built from: validated, with the defaults filled in."""
-
-    url: str
-    prefix: str
-    options: dict[str, Any]
-    probation_age: float
-    max_session_bytes: int
-    # MEMSESSION_MAX_SESSIONS_PER_USER (validated by memsession.E014): enforced by the user index.
-    max_sessions_per_user: int | None = None
-    # The near cache's budget in bytes (a memory store in front of Redis); None: no near cache.
-    near_cache_bytes: int | None = None
-
-
-def redacted(url: str) -> str:
-    """The URL without its password, for messages and logs."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparsable URL>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return parts._replace(netloc=netloc).geturl()
-
-
-def problems() -> list[Problem]:
-    """Every problem with the current ``MEMSESSION_REDIS_*`` settings; empty when all is well."""
-    found: list[Problem] = []
-    url = conf.URL
-    if url is None:
-        found.append(
-            Problem(
-                "memsession.E101",
-                "MEMSESSION_REDIS_URL is not set; SESSION_ENGINE = 'django_memsession.redis' "
-                "needs it.",
-                "Write the Redis server's URL, e.g. MEMSESSION_REDIS_URL = "
-                "'redis://127.0.0.1:6379/0' (also rediss:// for TLS, unix:///path/redis.sock).",
-            )
-        )
-    else:
-        wrong = url_problem(url)
-        if wrong is not None:
-            shown = redacted(url) if isinstance(url, str) else repr(url)
-            found.append(
-                Problem(
-                    "memsession.E101",
-                    f"MEMSESSION_REDIS_URL = {shown!r} is not a Redis URL: {wrong}.",
-                    f"Write the Redis server's URL, {URL_EXAMPLE}.",
-                )
-            )
-    if not isinstance(conf.PREFIX, str):
-        found.append(
-            Problem(
-                "memsession.E102",
-                f"MEMSESSION_REDIS_PREFIX = {conf.PREFIX!r} is not a string.",
-                f"Write a string that no other user of this Redis database starts its keys "
-                f"with, e.g. the default {DEFAULT_PREFIX!r}.",
-            )
-        )
-    options = conf.OPTIONS
-    if not (isinstance(options, dict) and all(isinstance(name, str) for name in options)):
-        found.append(
-            Problem(
-                "memsession.E103",
-                f"MEMSESSION_REDIS_OPTIONS = {options!r} is not a dict of redis-py "
-                "connection-pool options.",
-                "Write a dict, e.g. MEMSESSION_REDIS_OPTIONS = {'max_connections': 50, "
-                "'socket_timeout': 1.0}; {} keeps the defaults.",
-            )
-        )
-    else:
-        found.extend(_option_name_problems(options, url))
-        for name in ("socket_timeout", "socket_connect_timeout"):
-            value = options.get(name, DEFAULT_OPTIONS[name])
-            if not (_is_number(value) and value > 0):
-                found.append(
-                    Problem(
-                        "memsession.E104",
-                        f"MEMSESSION_REDIS_OPTIONS[{name!r}] = {value!r} is not a number of "
-                        "seconds: a Redis that hangs would hold every request forever.",
-                        f"Write a number of seconds, e.g. {name!r}: 1.0 (the default).",
-                    )
-                )
-    age = conf.PROBATION_AGE
-    if not (_is_number(age) and age > 0):
-        found.append(
-            Problem(
-                "memsession.E105",
-                f"MEMSESSION_REDIS_PROBATION_AGE = {age!r} is not a positive number of seconds.",
-                "Write how long a new anonymous session lives until it comes back, e.g. "
-                f"MEMSESSION_REDIS_PROBATION_AGE = {DEFAULT_PROBATION_AGE} (an hour).",
-            )
-        )
-    size = conf.MAX_SESSION_SIZE
-    if size is not None:
-        try:
-            parse_size(size)
-        except ValueError as exc:
-            found.append(
-                Problem(
-                    "memsession.E106",
-                    f"MEMSESSION_MAX_SESSION_SIZE = {size!r} is not a size.",
-                    f"{exc} Example: MEMSESSION_MAX_SESSION_SIZE = '1M', or None for the default.",
-                )
-            )
-    near = conf.NEAR_CACHE
-    if near is not None:
-        try:
-            near_bytes = parse_size(near)
-        except ValueError as exc:
-            found.append(
-                Problem(
-                    "memsession.E108",
-                    f"MEMSESSION_REDIS_NEAR_CACHE = {near!r} is not a size.",
-                    f"{exc} Example: MEMSESSION_REDIS_NEAR_CACHE = '16M', or None for no near "
-                    "cache.",
-                )
-            )
-        else:
-            if near_bytes < MIN_NEAR_CACHE_SIZE:
-                found.append(
-                    Problem(
-                        "memsession.E108",
-                        f"MEMSESSION_REDIS_NEAR_CACHE = {near!r} is smaller than 64 KiB.",
-                        "Give the near cache at least '64K' (e.g. '16M'), or None for no near "
-                        "cache.",
-                    )
-                )
-    return found
-
-
-def url_problem(url: object) -> str | None:
-    """What is wrong with a Redis URL, as a clause ("its port is not a number from 1 to 65535"),
-    or None if redis-py can connect with it: a redis://, rediss:// or unix:// scheme; for TCP a
-    host, a port from 1 to 65535 and a database number (the path, or ``?db=``) that is a whole
-    number; for a socket, its path. The clause never quotes a part of the URL, which could be a
-    misplaced password."""
-    if not isinstance(url, str):
-        return "it is not a string"
-    scheme, separator, _ = url.partition("://")
-    scheme = scheme.lower()
-    if not separator or scheme not in URL_SCHEMES:
-        return "it does not start with redis://, rediss:// or unix://"
-    try:
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-    except ValueError:
-        return "it cannot be read as a URL (a stray '[', ']' or '@'?)"
-    if scheme == "unix":
-        if not parts.path:
-            return "it names no socket: write unix:///path/redis.sock"
-    else:
-        if not parts.hostname:
-            return "it names no host"
-        try:
-            port = parts.port
-        except ValueError:
-            port = 0
-        if port is not None and not 1 <= port <= 65535:
-            return "its port is not a number from 1 to 65535"
-        database = parts.path.strip("/")
-        if database and not DIGITS.fullmatch(database):
-            return "its database number (the path) is not a whole number: write /0, /1 ..."
-    for database in query.get("db", []):
-        if not DIGITS.fullmatch(database):
-            return "its ?db= is not a whole number"
-    try:
-        from .client import from_url_problem
-    except ImportError:  # no redis-py: the shape is all that can be checked
-        return None
-    return from_url_problem(url)
-
-
-def _option_name_problems(options: dict[str, Any], url: object) -> list[Problem]:
-    """MEMSESSION_REDIS_OPTIONS names that redis-py (or the engine) would not take."""
-    try:
-        from .client import accepted_text, refused_options
-    except ImportError:  # no redis-py: the engine says so when it is built
-        return []
-    # Checked for the URL's scheme (ssl_* only with rediss://); with no URL to tell (not set yet,
-    # as before exportsessions), for whichever scheme takes the name.
-    scheme: str | None = url.partition("://")[0].lower() if isinstance(url, str) else None
-    scheme = scheme if scheme in URL_SCHEMES else None
-    refused = refused_options(list(options), scheme)
-    if not refused:
-        return []
-    return [
-        Problem(
-            "memsession.E109",
-            f"MEMSESSION_REDIS_OPTIONS names what the engine cannot pass to redis-py: "
-            f"{', '.join(refused)}.",
-            f"Remove them. {accepted_text(scheme)}",
-        )
-    ]
-
-
-def store_settings() -> StoreSettings:
-    """The validated settings; ``ImproperlyConfigured`` with the system check's text otherwise."""
-    found = problems()
-    if found:
-        raise ImproperlyConfigured(
-            "; ".join(f"{problem.msg} {problem.hint} ({problem.id})" for problem in found)
-        )
-    size = conf.MAX_SESSION_SIZE
-    per_user = getattr(settings, "MEMSESSION_MAX_SESSIONS_PER_USER", None)
-    if per_user is not None and not (
-        isinstance(per_user, int) and not isinstance(per_user, bool) and per_user >= 1
-    ):
-        raise ImproperlyConfigured(
-            f"MEMSESSION_MAX_SESSIONS_PER_USER = {per_user!r} is not a number of sessions. "
-            "Write a whole number (at least 1), or None for no limit. (memsession.E014)"
-        )
-    return StoreSettings(
-        url=conf.URL,
-        prefix=conf.PREFIX,
-        options={**DEFAULT_OPTIONS, **conf.OPTIONS},
-        probation_age=float(conf.PROBATION_AGE),
-        max_session_bytes=DEFAULT_MAX_SESSION_SIZE if size is None else parse_size(size),
-        max_sessions_per_user=per_user,
-        near_cache_bytes=None if conf.NEAR_CACHE is None else parse_size(conf.NEAR_CACHE),
-    )
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+__all__ = [
+    "DEFAULT_MAX_SESSION_SIZE",
+    "DEFAULT_OPTIONS",
+    "DEFAULT_PREFIX",
+    "DEFAULT_PROBATION_AGE",
+    "DIGITS",
+    "MIN_NEAR_CACHE_SIZE",
+    "NEAR_CACHE_LOW_WATER",
+    "NEAR_CACHE_SESSION_SHARE",
+    "URL_EXAMPLE",
+    "URL_SCHEMES",
+    "Problem",
+    "RedisSettings",
+    "StoreSettings",
+    "conf",
+    "max_session_bytes",
+    "pool_options",
+    "problems",
+    "problems_text",
+    "raise_any",
+    "redacted",
+    "store_settings",
+    "url_problem",
+]

@@ -26,10 +26,9 @@ from django_memsession.management.fanout import (
     none_found,
     seconds,
 )
-from django_memsession.memory.export import latest, session_of
+from django_memsession.memory.export import expiry_of, latest, session_of
 from django_memsession.memory.lru import AUTHENTICATED
-from django_memsession.memory.snapshot.file import Journal, SnapshotRefused, read_snapshot
-from django_memsession.memory.store import HEADER
+from django_memsession.memory.snapshot.file import Journal, SnapshotRefused, open_snapshot
 from django_memsession.messages import ExportedSession, ProcessReport
 
 if TYPE_CHECKING:
@@ -67,6 +66,7 @@ class Row:
     kept_logout: int = 0
     expired: int = 0
     left_out: int = 0  # --from-snapshot: changed or deleted since the snapshot began
+    unreadable: int = 0  # --from-snapshot: records that are not whole sessions of ours
     complete: bool = True
     redis_failed: bool = False
 
@@ -80,11 +80,21 @@ class Row:
             "kept_logout": self.kept_logout,
             "expired": self.expired,
             "left_out": self.left_out,
+            "unreadable": self.unreadable,
             "complete": self.complete,
         }
 
 
-TOTALS = ("sessions", "logged_in", "written", "kept_newer", "kept_logout", "expired", "left_out")
+TOTALS = (
+    "sessions",
+    "logged_in",
+    "written",
+    "kept_newer",
+    "kept_logout",
+    "expired",
+    "left_out",
+    "unreadable",
+)
 
 
 class RedisFailed(Exception):
@@ -345,16 +355,18 @@ class Command(BaseCommand):
         from django_memsession.redis.importer import Kind, Write
 
         try:
-            data = read_snapshot(path)
+            # Read in batches into one copy per key (a later copy wins), not whole into memory.
+            with open_snapshot(path) as snapshot:
+                copies = latest(record for batch in snapshot.batches() for record in batch)
+                epoch, version = snapshot.epoch, snapshot.version
         except FileNotFoundError:
             raise CommandError(f"No snapshot at {path}.") from None
         except SnapshotRefused as exc:
             raise CommandError(f"The snapshot {path} was refused: {exc}.") from None
         except OSError as exc:
             raise CommandError(f"Cannot read the snapshot {path}: {exc.strerror}.") from None
-        copies = latest(data.records)
         journal = Journal(path)
-        changed = journal.keys_matching(copies, journal.hashes_since(data.epoch))
+        changed = journal.keys_matching(copies, journal.hashes_since(epoch))
         row = Row(source=f"snapshot {path}")
         row.left_out = len(changed)
         now = time.time()
@@ -362,10 +374,14 @@ class Command(BaseCommand):
         for key, (segment, value) in copies.items():
             if key in changed:
                 continue
-            if HEADER.unpack_from(value)[0] <= now:
+            expires_at = expiry_of(segment, value, version)
+            if expires_at is None:
+                row.unreadable += 1  # a record that is not a whole session: treated as absent
+                continue
+            if expires_at <= now:
                 row.expired += 1
                 continue
-            expires_at, payload = session_of(segment, value, data.version)
+            expires_at, payload = session_of(segment, value, version)
             writes.append(Write(Kind.EXPORT, key, payload, expires_at))
             row.logged_in += segment == AUTHENTICATED
         row.sessions = len(writes)
@@ -493,6 +509,8 @@ class Command(BaseCommand):
             )
         if figures["left_out"]:
             text += f"; {figures['left_out']} left out (changed or deleted after the snapshot)"
+        if figures.get("unreadable"):
+            text += f"; {figures['unreadable']} left out (not whole sessions: unreadable records)"
         return text
 
 

@@ -494,6 +494,10 @@ def set_aside(path: Path) -> Path | None:
         os.replace(path, target)
     except OSError:
         return None
+    # It holds session keys: a file refused for being readable by others stays so no longer.
+    with contextlib.suppress(OSError):
+        if stat.S_ISREG(os.lstat(target).st_mode):
+            os.chmod(target, 0o600)
     return target
 
 
