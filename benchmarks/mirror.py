@@ -29,7 +29,7 @@ from .redis_engines import RedisServer
 
 def mirror_overhead(url: str, rounds: int, count: int) -> dict[str, Any]:
     from django_memsession import SessionStore
-    from django_memsession.mirror import Mirror
+    from django_memsession.redis.move import Mirror
     from django_memsession.runtime import get_store
 
     store = get_store()
@@ -72,10 +72,10 @@ def mirror_overhead(url: str, rounds: int, count: int) -> dict[str, Any]:
 def export_vs_snapshot(url: str, count: int) -> dict[str, Any]:
     import base64
 
-    from django_memsession.export import ExportRun
+    from django_memsession.memory.export import ExportRun
+    from django_memsession.memory.snapshot.file import write_snapshot
     from django_memsession.redis.importer import Kind, Write, importer_for
     from django_memsession.runtime import clear, get_store
-    from django_memsession.snapshot_file import write_snapshot
 
     clear()
     store = get_store()

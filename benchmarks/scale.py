@@ -30,7 +30,7 @@ from .common import make_session, rss_bytes, setup_django, summary, time_batch
 
 def _fill(store: Any, count: int, payload: bytes, expires_at: float) -> list[str]:
     """``count`` sessions straight into a store (fast: no serializing per session)."""
-    from django_memsession.engine import new_session_key
+    from django_memsession.memory.engine import new_session_key
 
     keys = []
     for _ in range(count):
@@ -50,8 +50,8 @@ def _stored_payload() -> bytes:
 def measure_save(quick: bool) -> dict[str, Any]:
     setup_django()
     import django_memsession
-    from django_memsession import runtime
-    from django_memsession.store import MemoryStore
+    from django_memsession.memory import services as runtime
+    from django_memsession.memory.store import MemoryStore
 
     big_count = 100_000 if quick else 1_000_000
     payload = _stored_payload()
@@ -84,8 +84,8 @@ def measure_save(quick: bool) -> dict[str, Any]:
 
 def measure_prune(quick: bool) -> dict[str, Any]:
     setup_django()
-    from django_memsession import runtime
-    from django_memsession.store import MemoryStore
+    from django_memsession.memory import services as runtime
+    from django_memsession.memory.store import MemoryStore
 
     count = 100_000 if quick else 1_000_000
     payload = _stored_payload()
@@ -134,7 +134,7 @@ def _store_sessions(engine: str, count: int, payload: dict[str, Any]) -> Any:
     """``count`` sessions through ``engine``; returns what holds them (so it stays alive)."""
     from importlib import import_module
 
-    from django_memsession.engine import new_session_key
+    from django_memsession.memory.engine import new_session_key
 
     if engine == "dict":
         encode = json.JSONEncoder(separators=(",", ":")).encode
@@ -248,9 +248,9 @@ def measure_snapshot(quick: bool) -> dict[str, Any]:
     from pympler import asizeof
 
     import django_memsession
-    from django_memsession import runtime
-    from django_memsession.snapshotter import Snapshotter
-    from django_memsession.store import MemoryStore
+    from django_memsession.memory import services as runtime
+    from django_memsession.memory.snapshot.writer import Snapshotter
+    from django_memsession.memory.store import MemoryStore
 
     from .common import WORKDIR
 
@@ -331,9 +331,9 @@ def _journal_cycle(quick: bool) -> dict[str, Any]:
     from pathlib import Path
 
     import django_memsession
-    from django_memsession import runtime
-    from django_memsession.snapshotter import Snapshotter
-    from django_memsession.store import MemoryStore
+    from django_memsession.memory import services as runtime
+    from django_memsession.memory.snapshot.writer import Snapshotter
+    from django_memsession.memory.store import MemoryStore
 
     from .common import WORKDIR
 

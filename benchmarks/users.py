@@ -91,7 +91,7 @@ def load_modify_save(rounds: int, count: int) -> dict[str, Any]:
 
 
 def memory(count: int) -> dict[str, Any]:
-    from django_memsession.store import Limits, MemoryStore
+    from django_memsession.memory.store import Limits, MemoryStore
 
     payload = json.dumps(make_session(300)).encode()
     figures = {}
@@ -122,7 +122,7 @@ def memory(count: int) -> dict[str, Any]:
 
 
 def _filled(users: int, per_user: int) -> Any:
-    from django_memsession.store import Limits, MemoryStore
+    from django_memsession.memory.store import Limits, MemoryStore
 
     store = MemoryStore(Limits(1 << 40, 1 << 20, 0.75))
     expires = time.time() + 3600
@@ -142,7 +142,8 @@ def _filled(users: int, per_user: int) -> Any:
 
 
 def lookups(users: int, per_user: int, samples: int, rounds: int) -> dict[str, Any]:
-    from django_memsession.logged_in import local_sessions, session_id
+    from django_memsession.logged_in import session_id
+    from django_memsession.memory.who import local_sessions
     from django_memsession.messages import UserSession
 
     store = _filled(users, per_user)

@@ -5,9 +5,9 @@ adding ``"django_memsession"`` to ``INSTALLED_APPS`` adds its system checks, man
 and admin page.
 """
 
-from .engine import SessionStore
 from .everywhere import end_session, end_user_sessions, user_sessions
 from .exceptions import SessionTooLarge
+from .memory.engine import SessionStore
 from .messages import UserSession
 from .runtime import clear, prune, snapshot, start_pruner, stats, stop_pruner
 

@@ -35,7 +35,7 @@ from django.urls import URLPattern, path, reverse
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
-from . import conf, everywhere, runtime
+from . import engines, everywhere, runtime
 from .logged_in import user_id
 from .messages import Gathered, NearCacheStats, ProcessReport, Sample, split_warning
 from .models import Stats
@@ -307,10 +307,8 @@ class StatsAdmin(admin.ModelAdmin):
         named apart."""
         if not self.has_view_or_change_permission(request):
             raise PermissionDenied
-        from .redis.services import redis_server_figures
-
         gathered = runtime.gather("report")
-        server, redis_problem = redis_server_figures()
+        server, redis_problem = engines.current().server_figures()
         if server is not None:
             server["uptime_display"] = _duration(server["uptime"])
         on_redis = [report for report in gathered.processes if report.redis is not None]
@@ -328,7 +326,7 @@ class StatsAdmin(admin.ModelAdmin):
         }
 
     def stats_view(self, request: HttpRequest) -> HttpResponse:
-        if conf.redis_engine():
+        if engines.current().shared:
             return self._redis_stats_view(request)
         gathered, rows = self._gather(request)
         context = {
@@ -370,10 +368,11 @@ class StatsAdmin(admin.ModelAdmin):
         return TemplateResponse(request, "django_memsession/redis_stats.html", context)
 
     def json_view(self, request: HttpRequest) -> JsonResponse:
-        if conf.redis_engine():
+        engine = engines.current()
+        if engine.shared:
             context = self._redis_context(request)
             context.pop("plot")
-            return JsonResponse({"engine": "redis", **context})
+            return JsonResponse({"engine": engine.name, **context})
         gathered, rows = self._gather(request)
         for row in rows:
             row.pop("plot")
@@ -398,7 +397,7 @@ class StatsAdmin(admin.ModelAdmin):
     def _prune(self, request: HttpRequest) -> HttpResponse:
         if not self.has_change_permission(request):
             raise PermissionDenied
-        if conf.redis_engine():
+        if engines.current().shared:
             self._prune_redis(request)
             return HttpResponseRedirect(
                 reverse(f"{self.admin_site.name}:django_memsession_stats_changelist")

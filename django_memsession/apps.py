@@ -1,7 +1,6 @@
 from typing import Any
 
 from django.apps import AppConfig
-from django.conf import settings
 from django.core import checks
 
 
@@ -22,8 +21,8 @@ class MemsessionConfig(AppConfig):
     default_auto_field = "django.db.models.AutoField"
 
     def ready(self) -> None:
+        from . import engines
         from .checks import check_deployment, check_settings
-        from .conf import MEMORY_ENGINE, REDIS_ENGINE
         from .redis.checks import check_redis_deployment, check_redis_settings
 
         checks.register(check_settings)
@@ -31,15 +30,7 @@ class MemsessionConfig(AppConfig):
         # Silent unless SESSION_ENGINE is "django_memsession.redis"; they import no redis.
         checks.register(check_redis_settings)
         checks.register(check_redis_deployment, deploy=True)
-        engine = getattr(settings, "SESSION_ENGINE", "")
-        if engine == MEMORY_ENGINE:
-            from . import runtime
-
-            # With snapshots on, SIGTERM must reach the shutdown path where nothing else handles
-            # it (runserver, plain processes); ready() runs in the main thread, where a handler
-            # can be installed.
-            runtime.install_signal_handlers()
-        if engine in (MEMORY_ENGINE, REDIS_ENGINE):
+        if engines.ready():
             self._connect_user_signals()
 
     def _connect_user_signals(self) -> None:

@@ -15,7 +15,7 @@ from django.core.checks import CheckMessage, Error, Warning
 
 from . import conf, control
 from .conf import Problem
-from .snapshot_file import Claim, file_problem
+from .memory.snapshot.file import Claim, file_problem
 
 
 def errors(found: list[Problem]) -> list[CheckMessage]:

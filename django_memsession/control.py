@@ -61,6 +61,7 @@ __all__ = [
     "ChannelError",
     "NoAnswer",
     "Refused",
+    "ask",
     "fan_out",
     "request",
 ]
@@ -327,6 +328,24 @@ def live_peers(timeout: float = 0.5) -> list[int]:
             pass  # busy or slow: still a live process
         alive.append(pid)
     return alive
+
+
+def ask(
+    pid: int,
+    command: str,
+    *,
+    fields: Fields,
+    timeout: float,
+    dry_run: bool = False,
+    local: Handler | None = None,
+) -> ProcessReport:
+    """Ask one process (this one through ``local``): the next page of a long answer. Raises
+    :class:`ChannelError`."""
+    if pid == os.getpid():
+        if local is None:
+            raise Gone("this process holds no store")
+        return local(new_request(command, dry_run=dry_run, fields=fields))
+    return request(socket_path(pid), command, dry_run=dry_run, timeout=timeout, fields=fields)
 
 
 def fan_out(

@@ -20,3 +20,8 @@ class SessionTooLarge(BadRequest):
             f"MEMSESSION_MAX_SESSION_SIZE ({format_size(limit)}, {limit} bytes); it was not saved. "
             "Keep large data out of the session, or raise MEMSESSION_MAX_SESSION_SIZE."
         )
+
+
+class SnapshotsOff(Exception):
+    """Asked for a snapshot where there is none to write: ``MEMSESSION_SNAPSHOT_PATH`` is not set,
+    this process serves no requests, or the engine keeps no snapshots (Redis)."""

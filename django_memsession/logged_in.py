@@ -1,28 +1,23 @@
-"""A user's sessions in this process's store, as the control channel answers for them: typed
-records with opaque ids, and their ending.
+"""Who a session belongs to, as both engines name it to callers: a session's opaque id, a user's
+id, the client text's parts.
 
-A session key is a credential: it never leaves this module's callers' process. Records carry
+A session key is a credential: it never leaves the process that holds it. Callers get
 :func:`session_id` instead, an HMAC-SHA256 of the key (Django's ``salted_hmac`` with a salt of its
 own, keyed from ``SECRET_KEY``), the same in every process of the project, so an id got from one
 process names the session in whichever process holds it.
 
-Knows the store and the messages; nothing of requests, of the runtime, or of other processes
-(:mod:`~django_memsession.everywhere` asks them).
+Knows neither engine (a memory process's answers are in ``memory/who.py``), nothing of
+requests or of other processes (:mod:`~django_memsession.everywhere` asks them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 
 from django.conf import settings
 
-from .messages import UserSession
-from .store import MemoryStore
-from .users import SessionFacts
-
-__all__ = ["end_local", "local_sessions", "parse_client", "session_id", "user_id"]
+__all__ = ["parse_client", "session_id", "user_id"]
 
 ID_SALT = "django_memsession.session_id"
 ID_LENGTH = 32  # hex digits: 128 bits
@@ -66,37 +61,3 @@ def parse_client(client: str | None) -> tuple[str | None, str | None]:
         return None, None
     address, _, agent = client.partition("\n")
     return address or None, agent or None
-
-
-def _record(row: SessionFacts, pid: int) -> UserSession:
-    address, agent = parse_client(row.client)
-    return UserSession(
-        id=session_id(row.key),
-        pid=pid,
-        user=row.user,
-        created=float(row.created),
-        last_used=float(row.last_used),
-        expires=row.expires_at,
-        ip=address,
-        user_agent=agent,
-    )
-
-
-def local_sessions(store: MemoryStore, user: str) -> list[UserSession]:
-    """The user's live sessions in this store, most recently used first."""
-    pid = os.getpid()
-    return [_record(row, pid) for row in store.user_sessions(user)]
-
-
-def end_local(
-    store: MemoryStore, user: str, *, session_id_: str | None = None, keep: str | None = None
-) -> int:
-    """End the user's sessions here: only the one with id ``session_id_`` if given (a session
-    of another user matches nothing), else all but the one with id ``keep``. How many ended."""
-    keys = [
-        row.key
-        for row in store.user_sessions(user)
-        if (session_id(row.key) == session_id_ if session_id_ is not None else True)
-        and (keep is None or session_id(row.key) != keep)
-    ]
-    return store.delete_many(keys) if keys else 0

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 if TYPE_CHECKING:
-    from .store import MemoryStore
+    from .memory.store import MemoryStore
 
 
 def pytest_configure(config: pytest.Config) -> None:

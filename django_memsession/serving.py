@@ -1,5 +1,6 @@
 """Whether this process serves requests, and its listener on the control channel: what the
-memory engine's services (``runtime.py``) and the Redis engine's (``redis/services.py``) share.
+memory engine's services (``memory/services.py``) and the Redis engine's (``redis/services.py``)
+share.
 
 A process serves unless it is a management command other than ``runserver`` or a test run
 (the package's pytest plugin says so with :func:`set_listening`). A serving process listens on

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from django_memsession.memory.store import Limits, MemoryStore
 from django_memsession.runtime import get_store
 from django_memsession.sizing import EntrySizer
-from django_memsession.store import Limits, MemoryStore
 
 pytest_plugins = ["browser", "redis_server"]
 

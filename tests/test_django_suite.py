@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from django_session_suite import django_session_test_cases
 
-from django_memsession.engine import SessionStore
+from django_memsession.memory.engine import SessionStore
 
 # Tests of Django's that cannot apply to an in-memory engine (skipped, with the reason): none.
 # Every test of SessionTestsMixin and SessionMiddlewareTests runs; the two middleware tests that

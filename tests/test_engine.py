@@ -16,7 +16,7 @@ from django.test import override_settings
 from django.utils import timezone
 
 from django_memsession import SessionStore, SessionTooLarge, stats
-from django_memsession.engine import new_session_key
+from django_memsession.memory.engine import new_session_key
 from django_memsession.runtime import get_store
 
 

@@ -14,15 +14,17 @@ from django.core.management import CommandError, call_command
 from processes import run_command
 
 from django_memsession import SessionStore as MemorySession
-from django_memsession import export, mirror, runtime
-from django_memsession.lru import AUTHENTICATED, PROBATION
+from django_memsession import mirror, runtime
+from django_memsession.memory import export
+from django_memsession.memory import services as memory_services
+from django_memsession.memory.index import FACTS
+from django_memsession.memory.lru import AUTHENTICATED, PROBATION
+from django_memsession.memory.snapshot.file import Journal, write_snapshot
+from django_memsession.memory.store import HEADER
 from django_memsession.redis.engine import SessionStore as RedisSession
 from django_memsession.redis.importer import Importer, Kind, Outcome, Write, importer_for
 from django_memsession.redis.store import get_store as redis_store
 from django_memsession.serializers import current_codec
-from django_memsession.snapshot_file import Journal, write_snapshot
-from django_memsession.store import HEADER
-from django_memsession.users import FACTS
 
 pytestmark = pytest.mark.usefixtures("redis_url", "control_dir")
 
@@ -46,8 +48,8 @@ def redis_url(redis_server, settings):
 def _no_mirror_left():
     yield
     mirror.remove_marker()
-    if runtime._services is not None:
-        runtime._services.stop_mirror()
+    if memory_services._services is not None:
+        memory_services._services.stop_mirror()
 
 
 def memory_session(**data) -> str:
@@ -71,8 +73,8 @@ def loaded(key: str) -> dict | None:
 
 def mirrored() -> None:
     """Wait until this process's mirror has sent everything it queued (it stops to do so)."""
-    assert runtime._services is not None and runtime._services.mirror is not None
-    assert runtime._services.mirror.stop(timeout=10)
+    assert memory_services._services is not None and memory_services._services.mirror is not None
+    assert memory_services._services.mirror.stop(timeout=10)
 
 
 # -- the importer's rules ---------------------------------------------------------------------
@@ -258,7 +260,7 @@ def test_a_dry_run_writes_nothing_and_turns_no_mirroring_on(redis_url, redis_ser
     assert (result["total"]["sessions"], result["total"]["logged_in"]) == (1, 1)
     assert redis_server.client().dbsize() == 0
     assert not mirror.marker_path().exists()
-    assert runtime._services.mirror is None
+    assert memory_services._services.mirror is None
 
 
 def test_redis_down_is_a_clear_error_with_nothing_turned_on(redis_server):
@@ -305,7 +307,7 @@ def test_the_mirror_keeps_its_queue_while_redis_is_down_and_sends_it_in_order(
     changed, logged_out = memory_session(v=1), memory_session(v=1)
     export_json(redis_url)
     redis_server.kill()
-    services = runtime._services
+    services = memory_services._services
     try:
         for version in (2, 3):
             session = MemorySession(changed)
@@ -338,7 +340,7 @@ def test_stop_mirroring_stops_it_here_and_for_processes_started_later(redis_url)
     assert mirror.marker_path().exists()
     call_command("exportsessions", "--stop-mirroring", stdout=io.StringIO())
     assert not mirror.marker_path().exists()
-    assert runtime._services.mirror is None
+    assert memory_services._services.mirror is None
     key = memory_session(visits=1)
     assert loaded(key) is None
 

@@ -15,9 +15,9 @@ import pytest
 from django.test import override_settings
 
 from django_memsession import SessionStore, prune, start_pruner, stop_pruner
-from django_memsession import pruner as pruner_module
+from django_memsession.memory import pruner as pruner_module
+from django_memsession.memory.pruner import Pruner
 from django_memsession.messages import ProcessReport, PrunerState, from_json, to_json
-from django_memsession.pruner import Pruner
 from django_memsession.runtime import get_store, report
 
 TESTS_DIR = Path(__file__).resolve().parent

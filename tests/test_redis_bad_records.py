@@ -20,13 +20,13 @@ import pytest
 from django.conf import settings
 from redis_server import RedisServer
 
-from django_memsession import export
-from django_memsession.lru import AUTHENTICATED, RETURNING
+from django_memsession.memory import export
+from django_memsession.memory.index import FACTS
+from django_memsession.memory.lru import AUTHENTICATED, RETURNING
+from django_memsession.memory.store import HEADER
 from django_memsession.redis import SessionStore
 from django_memsession.redis.importer import Kind, Outcome, Write, importer_for
 from django_memsession.redis.store import RedisStore, UpdateResult, get_store
-from django_memsession.store import HEADER
-from django_memsession.users import FACTS
 
 pytestmark = pytest.mark.usefixtures("redis_url")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 from redis_server import RedisServer
 
-from django_memsession.engine import new_session_key
+from django_memsession.memory.engine import new_session_key
 from django_memsession.redis import SessionStore
 from django_memsession.redis.store import get_store
 

@@ -14,6 +14,7 @@ import pytest
 from django.test import override_settings
 
 from django_memsession import SessionStore, runtime
+from django_memsession.memory import services as memory_services
 from django_memsession.signals import sessions_evicted
 
 PACKAGE = Path(runtime.__file__).parent
@@ -89,8 +90,14 @@ def test_the_package_has_no_import_loop():
 @pytest.mark.parametrize(
     ("module", "must_not_import"),
     [
-        ("django_memsession.store", {"runtime", "engine", "pruner", "listener", "control"}),
-        ("django_memsession.pruner", {"runtime", "listener", "control", "engine"}),
+        (
+            "django_memsession.memory.store",
+            {"runtime", "services", "engine", "pruner", "listener", "control"},
+        ),
+        (
+            "django_memsession.memory.pruner",
+            {"runtime", "services", "listener", "control", "engine"},
+        ),
         ("django_memsession.listener", {"runtime", "pruner", "store", "engine"}),
         ("django_memsession.control", {"runtime", "pruner", "listener", "store", "engine"}),
         ("django_memsession.serving", {"runtime", "services", "engine", "store", "pruner"}),
@@ -108,7 +115,7 @@ def test_the_periodic_thread_imports_nothing_of_the_package():
 def test_the_store_is_built_once_and_its_services_started_once():
     first = runtime.get_store()
     assert runtime.get_store() is first
-    assert runtime._services is not None and runtime._services.started
+    assert memory_services._services is not None and memory_services._services.started
 
 
 def test_fork_hooks_pair_per_thread_when_two_threads_fork_at_once():
@@ -119,16 +126,16 @@ def test_fork_hooks_pair_per_thread_when_two_threads_fork_at_once():
     a_took, b_tried = threading.Event(), threading.Event()
 
     def fork_a() -> None:
-        runtime._before_fork()
+        memory_services._before_fork()
         a_took.set()
         b_tried.wait(5)
-        runtime._after_fork_in_parent()
+        memory_services._after_fork_in_parent()
 
     def fork_b() -> None:
         a_took.wait(5)
-        runtime._before_fork()  # times out: A holds the lock
+        memory_services._before_fork()  # times out: A holds the lock
         b_tried.set()
-        runtime._after_fork_in_parent()
+        memory_services._after_fork_in_parent()
 
     threads = [threading.Thread(target=fork_a), threading.Thread(target=fork_b)]
     for thread in threads:
@@ -149,7 +156,7 @@ def test_a_process_that_forks_stops_listening_until_it_uses_the_store_again(cont
     if pid == 0:  # pragma: no cover - the child
         os._exit(0)
     os.waitpid(pid, 0)
-    assert (runtime._services.listener, listener.path.exists()) == (None, False)
+    assert (memory_services._services.listener, listener.path.exists()) == (None, False)
     assert runtime.start_listener() is not None  # used again: it serves again
     runtime.stop_listener()
 
@@ -180,6 +187,8 @@ def test_evictions_made_by_a_smaller_budget_are_reported_as_settings_not_as_a_fu
 def test_a_settings_change_is_applied_once(monkeypatch):
     runtime.get_store()
     calls = []
-    monkeypatch.setattr(runtime._services.store, "reconfigure", lambda limits: calls.append(limits))
+    monkeypatch.setattr(
+        memory_services._services.store, "reconfigure", lambda limits: calls.append(limits)
+    )
     with override_settings(MEMSESSION_LOW_WATER=0.5):
         assert len(calls) == 1

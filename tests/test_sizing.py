@@ -12,8 +12,8 @@ import pytest
 from pympler import asizeof
 from userindex import index_problems
 
+from django_memsession.memory.store import Limits, MemoryStore
 from django_memsession.sizing import ODICT_NODE_SIZE, format_size, parse_size, table_size
-from django_memsession.store import Limits, MemoryStore
 
 
 @pytest.mark.parametrize(

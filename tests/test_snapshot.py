@@ -15,11 +15,11 @@ import pytest
 from django.test import override_settings
 from pympler import asizeof
 
-from django_memsession import snapshot_file
-from django_memsession.lru import AUTHENTICATED, PROBATION, RETURNING
-from django_memsession.snapshotter import Snapshotter
-from django_memsession.store import HEADER, Limits, MemoryStore
-from django_memsession.users import FACTS
+from django_memsession.memory.index import FACTS
+from django_memsession.memory.lru import AUTHENTICATED, PROBATION, RETURNING
+from django_memsession.memory.snapshot import file as snapshot_file
+from django_memsession.memory.snapshot.writer import Snapshotter
+from django_memsession.memory.store import HEADER, Limits, MemoryStore
 
 
 @pytest.fixture
@@ -434,7 +434,7 @@ def test_a_process_that_outlives_the_handoff_wait_hands_over_late(make, monkeypa
     """The process this one replaces still holds the file when the wait runs out (a long last
     request): this one serves empty meanwhile, and when the old one has written its final
     snapshot and gone, its sessions are put back beside the ones made meanwhile."""
-    from django_memsession import snapshotter as snapshot_module
+    from django_memsession.memory.snapshot import writer as snapshot_module
 
     monkeypatch.setattr(snapshot_module, "HANDOFF_TIMEOUT", 0.1)
     monkeypatch.setattr(snapshot_module, "LATE_CLAIM_POLL", 0.02)
@@ -460,7 +460,7 @@ def test_a_sibling_that_takes_the_file_during_the_wait_ends_it(make, monkeypatch
     started) now holds the file: it stops waiting at once, instead of for the whole wait."""
     import json as json_module
 
-    from django_memsession import snapshotter as snapshot_module
+    from django_memsession.memory.snapshot import writer as snapshot_module
 
     monkeypatch.setattr(snapshot_module, "HANDOFF_TIMEOUT", 30)
     holder = started(make)  # keeps its flock throughout: the file is never free
@@ -544,8 +544,8 @@ def test_the_user_index_and_the_facts_survive_a_snapshot_and_restore(make, clock
 
 
 def test_a_version_1_file_is_read_and_its_logged_in_sessions_are_indexed(make, clock, monkeypatch):
+    from django_memsession.memory.store import HEADER
     from django_memsession.runtime import user_of_payload
-    from django_memsession.store import HEADER
 
     expires = clock() + 3600
     records = [

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from django_memsession.store import HEADER_SIZE, EntryTooLarge, PutResult, StoreEvent
+from django_memsession.memory.store import HEADER_SIZE, EntryTooLarge, PutResult, StoreEvent
 
 DAY = 86400.0
 
@@ -310,7 +310,7 @@ def test_clear_empties_the_store_and_resets_counters(make_store):
 
 
 def test_reconfigure_to_a_smaller_budget_evicts_to_fit(make_store, sizer):
-    from django_memsession.store import Limits
+    from django_memsession.memory.store import Limits
 
     store = make_store(max_bytes=64 * 1024)
     fill(store, 100)
@@ -319,7 +319,7 @@ def test_reconfigure_to_a_smaller_budget_evicts_to_fit(make_store, sizer):
 
 
 def test_a_prune_walk_keeps_exact_lru_order_while_requests_touch_entries():
-    from django_memsession.lru import AUTHENTICATED, SegmentedLRU
+    from django_memsession.memory.lru import AUTHENTICATED, SegmentedLRU
 
     lru = SegmentedLRU()
     for key in "abcdef":
@@ -335,7 +335,7 @@ def test_a_prune_walk_keeps_exact_lru_order_while_requests_touch_entries():
 
 
 def test_the_victim_during_a_prune_walk_is_still_the_least_recently_used():
-    from django_memsession.lru import AUTHENTICATED, SegmentedLRU
+    from django_memsession.memory.lru import AUTHENTICATED, SegmentedLRU
 
     lru = SegmentedLRU()
     for key in "abcd":
@@ -351,7 +351,7 @@ def test_a_prune_walk_evicts_no_session_to_pay_for_its_passing_second_table(
 ):
     """A walk moves a segment's entries into a new table, and the old one is freed only when
     the walk is through: writes meanwhile must not evict live sessions for that."""
-    from django_memsession import store as store_module
+    from django_memsession.memory import pruning as store_module
 
     store = make_store(max_bytes=256 * 1024)
     full = capacity(make_store, authenticated=True, max_bytes=256 * 1024)
@@ -369,7 +369,7 @@ def test_a_prune_walk_evicts_no_session_to_pay_for_its_passing_second_table(
 
 
 def test_a_shrink_under_a_flood_of_writes_ends(make_store, monkeypatch):
-    from django_memsession import store as store_module
+    from django_memsession.memory import pruning as store_module
 
     store = make_store(max_bytes=64 * 1024, low_water=0.5)
     fill(store, capacity(make_store, max_bytes=64 * 1024, low_water=0.5))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from userindex import index_problems
 
-from django_memsession.store import Limits, MemoryStore, PutResult
+from django_memsession.memory.store import Limits, MemoryStore, PutResult
 
 DAY = 86400.0
 

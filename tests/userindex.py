@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from django_memsession import users as facts
-from django_memsession.lru import AUTHENTICATED
-from django_memsession.store import MemoryStore
+from django_memsession.memory.lru import AUTHENTICATED
+from django_memsession.memory.store import MemoryStore
 
 
 def index_problems(store: MemoryStore) -> list[str]:

@@ -14,8 +14,8 @@ import threading
 from pathlib import Path
 
 from ..dirs import dir_problem
+from ..memory.store import Limits
 from ..sizing import format_size, parse_size
-from ..store import Limits
 from .base import (
     DEFAULT_MAX_SESSION_SIZE,
     MIN_PRUNE_INTERVAL,

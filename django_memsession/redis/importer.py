@@ -34,9 +34,9 @@ from urllib.parse import urlsplit
 
 import redis
 
+from ..clock import wall_clock
 from ..serializers import current_codec
 from ..sessionbase import AUTH_SESSION_KEY
-from ..store import wall_clock
 from .conf import (
     URL_SCHEMES,
     Problem,

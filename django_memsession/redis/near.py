@@ -71,8 +71,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from ..memory.store import EntryTooLarge, Limits, MemoryStore, PutResult
 from ..sizing import EntrySizer
-from ..store import EntryTooLarge, Limits, MemoryStore, PutResult
 from .conf import NEAR_CACHE_LOW_WATER, NEAR_CACHE_SESSION_SHARE, StoreSettings
 
 __all__ = ["NearCache", "Ticket", "WriterLost", "parse_resp"]

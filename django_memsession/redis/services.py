@@ -1,7 +1,8 @@
 """The Redis engine's process services (``SESSION_ENGINE = "django_memsession.redis"``): built on
 first use, stopped at exit, started again in a forked child, and kept in step with settings, as
-``runtime.py`` does for the memory engine. The engine gets its store here (:func:`redis_store`);
-the public API (``runtime.py``) reaches the rest when the Redis engine is the one in use.
+``memory/services.py`` does for the memory engine. The engine gets its store here
+(:func:`redis_store`); the surfaces reach the rest through :data:`engine` (see ``engines.py``)
+when the Redis engine is the one in use.
 
 No memory store is built: the first use of the Redis store (:func:`redis_store`) starts
 :class:`RedisServices`, the control listener (when this process serves, see ``serving.py``; so
@@ -29,21 +30,29 @@ from typing import Any
 from django.core.signals import setting_changed
 
 from .. import conf, serving
+from ..exceptions import SnapshotsOff
 from ..listener import Listener
+from ..logged_in import parse_client, session_id
 from ..messages import (
     NearCacheStats,
     ProcessReport,
     RedisProcessStats,
     Request,
     Sample,
+    SnapshotReport,
+    UserSession,
 )
+from .exceptions import SessionBackendUnavailable
 from .history import History
 from .info import FiguresUnavailable, read
 from .latency import recorder
 from .store import RedisStore, get_store, peek_store
 
 __all__ = [
+    "RedisEngine",
     "RedisServices",
+    "SharedIndex",
+    "engine",
     "redis_server_figures",
     "redis_store",
     "report",
@@ -202,7 +211,7 @@ def _near_cache_stats() -> NearCacheStats | None:
     )
 
 
-# -- the public API's Redis side (see runtime.py) ------------------------------------------------
+# -- the public API's Redis side (see engines.py) ------------------------------------------------
 
 
 def stats() -> dict[str, Any]:
@@ -234,6 +243,88 @@ def local_handler() -> Callable[[Request], ProcessReport] | None:
     """What answers this process's own part of a fan-out: its services, once built."""
     services = _services
     return services.handle if services is not None else None
+
+
+class SharedIndex:
+    """The Redis engine's user index: one index in Redis for every process (``redis/users.py``),
+    read and changed there in a round trip or two, with no fan-out. Records carry ``pid`` 0 (the
+    sessions are in Redis, not in a process)."""
+
+    sender = RedisStore
+
+    def sessions(self, uid: str) -> list[UserSession]:
+        found = []
+        for row in get_store().user_sessions(uid):
+            address, agent = parse_client(row.client)
+            found.append(
+                UserSession(
+                    id=session_id(row.key),
+                    pid=0,
+                    user=row.user,
+                    created=float(row.created),
+                    last_used=float(row.last_used),
+                    expires=row.expires_at,
+                    ip=address,
+                    user_agent=agent,
+                )
+            )
+        return found
+
+    def end(self, uid: str, *, session_id_: str | None = None, keep: str | None = None) -> int:
+        store = get_store()
+        keys = [
+            row.key
+            for row in store.user_sessions(uid)
+            if (session_id(row.key) == session_id_ if session_id_ is not None else True)
+            and (keep is None or session_id(row.key) != keep)
+        ]
+        return int(store.end_sessions(uid, keys)) if keys else 0
+
+    def end_in_background(self, uid: str, keep: str | None, done: Any) -> threading.Thread | None:
+        """No peers to wait for: two round trips to Redis, each bounded by its socket timeout.
+        When Redis cannot answer, the request goes on (the password is already changed, and
+        Django rejects the other sessions when they come back): logged, nothing ended."""
+        try:
+            count = self.end(uid, keep=keep)
+        except SessionBackendUnavailable as exc:
+            logger.warning(
+                "end_user_sessions: Redis could not be reached (%s); the other sessions of "
+                "user %s stay in Redis until they come back (then Django rejects them) or "
+                "expire.",
+                exc.reason,
+                uid,
+            )
+            return None
+        done(count)
+        return None
+
+
+class RedisEngine:
+    """The Redis engine's services behind the seam (see ``engines.Engine``)."""
+
+    name = "redis"
+    shared = True  # every process shares the sessions in Redis
+
+    stats = staticmethod(stats)
+    report = staticmethod(report)
+    local_handler = staticmethod(local_handler)
+    start_listener = staticmethod(start_listener)
+    stop_listener = staticmethod(stop_listener)
+    server_figures = staticmethod(redis_server_figures)
+
+    def snapshot(self) -> SnapshotReport:
+        raise SnapshotsOff("the Redis engine keeps no snapshots (sessions are in Redis)")
+
+    def prune_shared(self, *, dry_run: bool = False) -> Any:
+        """One pass over the user index (Redis expires the sessions themselves); an
+        ``IndexPrune``."""
+        return get_store().prune_index(dry_run=dry_run)
+
+    def index(self) -> SharedIndex:
+        return SharedIndex()
+
+
+engine = RedisEngine()
 
 
 # -- process events -----------------------------------------------------------------------------

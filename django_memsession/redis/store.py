@@ -47,8 +47,8 @@ import redis
 import redis.asyncio
 from django.core.signals import setting_changed
 
+from ..clock import wall_clock
 from ..signals import sessions_expired
-from ..store import wall_clock
 from .client import async_client, sync_client
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable

@@ -18,8 +18,6 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_memsession import control, mirror, runtime
-from django_memsession.export import expiry_of, latest, session_of
-from django_memsession.lru import AUTHENTICATED
 from django_memsession.management.fanout import (
     EXIT_NONE_REACHED,
     EXIT_REDIS_FAILED,
@@ -28,8 +26,10 @@ from django_memsession.management.fanout import (
     none_found,
     seconds,
 )
+from django_memsession.memory.export import expiry_of, latest, session_of
+from django_memsession.memory.lru import AUTHENTICATED
+from django_memsession.memory.snapshot.file import Journal, SnapshotRefused, open_snapshot
 from django_memsession.messages import ExportedSession, ProcessReport
-from django_memsession.snapshot_file import Journal, SnapshotRefused, open_snapshot
 
 if TYPE_CHECKING:
     from django_memsession.redis.importer import Importer, Outcome, Write

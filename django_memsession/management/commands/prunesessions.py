@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import CommandError, CommandParser
 
-from django_memsession import conf, runtime
+from django_memsession import engines, runtime
 from django_memsession.management.fanout import (
     EXIT_NONE_REACHED,
     EXIT_STATUS_HELP,
@@ -16,6 +16,7 @@ from django_memsession.management.fanout import (
     size,
 )
 from django_memsession.messages import Gathered, ProcessReport
+from django_memsession.redis.exceptions import SessionBackendUnavailable
 
 
 class Command(FanOutCommand):
@@ -40,24 +41,19 @@ class Command(FanOutCommand):
         super().add_arguments(parser)
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if conf.redis_engine():
-            return self.handle_redis(options)
-        return super().handle(*args, **options)
-
-    def handle_redis(self, options: dict[str, Any]) -> None:
-        """The Redis engine: one pass over the user index (no processes to ask)."""
-        from django_memsession.redis.exceptions import SessionBackendUnavailable
-        from django_memsession.redis.store import get_store
-
+        engine = engines.current()
+        if not engine.shared:
+            return super().handle(*args, **options)  # each process prunes its own: ask them
+        # Sessions every process shares (Redis): one pass over the shared user index.
         try:
-            result = get_store().prune_index(dry_run=options["dry_run"])
+            result = engine.prune_shared(dry_run=options["dry_run"])
         except SessionBackendUnavailable as exc:
             raise CommandError(
                 f"Redis could not be reached: {exc.reason}", returncode=EXIT_NONE_REACHED
             ) from None
         if options["json"]:
             payload = {
-                "engine": "redis",
+                "engine": engine.name,
                 "dry_run": result.dry_run,
                 "users": result.users,
                 "removed": result.removed,
@@ -68,9 +64,9 @@ class Command(FanOutCommand):
             return
         self.stdout.write(
             self.style.SUCCESS(
-                f"redis: {self._verb(options)} {result.removed} ended or expired session(s) from "
-                f"the index of {result.users} user(s); {result.sessions} logged-in session(s) "
-                "indexed"
+                f"{engine.name}: {self._verb(options)} {result.removed} ended or expired "
+                f"session(s) from the index of {result.users} user(s); {result.sessions} "
+                "logged-in session(s) indexed"
             )
         )
 

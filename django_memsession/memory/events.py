@@ -11,8 +11,8 @@ import logging
 import threading
 import time
 
-from .signals import sessions_evicted, sessions_expired, user_sessions_ended
-from .sizing import format_size
+from ..signals import sessions_evicted, sessions_expired, user_sessions_ended
+from ..sizing import format_size
 from .store import MemoryStore, StoreEvent
 
 __all__ = ["EventReporter"]

@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from itertools import islice
 
-from .sizing import table_size
+from ..sizing import table_size
 
 __all__ = ["AUTHENTICATED", "PROBATION", "RETURNING", "SEGMENT_NAMES", "SegmentedLRU"]
 

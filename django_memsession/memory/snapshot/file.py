@@ -28,7 +28,7 @@ The journals and the claim are opened as the snapshot is (never through a symlin
 waiting on a FIFO, only a regular file of this user's that no one else may read or write); a
 journal that is not a regular file is ignored when read.
 
-Nothing here knows the store; :mod:`~django_memsession.snapshotter` joins the two.
+Nothing here knows the store; :mod:`~django_memsession.memory.snapshot.writer` joins the two.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ __all__ = [
 logger = logging.getLogger("django_memsession")
 
 MAGIC = b"django-memsession snapshot\n"
-# 2: a logged-in session's value carries its facts (see users.py). Version 1 files are still
+# 2: a logged-in session's value carries its facts (see index.py). Version 1 files are still
 # read: their logged-in sessions are brought to version 2 by the snapshotter.
 VERSION = 2
 READABLE_VERSIONS = (1, 2)

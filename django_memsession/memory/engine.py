@@ -2,8 +2,9 @@
 
 Thin on purpose. The store keeps serialized bytes, so no two requests ever share a live dict, and
 values round-trip exactly as through Django's db engine under ``SESSION_SERIALIZER``. The engine
-talks to its store through the :class:`~django_memsession.backend.SessionBackend` interface only
-(``backend()``); the memory store's async twins do no I/O, so the async methods are native.
+talks to its store through the store's request path only (``get``, ``put``, ``exists``,
+``delete``, ``note_client`` and the async twins, on ``backend()``); the memory store's async twins
+do no I/O, so the async methods are native.
 """
 
 from __future__ import annotations
@@ -16,18 +17,18 @@ from typing import Any
 
 from django.contrib.sessions.backends.base import CreateError, UpdateError
 
-from . import runtime
-from .backend import SessionBackend
-from .exceptions import SessionTooLarge
-from .serializers import current_codec
-from .sessionbase import (
+from .. import runtime
+from ..exceptions import SessionTooLarge
+from ..serializers import current_codec
+from ..sessionbase import (
     AUTH_SESSION_KEY,
     KEY_LENGTH,
     FastSessionBase,
     current_session,
     new_session_key,
 )
-from .store import EntryTooLarge, PutResult
+from . import services
+from .store import EntryTooLarge, MemoryStore, PutResult
 
 __all__ = [
     "AUTH_SESSION_KEY",
@@ -47,8 +48,8 @@ _PLAUSIBLE_AGE = 1e10
 class SessionStore(FastSessionBase):
     """The session engine: ``SESSION_ENGINE = "django_memsession"``."""
 
-    # The store this engine talks to; another store kind's engine overrides it.
-    backend: Callable[[], SessionBackend] = staticmethod(runtime.get_store)
+    # The store this engine talks to: this process's, built by the memory engine's services.
+    backend: Callable[[], MemoryStore] = staticmethod(services.get_store)
     # The client (IP address and user agent, see clients.py) to note with the next save of a
     # logged-in session; set at login when MEMSESSION_TRACK_CLIENTS is on. None keeps what the
     # store has.
@@ -82,7 +83,7 @@ class SessionStore(FastSessionBase):
 
     # -- save ----------------------------------------------------------------------------------
 
-    def _expires_at(self, store: SessionBackend, data: dict[str, Any]) -> float:
+    def _expires_at(self, store: MemoryStore, data: dict[str, Any]) -> float:
         expiry = data.get("_session_expiry")
         age = self.get_session_cookie_age() if not expiry else self.get_expiry_age(expiry=expiry)
         if not -_PLAUSIBLE_AGE < age < _PLAUSIBLE_AGE:
@@ -134,7 +135,7 @@ class SessionStore(FastSessionBase):
         return None
 
     def _put_args(
-        self, store: SessionBackend, data: dict[str, Any]
+        self, store: MemoryStore, data: dict[str, Any]
     ) -> tuple[str, bytes, float, str | None]:
         """Key, payload, expiry, and the logged-in user's id as Django stores it (None:
         anonymous)."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .sizing import EntrySizer, table_size
+from ..sizing import EntrySizer, table_size
 
 __all__ = ["RememberedKeys"]
 

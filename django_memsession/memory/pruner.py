@@ -6,7 +6,7 @@ in chunks that release the store's lock between them (``MemoryStore.prune_expire
 Each pass is recorded (its :class:`~django_memsession.messages.PassReport`) and takes a sample of
 the store's size for the admin page's plot.
 
-A :class:`Pruner` is handed its store; it imports neither the runtime nor the control channel.
+A :class:`Pruner` is handed its store; it imports neither the services nor the control channel.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .messages import PassReport, PrunerState, Sample
-from .periodic import Periodic
+from ..messages import PassReport, PrunerState, Sample
+from ..periodic import Periodic
 from .store import MemoryStore
 
 __all__ = ["Pruner", "release_free_memory"]

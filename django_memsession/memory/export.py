@@ -21,10 +21,10 @@ import math
 import time
 from collections.abc import Iterable
 
+from ..messages import EXPORT_PAGE_BYTES, ExportedSession
+from .index import FACTS, FACTS_SIZE
 from .lru import AUTHENTICATED
-from .messages import EXPORT_PAGE_BYTES, ExportedSession
 from .store import HEADER, HEADER_SIZE, MemoryStore
-from .users import FACTS, FACTS_SIZE
 
 __all__ = ["IDLE_TIMEOUT", "ExportRun", "expiry_of", "session_of"]
 

@@ -1,13 +1,13 @@
 """Sessions survive restarts: the snapshot writer, handed its store and its path.
 
 - **Restore**, on the first use of the store, before the process serves a session: claim the
-  snapshot (:class:`~django_memsession.snapshot_file.Claim`), read it, leave out every session
-  journaled since it began (written or deleted after its copy may have been taken: never a
-  rolled-back version, never an undone logout), put the rest back (:meth:`MemoryStore.restore`).
-  If another process holds the claim and claimed it before this process started (the old worker
-  of a graceful reload, finishing its requests and about to write its final snapshot), wait for
-  it, up to ``HANDOFF_TIMEOUT``; if it claimed after (a sibling worker), start empty: each
-  session lives in one process only.
+  snapshot (:class:`~django_memsession.memory.snapshot.file.Claim`), read it, leave out every
+  session journaled since it began (written or deleted after its copy may have been taken: never a
+  rolled-back version, never an undone logout), put the rest back (:meth:`MemoryStore.restore`). If
+  another process holds the claim and claimed it before this process started (the old worker of a
+  graceful reload, finishing its requests and about to write its final snapshot), wait for it, up to
+  ``HANDOFF_TIMEOUT``; if it claimed after (a sibling worker), start empty: each session lives in
+  one process only.
 - **Write**: at shutdown, every ``MEMSESSION_SNAPSHOT_INTERVAL`` seconds (a thread), and on
   demand. A write starts a new journal epoch, copies the store in chunks while requests go on,
   writes the file outside the store's lock, and then drops the journals the new file makes
@@ -33,9 +33,11 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from .lru import AUTHENTICATED
-from .messages import RestoreReport, SnapshotReport, SnapshotState
-from .snapshot_file import (
+from ...messages import RestoreReport, SnapshotReport, SnapshotState
+from ..index import from_plain
+from ..lru import AUTHENTICATED
+from ..store import HEADER_SIZE, MemoryStore
+from .file import (
     Claim,
     Journal,
     SnapshotRefused,
@@ -43,8 +45,6 @@ from .snapshot_file import (
     set_aside,
     write_snapshot,
 )
-from .store import HEADER_SIZE, MemoryStore
-from .users import from_plain
 
 __all__ = ["HANDOFF_TIMEOUT", "NotOwner", "Snapshotter"]
 
@@ -245,7 +245,7 @@ class Snapshotter:
         self, records: list[tuple[int, str, bytes]], seconds: int
     ) -> list[tuple[int, str, bytes]]:
         """Version 1 records: logged-in sessions get their facts, the user read from the
-        payload by ``user_of_payload`` (the runtime hands the session codec's). A value too
+        payload by ``user_of_payload`` (the services hand the session codec's). A value too
         short for the plain header is left as it is: the store leaves it out."""
         reader = self.user_of_payload
         upgraded = []
