@@ -15,7 +15,8 @@ from django.core.checks import CheckMessage, Error, Warning
 
 from . import conf, control
 from .conf import Problem
-from .memory.snapshot.file import Claim, file_problem
+from .memory.snapshot.claim import Claim
+from .memory.snapshot.safety import file_problem
 
 
 def errors(found: list[Problem]) -> list[CheckMessage]:
@@ -77,7 +78,7 @@ def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessag
 
 def _snapshot_file_warnings() -> list[CheckMessage]:
     """The snapshot and its lock file as a serving process would find them: what it would
-    refuse (see :func:`~django_memsession.snapshot_file.file_problem`)."""
+    refuse (see :func:`~django_memsession.memory.snapshot.safety.file_problem`)."""
     setting = conf.conf.SNAPSHOT_PATH
     if not (isinstance(setting, (str, os.PathLike)) and os.path.isabs(setting)):
         return []  # none, or E010

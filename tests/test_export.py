@@ -19,7 +19,8 @@ from django_memsession.memory import export
 from django_memsession.memory import services as memory_services
 from django_memsession.memory.index import FACTS
 from django_memsession.memory.lru import AUTHENTICATED, PROBATION
-from django_memsession.memory.snapshot.file import Journal, write_snapshot
+from django_memsession.memory.snapshot.file import write_snapshot
+from django_memsession.memory.snapshot.journal import Journal
 from django_memsession.memory.store import HEADER
 from django_memsession.redis.engine import SessionStore as RedisSession
 from django_memsession.redis.importer import Importer, Kind, Outcome, Write, importer_for

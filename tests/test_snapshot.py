@@ -18,6 +18,8 @@ from pympler import asizeof
 from django_memsession.memory.index import FACTS
 from django_memsession.memory.lru import AUTHENTICATED, PROBATION, RETURNING
 from django_memsession.memory.snapshot import file as snapshot_file
+from django_memsession.memory.snapshot import journal as journal_file
+from django_memsession.memory.snapshot.safety import UnsafeFile
 from django_memsession.memory.snapshot.writer import Snapshotter
 from django_memsession.memory.store import HEADER, Limits, MemoryStore
 
@@ -199,7 +201,7 @@ def test_a_session_written_every_request_is_journaled_once_per_snapshot(make):
     for _ in range(100):
         put(old.store, 1, b'{"n": 1}')
     journal = old.journal.file(old.store.epoch).read_bytes()
-    assert len(journal) == snapshot_file.HASH_SIZE
+    assert len(journal) == journal_file.HASH_SIZE
 
 
 def test_the_journal_holds_no_session_key(make):
@@ -208,7 +210,7 @@ def test_the_journal_holds_no_session_key(make):
     old.write()
     old.store.delete(key(123456))
     data = old.journal.file(old.store.epoch).read_bytes()
-    assert key(123456).encode() not in data and len(data) == snapshot_file.HASH_SIZE
+    assert key(123456).encode() not in data and len(data) == journal_file.HASH_SIZE
 
 
 def test_a_graceful_shutdown_keeps_every_session_written_up_to_it(make):
@@ -507,7 +509,7 @@ def test_a_serving_process_that_forks_a_helper_keeps_its_journal(control_dir, sn
     )
     stays, leaves = result.stdout.split()
     data = snapshot_file.read_snapshot(path)
-    journaled = snapshot_file.Journal(path)
+    journaled = journal_file.Journal(path)
     gone = journaled.keys_matching([stays, leaves], journaled.hashes_since(data.epoch))
     assert gone == {leaves}
 
@@ -699,12 +701,12 @@ def test_a_symlink_at_the_lock_file_is_not_followed_and_snapshots_are_off(make, 
 
 
 def test_a_symlink_at_a_journal_is_not_written_through(snapshot_dir):
-    journal = snapshot_file.Journal(snapshot_dir / "sessions.snapshot")
+    journal = journal_file.Journal(snapshot_dir / "sessions.snapshot")
     victim = snapshot_dir / "victim"
     victim.write_bytes(b"")
     victim.chmod(0o600)
     journal.file(3).symlink_to(victim)
-    with pytest.raises(snapshot_file.UnsafeFile, match="it is a symlink"):
+    with pytest.raises(UnsafeFile, match="it is a symlink"):
         journal.open(3)
     assert not journal.append(key(1), 3)
     assert victim.read_bytes() == b""
@@ -721,7 +723,7 @@ def test_a_fifo_among_the_journals_is_ignored_without_waiting_for_a_writer(make,
     os.mkfifo(journal, 0o600)
     other_name = journal.with_name("feeder")
     os.link(journal, other_name)
-    hashed = snapshot_file.key_hash(key(1), old.journal.journal_key)
+    hashed = journal_file.key_hash(key(1), old.journal.journal_key)
     feeder = threading.Thread(target=feed, args=(other_name, hashed), daemon=True)
     feeder.start()
     try:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from django_memsession import users as facts
+from django_memsession.memory import index as facts
 from django_memsession.memory.lru import AUTHENTICATED
 from django_memsession.memory.store import MemoryStore
 

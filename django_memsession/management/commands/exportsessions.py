@@ -28,7 +28,8 @@ from django_memsession.management.fanout import (
 )
 from django_memsession.memory.export import expiry_of, latest, session_of
 from django_memsession.memory.lru import AUTHENTICATED
-from django_memsession.memory.snapshot.file import Journal, SnapshotRefused, open_snapshot
+from django_memsession.memory.snapshot.file import SnapshotRefused, open_snapshot
+from django_memsession.memory.snapshot.journal import Journal
 from django_memsession.messages import ExportedSession, ProcessReport
 
 if TYPE_CHECKING:

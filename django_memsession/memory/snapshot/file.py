@@ -1,4 +1,4 @@
-"""The snapshot's files on disk: the signed snapshot, the journals, the claim.
+"""The snapshot file: its format, written atomically, read in a stream after its signature.
 
 Next to ``MEMSESSION_SNAPSHOT_PATH`` (``<path>``):
 
@@ -16,27 +16,17 @@ Next to ``MEMSESSION_SNAPSHOT_PATH`` (``<path>``):
   first checks the MAC, with ``SECRET_KEY`` and each of ``SECRET_KEY_FALLBACKS`` at once (a key
   rotation logs nobody out), before anything is parsed; the second reads the records, a batch
   at a time, so a file of any size is read in bounded memory.
-- ``<path>.journal-<epoch>``: the sessions written or deleted since snapshot ``<epoch>`` began,
-  as 16-byte keyed hashes (never the keys), appended with one ``write()`` each so that a crash
-  (``kill -9``) loses none of those that returned.
-- ``<path>.lock``: the claim. The process holding an exclusive ``flock`` on it owns the snapshot:
-  it restored it, and only it writes it. Its pid and when it claimed are written in it.
 - ``<path>.rejected-<time>``: a snapshot that was refused (tampered, truncated, foreign, of a
-  future format, not a private regular file), kept for inspection.
+  future format, not a private regular file), kept for inspection (and made private).
 
-The journals and the claim are opened as the snapshot is (never through a symlink, never
-waiting on a FIFO, only a regular file of this user's that no one else may read or write); a
-journal that is not a regular file is ignored when read.
-
-Nothing here knows the store; :mod:`~django_memsession.memory.snapshot.writer` joins the two.
+Beside it: the journals (``journal.py``), the claim (``claim.py``), and what makes a file at
+any of these paths safe to use (``safety.py``). Nothing here knows the store;
+:mod:`~django_memsession.memory.snapshot.writer` joins the two.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import hashlib
 import hmac
 import json
 import logging
@@ -52,16 +42,13 @@ from pathlib import Path
 from django.conf import settings
 from django.utils.crypto import salted_hmac
 
+from .safety import UnsafeFile, open_checked
+
 __all__ = [
-    "Claim",
-    "FileProblem",
-    "Journal",
     "Snapshot",
     "SnapshotData",
     "SnapshotRefused",
-    "UnsafeFile",
     "Written",
-    "file_problem",
     "open_snapshot",
     "read_snapshot",
     "set_aside",
@@ -76,9 +63,7 @@ MAGIC = b"django-memsession snapshot\n"
 VERSION = 2
 READABLE_VERSIONS = (1, 2)
 SALT = "django_memsession.snapshot"
-JOURNAL_SALT = "django_memsession.snapshot.journal"
 MAC_SIZE = 32
-HASH_SIZE = 16
 END = 0xFF
 RECORD = struct.Struct("<BBI")  # segment, key length, value length
 LENGTH = struct.Struct("<I")
@@ -96,25 +81,6 @@ class SnapshotRefused(Exception):
 
 
 @dataclass(frozen=True)
-class FileProblem:
-    """Why a file at one of the snapshot's paths is not one this process made, and what to do."""
-
-    reason: str
-    remedy: str
-
-    def __str__(self) -> str:
-        return f"{self.reason}: {self.remedy}"
-
-
-class UnsafeFile(OSError):
-    """A journal or the claim file that :func:`file_problem` finds fault with."""
-
-    def __init__(self, path: Path, problem: FileProblem) -> None:
-        super().__init__(errno.EPERM, str(problem), str(path))
-        self.problem = problem
-
-
-@dataclass(frozen=True)
 class Written:
     sessions: int
     bytes: int
@@ -128,91 +94,13 @@ class SnapshotData:
     version: int = VERSION
 
 
-def _secrets() -> list[str]:
+def secret_keys() -> list[str]:
+    """``SECRET_KEY``, then each of ``SECRET_KEY_FALLBACKS``: a key rotation logs nobody out."""
     return [settings.SECRET_KEY, *getattr(settings, "SECRET_KEY_FALLBACKS", [])]
 
 
 def _signer(secret: str) -> hmac.HMAC:
     return salted_hmac(SALT, b"", secret=secret, algorithm="sha256")
-
-
-# -- the files' safety ---------------------------------------------------------------------------
-
-_KINDS = (
-    (stat.S_ISDIR, "a directory"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
-
-
-def _problem(info: os.stat_result, path: Path, *, private: bool = True) -> FileProblem | None:
-    """What is wrong with the file ``info`` describes (an ``lstat``, or an ``fstat`` of the file
-    opened), or None. The files this process makes are regular files of its own, ``0600``;
-    anything else was put there by someone else: a FIFO would hang the open, a device or a
-    symlink would read or write elsewhere, and a file others may read or write gives away the
-    session keys in it or lets them choose what is restored (``ssh`` refuses a private key
-    others can read). ``private=False``: only the kind is checked."""
-    mode = info.st_mode
-    if stat.S_ISLNK(mode):
-        return FileProblem(
-            "it is a symlink (the snapshot's files are never opened through one)",
-            f"replace {path} with the file itself (a symlinked directory above it is fine)",
-        )
-    if not stat.S_ISREG(mode):
-        kind = next((name for is_kind, name in _KINDS if is_kind(mode)), "a special file")
-        return FileProblem(
-            f"it is {kind}, not a regular file",
-            f"remove {path}; the server writes a regular file there",
-        )
-    if not private:
-        return None
-    uid = os.geteuid()
-    if info.st_uid != uid:
-        return FileProblem(
-            f"it belongs to another user (uid {info.st_uid}; the server runs as uid {uid})",
-            f"remove {path}, or chown it to the user the server runs as",
-        )
-    if stat.S_IMODE(mode) & 0o077:
-        return FileProblem(
-            f"other users may read or write it (mode {stat.S_IMODE(mode):04o})",
-            f"chmod 600 {path}",
-        )
-    return None
-
-
-def file_problem(path: Path) -> FileProblem | None:
-    """What is wrong with the file at ``path`` itself (a symlink is not followed), or None when
-    it will do or there is none."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return None
-    return _problem(info, path)
-
-
-def _open_checked(path: Path, flags: int, *, private: bool = True) -> int:
-    """``path`` opened, once :func:`file_problem` finds nothing wrong with it; ``UnsafeFile``
-    otherwise. Never through a symlink (``O_NOFOLLOW``), never waiting for a FIFO's other end
-    (``O_NONBLOCK``: no effect on a regular file's reads and writes), and checked again on the
-    file opened (``fstat``), so a file swapped in after the first check is refused too."""
-    info = None
-    with contextlib.suppress(FileNotFoundError):
-        info = os.lstat(path)
-    problem = _problem(info, path, private=private) if info is not None else None
-    if problem is None:
-        extra = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY
-        fd = os.open(path, flags | extra, 0o600)
-        try:
-            problem = _problem(os.fstat(fd), path, private=private)
-        except BaseException:
-            os.close(fd)
-            raise
-        if problem is None:
-            return fd
-        os.close(fd)
-    raise UnsafeFile(path, problem)
 
 
 # -- the snapshot --------------------------------------------------------------------------------
@@ -298,13 +186,13 @@ def open_snapshot(path: Path) -> Iterator[Snapshot]:
     """The snapshot at ``path``, opened and its signature checked, its records not read yet.
 
     :class:`SnapshotRefused` for anything this project did not write: a file that is not a
-    private regular file of this user's (see :func:`file_problem`), then a bad signature, before
+    private regular file of this user's (see :func:`~.safety.file_problem`), then a bad signature, before
     anything is parsed. ``FileNotFoundError`` when there is none. The file is opened once: the
     check of the signature and the reading of the records are two passes over the same open
     file, so a file swapped in at the path meanwhile is never read.
     """
     try:
-        fd = _open_checked(path, os.O_RDONLY)
+        fd = open_checked(path, os.O_RDONLY)
     except UnsafeFile as exc:
         raise SnapshotRefused(exc.problem.reason) from None
     try:
@@ -340,7 +228,7 @@ def _verified(fd: int) -> Snapshot:
             f"format version {version}, this version reads {', '.join(map(str, READABLE_VERSIONS))}"
         )
     end = size - MAC_SIZE
-    signers = [_signer(secret) for secret in _secrets()]
+    signers = [_signer(secret) for secret in secret_keys()]
     for offset in range(0, end, READ_SIZE):
         piece = _read_exact(fd, offset, min(READ_SIZE, end - offset))
         for signer in signers:
@@ -499,146 +387,3 @@ def set_aside(path: Path) -> Path | None:
         if stat.S_ISREG(os.lstat(target).st_mode):
             os.chmod(target, 0o600)
     return target
-
-
-# -- the journals --------------------------------------------------------------------------------
-
-
-def _journal_key(secret: str) -> bytes:
-    return hashlib.sha256(f"{JOURNAL_SALT}\0{secret}".encode()).digest()
-
-
-def key_hash(key: str, journal_key: bytes) -> bytes:
-    return hashlib.blake2b(key.encode(), digest_size=HASH_SIZE, key=journal_key).digest()
-
-
-class Journal:
-    """Appends the hashes of sessions written or deleted since each snapshot began."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.journal_key = _journal_key(settings.SECRET_KEY)
-        self._fds: dict[int, int] = {}
-
-    def file(self, epoch: int) -> Path:
-        return self.path.with_name(f"{self.path.name}.journal-{epoch}")
-
-    def open(self, epoch: int) -> None:
-        """Start the journal of ``epoch`` (before the store starts journaling under it)."""
-        fd = _open_checked(self.file(epoch), os.O_WRONLY | os.O_CREAT | os.O_APPEND)
-        self._fds[epoch] = fd
-
-    def append(self, key: str, epoch: int) -> bool:
-        """One ``write()``: in the operating system's hands (so it survives ``kill -9``) before
-        the change is made. False when there is no journal for ``epoch`` (this process does
-        not own the snapshot, or forked)."""
-        fd = self._fds.get(epoch)
-        if fd is None:
-            return False
-        os.write(fd, key_hash(key, self.journal_key))
-        return True
-
-    def existing(self) -> list[int]:
-        prefix = f"{self.path.name}.journal-"
-        epochs = []
-        with contextlib.suppress(OSError):
-            for name in os.listdir(self.path.parent):
-                if name.startswith(prefix) and name[len(prefix) :].isdigit():
-                    epochs.append(int(name[len(prefix) :]))
-        return sorted(epochs)
-
-    def hashes_since(self, epoch: int) -> set[bytes]:
-        """Every hash journaled in ``epoch`` or later (a torn last record is ignored).
-
-        A journal that is not a regular file (a FIFO, a symlink) is not one of ours: ignored,
-        with a WARNING. One that others may read or write is still read: its hashes only ever
-        leave sessions out."""
-        found: set[bytes] = set()
-        for number in self.existing():
-            if number < epoch:
-                continue
-            try:
-                fd = _open_checked(self.file(number), os.O_RDONLY, private=False)
-            except UnsafeFile as exc:
-                logger.warning(
-                    "Session snapshot journal %s ignored: %s.", exc.filename, exc.strerror
-                )
-                continue
-            except OSError:
-                continue
-            with open(fd, "rb") as journal, contextlib.suppress(OSError):
-                data = journal.read()
-                found.update(
-                    data[i : i + HASH_SIZE] for i in range(0, len(data) - HASH_SIZE + 1, HASH_SIZE)
-                )
-        return found
-
-    def keys_matching(self, keys: Iterable[str], hashes: set[bytes]) -> set[str]:
-        """Which of ``keys`` were journaled, with this key or any fallback key's hash."""
-        if not hashes:
-            return set()
-        journal_keys = [_journal_key(secret) for secret in _secrets()]
-        return {key for key in keys if any(key_hash(key, jk) in hashes for jk in journal_keys)}
-
-    def remove_before(self, epoch: int) -> None:
-        """Drop journals older than ``epoch`` (a snapshot that began at ``epoch`` is on disk)."""
-        for number in self.existing():
-            if number < epoch:
-                fd = self._fds.pop(number, None)
-                if fd is not None:
-                    os.close(fd)
-                with contextlib.suppress(OSError):
-                    self.file(number).unlink()
-
-    def close(self) -> None:
-        for fd in self._fds.values():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        self._fds.clear()
-
-
-# -- the claim --------------------------------------------------------------------------------
-
-
-class Claim:
-    """An exclusive ``flock`` on ``<path>.lock``: the process holding it owns the snapshot."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path.with_name(f"{path.name}.lock")
-        self._fd: int | None = None
-
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
-    def try_take(self) -> bool:
-        """Whether this process took the claim; ``OSError`` (``UnsafeFile`` for a symlink, a
-        FIFO, another user's file or one open to others) when the file cannot be used."""
-        fd = _open_checked(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "claimed_at": time.time()}).encode())
-        self._fd = fd
-        return True
-
-    def holder(self) -> tuple[int, float] | None:
-        """(pid, when it claimed) of the process holding the claim, as it wrote them."""
-        try:
-            fd = _open_checked(self.path, os.O_RDONLY)
-            with open(fd, "rb") as claim:
-                info = json.loads(claim.read(200))
-            return int(info["pid"]), float(info["claimed_at"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
-
-    def release(self) -> None:
-        """Close our descriptor: the flock goes with the last one (a forked child's copy
-        closed leaves the parent's claim as it was)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(fd)

@@ -1,7 +1,7 @@
 """Sessions survive restarts: the snapshot writer, handed its store and its path.
 
 - **Restore**, on the first use of the store, before the process serves a session: claim the
-  snapshot (:class:`~django_memsession.memory.snapshot.file.Claim`), read it, leave out every
+  snapshot (:class:`~django_memsession.memory.snapshot.claim.Claim`), read it, leave out every
   session journaled since it began (written or deleted after its copy may have been taken: never a
   rolled-back version, never an undone logout), put the rest back (:meth:`MemoryStore.restore`). If
   another process holds the claim and claimed it before this process started (the old worker of a
@@ -37,14 +37,9 @@ from ...messages import RestoreReport, SnapshotReport, SnapshotState
 from ..index import from_plain
 from ..lru import AUTHENTICATED
 from ..store import HEADER_SIZE, MemoryStore
-from .file import (
-    Claim,
-    Journal,
-    SnapshotRefused,
-    open_snapshot,
-    set_aside,
-    write_snapshot,
-)
+from .claim import Claim
+from .file import SnapshotRefused, open_snapshot, set_aside, write_snapshot
+from .journal import Journal
 
 __all__ = ["HANDOFF_TIMEOUT", "NotOwner", "Snapshotter"]
 
