@@ -186,10 +186,10 @@ def open_snapshot(path: Path) -> Iterator[Snapshot]:
     """The snapshot at ``path``, opened and its signature checked, its records not read yet.
 
     :class:`SnapshotRefused` for anything this project did not write: a file that is not a
-    private regular file of this user's (see :func:`~.safety.file_problem`), then a bad signature, before
-    anything is parsed. ``FileNotFoundError`` when there is none. The file is opened once: the
-    check of the signature and the reading of the records are two passes over the same open
-    file, so a file swapped in at the path meanwhile is never read.
+    private regular file of this user's (see :func:`~.safety.file_problem`), then a bad
+    signature, before anything is parsed. ``FileNotFoundError`` when there is none. The file is
+    opened once: the check of the signature and the reading of the records are two passes over
+    the same open file, so a file swapped in at the path meanwhile is never read.
     """
     try:
         fd = open_checked(path, os.O_RDONLY)
