@@ -10,10 +10,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from django.conf import settings
 from django.core.checks import CheckMessage, Error, Warning
 
-from . import conf, control
+from . import conf, control, engines
 from .conf import Problem
 from .memory.snapshot.claim import Claim
 from .memory.snapshot.safety import file_problem
@@ -46,7 +45,7 @@ def _workers_from_environment() -> tuple[int, str] | None:
 
 def check_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     """Warnings about where this engine would not work as users expect."""
-    if getattr(settings, "SESSION_ENGINE", "") != conf.MEMORY_ENGINE:
+    if engines.configured() != "memory":
         return []
     found: list[CheckMessage] = []
     workers = _workers_from_environment()

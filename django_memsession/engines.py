@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from .memory.services import WriteMirror
     from .messages import ProcessReport, Request, SnapshotReport, UserSession
 
-__all__ = ["Engine", "Index", "current", "loaded", "ready", "redis_mirror"]
+__all__ = ["Engine", "Index", "configured", "current", "loaded", "ready", "redis_mirror"]
 
 # Each engine's services, once imported (see loaded()).
 MEMORY_SERVICES = "django_memsession.memory.services"
@@ -99,24 +99,36 @@ def _redis() -> Engine:
     return engine
 
 
+def configured() -> str | None:
+    """Which of this package's engines ``SESSION_ENGINE`` names: ``"memory"``, ``"redis"``, or
+    None for another engine (read at each call: tests change it). The system checks ask this;
+    nothing else compares ``SESSION_ENGINE``."""
+    name = getattr(settings, "SESSION_ENGINE", "")
+    if name == MEMORY_ENGINE:
+        return "memory"
+    if name == REDIS_ENGINE:
+        return "redis"
+    return None
+
+
 def ready() -> bool:
     """``AppConfig.ready()``'s part (in the main thread): whether ``SESSION_ENGINE`` names one of
     this package's engines. On the memory engine with snapshots on, SIGTERM must reach the
     shutdown path where nothing else handles it (runserver, plain processes): its handler is
     installed now. Starts nothing, and imports nothing of the Redis engine (its checks report
     a missing redis-py)."""
-    name = getattr(settings, "SESSION_ENGINE", "")
-    if name == MEMORY_ENGINE:
+    name = configured()
+    if name == "memory":
         from .memory.services import install_signal_handlers
 
         install_signal_handlers()
-    return name in (MEMORY_ENGINE, REDIS_ENGINE)
+    return name is not None
 
 
 def current() -> Engine:
     """This process's engine: the Redis engine when ``SESSION_ENGINE`` names it, else the
     memory engine (what the package's public functions have always answered for)."""
-    if getattr(settings, "SESSION_ENGINE", "") == REDIS_ENGINE:
+    if configured() == "redis":
         return _redis()
     return _memory()
 

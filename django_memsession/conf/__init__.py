@@ -29,7 +29,6 @@ from .base import (
     problems_text,
     prune_interval,
     raise_any,
-    redis_engine,
 )
 from .memory import (
     DEFAULT_LOW_WATER,
@@ -75,7 +74,6 @@ __all__ = [
     "problems_text",
     "prune_interval",
     "raise_any",
-    "redis_engine",
     "snapshot_interval",
     "snapshot_path",
 ]

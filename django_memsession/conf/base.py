@@ -255,6 +255,4 @@ def prune_interval() -> float:
     return float(shared.PRUNE_INTERVAL or 0)
 
 
-def redis_engine() -> bool:
-    """Whether ``SESSION_ENGINE`` is the Redis engine (read at each call: tests change it)."""
-    return getattr(settings, "SESSION_ENGINE", "") == REDIS_ENGINE
+

@@ -9,8 +9,7 @@ engine runs); what only redis-py can tell (the option names it takes, see ``redi
 asked, when redis is installed, inside the functions that need it.
 
 Named ``redis.py`` like the engine it configures; ``import redis`` anywhere is absolute and finds
-redis-py, never this module. (Not ``redis_engine.py``: importing that submodule would set
-``conf.redis_engine`` to a module, over the :func:`~.base.redis_engine` helper.)
+redis-py, never this module.
 """
 
 from __future__ import annotations

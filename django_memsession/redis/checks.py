@@ -10,12 +10,13 @@ from typing import Any
 from django.core.checks import CheckMessage, Error, Warning
 
 from .. import conf as root_conf
+from .. import engines
 from ..checks import errors
 from . import conf
 
 
 def _engine_in_use() -> bool:
-    return root_conf.redis_engine()
+    return engines.configured() == "redis"
 
 
 def check_redis_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
