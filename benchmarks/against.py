@@ -1,6 +1,7 @@
 """This engine against an earlier commit of itself, per operation, in one run.
 
-``python -m benchmarks.against [--rev REV] [--pairs N] [--quick]`` exports ``django_memsession/``
+``python -m benchmarks.against [--rev REV] [--engine E] [--pairs N] [--quick]`` exports
+``django_memsession/``
 at ``REV`` (default: the commit before the user index, the engine issue 11's "≤ 1.05x today's
 engine" is measured against) into a temporary directory with ``git archive``, then runs the same
 worker alternately on that tree and on this one, each in a fresh process. Each worker fills 2,000
@@ -8,7 +9,9 @@ anonymous and 2,000 logged-in sessions (the same 300-byte payload, the logged-in
 Django's three ``_auth_user_*`` keys) and times each operation through ``SessionStore`` as the
 best of 7 rounds; the figure per operation is the median over the pairs of the ratio this / REV,
 which the machine's drift between processes moves far less than a ratio of two separate runs.
-Prints one JSON line.
+``--engine`` chooses the engine: ``memory`` (the default), ``redis`` or ``redis+near`` (the Redis
+engine without and with its near cache, both trees on one throwaway loopback ``redis-server``,
+emptied before each worker). Prints one JSON line.
 """
 
 from __future__ import annotations
@@ -43,14 +46,32 @@ def _best(operation: Callable[[int], object], count: int, rounds: int = 7) -> fl
     return min(figures)
 
 
-def worker(tree: str, count: int) -> dict[str, Any]:
+ENGINES = ("memory", "redis", "redis+near")
+
+
+def _settings(engine: str, redis_url: str | None) -> dict[str, Any]:
+    if engine == "memory":
+        return {}
+    return {
+        "SESSION_ENGINE": "django_memsession.redis",
+        "MEMSESSION_REDIS_URL": redis_url,
+        "MEMSESSION_REDIS_NEAR_CACHE": "64M" if engine == "redis+near" else None,
+    }
+
+
+def worker(tree: str, count: int, engine: str = "memory", redis_url: str | None = None) -> dict:
     """Time the operations on the package under ``tree`` (this process imports it first)."""
+    from importlib import import_module
+
     from .common import AUTH_KEYS, make_session, setup_django
 
     sys.path.insert(0, tree)
-    setup_django()
+    setup_django(**_settings(engine, redis_url))
+    from django.conf import settings
+
     import django_memsession
-    from django_memsession import SessionStore
+
+    SessionStore = import_module(settings.SESSION_ENGINE).SessionStore
 
     package = Path(django_memsession.__file__).resolve().parent
     assert package == Path(tree, "django_memsession").resolve(), package
@@ -119,11 +140,17 @@ def _export(rev: str, into: Path) -> str:
     return commit
 
 
-def _run_worker(tree: Path, count: int) -> dict[str, float]:
+def _run_worker(
+    tree: Path, count: int, engine: str = "memory", redis_url: str | None = None
+) -> dict[str, float]:
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    command = [sys.executable, "-m", "benchmarks.against", "--worker", str(tree)]
+    command += ["--count", str(count), "--engine", engine]
+    if redis_url is not None:
+        command += ["--redis-url", redis_url]
     output = subprocess.run(
-        [sys.executable, "-m", "benchmarks.against", "--worker", str(tree), "--count", str(count)],
+        command,
         cwd=root,
         env=env,
         capture_output=True,
@@ -133,19 +160,37 @@ def _run_worker(tree: Path, count: int) -> dict[str, float]:
     return json.loads(output.strip().splitlines()[-1])
 
 
-def compare(rev: str, pairs: int, count: int) -> dict[str, Any]:
+def compare(rev: str, pairs: int, count: int, engine: str = "memory") -> dict[str, Any]:
     here = Path(__file__).resolve().parent.parent
-    with tempfile.TemporaryDirectory(prefix="memsession-against-") as tmp:
-        commit = _export(rev, Path(tmp))
-        runs: dict[str, list[dict[str, float]]] = {"this": [], "rev": []}
-        for pair in range(pairs):
-            # Alternate which goes first: a drifting machine favours neither.
-            order = [("this", here), ("rev", Path(tmp))]
-            if pair % 2:
-                order.reverse()
-            for name, tree in order:
-                runs[name].append(_run_worker(tree, count))
-    result: dict[str, Any] = {"rev": commit, "pairs": pairs, "calls_per_round": count}
+    server = None
+    if engine != "memory":
+        from .redis_engines import RedisServer
+
+        server = RedisServer()
+    try:
+        with tempfile.TemporaryDirectory(prefix="memsession-against-") as tmp:
+            commit = _export(rev, Path(tmp))
+            runs: dict[str, list[dict[str, float]]] = {"this": [], "rev": []}
+            for pair in range(pairs):
+                # Alternate which goes first: a drifting machine favours neither.
+                order = [("this", here), ("rev", Path(tmp))]
+                if pair % 2:
+                    order.reverse()
+                for name, tree in order:
+                    url = None
+                    if server is not None:
+                        _flush(server.url)
+                        url = server.url
+                    runs[name].append(_run_worker(tree, count, engine, url))
+    finally:
+        if server is not None:
+            server.stop()
+    result: dict[str, Any] = {
+        "rev": commit,
+        "engine": engine,
+        "pairs": pairs,
+        "calls_per_round": count,
+    }
     for operation in OPERATIONS:
         ours = [run[operation] for run in runs["this"]]
         theirs = [run[operation] for run in runs["rev"]]
@@ -157,20 +202,30 @@ def compare(rev: str, pairs: int, count: int) -> dict[str, Any]:
     return result
 
 
+def _flush(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    client.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rev", default=BEFORE_THE_INDEX, help="the commit to compare with")
     parser.add_argument("--pairs", type=int, default=7, help="processes of each, alternating")
     parser.add_argument("--count", type=int, default=3000, help="calls per timed round")
     parser.add_argument("--quick", action="store_true", help="3 pairs, 1000 calls a round")
+    parser.add_argument("--engine", choices=ENGINES, default="memory", help="the engine to time")
     parser.add_argument("--worker", metavar="TREE", help=argparse.SUPPRESS)
+    parser.add_argument("--redis-url", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.count)))
+        print(json.dumps(worker(args.worker, args.count, args.engine, args.redis_url)))
         return
     if args.quick:
         args.pairs, args.count = 3, 1000
-    print(json.dumps(compare(args.rev, args.pairs, args.count)))
+    print(json.dumps(compare(args.rev, args.pairs, args.count, args.engine)))
 
 
 if __name__ == "__main__":
