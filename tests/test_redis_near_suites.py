@@ -1,10 +1,9 @@
-"""The Redis engine's own tests and Django's session suite, again, with the near cache on.
+"""Django's session suite, again, on the Redis engine with the near cache on.
 
-Every test of ``test_redis_engine.py`` runs here too (imported), and Django's
-``SessionTestsMixin``/``SessionMiddlewareTests`` classes are built once more: the
+Django's ``SessionTestsMixin``/``SessionMiddlewareTests`` classes are built once more: the
 ``near_cache_on`` fixture turns on ``MEMSESSION_REDIS_NEAR_CACHE`` for each, so a load may be
-answered by L1. The engine tests that count round trips of a load without a near cache are
-replaced by what they become with one (in ``test_redis_near.py``).
+answered by L1. (The engine's own tests run with the near cache on through the ``engine``
+fixture's ``redis+near``: ``test_contract_sessions.py``, ``test_redis_engine.py``.)
 """
 
 from __future__ import annotations
@@ -14,14 +13,8 @@ from django_session_suite import django_session_test_cases
 
 pytest.importorskip("redis")
 
-from test_redis_engine import *  # noqa: F403 - the engine's tests, run again here
-
-from django_memsession.redis.engine import SessionStore
+from django_memsession.redis.engine import SessionStore  # after importorskip: needs redis
 from django_memsession.redis.store import get_store
-
-# A load of a settled session is a GET without a near cache; with one, the session just saved
-# is in L1 and the load makes no round trip (test_a_load_that_finds_a_valid_copy_makes_no_...).
-del test_a_load_of_a_settled_session_is_one_plain_get  # noqa: F821
 
 
 @pytest.fixture(autouse=True)
