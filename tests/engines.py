@@ -6,7 +6,7 @@ A test that takes ``engine`` runs once per engine: ``memory`` (``SESSION_ENGINE 
 load may be answered by L1). ``@pytest.mark.engines("memory", "redis")`` (on a test or a module;
 the closest wins) narrows the list. The Redis params skip without ``redis-server`` and fail under
 ``MEMSESSION_REQUIRE_REDIS=1``, as the ``redis_server`` fixture does. Another engine (Sentinel,
-Cluster) is one more entry in ``ENGINES`` and one more branch in :func:`engine`.
+Cluster) is one more entry in ``ENGINES`` and one more branch in :func:`start_engine`.
 """
 
 from __future__ import annotations
@@ -65,8 +65,14 @@ class Engine:
 
 
 @pytest.fixture
-def engine(request: pytest.FixtureRequest, settings) -> Engine:
-    name = request.param
+def engine(request: pytest.FixtureRequest) -> Engine:
+    return start_engine(request.param, request)
+
+
+def start_engine(name: str, request: pytest.FixtureRequest) -> Engine:
+    """Point the test at engine ``name`` (for fixtures that know the name another way, such as
+    a unittest class's attribute); the Redis engines on an empty server."""
+    settings = request.getfixturevalue("settings")
     if name == "memory":
         from django_memsession import SessionStore
 
