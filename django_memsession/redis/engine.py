@@ -427,9 +427,8 @@ class SessionStore(FastSessionBase):
             raise
 
     def delete(self, session_key: str | None = None) -> None:
+        session_key = self._deleted_key(session_key)
         if session_key is None:
-            session_key = self.session_key
-        if not self._validate_session_key(session_key):
             return
         user = self._deleted_user(session_key)
         try:
@@ -442,9 +441,8 @@ class SessionStore(FastSessionBase):
             raise
 
     async def adelete(self, session_key: str | None = None) -> None:
+        session_key = self._deleted_key(session_key)
         if session_key is None:
-            session_key = self.session_key
-        if not self._validate_session_key(session_key):
             return
         user = self._deleted_user(session_key)
         try:
@@ -455,6 +453,12 @@ class SessionStore(FastSessionBase):
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
+
+    def _deleted_key(self, session_key: str | None) -> str | None:
+        """The key a delete removes (this session's when none is given); None: nothing to do."""
+        if session_key is None:
+            session_key = self.session_key
+        return session_key if self._validate_session_key(session_key) else None
 
     def _deleted_user(self, session_key: str) -> str | None:
         """Whose session a delete removes, if this object knows (its own session, or the old

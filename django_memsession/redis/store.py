@@ -48,11 +48,12 @@ import redis.asyncio
 from django.core.signals import setting_changed
 
 from ..clock import wall_clock
+from ..logged_in import SessionFacts
 from ..signals import sessions_expired
 from .client import async_client, sync_client
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
-from .index import ImportedSession, IndexedSession, IndexPrune, RedisUserIndex
+from .index import ImportedSession, IndexPrune, RedisUserIndex
 from .near import NearCache, Ticket, WriterLost
 from .outages import availability_reason, unavailable, wrong_type
 from .record import (
@@ -503,7 +504,7 @@ class RedisStore:
     # -- the user index, for callers outside the Redis engine (everywhere, prunesessions) and
     # the documented ``RedisStore.import_sessions``: the index's own methods
 
-    def user_sessions(self, user: str) -> list[IndexedSession]:
+    def user_sessions(self, user: str) -> list[SessionFacts]:
         return self.index.user_sessions(user)
 
     def end_sessions(self, user: str, session_keys: Iterable[str]) -> int:
