@@ -59,6 +59,7 @@ from .index import ImportedSession, IndexPrune, RedisUserIndex
 from .near import NearCache, WriterLost
 from .outages import availability_reason, unavailable
 from .plans import DISCARD, PROMOTE, RESULTS, StorePlans, UpdateResult, log_foreign, rest_ms
+from .replicas import Replicas, WaitingRun
 from .record import (
     HEADER_SIZE,
     SESSION_BYTE,
@@ -117,6 +118,8 @@ class RedisStore(StorePlans):
         )
         self._async_lock = threading.Lock()
         self.index = RedisUserIndex(self)
+        # Waiting for replicas after a logout or a login (see replicas.py).
+        self.replicas = Replicas(self.client, config.wait_replicas, config.wait_timeout)
         self.near = (
             NearCache(config, clock=lambda: self.clock())  # follows a clock a test swaps in
             if config.near_cache_bytes is not None
@@ -239,6 +242,7 @@ class RedisStore(StorePlans):
         send: Callable[[Callable[..., Any]], T],
         keep: Callable[[T], tuple[bytes | None, float]] | None,
         claim: tuple[bytes, int] | None = None,
+        wait: str | None = None,
     ) -> T:
         """Send one write: ``send(run)`` calls ``run(*command)`` (each command of it).
 
@@ -251,7 +255,35 @@ class RedisStore(StorePlans):
         dropped pool connection gets too); tracking is down then, and L1 keeps nothing from
         it. ``claim`` goes with a script's ``EVALSHA`` on the writer connection (see
         ``NearCache.execute``).
+
+        ``wait`` (``replicas.ENDING`` or ``LOGIN``): the write waits for replicas, ``WAIT``
+        pipelined after it on a pool connection (never the writer connection, which other
+        saves queue behind); L1 keeps nothing of it. See :meth:`Replicas.check`.
         """
+        waiting = self._waiting(wait)
+        if waiting is not None:
+            keep = claim = None
+            reply = self._write_on(session_key, send, None, None, waiting)
+            self.replicas.check(waiting, wait)  # type: ignore[arg-type]
+            return reply
+        return self._write_on(session_key, send, keep, claim, self.client.execute_command)
+
+    def _waiting(self, wait: str | None) -> WaitingRun | None:
+        """The runner of a write that waits for replicas, or None (no wait asked, or none to
+        wait for)."""
+        if wait is None:
+            return None
+        needed = self.replicas.needed()
+        return self.replicas.run(self.client, needed) if needed else None
+
+    def _write_on(
+        self,
+        session_key: str,
+        send: Callable[[Callable[..., Any]], T],
+        keep: Callable[[T], tuple[bytes | None, float]] | None,
+        claim: tuple[bytes, int] | None,
+        pool_run: Callable[..., Any],
+    ) -> T:
         near = self.near
         ticket = (
             near.begin(session_key, write=True, on_writer=keep is not None)
@@ -260,7 +292,7 @@ class RedisStore(StorePlans):
         )
         if ticket is None:
             try:
-                reply = send(self.client.execute_command)
+                reply = send(pool_run)
             except redis.RedisError as exc:
                 if near is not None:
                     near.forget(session_key)
@@ -273,12 +305,12 @@ class RedisStore(StorePlans):
         assert near is not None
         try:
             if ticket.writer is None:
-                reply = send(self.client.execute_command)
+                reply = send(pool_run)
             else:
                 try:
                     reply = send(partial(near.execute, ticket, claim=claim))
                 except WriterLost:
-                    reply = send(self.client.execute_command)
+                    reply = send(pool_run)
         except redis.RedisError as exc:
             near.fill(ticket, None, 0.0, wrote=True)
             unavailable(exc)

@@ -1,0 +1,166 @@
+"""Waiting for replicas: a write that ends a logged-in session, or logs one in, is acknowledged
+by the primary's replicas (Redis ``WAIT``) before it is reported done.
+
+Redis replicates asynchronously: a failover loses the writes its replicas had not received. For
+a logout that would bring the session back. So the engine sends ``WAIT <n> <timeout>`` pipelined
+with such a write, on the write's own connection (``WAIT`` counts that connection's writes; it
+cannot run inside a script), in the same round trip: :class:`WaitingRun`.
+
+How many replicas (``MEMSESSION_REDIS_WAIT_REPLICAS``): ``"connected"`` (the default), every
+replica connected to the primary, as ``INFO replication`` says (``connected_slaves``), read at
+most every :data:`REFRESH` seconds per process, on a thread of its own once the first count is
+known (:class:`Replicas`); a number; or ``0``, never wait. With no replica connected there is
+nothing to wait for. A stale count is harmless: ``WAIT`` for more replicas than there are times
+out, so the count is never raised above what ``INFO`` said.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from .exceptions import SessionBackendUnavailable
+
+__all__ = ["ENDING", "LOGIN", "REFRESH", "Replicas", "WaitingRun"]
+
+logger = logging.getLogger("django_memsession.redis")
+
+# What a waited write is: one that ends a logged-in session (not acknowledged in time: not
+# done, a 503), or one that logs a session in (not acknowledged: it goes on, logged).
+ENDING, LOGIN = "ending", "login"
+# Seconds between two reads of INFO replication (per process).
+REFRESH = 5.0
+# A login not acknowledged in time is logged once per this many seconds of such failures.
+LOG_INTERVAL = 60.0
+
+
+class Replicas:
+    """How many replicas a waited write waits for, and what a short count means."""
+
+    def __init__(
+        self,
+        client: Any,
+        wanted: str | int,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.wanted = wanted
+        self.timeout_ms = max(1, round(timeout * 1000))
+        self.timeout = timeout
+        self.clock = clock
+        self._connected: int | None = None
+        self._read_at = 0.0
+        self._reading = False
+        self._lock = threading.Lock()
+        self._last_failure: float | None = None
+
+    def needed(self) -> int:
+        """How many replicas to wait for now: 0, do not wait."""
+        wanted = self.wanted
+        if wanted != "connected":
+            return int(wanted)
+        if self._connected is None:
+            self._read()  # the first time: on the request path, once per process
+        elif self.clock() - self._read_at >= REFRESH:
+            self._read_soon()
+        return self._connected or 0
+
+    def _read(self) -> None:
+        try:
+            info = self.client.info("replication")
+            connected = int(info.get("connected_slaves", 0))
+        except redis.RedisError:
+            # Unknown: wait for none now (the write itself says whether Redis answers), and
+            # ask again at the next waited write.
+            with self._lock:
+                self._reading = False
+            return
+        with self._lock:
+            self._connected = connected
+            self._read_at = self.clock()
+            self._reading = False
+
+    def _read_soon(self) -> None:
+        with self._lock:
+            if self._reading:
+                return
+            self._reading = True
+        threading.Thread(target=self._read, name="memsession-replicas", daemon=True).start()
+
+    def run(self, client: Any, needed: int) -> WaitingRun:
+        return WaitingRun(client, needed, self.timeout_ms)
+
+    def check(self, run: WaitingRun, kind: str) -> None:
+        """After a waited write Redis applied: raise for an ending not acknowledged in time (the
+        request gets the 503; the tombstone on the primary stays), log a login (once per
+        outage: a login lost in a failover costs a login, not security)."""
+        acked = run.acked
+        if acked is not None and acked >= run.needed:
+            return
+        shown = f"{acked or 0} of {run.needed} replica(s) acknowledged it within {self.timeout} s"
+        if kind == ENDING:
+            raise SessionBackendUnavailable(
+                f"a logout was written on the primary but {shown} (WAIT): not reported as done, "
+                "as a failover now could undo it"
+            )
+        now = self.clock()
+        with self._lock:
+            starting = self._last_failure is None or now - self._last_failure >= LOG_INTERVAL
+            self._last_failure = now
+        if starting:
+            logger.warning(
+                "A login was written on the primary but %s (WAIT); logins go on (a failover "
+                "now would lose them), logged once per outage.",
+                shown,
+            )
+
+
+class WaitingRun:
+    """Runs a write's commands on one pool connection with ``WAIT`` pipelined after them, in one
+    round trip; ``acked`` is the last ``WAIT``'s answer. Called as the store's ``run(*command)``;
+    :meth:`batch` sends several commands (a ``MULTI`` ... ``EXEC``) the same way. Replies are
+    Redis's own (no redis-py callbacks), as on the near cache's writer connection."""
+
+    def __init__(self, client: Any, needed: int, timeout_ms: int) -> None:
+        self.pool = client.connection_pool
+        self.needed = needed
+        self.timeout_ms = timeout_ms
+        self.acked: int | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        return self.batch([args])[0]
+
+    def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        commands = [*commands, ("WAIT", self.needed, self.timeout_ms)]
+        connection = self.pool.get_connection()
+        try:
+            # The engine's retry policy: once, at once, after a dropped connection; the WAIT
+            # goes again with the write, so it counts the new connection's write.
+            replies = connection.retry.call_with_retry(
+                lambda: self._send(connection, commands),
+                lambda _error: connection.disconnect(),
+            )
+        finally:
+            self.pool.release(connection)
+        first_error = next((r for r in replies if isinstance(r, redis.ResponseError)), None)
+        self.acked = replies[-1] if isinstance(replies[-1], int) else None
+        if first_error is not None:
+            raise first_error
+        return replies[:-1]
+
+    @staticmethod
+    def _send(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        replies = []
+        for _ in commands:
+            try:
+                replies.append(connection.read_response())
+            except redis.ResponseError as exc:  # read every reply before the error is raised
+                replies.append(exc)
+        return replies
