@@ -253,8 +253,7 @@ def wait_problems() -> list[Problem]:
         found.append(
             Problem(
                 "memsession.E121",
-                f"MEMSESSION_REDIS_WAIT_TIMEOUT = {timeout!r} is not a positive number of "
-                "seconds.",
+                f"MEMSESSION_REDIS_WAIT_TIMEOUT = {timeout!r} is not a positive number of seconds.",
                 f"Write how long a logout waits for replicas, e.g. {DEFAULT_WAIT_TIMEOUT} (the "
                 "default).",
             )

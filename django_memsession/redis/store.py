@@ -59,7 +59,6 @@ from .index import ImportedSession, IndexPrune, RedisUserIndex
 from .near import NearCache, WriterLost
 from .outages import availability_reason, unavailable
 from .plans import DISCARD, PROMOTE, RESULTS, StorePlans, UpdateResult, log_foreign, rest_ms
-from .replicas import Replicas, WaitingRun
 from .record import (
     HEADER_SIZE,
     SESSION_BYTE,
@@ -67,6 +66,7 @@ from .record import (
     pack,
     unpack,
 )
+from .replicas import Replicas, WaitingRun
 from .scripts import source
 
 __all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "peek_store", "reset", "stats"]
@@ -345,10 +345,11 @@ class RedisStore(StorePlans):
             return self._exists_failed(exc)
         return unpack(header, self.clock()) is not None
 
-    def delete(self, session_key: str) -> None:
-        """Replace the session with a tombstone: no concurrent save can bring it back."""
+    def delete(self, session_key: str, wait: str | None = None) -> None:
+        """Replace the session with a tombstone: no concurrent save can bring it back.
+        ``wait``: ``replicas.ENDING`` for a session that may be logged in."""
         command = self._tombstone_command(session_key)
-        self._write(session_key, lambda run: run(*command), None)
+        self._write(session_key, lambda run: run(*command), None, wait=wait)
 
     def discard(self, session_key: str, loaded: Loaded) -> None:
         """Delete a record whose data is not a session (the engine could not read it), unless
