@@ -245,3 +245,25 @@ def test_the_wait_does_not_hold_the_near_cache_writer(primary, replica, settings
     assert not logout_done.is_set()
     thread.join(10)
     assert outcome == [503]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("MEMSESSION_REDIS_WAIT_REPLICAS", "all", "memsession.E120"),
+        ("MEMSESSION_REDIS_WAIT_REPLICAS", -1, "memsession.E120"),
+        ("MEMSESSION_REDIS_WAIT_REPLICAS", True, "memsession.E120"),
+        ("MEMSESSION_REDIS_WAIT_TIMEOUT", 0, "memsession.E121"),
+        ("MEMSESSION_REDIS_WAIT_TIMEOUT", "1s", "memsession.E121"),
+        ("MEMSESSION_REDIS_WAIT_TIMEOUT", 1.0, "memsession.E121"),  # not under socket_timeout
+    ],
+)
+def test_each_bad_wait_setting_has_its_own_id_and_a_hint(name, value, expected, settings):
+    from django_memsession.redis.checks import check_redis_settings
+
+    settings.SESSION_ENGINE = "django_memsession.redis"
+    settings.MEMSESSION_REDIS_URL = "redis://127.0.0.1:6379/0"
+    setattr(settings, name, value)
+    (message,) = check_redis_settings()
+    assert message.id == expected
+    assert message.hint
