@@ -218,7 +218,9 @@ def test_no_replica_connected_sends_no_wait(redis_url, redis_server, settings):
 
 def test_the_wait_does_not_hold_the_near_cache_writer(primary, replica, settings):
     settings.MEMSESSION_REDIS_NEAR_CACHE = "1M"
-    settings.MEMSESSION_REDIS_WAIT_TIMEOUT = 0.9  # long enough to save meanwhile
+    # A wait long enough to save meanwhile (the socket timeout must outlast it: E121).
+    settings.MEMSESSION_REDIS_OPTIONS = {"socket_timeout": 5.0}
+    settings.MEMSESSION_REDIS_WAIT_TIMEOUT = 2.0
     client = Client()
     logged_in(client)
     store = get_store()
@@ -228,6 +230,7 @@ def test_the_wait_does_not_hold_the_near_cache_writer(primary, replica, settings
     anonymous.save()
     anonymous = SessionStore(anonymous.session_key)
     anonymous.load()  # came back: its saves are settled, on the writer connection
+    before = waits(primary)
     replica.pause()
     logout_done = threading.Event()
     outcome: list[int] = []
@@ -239,7 +242,7 @@ def test_the_wait_does_not_hold_the_near_cache_writer(primary, replica, settings
     thread = threading.Thread(target=logout)
     thread.start()
     # The logout is waiting on the paused replica once the primary has counted its WAIT ...
-    _until(lambda: "cmdstat_wait" in str(primary.client().info("commandstats")), "WAIT sent")
+    _until(lambda: waits(primary) > before, "the logout's WAIT is sent")
     anonymous["visits"] = 2
     anonymous.save()  # ... and a save through the writer connection completes meanwhile
     assert not logout_done.is_set()
@@ -267,3 +270,50 @@ def test_each_bad_wait_setting_has_its_own_id_and_a_hint(name, value, expected, 
     (message,) = check_redis_settings()
     assert message.id == expected
     assert message.hint
+
+
+# -- async: the same waits on redis.asyncio --------------------------------------------------
+
+
+async def alogged_in() -> SessionStore:
+    session = SessionStore()
+    session["visits"] = 1
+    await session.asave()
+    session = SessionStore(session.session_key)
+    await session.aload()
+    await session.acycle_key()  # login(): the anonymous ending does not wait
+    session[AUTH] = "7"
+    await session.asave()  # the save that logs it in waits
+    return session
+
+
+async def test_an_async_login_waits_once_and_an_async_logout_once(primary, replica):
+    session = await alogged_in()
+    assert waits(primary) == 1
+    key = session.session_key
+    await session.aflush()
+    assert waits(primary) == 2
+    assert on_replica(replica, key) == TOMBSTONE
+
+
+async def test_an_async_ending_waits(primary):
+    session = await alogged_in()
+    before = waits(primary)
+    assert await get_store().index.aend_sessions("7", [session.session_key]) == 1
+    assert waits(primary) == before + 1
+
+
+async def test_an_async_logout_no_replica_acknowledges_raises_unavailable(primary, replica):
+    session = await alogged_in()
+    key = session.session_key
+    replica.pause()
+    with pytest.raises(SessionBackendUnavailable, match="WAIT"):
+        await session.aflush()
+    assert primary.client().get(get_store().key(key)) == TOMBSTONE
+
+
+async def test_an_async_flush_of_a_session_never_loaded_waits(primary):
+    session = await alogged_in()
+    before = waits(primary)
+    await SessionStore(session.session_key).adelete()
+    assert waits(primary) == before + 1

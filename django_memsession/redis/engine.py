@@ -446,7 +446,7 @@ class SessionStore(FastSessionBase):
             return
         try:
             if target[1] is None:
-                await self._get_store().adelete(target[0])
+                await self._get_store().adelete(target[0], wait=target[2])
             else:
                 await self._get_store().index.adelete_logged_in(target[0], target[1])
         except SessionBackendUnavailable as exc:

@@ -39,7 +39,7 @@ import redis
 from ..logged_in import SessionFacts
 from .outages import unavailable
 from .record import pack
-from .replicas import ENDING, LOGIN, WaitingRun
+from .replicas import ENDING, LOGIN, WaitingRun, evalsha
 from .scripts import source
 
 if TYPE_CHECKING:
@@ -226,7 +226,9 @@ class RedisUserIndex:
             script.sha = sha.decode() if isinstance(sha, bytes) else sha
             return run("EVALSHA", script.sha, len(keys), *keys, *args)
 
-    async def _arun(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
+    async def _arun(self, name: str, keys: list[bytes], args: list[Any], run: Any = None) -> Any:
+        """A script on the event loop's client; ``run``, an ``AsyncWaitingRun`` to send it
+        with a ``WAIT``."""
         client = self.store._async_client().client
         scripts = self._async_scripts.get(client)
         if scripts is None:
@@ -234,6 +236,8 @@ class RedisUserIndex:
         script = scripts.get(name)
         if script is None:
             script = scripts[name] = client.register_script(source(name))
+        if run is not None:
+            return await evalsha(run, script, keys, args)
         return await script(keys=keys, args=args)
 
     # -- the save of a logged-in session ---------------------------------------------------------
@@ -316,13 +320,17 @@ class RedisUserIndex:
 
     async def asave_logged_in(self, session_key: str, *args: Any, **kwargs: Any) -> tuple[int, int]:
         keys, argv = self._save_args(session_key, *args, **kwargs)
+        wait = waits(kwargs["user"], kwargs["loaded_user"])
         try:
-            result, ended = await self._arun("save", keys, argv)
+            waiting = await self.store._awaiting(wait)
+            result, ended = await self._arun("save", keys, argv, waiting)
         except redis.RedisError as exc:
             self.store._forget(session_key, answered=False)
             unavailable(exc)
         self.store._forget(session_key, answered=True)
         self._saved(session_key, kwargs, argv, result)
+        if waiting is not None:
+            self.store.replicas.check(waiting, wait)  # type: ignore[arg-type]
         return result, ended
 
     # -- a load's "last used" ----------------------------------------------------------------------
@@ -381,15 +389,24 @@ class RedisUserIndex:
     async def adelete_logged_in(self, session_key: str, user: str) -> None:
         self.last_used.forget(session_key)
         client = self.store._async_client().client
+        field = session_key.encode()
+        key, users = self.prefix + field, self.users_key(user)
         try:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.set(self.prefix + session_key.encode(), b"T", px=self.tombstone_ms)
-                pipe.hdel(self.users_key(user), session_key.encode())
-                await pipe.execute()
+            waiting = await self.store._awaiting(ENDING)
+            if waiting is not None:  # MULTI ... EXEC, then WAIT, in one round trip
+                commands = [("SET", key, b"T", "PX", self.tombstone_ms), ("HDEL", users, field)]
+                await waiting.batch([("MULTI",), *commands, ("EXEC",)])
+            else:
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.set(key, b"T", px=self.tombstone_ms)
+                    pipe.hdel(users, field)
+                    await pipe.execute()
         except redis.RedisError as exc:
             self.store._forget(session_key, answered=False)
             unavailable(exc)
         self.store._forget(session_key, answered=True)
+        if waiting is not None:
+            self.store.replicas.check(waiting, ENDING)
 
     # -- reading and ending ------------------------------------------------------------------------
 
@@ -436,7 +453,11 @@ class RedisUserIndex:
         if not fields:
             return 0
         try:
-            return int(await self._arun("end", [self.users_key(user)], args))
+            waiting = await self.store._awaiting(ENDING)
+            ended = int(await self._arun("end", [self.users_key(user)], args, waiting))
+            if waiting is not None:
+                self.store.replicas.check(waiting, ENDING)
+            return ended
         except redis.RedisError as exc:
             unavailable(exc)
         finally:

@@ -16,6 +16,7 @@ out, so the count is never raised above what ``INFO`` said.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -26,7 +27,7 @@ import redis
 
 from .exceptions import SessionBackendUnavailable
 
-__all__ = ["ENDING", "LOGIN", "REFRESH", "Replicas", "WaitingRun"]
+__all__ = ["ENDING", "LOGIN", "REFRESH", "AsyncWaitingRun", "Replicas", "WaitingRun"]
 
 logger = logging.getLogger("django_memsession.redis")
 
@@ -70,6 +71,13 @@ class Replicas:
         elif self.clock() - self._read_at >= REFRESH:
             self._read_soon()
         return self._connected or 0
+
+    async def aneeded(self) -> int:
+        """:meth:`needed` in an event loop: the first read of ``INFO`` on a worker thread."""
+        if self.wanted == "connected" and self._connected is None:
+            await asyncio.to_thread(self._read)
+            return self._connected or 0
+        return self.needed()
 
     def _read(self) -> None:
         try:
@@ -148,6 +156,10 @@ class WaitingRun:
             )
         finally:
             self.pool.release(connection)
+        return self._answered(replies)
+
+    def _answered(self, replies: list[Any]) -> list[Any]:
+        """The write's replies; ``acked`` from the WAIT's; the first error reply raised."""
         first_error = next((r for r in replies if isinstance(r, redis.ResponseError)), None)
         self.acked = replies[-1] if isinstance(replies[-1], int) else None
         if first_error is not None:
@@ -164,3 +176,45 @@ class WaitingRun:
             except redis.ResponseError as exc:  # read every reply before the error is raised
                 replies.append(exc)
         return replies
+
+
+class AsyncWaitingRun(WaitingRun):
+    """:class:`WaitingRun` on ``redis.asyncio``: the same round trip, on a connection of the
+    event loop's pool."""
+
+    async def __call__(self, *args: Any) -> Any:  # type: ignore[override]
+        return (await self.batch([args]))[0]
+
+    async def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:  # type: ignore[override]
+        commands = [*commands, ("WAIT", self.needed, self.timeout_ms)]
+        connection = await self.pool.get_connection()
+        try:
+            replies = await connection.retry.call_with_retry(
+                lambda: self._asend(connection, commands),
+                lambda _error: connection.disconnect(),
+            )
+        finally:
+            await self.pool.release(connection)
+        return self._answered(replies)
+
+    @staticmethod
+    async def _asend(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        replies = []
+        for _ in commands:
+            try:
+                replies.append(await connection.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
+
+
+async def evalsha(run: AsyncWaitingRun, script: Any, keys: list[bytes], args: list[Any]) -> Any:
+    """A script through an async waiting runner: ``EVALSHA``, and ``SCRIPT LOAD`` first if
+    Redis lost it (as the store's ``_evalsha``)."""
+    try:
+        return await run("EVALSHA", script.sha, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        sha = await run("SCRIPT", "LOAD", script.script)
+        script.sha = sha.decode() if isinstance(sha, bytes) else sha
+        return await run("EVALSHA", script.sha, len(keys), *keys, *args)

@@ -66,7 +66,7 @@ from .record import (
     pack,
     unpack,
 )
-from .replicas import Replicas, WaitingRun
+from .replicas import AsyncWaitingRun, Replicas, WaitingRun
 from .scripts import source
 
 __all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "peek_store", "reset", "stats"]
@@ -505,9 +505,23 @@ class RedisStore(StorePlans):
             return self._exists_failed(exc)
         return unpack(header, self.clock()) is not None
 
-    async def adelete(self, session_key: str) -> None:
+    async def adelete(self, session_key: str, wait: str | None = None) -> None:
         command = self._tombstone_command(session_key)
-        await self._asend(session_key, lambda c: c.client.execute_command(*command))
+        waiting = await self._awaiting(wait)
+        if waiting is None:
+            await self._asend(session_key, lambda c: c.client.execute_command(*command))
+            return
+        await self._asend(session_key, lambda c: waiting(*command))
+        self.replicas.check(waiting, wait)  # type: ignore[arg-type]
+
+    async def _awaiting(self, wait: str | None) -> AsyncWaitingRun | None:
+        """:meth:`_waiting` in an event loop, on its pool."""
+        if wait is None:
+            return None
+        needed = await self.replicas.aneeded()
+        if not needed:
+            return None
+        return AsyncWaitingRun(self._async_client().client, needed, self.replicas.timeout_ms)
 
     async def adiscard(self, session_key: str, loaded: Loaded) -> None:
         await self._adiscard(session_key, loaded.payload, HEADER_SIZE + 1)
