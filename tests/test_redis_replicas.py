@@ -317,3 +317,27 @@ async def test_an_async_flush_of_a_session_never_loaded_waits(primary):
     before = waits(primary)
     await SessionStore(session.session_key).adelete()
     assert waits(primary) == before + 1
+
+
+def test_info_refused_waits_for_no_replica_and_says_so_once(primary, settings, caplog):
+    from django_memsession.redis import store
+
+    admin = primary.client()
+    admin.acl_setuser(
+        "noinfo", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-info"]
+    )
+    settings.MEMSESSION_REDIS_URL = f"redis://noinfo:pw@127.0.0.1:{primary.port}/0"
+    store.reset()
+    try:
+        with caplog.at_level(logging.WARNING, logger="django_memsession.redis"):
+            for _ in range(2):
+                client = Client()
+                logged_in(client)
+                assert client.get("/session/sign-out/").status_code == 200
+        assert waits(primary) == 0
+        refused = [r for r in caplog.records if "INFO replication is refused" in r.message]
+        assert len(refused) == 1
+    finally:
+        store.reset()
+        admin.acl_deluser("noinfo")
+        admin.close()

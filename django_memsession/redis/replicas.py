@@ -67,7 +67,8 @@ class Replicas:
         if wanted != "connected":
             return int(wanted)
         if self._connected is None:
-            self._read()  # the first time: on the request path, once per process
+            if not self._read_at or self.clock() - self._read_at >= REFRESH:
+                self._read()  # the first time: on the request path, once per process
         elif self.clock() - self._read_at >= REFRESH:
             self._read_soon()
         return self._connected or 0
@@ -75,7 +76,8 @@ class Replicas:
     async def aneeded(self) -> int:
         """:meth:`needed` in an event loop: the first read of ``INFO`` on a worker thread."""
         if self.wanted == "connected" and self._connected is None:
-            await asyncio.to_thread(self._read)
+            if not self._read_at or self.clock() - self._read_at >= REFRESH:
+                await asyncio.to_thread(self._read)
             return self._connected or 0
         return self.needed()
 
@@ -83,11 +85,19 @@ class Replicas:
         try:
             info = self.client.info("replication")
             connected = int(info.get("connected_slaves", 0))
-        except redis.RedisError:
-            # Unknown: wait for none now (the write itself says whether Redis answers), and
-            # ask again at the next waited write.
+        except redis.RedisError as exc:
+            # Unknown: wait for none until the next read (the write itself says whether Redis
+            # answers). INFO refused (an ACL, a managed service): said once per process.
             with self._lock:
                 self._reading = False
+                refused = self._read_at == 0.0 and isinstance(exc, redis.ResponseError)
+                self._read_at = self.clock() or 1e-9
+            if refused:
+                logger.warning(
+                    "INFO replication is refused (%s): logouts and logins wait for no replica. "
+                    "Set MEMSESSION_REDIS_WAIT_REPLICAS to the number of replicas.",
+                    type(exc).__name__,
+                )
             return
         with self._lock:
             self._connected = connected
