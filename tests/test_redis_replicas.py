@@ -341,3 +341,15 @@ def test_info_refused_waits_for_no_replica_and_says_so_once(primary, settings, c
         store.reset()
         admin.acl_deluser("noinfo")
         admin.close()
+
+
+def test_a_save_that_drops_the_user_waits(primary):
+    session = SessionStore()
+    session[AUTH] = "7"
+    session.save()
+    session = SessionStore(session.session_key)
+    session.load()
+    before = waits(primary)
+    del session[AUTH]  # a logout without flush(): the session goes on, anonymous
+    session.save()
+    assert waits(primary) == before + 1
