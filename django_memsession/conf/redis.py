@@ -243,12 +243,6 @@ def wait_problems() -> list[Problem]:
             )
         )
     timeout = conf.WAIT_TIMEOUT
-    options = conf.OPTIONS
-    socket_timeout = (
-        options.get("socket_timeout", DEFAULT_OPTIONS["socket_timeout"])
-        if isinstance(options, dict)
-        else DEFAULT_OPTIONS["socket_timeout"]
-    )
     if not (_is_number(timeout) and timeout > 0):
         found.append(
             Problem(
@@ -256,17 +250,6 @@ def wait_problems() -> list[Problem]:
                 f"MEMSESSION_REDIS_WAIT_TIMEOUT = {timeout!r} is not a positive number of seconds.",
                 f"Write how long a logout waits for replicas, e.g. {DEFAULT_WAIT_TIMEOUT} (the "
                 "default).",
-            )
-        )
-    elif _is_number(socket_timeout) and timeout >= socket_timeout:
-        found.append(
-            Problem(
-                "memsession.E121",
-                f"MEMSESSION_REDIS_WAIT_TIMEOUT = {timeout!r} is not shorter than "
-                f"MEMSESSION_REDIS_OPTIONS['socket_timeout'] = {socket_timeout!r}: the "
-                "connection would time out before Redis answers the WAIT.",
-                "Write a WAIT timeout shorter than the socket timeout, e.g. "
-                f"{DEFAULT_WAIT_TIMEOUT}.",
             )
         )
     return found

@@ -176,13 +176,23 @@ class WaitingRun:
             raise first_error
         return replies[:-1]
 
-    @staticmethod
-    def _send(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    def _wait_read_timeout(self, connection: Any) -> float | None:
+        """How long to read the ``WAIT``'s reply: the socket timeout plus the wait's own, so a
+        wait that takes its whole timeout is never a socket timeout."""
+        socket_timeout = connection.socket_timeout
+        return None if socket_timeout is None else socket_timeout + self.timeout_ms / 1000
+
+    def _send(self, connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         connection.send_packed_command(connection.pack_commands(commands), check_health=False)
         replies = []
-        for _ in commands:
+        last = len(commands) - 1
+        for at in range(len(commands)):
             try:
-                replies.append(connection.read_response())
+                if at == last:
+                    timeout = self._wait_read_timeout(connection)
+                    replies.append(connection.read_response(timeout=timeout))
+                else:
+                    replies.append(connection.read_response())
             except redis.ResponseError as exc:  # read every reply before the error is raised
                 replies.append(exc)
         return replies
@@ -207,13 +217,17 @@ class AsyncWaitingRun(WaitingRun):
             await self.pool.release(connection)
         return self._answered(replies)
 
-    @staticmethod
-    async def _asend(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    async def _asend(self, connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
         await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
         replies = []
-        for _ in commands:
+        last = len(commands) - 1
+        for at in range(len(commands)):
             try:
-                replies.append(await connection.read_response())
+                if at == last:
+                    timeout = self._wait_read_timeout(connection)
+                    replies.append(await connection.read_response(timeout=timeout))
+                else:
+                    replies.append(await connection.read_response())
             except redis.ResponseError as exc:
                 replies.append(exc)
         return replies
