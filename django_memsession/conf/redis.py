@@ -67,6 +67,11 @@ URL_EXAMPLE = (
 )
 DIGITS = re.compile(r"[0-9]+")
 
+# Waiting for replicas after a logout or a login (redis/replicas.py): every connected replica,
+# for at most half a second.
+DEFAULT_WAIT_REPLICAS = "connected"
+DEFAULT_WAIT_TIMEOUT = 0.5
+
 
 class RedisSettings(BaseSettings):
     """Shadows Django's settings: each ``MEMSESSION_REDIS_*`` setting with its default, read at
@@ -80,6 +85,9 @@ class RedisSettings(BaseSettings):
     OPTIONS = DictSetting({})
     PROBATION_AGE = Setting(DEFAULT_PROBATION_AGE)
     NEAR_CACHE = Setting(None)
+    # Waiting for replicas (redis/replicas.py): a block of its own.
+    WAIT_REPLICAS = Setting(DEFAULT_WAIT_REPLICAS)
+    WAIT_TIMEOUT = Setting(DEFAULT_WAIT_TIMEOUT)
 
     @property
     def MAX_SESSION_SIZE(self) -> Any:
@@ -103,6 +111,10 @@ class StoreSettings:
     max_sessions_per_user: int | None = None
     # The near cache's budget in bytes (a memory store in front of Redis); None: no near cache.
     near_cache_bytes: int | None = None
+    # Waiting for replicas: MEMSESSION_REDIS_WAIT_REPLICAS ("connected", a number, 0 for never)
+    # and MEMSESSION_REDIS_WAIT_TIMEOUT (seconds).
+    wait_replicas: str | int = DEFAULT_WAIT_REPLICAS
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
 
 
 def redacted(url: str) -> str:
@@ -209,6 +221,37 @@ def problems() -> list[Problem]:
                     "'16M'), or None for no near cache.",
                 )
             )
+    found += wait_problems()
+    return found
+
+
+def wait_problems() -> list[Problem]:
+    """MEMSESSION_REDIS_WAIT_REPLICAS and MEMSESSION_REDIS_WAIT_TIMEOUT (E120, E121)."""
+    found: list[Problem] = []
+    replicas = conf.WAIT_REPLICAS
+    if not (
+        replicas == "connected"
+        or (isinstance(replicas, int) and not isinstance(replicas, bool) and replicas >= 0)
+    ):
+        found.append(
+            Problem(
+                "memsession.E120",
+                f"MEMSESSION_REDIS_WAIT_REPLICAS = {replicas!r} is neither 'connected' nor a "
+                "whole number of replicas (0 or more).",
+                "Write 'connected' (the default: every replica connected to the primary), a "
+                "number of replicas, or 0 never to wait for replicas.",
+            )
+        )
+    timeout = conf.WAIT_TIMEOUT
+    if not (_is_number(timeout) and timeout > 0):
+        found.append(
+            Problem(
+                "memsession.E121",
+                f"MEMSESSION_REDIS_WAIT_TIMEOUT = {timeout!r} is not a positive number of seconds.",
+                f"Write how long a logout waits for replicas, e.g. {DEFAULT_WAIT_TIMEOUT} (the "
+                "default).",
+            )
+        )
     return found
 
 
@@ -302,4 +345,6 @@ def store_settings() -> StoreSettings:
         max_session_bytes=max_session_bytes(),
         max_sessions_per_user=shared.MAX_SESSIONS_PER_USER,
         near_cache_bytes=None if conf.NEAR_CACHE is None else parse_size(conf.NEAR_CACHE),
+        wait_replicas=conf.WAIT_REPLICAS,
+        wait_timeout=float(conf.WAIT_TIMEOUT),
     )
