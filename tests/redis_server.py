@@ -5,8 +5,16 @@ empties it before each test and points the engine at it. Faults are real: ``paus
 SIGSTOP (a server that hangs silently), ``kill()`` and ``restart()`` stop and start the process
 on the same port, ``client_kill()`` drops every connection but the fixture's own.
 
-Without ``redis-server`` on PATH these tests skip, unless ``MEMSESSION_REQUIRE_REDIS=1`` (CI),
-when they fail.
+Which server: the executable ``MEMSESSION_TEST_REDIS_SERVER`` names (a path, e.g. Valkey's
+``valkey-server``), else ``redis-server`` on PATH. Every server a test starts (``RedisServer``,
+cluster nodes, sentinels with ``--sentinel``) is that one: take it from
+:func:`server_executable` or :data:`REDIS_SERVER`. A server named in ``MEMSESSION_TEST_REDIS_SERVER``
+that is not there fails the tests; without one and without ``redis-server`` on PATH they skip,
+unless ``MEMSESSION_REQUIRE_REDIS=1`` (CI), when they fail.
+
+Every test that uses the ``redis_server`` fixture (directly or through ``redis_url``,
+``redis_site``...) is marked ``redis``: ``pytest -m redis`` is the Redis engine's whole suite, and
+cannot drift from it as tests are added.
 """
 
 from __future__ import annotations
@@ -22,9 +30,67 @@ from collections.abc import Iterator
 
 import pytest
 
-REDIS_SERVER = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
-)
+SERVER_VARIABLE = "MEMSESSION_TEST_REDIS_SERVER"
+# What the variable named, if anything: then a server that is not there is a failure, not a skip.
+NAMED_SERVER = os.environ.get(SERVER_VARIABLE) or None
+
+
+def _find_server() -> str | None:
+    if NAMED_SERVER is not None:
+        return shutil.which(NAMED_SERVER)  # a path to an executable file, or None
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    )
+
+
+# The server executable every test starts, or None when there is none (see server_executable()).
+REDIS_SERVER = _find_server()
+
+
+def server_executable() -> str:
+    """The server executable to start, or fail or skip the calling test (or fixture) for want of
+    one: fail when ``MEMSESSION_TEST_REDIS_SERVER`` names a missing or non-executable file, or when
+    ``MEMSESSION_REQUIRE_REDIS=1``; skip otherwise."""
+    if REDIS_SERVER is not None:
+        return REDIS_SERVER
+    if NAMED_SERVER is not None:
+        pytest.fail(f"{SERVER_VARIABLE}={NAMED_SERVER!r} is not an executable file")
+    if os.environ.get("MEMSESSION_REQUIRE_REDIS") == "1":
+        pytest.fail("redis-server is not installed (MEMSESSION_REQUIRE_REDIS=1)")
+    pytest.skip(f"redis-server is not installed (or set {SERVER_VARIABLE} to a server's path)")
+
+
+def server_version(executable: str) -> str:
+    """What ``<executable> --version`` says, e.g. ``Valkey server v=9.1.2 sha=...``."""
+    try:
+        found = subprocess.run(
+            [executable, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError as error:
+        return f"cannot run it: {error}"
+    return found.stdout.strip() or found.stderr.strip()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "redis: uses a real Redis server (the redis_server fixture); marked automatically",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which server this run tests against, first thing in its log."""
+    if REDIS_SERVER is None:
+        named = f" ({SERVER_VARIABLE}={NAMED_SERVER!r})" if NAMED_SERVER else ""
+        return f"redis server: none found{named}"
+    return f"redis server: {REDIS_SERVER}: {server_version(REDIS_SERVER)}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``redis`` every test that needs the server, however indirectly it asks for it."""
+    for item in items:
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)
 
 
 def _free_port() -> int:
@@ -49,12 +115,14 @@ def free_cluster_port() -> int:
 
 
 class RedisServer:
-    """One ``redis-server`` process in a temp dir, with no persistence, and its faults.
+    """One server process (``redis-server``, or what ``MEMSESSION_TEST_REDIS_SERVER`` names) in a
+    temp dir, with no persistence, and its faults.
 
-    ``cluster``: a Redis Cluster node (``cluster-enabled``) holding no slots yet."""
+    ``executable``: the server to run (default: :func:`server_executable`). ``cluster``: a Redis
+    Cluster node (``cluster-enabled``) holding no slots yet."""
 
-    def __init__(self, executable: str, cluster: bool = False) -> None:
-        self.executable = executable
+    def __init__(self, executable: str | None = None, cluster: bool = False) -> None:
+        self.executable = executable or server_executable()
         self.cluster = cluster
         self.port = free_cluster_port() if cluster else _free_port()
         self.directory = tempfile.mkdtemp(prefix="memsession-redis-")
@@ -85,7 +153,7 @@ class RedisServer:
             except Exception:  # redis.ConnectionError while it starts
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
+                raise RuntimeError(f"{self.executable} did not start on port {self.port}")
             time.sleep(0.05)
 
     def client(self):  # -> redis.Redis: a fresh, plain client, separate from the engine's pool
@@ -175,12 +243,9 @@ class RedisServer:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        if os.environ.get("MEMSESSION_REQUIRE_REDIS") == "1":
-            pytest.fail("redis-server is not installed (MEMSESSION_REQUIRE_REDIS=1)")
-        pytest.skip("redis-server is not installed")
+    executable = server_executable()
     pytest.importorskip("redis")
-    server = RedisServer(REDIS_SERVER)
+    server = RedisServer(executable)
     server.start()
     yield server
     server.stop()
