@@ -7,10 +7,10 @@ on the same port, ``client_kill()`` drops every connection but the fixture's own
 
 Which server: the executable ``MEMSESSION_TEST_REDIS_SERVER`` names (a path, e.g. Valkey's
 ``valkey-server``), else ``redis-server`` on PATH. Every server a test starts (``RedisServer``,
-cluster nodes, sentinels with ``--sentinel``) is that one: take it from
-:func:`server_executable` or :data:`REDIS_SERVER`. A server named in ``MEMSESSION_TEST_REDIS_SERVER``
-that is not there fails the tests; without one and without ``redis-server`` on PATH they skip,
-unless ``MEMSESSION_REQUIRE_REDIS=1`` (CI), when they fail.
+cluster nodes, sentinels with ``--sentinel``) is that one: take it from :func:`server_executable`
+or :data:`REDIS_SERVER`. A server that the variable names and that is not there fails the tests;
+without the variable and without ``redis-server`` on PATH they skip, unless
+``MEMSESSION_REQUIRE_REDIS=1`` (CI), when they fail.
 
 Every test that uses the ``redis_server`` fixture (directly or through ``redis_url``,
 ``redis_site``...) is marked ``redis``: ``pytest -m redis`` is the Redis engine's whole suite, and
