@@ -87,10 +87,38 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``redis`` every test that needs the server, however indirectly it asks for it."""
+    """Mark ``redis`` every test whose fixtures (however deep) include ``redis_server``. A test
+    that reaches a server another way (``request.getfixturevalue``, a parametrized engine) carries
+    the mark itself (``pytest.param(..., marks=pytest.mark.redis)``); :func:`require_redis_mark`
+    fails it if it does not."""
     for item in items:
         if "redis_server" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.redis)
+
+
+# The test being run (its setup, call and teardown), for require_redis_mark().
+_running: pytest.Item | None = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    global _running
+    _running = item
+    try:
+        return (yield)
+    finally:
+        _running = None
+
+
+def require_redis_mark(item: pytest.Item | None = None) -> None:
+    """Fail a test that uses a Redis server without the ``redis`` mark: ``-m redis`` (the suite
+    CI runs against Valkey) would silently leave it out."""
+    item = item or _running
+    if item is not None and item.get_closest_marker("redis") is None:
+        pytest.fail(
+            f"{item.nodeid} uses a Redis server but is not marked redis: take the redis_server "
+            "fixture, or mark it (pytest.mark.redis, or marks= on its parameter)"
+        )
 
 
 def _free_port() -> int:
@@ -134,6 +162,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        require_redis_mark()
         args = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self.directory]
         args += ["--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"]
@@ -252,10 +281,11 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer, settings) -> Iterator[str]:
+def redis_url(redis_server: RedisServer, settings, request: pytest.FixtureRequest) -> Iterator[str]:
     """An empty server, and the Redis engine pointed at it (and at nothing else) for the test."""
     from django_memsession.redis import store
 
+    require_redis_mark(request.node)
     redis_server.reset()
     settings.SESSION_ENGINE = "django_memsession.redis"
     settings.MEMSESSION_REDIS_URL = redis_server.url
