@@ -13,8 +13,9 @@ without the variable and without ``redis-server`` on PATH they skip, unless
 ``MEMSESSION_REQUIRE_REDIS=1`` (CI), when they fail.
 
 Every test that uses the ``redis_server`` fixture (directly or through ``redis_url``,
-``redis_site``...) is marked ``redis``: ``pytest -m redis`` is the Redis engine's whole suite, and
-cannot drift from it as tests are added.
+``redis_site``...) is marked ``redis`` at collection; one that reaches a server another way
+carries the mark itself, or fails saying so (:func:`require_redis_mark`). So ``pytest -m redis``
+is the Redis engine's whole suite (CI runs it against Valkey too), and cannot drift from it.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def server_version(executable: str) -> str:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "redis: uses a real Redis server (the redis_server fixture); marked automatically",
+        "redis: uses a real Redis server (marked automatically where it takes redis_server)",
     )
 
 
