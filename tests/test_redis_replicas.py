@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from django.conf import settings as django_settings
 from django.test import Client
-from redis_server import DJANGOS_MIDDLEWARE, OUR_MIDDLEWARE, REDIS_SERVER, RedisServer
+from redis_server import DJANGOS_MIDDLEWARE, OUR_MIDDLEWARE, RedisServer, server_executable
 
 from django_memsession.redis import SessionStore
 from django_memsession.redis.exceptions import SessionBackendUnavailable
@@ -25,6 +25,9 @@ from django_memsession.redis.scripts import PARTS, source
 from django_memsession.redis.store import get_store
 
 AUTH = "_auth_user_id"
+
+# A primary and a replica of this module's own: every test here reaches a Redis server.
+pytestmark = pytest.mark.redis
 
 
 def _until(condition, what: str, seconds: float = 15.0) -> None:
@@ -50,10 +53,9 @@ def _replica_up(primary: RedisServer, replica: RedisServer) -> bool:
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[RedisServer, RedisServer]]:
     """A primary, and a replica of it (``REPLICAOF``, sent once it runs)."""
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
+    executable = server_executable()  # skips, or fails under MEMSESSION_REQUIRE_REDIS=1
     pytest.importorskip("redis")
-    primary, replica = RedisServer(REDIS_SERVER), RedisServer(REDIS_SERVER)
+    primary, replica = RedisServer(executable), RedisServer(executable)
     primary.start()
     replica.start()
     client = replica.client()
