@@ -289,6 +289,69 @@ def test_a_users_session_gone_bad_is_not_listed_and_leaves_the_index(bad, redis_
     client.close()
 
 
+# What redis-cli could leave at a user's hash of the index: a key of another type.
+FOREIGN_HASHES = ["a-string", "a-list", "a-set"]
+
+
+def spoil_users_hash(server: RedisServer, bad: str, user: str = "7") -> None:
+    client = server.client()
+    users = get_store().index.users_key(user)
+    try:
+        client.delete(users)
+        {
+            "a-string": lambda: client.set(users, b"junk"),
+            "a-list": lambda: client.rpush(users, "a"),
+            "a-set": lambda: client.sadd(users, "a"),
+        }[bad]()
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("bad", FOREIGN_HASHES)
+def test_a_login_over_a_users_hash_of_another_type_is_stored_and_indexed(bad, redis_server):
+    spoil_users_hash(redis_server, bad)
+    session_key = saved(_auth_user_id="7")
+    assert SessionStore(session_key)["_auth_user_id"] == "7"
+    assert [s.key for s in get_store().index.user_sessions("7")] == [session_key]
+
+
+@pytest.mark.parametrize("bad", FOREIGN_HASHES)
+def test_listing_and_pruning_over_a_users_hash_of_another_type_find_nothing(bad, redis_server):
+    spoil_users_hash(redis_server, bad)
+    assert get_store().index.user_sessions("7") == []
+    spoil_users_hash(redis_server, bad)
+    assert get_store().index.prune_index().sessions == 0
+    client = redis_server.client()
+    assert client.exists(get_store().index.users_key("7")) == 0  # not ours: deleted
+    client.close()
+
+
+@pytest.mark.parametrize("bad", FOREIGN_HASHES)
+def test_a_logout_over_a_users_hash_gone_bad_since_the_login_logs_out(bad, redis_server):
+    session_key = saved(_auth_user_id="7")
+    session = SessionStore(session_key)
+    assert session["_auth_user_id"] == "7"
+    spoil_users_hash(redis_server, bad)
+    session.flush()
+    assert SessionStore(session_key).load() == {}
+    client = redis_server.client()
+    assert client.get(get_store().key(session_key)) == b"T"  # the tombstone: a logout kept
+    assert client.type(get_store().index.users_key("7")) in (b"none", b"hash")
+    client.close()
+
+
+@needs_django5_async
+async def test_an_async_logout_over_a_users_hash_gone_bad_since_the_login_logs_out(redis_server):
+    session_key = saved(_auth_user_id="7")
+    session = SessionStore(session_key)
+    assert await session.aget("_auth_user_id") == "7"
+    spoil_users_hash(redis_server, "a-list")
+    await session.aflush()
+    client = redis_server.client()
+    assert client.get(get_store().key(session_key)) == b"T"
+    assert client.exists(get_store().index.users_key("7")) == 0
+    client.close()
+
 @pytest.mark.parametrize("bad", ["header-not-digits", "a-list"])
 def test_a_login_under_the_per_user_limit_passes_over_a_session_gone_bad(
     bad, redis_server, settings

@@ -28,6 +28,7 @@ public names from here.
 
 from __future__ import annotations
 
+import logging
 import threading
 import weakref
 from collections.abc import Iterable
@@ -41,6 +42,15 @@ from .outages import unavailable
 from .record import pack
 from .replicas import ENDING, LOGIN, WaitingRun, evalsha
 from .scripts import source
+
+logger = logging.getLogger("django_memsession.redis")
+
+
+def _wrong_type(exc: redis.ResponseError) -> bool:
+    """Redis's ``WRONGTYPE``: the command met a key of another type (redis-py's annotation of a
+    pipeline error names the command first, so the words are searched, not the start)."""
+    return "WRONGTYPE" in str(exc)
+
 
 if TYPE_CHECKING:
     from .store import RedisStore
@@ -365,6 +375,13 @@ class RedisUserIndex:
 
     # -- a delete that knows the user ------------------------------------------------------------
 
+    def _drop_foreign_hash(self, users: bytes) -> None:
+        """A logout's ``HDEL`` found a key of another type at the user's hash (typed in with
+        redis-cli, or corrupted): not ours. ``MULTI`` ran every command, so the tombstone is
+        written and the logout done; the key goes, as the scripts delete such a key."""
+        logger.warning("A user's index hash held a value of another type; it was deleted.")
+        self.store.client.delete(users)
+
     def delete_logged_in(self, session_key: str, user: str) -> None:
         """The store's delete (a tombstone) and the member's removal, in one round trip."""
         self.last_used.forget(session_key)
@@ -383,6 +400,10 @@ class RedisUserIndex:
 
         try:
             self.store._write(session_key, send, None, wait=ENDING)
+        except redis.ResponseError as exc:
+            if not _wrong_type(exc):
+                unavailable(exc)
+            self._drop_foreign_hash(users)
         except redis.RedisError as exc:
             unavailable(exc)
 
@@ -401,6 +422,11 @@ class RedisUserIndex:
                     pipe.set(key, b"T", px=self.tombstone_ms)
                     pipe.hdel(users, field)
                     await pipe.execute()
+        except redis.ResponseError as exc:
+            if not _wrong_type(exc):
+                self.store._forget(session_key, answered=False)
+                unavailable(exc)
+            await client.delete(users)  # see _drop_foreign_hash
         except redis.RedisError as exc:
             self.store._forget(session_key, answered=False)
             unavailable(exc)

@@ -19,12 +19,12 @@ PARTS = {
     "promote": ("header_of", "promote"),
     "update": ("header_of", "write_version", "update"),
     "discard": ("discard",),
-    "save": ("header_of", "live", "write_version", "save"),
-    "touch": ("touch",),
-    "read": ("header_of", "live", "read"),
-    "end": ("header_of", "live", "end"),
-    "export": ("header_of", "index_member", "export"),
-    "mirror": ("header_of", "index_member", "mirror"),
+    "save": ("header_of", "user_hash", "live", "write_version", "save"),
+    "touch": ("user_hash", "touch"),
+    "read": ("header_of", "user_hash", "live", "read"),
+    "end": ("header_of", "user_hash", "live", "end"),
+    "export": ("header_of", "user_hash", "index_member", "export"),
+    "mirror": ("header_of", "user_hash", "index_member", "mirror"),
 }
 
 

@@ -3,7 +3,7 @@
 -- its facts, and the least TTL (ms) the hash gets. A member already there keeps its facts.
 local function index(at)
   if KEYS[2] then
-    redis.call('HSETNX', KEYS[2], ARGV[at], ARGV[at + 1])
+    redis.call('HSETNX', user_hash(KEYS[2]), ARGV[at], ARGV[at + 1])
     local least = tonumber(ARGV[at + 2])
     if redis.call('PTTL', KEYS[2]) < least then
       redis.call('PEXPIRE', KEYS[2], least)

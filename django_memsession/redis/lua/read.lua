@@ -2,7 +2,7 @@
 -- ARGV[3] is "1": a dry run). KEYS[1] the hash; ARGV[1] the prefix; ARGV[2] now (ms).
 -- Returns {removed, field, facts, expiry (ms), field, facts, expiry, ...}.
 -- Builds key names from the prefix (ARGV[1] .. a member): the sessions it reads.
-local members = redis.call('HGETALL', KEYS[1])
+local members = redis.call('HGETALL', user_hash(KEYS[1]))
 local found = {0}
 local removed = 0
 for i = 1, #members, 2 do

@@ -14,6 +14,8 @@
 -- Returns {result, ended}: result as update.lua (1, 2, 0, -1), or 3 for a create of a taken
 -- key; ended, how many of the user's other sessions the limit ended.
 -- Builds key names from the prefix (ARGV[11] .. a member): the other sessions of the user.
+user_hash(KEYS[2])
+user_hash(KEYS[3])
 local now_ms = tonumber(ARGV[4])
 local result = 1
 if ARGV[13] == 'c' then

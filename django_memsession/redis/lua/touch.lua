@@ -1,7 +1,7 @@
 -- Refresh a member's last use (and its client, when ARGV[3] is "1"): only a member still there,
 -- so a touch after a logout adds nothing. KEYS[1] the hash; ARGV[1] the field; ARGV[2] now
 -- (10 digits); ARGV[4] the client. Returns 1 if the member was there, else 0.
-local old = redis.call('HGET', KEYS[1], ARGV[1])
+local old = redis.call('HGET', user_hash(KEYS[1]), ARGV[1])
 if not old then
   return 0
 end
