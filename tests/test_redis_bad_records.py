@@ -352,6 +352,7 @@ async def test_an_async_logout_over_a_users_hash_gone_bad_since_the_login_logs_o
     assert client.exists(get_store().index.users_key("7")) == 0
     client.close()
 
+
 @pytest.mark.parametrize("bad", ["header-not-digits", "a-list"])
 def test_a_login_under_the_per_user_limit_passes_over_a_session_gone_bad(
     bad, redis_server, settings
