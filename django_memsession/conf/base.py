@@ -253,6 +253,3 @@ def user_problems() -> list[Problem]:
 def prune_interval() -> float:
     """Seconds between pruner passes; 0 means off. Assumes :func:`channel_problems` is empty."""
     return float(shared.PRUNE_INTERVAL or 0)
-
-
-

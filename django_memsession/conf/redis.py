@@ -65,6 +65,17 @@ URL_EXAMPLE = (
 )
 DIGITS = re.compile(r"[0-9]+")
 
+# The sentinels' connections (MEMSESSION_REDIS_SENTINEL_OPTIONS goes over these): a sentinel that
+# hangs costs a discovery at most this long before the next one is asked.
+DEFAULT_SENTINEL_OPTIONS: dict[str, Any] = {
+    "socket_timeout": 1.0,
+    "socket_connect_timeout": 1.0,
+}
+SENTINELS_EXAMPLE = (
+    'e.g. MEMSESSION_REDIS_SENTINELS = [("10.0.0.1", 26379), ("10.0.0.2", 26379), '
+    '("10.0.0.3", 26379)]'
+)
+
 
 class RedisSettings(BaseSettings):
     """Shadows Django's settings: each ``MEMSESSION_REDIS_*`` setting with its default, read at
@@ -78,6 +89,8 @@ class RedisSettings(BaseSettings):
     OPTIONS = DictSetting({})
     PROBATION_AGE = Setting(DEFAULT_PROBATION_AGE)
     NEAR_CACHE = Setting(None)
+    SENTINELS = Setting(None)
+    SENTINEL_OPTIONS = DictSetting({})
 
     @property
     def MAX_SESSION_SIZE(self) -> Any:
@@ -101,6 +114,16 @@ class StoreSettings:
     max_sessions_per_user: int | None = None
     # The near cache's budget in bytes (a memory store in front of Redis); None: no near cache.
     near_cache_bytes: int | None = None
+    # MEMSESSION_REDIS_SENTINELS as (host, port) tuples: None, no Sentinel (the URL names the
+    # server); else the URL's host names the service the sentinels monitor.
+    sentinels: tuple[tuple[str, int], ...] | None = None
+    # The sentinels' connection options (DEFAULT_SENTINEL_OPTIONS under the setting's).
+    sentinel_options: dict[str, Any] | None = None
+
+    @property
+    def service_name(self) -> str | None:
+        """The monitored service's name (the URL's host) under Sentinel; None without."""
+        return urlsplit(self.url).hostname if self.sentinels is not None else None
 
 
 def redacted(url: str) -> str:
@@ -131,7 +154,7 @@ def problems() -> list[Problem]:
         )
     else:
         wrong = url_problem(url)
-        if wrong is not None:
+        if wrong is not None and not (conf.SENTINELS is not None and _names_no_service(url)):
             shown = redacted(url) if isinstance(url, str) else repr(url)
             found.append(
                 Problem(
@@ -195,6 +218,7 @@ def problems() -> list[Problem]:
                     f"{exc} Example: MEMSESSION_MAX_SESSION_SIZE = '1M', or None for the default.",
                 )
             )
+    found.extend(sentinel_problems(url))
     near = conf.NEAR_CACHE
     if near is not None:
         try:
@@ -220,6 +244,110 @@ def problems() -> list[Problem]:
                     )
                 )
     return found
+
+
+def sentinel_problems(url: object = None) -> list[Problem]:
+    """``MEMSESSION_REDIS_SENTINELS`` and ``MEMSESSION_REDIS_SENTINEL_OPTIONS``, and what
+    Sentinel asks of the URL (a service name for its host, no socket)."""
+    sentinels = conf.SENTINELS
+    found: list[Problem] = []
+    options = conf.SENTINEL_OPTIONS
+    if sentinels is None:
+        return found
+    if not (
+        isinstance(sentinels, (list, tuple))
+        and sentinels
+        and all(isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in sentinels)
+    ):
+        found.append(
+            Problem(
+                "memsession.E111",
+                f"MEMSESSION_REDIS_SENTINELS = {sentinels!r} is not a list of (host, port) pairs.",
+                f"Write each sentinel's address as a pair, {SENTINELS_EXAMPLE}; None (the "
+                "default) for no Sentinel.",
+            )
+        )
+    else:
+        for host, port in sentinels:
+            if not (isinstance(host, str) and host.strip()):
+                wrong = "its host is not a non-empty string"
+            elif not (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535):
+                wrong = "its port is not a number from 1 to 65535"
+            else:
+                continue
+            found.append(
+                Problem(
+                    "memsession.E112",
+                    f"MEMSESSION_REDIS_SENTINELS names the sentinel {(host, port)!r}: {wrong}.",
+                    f"Write a host name or address and a port (26379 by default), "
+                    f"{SENTINELS_EXAMPLE}.",
+                )
+            )
+    if _names_no_service(url):
+        found.append(
+            Problem(
+                "memsession.E113",
+                "MEMSESSION_REDIS_SENTINELS is set, and MEMSESSION_REDIS_URL names no "
+                "service: under Sentinel its host is the name of the service the sentinels "
+                "monitor.",
+                "Write the service's name (sentinel monitor <name> ... in sentinel.conf) as "
+                "the URL's host, e.g. MEMSESSION_REDIS_URL = 'redis://mymaster/0' "
+                "(rediss:// for TLS to the servers; the sentinels' own options in "
+                "MEMSESSION_REDIS_SENTINEL_OPTIONS).",
+            )
+        )
+    if not (isinstance(options, dict) and all(isinstance(name, str) for name in options)):
+        found.append(
+            Problem(
+                "memsession.E114",
+                f"MEMSESSION_REDIS_SENTINEL_OPTIONS = {options!r} is not a dict of redis-py "
+                "connection options.",
+                "Write a dict, e.g. {'password': '...', 'socket_timeout': 0.5}; {} keeps the "
+                "defaults.",
+            )
+        )
+        return found
+    try:
+        from ..redis.client import accepted_text, refused_sentinel_options
+    except ImportError:  # no redis-py: the engine says so when it is built
+        refused: list[str] = []
+    else:
+        refused = refused_sentinel_options(list(options))
+    if refused:
+        found.append(
+            Problem(
+                "memsession.E114",
+                "MEMSESSION_REDIS_SENTINEL_OPTIONS names what redis-py's connections to the "
+                f"sentinels do not take: {', '.join(refused)}.",
+                f"Remove them. {accepted_text(None)} (and 'ssl', 'username', 'password').",
+            )
+        )
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        value = options.get(name, DEFAULT_SENTINEL_OPTIONS[name])
+        if not (_is_number(value) and value > 0):
+            found.append(
+                Problem(
+                    "memsession.E114",
+                    f"MEMSESSION_REDIS_SENTINEL_OPTIONS[{name!r}] = {value!r} is not a number "
+                    "of seconds: a sentinel that hangs would hold every request forever.",
+                    f"Write a number of seconds, e.g. {name!r}: 1.0 (the default).",
+                )
+            )
+    return found
+
+
+def _names_no_service(url: object) -> bool:
+    """Whether a URL of a Redis scheme has no host to name Sentinel's service (a unix:// URL,
+    ``redis:///0``)."""
+    if not isinstance(url, str):
+        return False
+    scheme = url.partition("://")[0].lower()
+    if scheme not in URL_SCHEMES:
+        return False
+    try:
+        return scheme == "unix" or not urlsplit(url).hostname
+    except ValueError:
+        return False
 
 
 def url_problem(url: object) -> str | None:
@@ -312,4 +440,10 @@ def store_settings() -> StoreSettings:
         max_session_bytes=max_session_bytes(),
         max_sessions_per_user=shared.MAX_SESSIONS_PER_USER,
         near_cache_bytes=None if conf.NEAR_CACHE is None else parse_size(conf.NEAR_CACHE),
+        sentinels=(
+            None
+            if conf.SENTINELS is None
+            else tuple((host, int(port)) for host, port in conf.SENTINELS)
+        ),
+        sentinel_options={**DEFAULT_SENTINEL_OPTIONS, **conf.SENTINEL_OPTIONS},
     )

@@ -73,6 +73,7 @@ from redis.retry import Retry
 
 from ..memory.store import EntryTooLarge, Limits, MemoryStore, PutResult
 from ..sizing import EntrySizer
+from .client import primary_connection
 from .conf import NEAR_CACHE_LOW_WATER, NEAR_CACHE_SESSION_SHARE, StoreSettings
 
 __all__ = ["NearCache", "Ticket", "WriterLost", "parse_resp"]
@@ -591,10 +592,8 @@ class NearCache:
         options = {**self.config.options, "protocol": 2, "health_check_interval": 0}
         # One attempt: a failure here is retried on a later request, not inside this one.
         options["retry"] = Retry(NoBackoff(), 0)
-        pool = redis.ConnectionPool.from_url(self.config.url, **options)
-        connection = pool.connection_class(**pool.connection_kwargs)
-        connection.connect()
-        return connection
+        # The URL's server, or under Sentinel the primary the sentinels name now.
+        return primary_connection(self.config, options)
 
     def _register(self) -> tuple[redis.Connection, int, redis.Connection]:
         invalidation = writer = None

@@ -49,7 +49,7 @@ from django.core.signals import setting_changed
 
 from ..clock import wall_clock
 from ..signals import sessions_expired
-from .client import async_client, sync_client
+from .client import async_client, close_client, sync_client
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
 from .index import ImportedSession, IndexedSession, IndexPrune, RedisUserIndex
@@ -477,7 +477,7 @@ class RedisStore:
     def close(self) -> None:
         if self.near is not None:
             self.near.close()
-        self.client.close()
+        close_client(self.client)
 
     def stats(self) -> dict[str, Any]:
         """This process's loads: answered by L1 (the near cache), by Redis (L2), or finding no
