@@ -440,10 +440,17 @@ def store_settings() -> StoreSettings:
         max_session_bytes=max_session_bytes(),
         max_sessions_per_user=shared.MAX_SESSIONS_PER_USER,
         near_cache_bytes=None if conf.NEAR_CACHE is None else parse_size(conf.NEAR_CACHE),
-        sentinels=(
-            None
-            if conf.SENTINELS is None
-            else tuple((host, int(port)) for host, port in conf.SENTINELS)
-        ),
-        sentinel_options={**DEFAULT_SENTINEL_OPTIONS, **conf.SENTINEL_OPTIONS},
+        **sentinel_settings(),
     )
+
+
+def sentinel_settings() -> dict[str, Any]:
+    """``StoreSettings``' Sentinel fields from the settings (for every store built from them:
+    the engine's, ``exportsessions``'s). Assumes :func:`problems` found nothing."""
+    sentinels = conf.SENTINELS
+    return {
+        "sentinels": (
+            None if sentinels is None else tuple((host, int(port)) for host, port in sentinels)
+        ),
+        "sentinel_options": {**DEFAULT_SENTINEL_OPTIONS, **conf.SENTINEL_OPTIONS},
+    }

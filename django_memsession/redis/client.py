@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import inspect
 import weakref
 from collections.abc import Awaitable, Callable
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
     from .conf import StoreSettings
 
 __all__ = [
+    "AsyncScript",
     "ClusterNode",
     "accepted_options",
     "accepted_text",
@@ -320,6 +322,24 @@ FAILOVER_CLASSES = {
     )
     for scheme, (sync_class, async_class) in CONNECTION_CLASSES.items()
 }
+
+
+class AsyncScript:
+    """A Lua script on a ``redis.asyncio`` client: ``EVALSHA``, and ``EVAL`` (which loads it
+    too) if the server does not know it. Not redis-py's ``SCRIPT LOAD`` then ``EVALSHA``: a
+    retry on a new connection after a failover may reach another server between the two."""
+
+    def __init__(self, client: redis.asyncio.Redis, script: str) -> None:
+        self.client = client
+        self.script = script
+        self.sha = hashlib.sha1(script.encode()).hexdigest()  # Redis's id of it
+
+    async def __call__(self, keys: Any = (), args: Any = ()) -> Any:
+        try:
+            return await self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            # Redis ran nothing: sending it again cannot apply a write twice.
+            return await self.client.execute_command("EVAL", self.script, len(keys), *keys, *args)
 
 
 def close_client(client: redis.Redis) -> None:

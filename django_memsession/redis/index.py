@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from .client import AsyncScript
 from .outages import unavailable
 from .record import pack
 from .scripts import source
@@ -210,8 +211,8 @@ class RedisUserIndex:
         return script
 
     def _run(self, name: str, keys: list[bytes], args: list[Any], run: Any = None) -> Any:
-        """``EVALSHA``, and ``SCRIPT LOAD`` first if Redis lost the script (as the store's
-        ``_evalsha``, for several keys). ``run`` sends a command (the pool's by default; the
+        """``EVALSHA``, and ``EVAL`` if Redis lost the script (as the store's ``_evalsha``, for
+        several keys). ``run`` sends a command (the pool's by default; the
         near cache's writer connection for a save it keeps)."""
         script = self._script(name)
         if run is None:
@@ -219,9 +220,7 @@ class RedisUserIndex:
         try:
             return run("EVALSHA", script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            sha = run("SCRIPT", "LOAD", script.script)
-            script.sha = sha.decode() if isinstance(sha, bytes) else sha
-            return run("EVALSHA", script.sha, len(keys), *keys, *args)
+            return run("EVAL", script.script, len(keys), *keys, *args)
 
     async def _arun(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
         client = self.store._async_client().client
@@ -230,7 +229,7 @@ class RedisUserIndex:
             scripts = self._async_scripts[client] = {}
         script = scripts.get(name)
         if script is None:
-            script = scripts[name] = client.register_script(source(name))
+            script = scripts[name] = AsyncScript(client, source(name))
         return await script(keys=keys, args=args)
 
     # -- the save of a logged-in session ---------------------------------------------------------

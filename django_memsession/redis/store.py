@@ -49,7 +49,7 @@ from django.core.signals import setting_changed
 
 from ..clock import wall_clock
 from ..signals import sessions_expired
-from .client import async_client, close_client, sync_client
+from .client import AsyncScript, async_client, close_client, sync_client
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
 from .index import ImportedSession, IndexedSession, IndexPrune, RedisUserIndex
@@ -405,19 +405,18 @@ class RedisStore:
     def _evalsha(
         self, script: Any, key: bytes, *args: bytes | int, run: Callable[..., Any] | None = None
     ) -> Any:
-        """Run one of our scripts on one key: ``EVALSHA``, and ``SCRIPT LOAD`` first if Redis
-        lost it (a restart, ``SCRIPT FLUSH``). What redis-py's ``Script.__call__`` does, without
-        its per-call import and argument copies on the path every save takes. ``run`` sends a
-        command (the pool's by default)."""
+        """Run one of our scripts on one key: ``EVALSHA``, and ``EVAL`` (which loads it too) if
+        Redis lost it (a restart, ``SCRIPT FLUSH``, a new primary after a failover). One call,
+        not ``SCRIPT LOAD`` then ``EVALSHA``: a retry on a new connection after a ``READONLY``
+        may reach another server between the two. ``run`` sends a command (the pool's by
+        default)."""
         if run is None:
             run = self.client.execute_command
         try:
             return run("EVALSHA", script.sha, 1, key, *args)
         except redis.exceptions.NoScriptError:
             # Redis ran nothing: sending it again cannot apply a write twice.
-            sha = run("SCRIPT", "LOAD", script.script)
-            script.sha = sha.decode() if isinstance(sha, bytes) else sha
-            return run("EVALSHA", script.sha, 1, key, *args)
+            return run("EVAL", script.script, 1, key, *args)
 
     def exists(self, session_key: str) -> bool:
         try:
@@ -524,9 +523,9 @@ class RedisStore:
             client = async_client(self.config)
             found = _AsyncClient(
                 client,
-                client.register_script(source("promote")),
-                client.register_script(source("update")),
-                client.register_script(source("discard")),
+                AsyncScript(client, source("promote")),
+                AsyncScript(client, source("update")),
+                AsyncScript(client, source("discard")),
             )
             with self._async_lock:
                 self._async[loop] = found
