@@ -225,12 +225,25 @@ def test_who_is_logged_in_works_through_sentinel():
         session[AUTH] = "7"
         session.save()
         sessions.append(session.session_key)
-    assert sorted(row.id for row in django_memsession.user_sessions("7")) == sorted(
-        django_memsession.user_sessions("7")[i].id for i in range(2)
-    )
+    assert {row.key for row in get_store().index.user_sessions("7")} == set(sessions)
     assert len(django_memsession.user_sessions("7")) == 2
     assert django_memsession.end_user_sessions("7") == 2
     assert django_memsession.user_sessions("7") == []
+
+
+@pytest.mark.django_db
+@pytest.mark.usefixtures("through_sentinel", "control_dir")
+def test_the_admin_page_shows_the_primarys_figures_through_sentinel(sentinels):
+    from django.contrib.auth.models import User
+
+    admin = Client()
+    admin.force_login(User.objects.create_superuser("boss", password="pw"))
+    SessionStore().save()
+    response = admin.get("/admin/django_memsession/stats/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert 'id="memsession-redis"' in html
+    assert 'class="sessions" data-value="2"' in html  # ours + the admin's own
 
 
 def _a_member_without_its_session(sentinels: SentinelSet) -> None:
