@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import time
 from collections.abc import Iterator
 
@@ -310,6 +311,37 @@ def test_the_deploy_check_is_an_error_when_the_sentinels_know_no_such_service(se
     (message,) = check_redis_deployment()
     assert message.id == "memsession.E115"
     assert "'no-such-service'" in message.msg
+
+
+@pytest.mark.usefixtures("through_sentinel")
+def test_the_deploy_check_warns_when_the_sentinels_know_no_replica(sentinels, monkeypatch):
+    from django_memsession.redis import client as client_module
+
+    primary = ("127.0.0.1", sentinels.primary.port)
+    monkeypatch.setattr(client_module, "discover", lambda config: (primary, []))
+    found = [message.id for message in check_redis_deployment()]
+    assert found[:2] == ["memsession.I101", "memsession.W106"]
+
+
+def test_unreachable_sentinels_are_a_503_never_a_500(client, settings, monkeypatch):
+    _executable()
+    with socket.socket() as probe:  # a port where no sentinel will ever answer
+        probe.bind(("127.0.0.1", 0))
+        nowhere = probe.getsockname()[1]
+    settings.SESSION_ENGINE = "django_memsession.redis"
+    settings.MEMSESSION_REDIS_URL = SERVICE_URL
+    settings.MEMSESSION_REDIS_SENTINELS = [("127.0.0.1", nowhere)]
+    settings.MIDDLEWARE = [
+        OUR_MIDDLEWARE if name == DJANGOS_MIDDLEWARE else name for name in settings.MIDDLEWARE
+    ]
+    monkeypatch.setattr(middleware, "outages", middleware.OutageLog())
+    store_module.reset()
+    try:
+        response = client.get("/session/make/")
+    finally:
+        store_module.reset()
+    assert response.status_code == 503
+    assert django_settings.SESSION_COOKIE_NAME not in response.cookies
 
 
 def _requests_until_served(client: Client, timeout: float) -> list[int]:

@@ -2,7 +2,14 @@
 redis-py accepts in them.
 
 - :func:`sync_client`, :func:`async_client`: the store's clients (timed, see ``latency.py``),
-  with the engine's retry policy and a connect hook that refuses a node of a Redis Cluster.
+  with the engine's retry policy and a connect hook that refuses a node of a Redis Cluster. At
+  a plain URL their connections turn a ``READONLY`` reply into :class:`Demoted` (a
+  ``ConnectionError``: retried once at once on a new connection, through the URL's name); under
+  Sentinel (``MEMSESSION_REDIS_SENTINELS``) they are redis-py's Sentinel clients, whose
+  connections ask the sentinels for the primary on connect and do the same on ``READONLY``.
+- :func:`primary_connection`: one connection of its own at the primary (the near cache's
+  tracking pair); :func:`discover`: the primary and live replicas the sentinels name (the
+  deploy check).
 - :func:`refused_options`, :func:`accepted_options`: which ``MEMSESSION_REDIS_OPTIONS`` names a
   client takes, read from redis-py's own pool and connection signatures (sync and async), so the
   list follows the installed redis-py instead of a copy that drifts.
@@ -348,15 +355,6 @@ def close_client(client: redis.Redis) -> None:
     sentinel = getattr(client.connection_pool, "sentinel_manager", None)
     if sentinel is not None:
         sentinel.close()
-
-
-async def aclose_client(client: redis.asyncio.Redis) -> None:
-    """The same for one :func:`async_client` built."""
-    await client.aclose()
-    sentinel = getattr(client.connection_pool, "sentinel_manager", None)
-    if sentinel is not None:
-        for one in sentinel.sentinels:
-            await one.aclose()
 
 
 def _primary_options(config: StoreSettings) -> dict[str, Any]:
