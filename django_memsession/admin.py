@@ -37,7 +37,15 @@ from django.views.decorators.http import require_POST
 
 from . import engines, everywhere, runtime
 from .logged_in import user_id
-from .messages import Gathered, NearCacheStats, ProcessReport, Sample, split_warning
+from .messages import (
+    Gathered,
+    NearCacheStats,
+    PassReport,
+    ProcessReport,
+    Sample,
+    SnapshotReport,
+    split_warning,
+)
 from .models import Stats
 from .pages import session_row
 
@@ -53,6 +61,17 @@ def _when(timestamp: float | None) -> datetime.datetime | None:
     if timestamp is None:
         return None
     return datetime.datetime.fromtimestamp(timestamp, tz=datetime.UTC)
+
+
+def _past_run(run: PassReport | SnapshotReport, **figures: Any) -> dict[str, Any]:
+    """A past prune pass or snapshot as the page shows it: when it began, how long it took (ms)
+    and its own ``figures``."""
+    return {
+        "time": run.started_at,
+        "when": _when(run.started_at),
+        "duration_ms": round(run.duration * 1000, 1),
+        **figures,
+    }
 
 
 def _duration(seconds: float) -> str:
@@ -99,13 +118,7 @@ def process_row(report: ProcessReport) -> dict[str, Any]:
         "pruner_interval": pruner.interval,
         "last_pass": None
         if last is None
-        else {
-            "time": last.started_at,
-            "when": _when(last.started_at),
-            "removed": last.removed,
-            "bytes_freed": last.bytes_freed,
-            "duration_ms": round(last.duration * 1000, 1),
-        },
+        else _past_run(last, removed=last.removed, bytes_freed=last.bytes_freed),
         "plot": history_plot(report.history, max_bytes),
         "snapshot": snapshot_row(report),
     }
@@ -124,14 +137,7 @@ def snapshot_row(report: ProcessReport) -> dict[str, Any] | None:
         "failures": state.failures,
         "last": None
         if last is None
-        else {
-            "time": last.started_at,
-            "when": _when(last.started_at),
-            "sessions": last.sessions,
-            "bytes": last.bytes,
-            "duration_ms": round(last.duration * 1000, 1),
-            "reason": last.reason,
-        },
+        else _past_run(last, sessions=last.sessions, bytes=last.bytes, reason=last.reason),
         "restored": None
         if restored is None
         else {

@@ -6,7 +6,8 @@ A session key is a credential: it never leaves the process that holds it. Caller
 own, keyed from ``SECRET_KEY``), the same in every process of the project, so an id got from one
 process names the session in whichever process holds it.
 
-Knows neither engine (a memory process's answers are in ``memory/who.py``), nothing of
+Knows neither engine (a memory process's answers are in ``memory/who.py``; each engine's user
+index gives :class:`SessionFacts`, turned here into the callers' :class:`UserSession`), nothing of
 requests or of other processes (:mod:`~django_memsession.everywhere` asks them).
 """
 
@@ -14,10 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from dataclasses import dataclass
 
 from django.conf import settings
 
-__all__ = ["parse_client", "session_id", "user_id"]
+from .messages import UserSession
+
+__all__ = ["SessionFacts", "parse_client", "session_id", "user_id", "user_session"]
 
 ID_SALT = "django_memsession.session_id"
 ID_LENGTH = 32  # hex digits: 128 bits
@@ -61,3 +65,32 @@ def parse_client(client: str | None) -> tuple[str | None, str | None]:
         return None, None
     address, _, agent = client.partition("\n")
     return address or None, agent or None
+
+
+@dataclass(frozen=True)
+class SessionFacts:
+    """One live, logged-in session as an engine's user index knows it. ``key`` is a credential:
+    it never leaves the process (:func:`user_session` turns it into an opaque id)."""
+
+    key: str
+    user: str
+    created: int
+    last_used: int
+    expires_at: float
+    client: str | None
+
+
+def user_session(facts: SessionFacts, pid: int) -> UserSession:
+    """The record callers get for a session: its opaque id, never its key; ``pid``, the process
+    that holds it (0: the Redis engine, where no process does)."""
+    address, agent = parse_client(facts.client)
+    return UserSession(
+        id=session_id(facts.key),
+        pid=pid,
+        user=facts.user,
+        created=float(facts.created),
+        last_used=float(facts.last_used),
+        expires=facts.expires_at,
+        ip=address,
+        user_agent=agent,
+    )

@@ -31,6 +31,7 @@ __all__ = [
     "ProcessReport",
     "PrunerState",
     "RedisProcessStats",
+    "RemovedTotals",
     "Reply",
     "Request",
     "RestoreReport",
@@ -81,12 +82,27 @@ class Request:
     run: str | None = None
 
 
-@dataclass(frozen=True)
-class PassReport:
-    """What one prune pass removed (or, ``dry_run``, would remove).
+class RemovedTotals:
+    """What a prune removed, summed as every figure shows it: ``removed`` is always expired plus
+    evicted sessions (the base of :class:`PassReport` and the memory store's ``PruneResult``)."""
 
-    ``removed`` is always expired plus evicted sessions, wherever it is shown.
-    """
+    expired: int
+    expired_bytes: int
+    evicted: int
+    evicted_bytes: int
+
+    @property
+    def removed(self) -> int:
+        return self.expired + self.evicted
+
+    @property
+    def bytes_freed(self) -> int:
+        return self.expired_bytes + self.evicted_bytes
+
+
+@dataclass(frozen=True)
+class PassReport(RemovedTotals):
+    """What one prune pass removed (or, ``dry_run``, would remove)."""
 
     started_at: float
     duration: float
@@ -96,14 +112,6 @@ class PassReport:
     evicted_bytes: int
     longest_lock_hold: float
     dry_run: bool = False
-
-    @property
-    def removed(self) -> int:
-        return self.expired + self.evicted
-
-    @property
-    def bytes_freed(self) -> int:
-        return self.expired_bytes + self.evicted_bytes
 
 
 @dataclass(frozen=True)

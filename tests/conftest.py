@@ -10,7 +10,7 @@ from django_memsession.memory.store import Limits, MemoryStore
 from django_memsession.runtime import get_store
 from django_memsession.sizing import EntrySizer
 
-pytest_plugins = ["browser", "redis_server"]
+pytest_plugins = ["browser", "redis_server", "engines", "accounts"]
 
 
 class FakeClock:

@@ -1,8 +1,6 @@
-"""Who is logged in on the Redis engine, through Django: the behaviours of test_who.py that hold
-on both engines, run here on a real Redis, and what is the Redis index's own (a logout or an
-ending is never undone in the index, the index's TTL, lazy cleaning, the per-user limit)."""
-
-# ruff: noqa: F811 (the fixtures imported from test_who are the tests' parameters)
+"""Who is logged in on the Redis engine, through Django, on a real Redis: what is the Redis
+index's own (a logout or an ending is never undone in the index, the index's TTL, lazy cleaning,
+the per-user limit as it counts use). What every engine keeps is in ``test_contract_who.py``."""
 
 from __future__ import annotations
 
@@ -10,61 +8,13 @@ import logging
 import time
 
 import pytest
+from accounts import key_of, logged_in, whoami
 from conftest import FakeClock
 from django.contrib.auth import login
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.base import UpdateError
 from django.test import Client, RequestFactory, override_settings
 from redis_server import RedisServer
-
-# The behaviours both engines share, collected again here with this module's fixtures: the
-# Redis engine, and a clock for its store.
-from test_who import (  # noqa: F401
-    alice,
-    bob,
-    ended_signals,
-    key_of,
-    logged_in,
-    test_a_change_of_address_is_noted_by_the_middleware,
-    test_a_login_lists_the_session_under_its_user_with_an_opaque_id,
-    test_a_password_change_rolled_back_ends_nothing,
-    test_a_password_reset_that_logs_in_keeps_the_new_session_and_ends_the_others,
-    test_a_password_saved_on_another_thread_keeps_this_session_for_the_response,
-    test_a_password_set_by_an_admin_ends_only_that_users_sessions,
-    test_a_password_set_outside_a_request_ends_every_session,
-    test_a_record_as_json_holds_no_session_key,
-    test_a_save_that_does_not_change_the_password_ends_nothing,
-    test_a_user_ends_one_of_their_other_sessions,
-    test_a_view_that_keeps_its_session_in_another_way_keeps_it,
-    test_a_view_that_keeps_no_session_answers_and_its_session_ends_when_django_rejects_it,
-    test_an_admin_changing_their_own_password_keeps_their_session,
-    test_an_async_password_change_keeps_this_session_and_ends_the_others,
-    test_an_ending_is_logged_once_without_a_key_and_signalled,
-    test_an_id_of_another_users_session_ends_nothing,
-    test_anonymous_visitors_go_to_the_login_url,
-    test_behind_a_proxy_the_address_the_proxy_saw_is_noted,
-    test_clients_are_not_tracked_by_default,
-    test_end_session_ends_one_session_by_its_id,
-    test_end_user_sessions_ends_all_but_keep_and_counts_them,
-    test_end_user_sessions_takes_request_session_as_keep,
-    test_ending_another_users_session_is_a_404_and_ends_nothing,
-    test_ending_needs_a_csrf_token,
-    test_ending_needs_a_csrf_token_without_the_csrf_middleware,
-    test_ending_needs_the_change_permission,
-    test_ending_on_password_change_can_be_turned_off,
-    test_ending_this_session_logs_out,
-    test_log_out_all_other_sessions,
-    test_log_out_everywhere_on_the_admin_user_list,
-    test_staff_find_a_user_by_primary_key,
-    test_staff_find_a_user_by_username_and_see_their_sessions,
-    test_staff_with_change_permission_end_all_sessions,
-    test_staff_with_change_permission_end_one_session,
-    test_the_client_is_noted_at_login,
-    test_the_page_lists_the_users_sessions_marks_this_one_and_shows_no_key,
-    test_the_page_still_takes_a_valid_token_without_the_csrf_middleware,
-    test_user_sessions_takes_a_primary_key_and_makes_no_query,
-    test_with_atomic_requests_the_others_end_at_the_commit_keeping_the_new_key,
-)
 
 import django_memsession
 from django_memsession.logged_in import session_id
@@ -99,10 +49,6 @@ def users_hash(server: RedisServer, user: User) -> dict[bytes, bytes]:
         return client.hgetall(get_store().index.users_key(str(user.pk)))
     finally:
         client.close()
-
-
-def whoami(client: Client) -> str | None:
-    return client.get("/session/whoami/").json()["user"]
 
 
 # -- the index ------------------------------------------------------------------------------------
@@ -140,7 +86,7 @@ def test_a_logout_removes_the_member_in_its_round_trip(alice, redis_server):
     assert users_hash(redis_server, alice) == {}
 
 
-def test_login_cycles_the_key_and_the_index_follows(alice, redis_server):
+def test_a_cycle_key_after_login_moves_the_member_in_the_index(alice, redis_server):
     request = RequestFactory().get("/")
     request.session = SessionStore()
     request.session["cart"] = ["tea"]
@@ -295,23 +241,6 @@ def test_the_limit_ending_is_logged_without_a_key(alice, caplog):
     assert (whoami(first), whoami(second)) == (None, str(alice.pk))
     assert not any(key in caplog.text for key in keys)
     assert f"Ended 1 session(s) of user {alice.pk} (limit)" in caplog.text
-
-
-@pytest.mark.django_db(transaction=True)  # the ending waits for the save's commit
-def test_a_password_change_keeps_this_session_and_ends_the_others_at_once(alice):
-    changer, other = logged_in(alice), logged_in(alice)
-    response = changer.post(
-        "/accounts/password/",
-        {
-            "old_password": "old password 1",
-            "new_password1": "a new password 2",
-            "new_password2": "a new password 2",
-        },
-    )
-    assert response.status_code == 302
-    assert [r.id for r in django_memsession.user_sessions(alice)] == [session_id(key_of(changer))]
-    assert not SessionStore().exists(key_of(other))
-    assert whoami(changer) == str(alice.pk)
 
 
 @pytest.mark.django_db(transaction=True)  # the ending waits for the save's commit

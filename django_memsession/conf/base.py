@@ -20,6 +20,8 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 
+from ..sizing import parse_size
+
 # SESSION_ENGINE for each of the package's engines.
 MEMORY_ENGINE = "django_memsession"
 REDIS_ENGINE = "django_memsession.redis"
@@ -205,6 +207,22 @@ def count_problem(name: str, value: object, id_: str, hint: str) -> list[Problem
     if value is None or _is_count(value):
         return []
     return [Problem(id_, f"MEMSESSION_{name} = {value!r} is not a number of sessions.", hint)]
+
+
+def size_problem(
+    name: str, value: object, id_: str, example: str
+) -> tuple[int | None, list[Problem]]:
+    """``MEMSESSION_<name>`` as a size: its bytes and no problem, or None and the problem
+    (``example`` ends its hint): E001, E002, E106, E108."""
+    try:
+        return parse_size(value), []
+    except ValueError as exc:
+        hint = f"{exc} Example: {example}"
+        return None, [Problem(id_, f"MEMSESSION_{name} = {value!r} is not a size.", hint)]
+
+
+# Both engines' hint for a MEMSESSION_MAX_SESSION_SIZE that is not a size.
+MAX_SESSION_SIZE_EXAMPLE = "MEMSESSION_MAX_SESSION_SIZE = '1M', or None for the default."
 
 
 def per_user_problems() -> list[Problem]:

@@ -18,6 +18,7 @@ from ..memory.store import Limits
 from ..sizing import format_size, parse_size
 from .base import (
     DEFAULT_MAX_SESSION_SIZE,
+    MAX_SESSION_SIZE_EXAMPLE,
     MIN_PRUNE_INTERVAL,
     Problem,
     Setting,
@@ -27,6 +28,7 @@ from .base import (
     channel_problems,
     count_problem,
     raise_any,
+    size_problem,
     user_problems,
 )
 
@@ -76,18 +78,9 @@ def problems() -> list[Problem]:
 def _size_problems() -> list[Problem]:
     """The store's budget, one session's cap, the low-water mark: E001, E008, E002, E009, E004,
     E003."""
-    found: list[Problem] = []
-    max_bytes: int | None = None
-    try:
-        max_bytes = parse_size(conf.MAX_SIZE)
-    except ValueError as exc:
-        found.append(
-            Problem(
-                "memsession.E001",
-                f"MEMSESSION_MAX_SIZE = {conf.MAX_SIZE!r} is not a size.",
-                f"{exc} Example: MEMSESSION_MAX_SIZE = '64M'.",
-            )
-        )
+    max_bytes, found = size_problem(
+        "MAX_SIZE", conf.MAX_SIZE, "memsession.E001", "MEMSESSION_MAX_SIZE = '64M'."
+    )
     if max_bytes is not None and max_bytes < MIN_MAX_SIZE:
         found.append(
             Problem(
@@ -99,17 +92,11 @@ def _size_problems() -> list[Problem]:
         )
     session_cap = conf.MAX_SESSION_SIZE
     if session_cap is not None:
-        try:
-            session_bytes = parse_size(session_cap)
-        except ValueError as exc:
-            found.append(
-                Problem(
-                    "memsession.E002",
-                    f"MEMSESSION_MAX_SESSION_SIZE = {session_cap!r} is not a size.",
-                    f"{exc} Example: MEMSESSION_MAX_SESSION_SIZE = '1M', or None for the default.",
-                )
-            )
-        else:
+        session_bytes, problems = size_problem(
+            "MAX_SESSION_SIZE", session_cap, "memsession.E002", MAX_SESSION_SIZE_EXAMPLE
+        )
+        found += problems
+        if session_bytes is not None:
             if session_bytes < MIN_MAX_SESSION_SIZE:
                 found.append(
                     Problem(

@@ -22,6 +22,7 @@ from urllib.parse import parse_qs, urlsplit
 from ..sizing import parse_size
 from .base import (
     DEFAULT_MAX_SESSION_SIZE,
+    MAX_SESSION_SIZE_EXAMPLE,
     BaseSettings,
     DictSetting,
     Problem,
@@ -30,6 +31,7 @@ from .base import (
     per_user_problems,
     raise_any,
     shared,
+    size_problem,
 )
 from .memory import DEFAULT_LOW_WATER, MAX_SESSION_SHARE, MIN_MAX_SIZE
 
@@ -208,41 +210,29 @@ def problems() -> list[Problem]:
         )
     size = conf.MAX_SESSION_SIZE
     if size is not None:
-        try:
-            parse_size(size)
-        except ValueError as exc:
-            found.append(
-                Problem(
-                    "memsession.E106",
-                    f"MEMSESSION_MAX_SESSION_SIZE = {size!r} is not a size.",
-                    f"{exc} Example: MEMSESSION_MAX_SESSION_SIZE = '1M', or None for the default.",
-                )
-            )
+        found += size_problem(
+            "MAX_SESSION_SIZE", size, "memsession.E106", MAX_SESSION_SIZE_EXAMPLE
+        )[1]
     found.extend(sentinel_problems(url))
     near = conf.NEAR_CACHE
     if near is not None:
-        try:
-            near_bytes = parse_size(near)
-        except ValueError as exc:
+        near_bytes, problems = size_problem(
+            "REDIS_NEAR_CACHE",
+            near,
+            "memsession.E108",
+            "MEMSESSION_REDIS_NEAR_CACHE = '16M', or None for no near cache.",
+        )
+        found += problems
+        if near_bytes is not None and near_bytes < MIN_NEAR_CACHE_SIZE:
             found.append(
                 Problem(
                     "memsession.E108",
-                    f"MEMSESSION_REDIS_NEAR_CACHE = {near!r} is not a size.",
-                    f"{exc} Example: MEMSESSION_REDIS_NEAR_CACHE = '16M', or None for no near "
-                    "cache.",
+                    f"MEMSESSION_REDIS_NEAR_CACHE = {near!r} is smaller than "
+                    f"{MIN_NEAR_CACHE_SIZE // 1024} KiB.",
+                    f"Give the near cache at least '{MIN_NEAR_CACHE_SIZE // 1024}K' (e.g. "
+                    "'16M'), or None for no near cache.",
                 )
             )
-        else:
-            if near_bytes < MIN_NEAR_CACHE_SIZE:
-                found.append(
-                    Problem(
-                        "memsession.E108",
-                        f"MEMSESSION_REDIS_NEAR_CACHE = {near!r} is smaller than "
-                        f"{MIN_NEAR_CACHE_SIZE // 1024} KiB.",
-                        f"Give the near cache at least '{MIN_NEAR_CACHE_SIZE // 1024}K' (e.g. "
-                        "'16M'), or None for no near cache.",
-                    )
-                )
     return found
 
 

@@ -3,8 +3,8 @@
 Thin on purpose. The store keeps serialized bytes, so no two requests ever share a live dict, and
 values round-trip exactly as through Django's db engine under ``SESSION_SERIALIZER``. The engine
 talks to its store through the store's request path only (``get``, ``put``, ``exists``,
-``delete``, ``note_client`` and the async twins, on ``backend()``); the memory store's async twins
-do no I/O, so the async methods are native.
+``delete``, ``note_client``, on ``backend()``). The store does no I/O, so the async methods are
+native: they make the same store calls as their sync twins, and save and asave share ``_write``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class SessionStore(FastSessionBase):
         return self._decode(self.backend().get(self.session_key))
 
     async def aload(self) -> dict[str, Any]:
-        return self._decode(await self.backend().aget(self.session_key))
+        return self._decode(self.backend().get(self.session_key))
 
     def _decode(self, payload: bytes | None) -> dict[str, Any]:
         if payload is None:
@@ -95,35 +95,32 @@ class SessionStore(FastSessionBase):
     def save(self, must_create: bool = False) -> None:
         if self.session_key is None:
             return self.create()
-        data = self._get_session(no_load=must_create)
-        store = self.backend()
-        try:
-            key, payload, expires_at, user = self._put_args(store, data)
-            result = store.put(
-                key,
-                payload,
-                expires_at,
-                authenticated=user is not None,
-                create=must_create,
-                user=user,
-                client=self.client,
-            )
-        except EntryTooLarge as exc:
-            raise self._too_large(exc) from None
-        self._check(result)
+        self._write(self._get_session(no_load=must_create), must_create)
         return None
 
     async def asave(self, must_create: bool = False) -> None:
         if self.session_key is None:
             return await self.acreate()
-        data = await self._aget_session(no_load=must_create)
+        self._write(await self._aget_session(no_load=must_create), must_create)
+        return None
+
+    def _write(self, data: dict[str, Any], must_create: bool) -> None:
+        """Store ``data`` under this session's key, with its expiry and the logged-in user's id
+        as Django stores it (None: anonymous); save and asave share it (the store does no I/O)."""
+        key = self.session_key
+        if key is None:
+            # Loading found no session (expired, deleted): an update of nothing, as with
+            # Django's engines. Through SessionMiddleware the load comes first and save() creates.
+            raise UpdateError
         store = self.backend()
+        user = data.get(AUTH_SESSION_KEY)
+        if user is not None and user.__class__ is not str:
+            user = str(user)
         try:
-            key, payload, expires_at, user = self._put_args(store, data)
-            result = await store.aput(
+            result = store.put(
                 key,
-                payload,
-                expires_at,
+                current_codec().dumps(data),
+                self._expires_at(store, data),
                 authenticated=user is not None,
                 create=must_create,
                 user=user,
@@ -132,23 +129,6 @@ class SessionStore(FastSessionBase):
         except EntryTooLarge as exc:
             raise self._too_large(exc) from None
         self._check(result)
-        return None
-
-    def _put_args(
-        self, store: MemoryStore, data: dict[str, Any]
-    ) -> tuple[str, bytes, float, str | None]:
-        """Key, payload, expiry, and the logged-in user's id as Django stores it (None:
-        anonymous)."""
-        key = self.session_key
-        if key is None:
-            # Loading found no session (expired, deleted): an update of nothing, as with
-            # Django's engines. Through SessionMiddleware the load comes first and save() creates.
-            raise UpdateError
-        payload = current_codec().dumps(data)
-        user = data.get(AUTH_SESSION_KEY)
-        if user is not None and user.__class__ is not str:
-            user = str(user)
-        return key, payload, self._expires_at(store, data), user
 
     @staticmethod
     def _too_large(exc: EntryTooLarge) -> SessionTooLarge:
@@ -182,7 +162,7 @@ class SessionStore(FastSessionBase):
 
     async def aexists(self, session_key: str | None) -> bool:
         return bool(session_key) and (
-            self._validate_session_key(session_key) and await self.backend().aexists(session_key)
+            self._validate_session_key(session_key) and self.backend().exists(session_key)
         )
 
     def delete(self, session_key: str | None = None) -> None:
@@ -197,7 +177,7 @@ class SessionStore(FastSessionBase):
             if self.session_key is None:
                 return
             session_key = self.session_key
-        await self.backend().adelete(session_key)
+        self.backend().delete(session_key)
 
     @classmethod
     def clear_expired(cls) -> None:

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import struct
 import sys
-from dataclasses import dataclass
+
+from ..logged_in import SessionFacts
 
 __all__ = [
     "FACTS",
@@ -45,19 +46,6 @@ LAST_USED_AT = 16
 LENGTHS = struct.Struct("<HH")
 LENGTHS_AT = 20
 MAX_FIELD = 0xFFFF
-
-
-@dataclass(frozen=True)
-class SessionFacts:
-    """One logged-in session as the store knows it. ``key`` is a credential: it never leaves
-    the process (the public API turns it into an opaque id)."""
-
-    key: str
-    user: str
-    created: int
-    last_used: int
-    expires_at: float
-    client: str | None
 
 
 def user_key(user: str) -> int | str:

@@ -3,12 +3,9 @@ user as it is written and dropped (``_index_add``, ``_index_remove``), a user's 
 ``MEMSESSION_MAX_SESSIONS_PER_USER`` ended, and the queries (``user_sessions``,
 ``note_client``). The index itself and the facts' format are in ``index.py``.
 
-The lock decides the shape: these methods hold the store's lock and work on its tables (the
-policy's segments, the running byte totals, the user index) directly, as the request path does,
-so they are methods of :class:`~django_memsession.memory.store.MemoryStore` (this mixin), not
-functions taking it; they live here, apart from the request path, because they are a job of their
-own. They use the store's internals (``_lock``, ``_policy``, ``_make_room``, ``_emit``...),
-defined in ``store.py``.
+A mixin of :class:`~django_memsession.memory.store.MemoryStore`: its methods hold the store's
+lock over the store's tables and use its internals (``_lock``, ``_policy``, ``_emit``...); why the
+lock keeps the store one class is in ``store.py``'s docstring.
 """
 
 from __future__ import annotations

@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 
+from ..messages import RemovedTotals
+
 __all__ = [
     "EntryTooLarge",
     "Limits",
@@ -84,11 +86,9 @@ class RestoreResult:
 
 
 @dataclass
-class PruneResult:
-    """What a walk removed: expired sessions, and live ones evicted to reach the low-water mark.
-
-    ``removed`` is always both together, everywhere it is shown.
-    """
+class PruneResult(RemovedTotals):
+    """What a walk removed: expired sessions, and live ones evicted to reach the low-water mark
+    (``removed`` is both together)."""
 
     expired: int = 0
     expired_bytes: int = 0
@@ -96,11 +96,3 @@ class PruneResult:
     evicted_bytes: int = 0
     longest_lock_hold: float = 0.0
     events: list[StoreEvent] = field(default_factory=list)
-
-    @property
-    def removed(self) -> int:
-        return self.expired + self.evicted
-
-    @property
-    def bytes_freed(self) -> int:
-        return self.expired_bytes + self.evicted_bytes

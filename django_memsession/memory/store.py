@@ -24,7 +24,8 @@ Locking: one ``threading.Lock``, held only for dictionary work. Packing, sizing,
 logging and signals all happen outside it; events gathered under the lock are handed to the
 ``on_event`` callback after it is released.
 
-This module is the request path (``get``, ``put``, ``delete``, ``exists`` and their async twins)
+This module is the request path (``get``, ``put``, ``delete``, ``exists``; no async twins: the
+store does no I/O, so the engine's async methods make the same calls from the loop)
 and the internals every job uses under the lock (``_make_room``, ``_drop``, the byte totals).
 The lock keeps the store one class: the other jobs hold the same lock over the same tables, so
 they are methods too, each in a module of its own, mixed in: pruning and shrinking
@@ -74,8 +75,7 @@ EXPIRED_PROBE = 8
 class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
     """Sessions in memory under a byte budget. Every operation is O(1) in the number of entries.
 
-    ``get``/``put``/``delete``/``exists`` (and their async twins, for the engine's async
-    methods) are what a request uses;
+    ``get``/``put``/``delete``/``exists`` are what a request uses (sync or async: no I/O);
     ``prune_expired`` and ``shrink`` are background work done in chunks, releasing the lock
     between chunks.
     """
@@ -470,38 +470,6 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
         if current is not None and HEADER.unpack_from(current)[1] == epoch:
             return epoch
         return epoch if self.on_journal(key, epoch) else NOT_JOURNALED
-
-    # The async twins: the store does no I/O, so they are the same calls, made from the loop.
-
-    async def aget(self, key: str) -> bytes | None:
-        return self.get(key)
-
-    async def aexists(self, key: str) -> bool:
-        return self.exists(key)
-
-    async def aput(
-        self,
-        key: str,
-        payload: bytes,
-        expires_at: float,
-        *,
-        authenticated: bool,
-        create: bool,
-        user: str | None = None,
-        client: str | None = None,
-    ) -> PutResult:
-        return self.put(
-            key,
-            payload,
-            expires_at,
-            authenticated=authenticated,
-            create=create,
-            user=user,
-            client=client,
-        )
-
-    async def adelete(self, key: str) -> bool:
-        return self.delete(key)
 
     # -- internals (call with the lock held) ---------------------------------------------------
 

@@ -16,9 +16,8 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import control
-from ..logged_in import parse_client, session_id
+from ..logged_in import session_id, user_session
 from ..messages import Gathered, UserSession
-from .index import SessionFacts
 from .store import MemoryStore
 
 __all__ = ["EveryProcess", "end_local", "local_sessions"]
@@ -26,24 +25,10 @@ __all__ = ["EveryProcess", "end_local", "local_sessions"]
 logger = logging.getLogger("django_memsession")
 
 
-def _record(row: SessionFacts, pid: int) -> UserSession:
-    address, agent = parse_client(row.client)
-    return UserSession(
-        id=session_id(row.key),
-        pid=pid,
-        user=row.user,
-        created=float(row.created),
-        last_used=float(row.last_used),
-        expires=row.expires_at,
-        ip=address,
-        user_agent=agent,
-    )
-
-
 def local_sessions(store: MemoryStore, user: str) -> list[UserSession]:
     """The user's live sessions in this store, most recently used first."""
     pid = os.getpid()
-    return [_record(row, pid) for row in store.user_sessions(user)]
+    return [user_session(row, pid) for row in store.user_sessions(user)]
 
 
 def end_local(

@@ -427,34 +427,39 @@ class SessionStore(FastSessionBase):
             raise
 
     def delete(self, session_key: str | None = None) -> None:
-        if session_key is None:
-            session_key = self.session_key
-        if not self._validate_session_key(session_key):
+        target = self._delete_target(session_key)
+        if target is None:
             return
-        user = self._deleted_user(session_key)
         try:
-            if user is None:
-                self._get_store().delete(session_key)
+            if target[1] is None:
+                self._get_store().delete(target[0])
             else:
-                self._get_store().index.delete_logged_in(session_key, user)
+                self._get_store().index.delete_logged_in(*target)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
 
     async def adelete(self, session_key: str | None = None) -> None:
-        if session_key is None:
-            session_key = self.session_key
-        if not self._validate_session_key(session_key):
+        target = self._delete_target(session_key)
+        if target is None:
             return
-        user = self._deleted_user(session_key)
         try:
-            if user is None:
-                await self._get_store().adelete(session_key)
+            if target[1] is None:
+                await self._get_store().adelete(target[0])
             else:
-                await self._get_store().index.adelete_logged_in(session_key, user)
+                await self._get_store().index.adelete_logged_in(*target)
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
+
+    def _delete_target(self, session_key: str | None) -> tuple[str, str | None] | None:
+        """What a delete removes: the key (this session's when none is given) and the user it
+        is indexed under, if known (see :meth:`_deleted_user`); None: nothing to do."""
+        if session_key is None:
+            session_key = self.session_key
+        if not self._validate_session_key(session_key):
+            return None
+        return session_key, self._deleted_user(session_key)
 
     def _deleted_user(self, session_key: str) -> str | None:
         """Whose session a delete removes, if this object knows (its own session, or the old

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 
+from ..logged_in import SessionFacts
 from .client import AsyncScript
 from .outages import unavailable
 from .record import pack
@@ -73,17 +74,9 @@ def facts_text(created: float, last_used: float, client: str | None) -> bytes:
     return digits(created) + digits(last_used) + (client or "").encode()
 
 
-@dataclass(frozen=True)
-class IndexedSession:
-    """One live, logged-in session as the index knows it. ``key`` is a credential: it never
-    leaves the process (the public API turns it into an opaque id)."""
-
-    key: str
-    user: str
-    created: int
-    last_used: int
-    expires_at: float
-    client: str | None
+# The name this index's rows had before both engines shared one type (redis/users.py
+# re-exports it).
+IndexedSession = SessionFacts
 
 
 @dataclass(frozen=True)
@@ -113,13 +106,13 @@ class ImportedSession:
     client: str | None = None
 
 
-def _read(user: str, rows: list[Any]) -> list[IndexedSession]:
+def _read(user: str, rows: list[Any]) -> list[SessionFacts]:
     found = []
     for at in range(1, len(rows), 3):
         key, facts, expires = rows[at], rows[at + 1], rows[at + 2]
         client = facts[2 * SECONDS_DIGITS :]
         found.append(
-            IndexedSession(
+            SessionFacts(
                 key=key.decode(),
                 user=user,
                 created=int(facts[:SECONDS_DIGITS]),
@@ -383,7 +376,7 @@ class RedisUserIndex:
     def _now_ms(self) -> int:
         return int(self.store.clock() * 1000)
 
-    def user_sessions(self, user: str) -> list[IndexedSession]:
+    def user_sessions(self, user: str) -> list[SessionFacts]:
         """The user's live sessions, most recently used first; dead members are removed."""
         try:
             rows = self._run("read", [self.users_key(user)], [self.prefix, self._now_ms(), 0])
@@ -391,7 +384,7 @@ class RedisUserIndex:
             unavailable(exc)
         return _read(user, rows)
 
-    async def auser_sessions(self, user: str) -> list[IndexedSession]:
+    async def auser_sessions(self, user: str) -> list[SessionFacts]:
         try:
             args = [self.prefix, self._now_ms(), 0]
             rows = await self._arun("read", [self.users_key(user)], args)
@@ -402,12 +395,9 @@ class RedisUserIndex:
     def end_sessions(self, user: str, session_keys: Iterable[str]) -> int:
         """End these sessions of the user (tombstones); a key the user's index does not hold
         (another user's session) ends nothing. How many live sessions ended."""
-        fields = [key.encode() for key in session_keys]
+        fields, args = self._end_args(session_keys)
         if not fields:
             return 0
-        for field in fields:
-            self.last_used.forget(field.decode())
-        args = [self.prefix, self.tombstone_ms, self._now_ms(), *fields]
         try:
             return int(self._run("end", [self.users_key(user)], args))
         except redis.RedisError as exc:
@@ -417,12 +407,9 @@ class RedisUserIndex:
                 self.store._forget(field.decode(), answered=False)
 
     async def aend_sessions(self, user: str, session_keys: Iterable[str]) -> int:
-        fields = [key.encode() for key in session_keys]
+        fields, args = self._end_args(session_keys)
         if not fields:
             return 0
-        for field in fields:
-            self.last_used.forget(field.decode())
-        args = [self.prefix, self.tombstone_ms, self._now_ms(), *fields]
         try:
             return int(await self._arun("end", [self.users_key(user)], args))
         except redis.RedisError as exc:
@@ -430,6 +417,14 @@ class RedisUserIndex:
         finally:
             for field in fields:
                 self.store._forget(field.decode(), answered=False)
+
+    def _end_args(self, session_keys: Iterable[str]) -> tuple[list[bytes], list[Any]]:
+        """The sessions ``end_sessions`` ends, forgotten by the last-used figures, and the
+        ``end`` script's arguments."""
+        fields = [key.encode() for key in session_keys]
+        for field in fields:
+            self.last_used.forget(field.decode())
+        return fields, [self.prefix, self.tombstone_ms, self._now_ms(), *fields]
 
     # -- prunesessions -----------------------------------------------------------------------------
 

@@ -52,7 +52,8 @@ What is cached: settled sessions only (a session on probation must reach Redis o
 which promotes it), each with its own expiry (a copy never outlives its session; Redis's TTL of
 a settled session ends at the same time, and reads never move it, so Redis never expires a
 session that L1 still serves). The L1 is the memory engine's store, with its byte budget and
-eviction policy; a session larger than an eighth of the budget is not kept.
+eviction policy; a session larger than an eighth of the budget is not kept. Opening a tracking
+pair and reading its pushes: ``tracking.py``.
 """
 
 from __future__ import annotations
@@ -64,23 +65,18 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..memory.store import EntryTooLarge, Limits, MemoryStore, PutResult
 from ..sizing import EntrySizer
-from .client import primary_connection
 from .conf import NEAR_CACHE_LOW_WATER, NEAR_CACHE_SESSION_SHARE, StoreSettings
+from .tracking import INVALIDATE_CHANNEL, parse_resp, register
 
 __all__ = ["NearCache", "Ticket", "WriterLost", "parse_resp"]
 
-INVALIDATE_CHANNEL = b"__redis__:invalidate"
-INVALIDATION_NAME = "memsession-near-invalidation"
-WRITER_NAME = "memsession-near-writer"
 # How long after a failed attempt to register tracking again (on the monotonic clock): a Redis
 # that is down is not asked on every request.
 RETRY_INTERVAL = 1.0
@@ -142,57 +138,6 @@ class _Writer:
     def __init__(self, connection: redis.Connection) -> None:
         self.connection = connection
         self.lock = threading.Lock()
-
-
-def parse_resp(buffer: bytearray) -> Iterator[Any]:
-    """Complete RESP2 replies from the front of ``buffer``, removing what they used.
-
-    Just what the invalidation connection receives: arrays (nested), bulk strings, the null
-    bulk string (``$-1``, a flush), integers, simple strings and errors. A reply cut short stays
-    in the buffer for the next read.
-    """
-    while buffer:
-        try:
-            value, end = _parse_one(buffer, 0)
-        except IndexError:  # incomplete: wait for more bytes
-            return
-        del buffer[:end]
-        yield value
-
-
-def _parse_one(buffer: bytearray, start: int) -> tuple[Any, int]:
-    line_end = _index(buffer, start)
-    kind = buffer[start : start + 1]
-    body = bytes(buffer[start + 1 : line_end])
-    position = line_end + 2
-    if kind == b"$":
-        length = int(body)
-        if length < 0:
-            return None, position
-        if len(buffer) < position + length + 2:
-            raise IndexError("incomplete bulk string")
-        return bytes(buffer[position : position + length]), position + length + 2
-    if kind == b"*":
-        count = int(body)
-        if count < 0:
-            return None, position
-        items = []
-        for _ in range(count):
-            item, position = _parse_one(buffer, position)
-            items.append(item)
-        return items, position
-    if kind == b":":
-        return int(body), position
-    if kind in (b"+", b"-"):
-        return body, position
-    raise ValueError(f"unexpected RESP type {kind!r} on the invalidation connection")
-
-
-def _index(buffer: bytearray, start: int) -> int:
-    found = buffer.find(b"\r\n", start)
-    if found < 0:
-        raise IndexError("incomplete line")
-    return found
 
 
 class NearCache:
@@ -465,7 +410,7 @@ class NearCache:
         (``NOSCRIPT``, ``OOM``...) leaves the connection as it was.
 
         ``claim`` (the key, and the TTL in ms the script gives it, its ``ARGV[2]``) with an
-        ``EVALSHA``: see :meth:`_run_claiming`.
+        ``EVALSHA`` (or the ``EVAL`` sent when Redis lacks the script): see :meth:`_run_claiming`.
         """
         writer = ticket.writer
         assert writer is not None
@@ -477,7 +422,7 @@ class NearCache:
                 self.lose("writer connection closed", writer)
                 raise WriterLost(redis.ConnectionError("the writer connection was closed"))
             try:
-                if claim is not None and args[0] == "EVALSHA":
+                if claim is not None and args[0] in ("EVALSHA", "EVAL"):
                     return self._run_claiming(ticket, connection, args, *claim)
                 connection.send_command(*args)
                 return connection.read_response()
@@ -563,7 +508,7 @@ class NearCache:
                 return True
             self._close_retired()
             try:
-                invalidation, client_id, writer = self._register()
+                invalidation, client_id, writer = register(self.config, self.prefix, self.pid)
             except (redis.RedisError, OSError):
                 self._next_attempt = self.monotonic() + self.retry_interval
                 return False
@@ -587,53 +532,6 @@ class NearCache:
             return True
         finally:
             self._connect_lock.release()
-
-    def _connection(self) -> redis.Connection:
-        options = {**self.config.options, "protocol": 2, "health_check_interval": 0}
-        # One attempt: a failure here is retried on a later request, not inside this one.
-        options["retry"] = Retry(NoBackoff(), 0)
-        # The URL's server, or under Sentinel the primary the sentinels name now.
-        return primary_connection(self.config, options)
-
-    def _register(self) -> tuple[redis.Connection, int, redis.Connection]:
-        invalidation = writer = None
-        try:
-            invalidation = self._connection()
-            invalidation.send_command("CLIENT", "SETNAME", f"{INVALIDATION_NAME}-{self.pid}")
-            invalidation.read_response()
-            invalidation.send_command("CLIENT", "ID")
-            client_id = int(invalidation.read_response())
-            invalidation.send_command("SUBSCRIBE", INVALIDATE_CHANNEL)
-            reply = invalidation.read_response()
-            if not (isinstance(reply, list) and reply[0] == b"subscribe"):
-                raise redis.ConnectionError("SUBSCRIBE was not confirmed")
-            writer = self._connection()
-            writer.send_command("CLIENT", "SETNAME", f"{WRITER_NAME}-{self.pid}")
-            writer.read_response()
-            writer.send_command(
-                "CLIENT",
-                "TRACKING",
-                "on",
-                "REDIRECT",
-                client_id,
-                "BCAST",
-                "PREFIX",
-                self.prefix,
-                "NOLOOP",
-            )
-            writer.read_response()
-            # Read the registration back: it must redirect to the connection we listen on.
-            writer.send_command("CLIENT", "TRACKINGINFO")
-            info = writer.read_response()
-            fields = dict(zip(info[::2], info[1::2], strict=False))
-            if fields.get(b"redirect") != client_id:
-                raise redis.ConnectionError("tracking does not redirect to our connection")
-        except BaseException:
-            for connection in (invalidation, writer):
-                if connection is not None:
-                    connection.disconnect()
-            raise
-        return invalidation, client_id, writer
 
     def lose(self, reason: str, writer: _Writer | None = None) -> None:
         """Tracking is lost (or cannot be trusted): empty L1, refuse every ticket in flight,

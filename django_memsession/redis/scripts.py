@@ -2,8 +2,9 @@
 wheel), each file documenting its ``KEYS``, ``ARGV`` and returns in its opening comment.
 
 A script as sent is its shared functions first (``header_of.lua``: what a session key holds;
-``live.lua``, ``index_member.lua``), then its body: :data:`PARTS` says which. The files are read
-on first use (a store registering its scripts), once per process, not at import.
+``live.lua``, ``index_member.lua``, ``write_version.lua``), then its body: :data:`PARTS` says
+which. The files are read on first use (a store registering its scripts), once per process, not
+at import.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ __all__ = ["PARTS", "source"]
 # Each script: the files it is made of, in order (the functions it calls come before its body).
 PARTS = {
     "promote": ("header_of", "promote"),
-    "update": ("header_of", "update"),
+    "update": ("header_of", "write_version", "update"),
     "discard": ("discard",),
-    "save": ("header_of", "live", "save"),
+    "save": ("header_of", "live", "write_version", "save"),
     "touch": ("touch",),
     "read": ("header_of", "live", "read"),
     "end": ("header_of", "live", "end"),

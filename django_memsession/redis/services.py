@@ -32,7 +32,7 @@ from django.core.signals import setting_changed
 from .. import conf, serving
 from ..exceptions import SnapshotsOff
 from ..listener import Listener
-from ..logged_in import parse_client, session_id
+from ..logged_in import session_id, user_session
 from ..messages import (
     NearCacheStats,
     ProcessReport,
@@ -253,22 +253,7 @@ class SharedIndex:
     sender = RedisStore
 
     def sessions(self, uid: str) -> list[UserSession]:
-        found = []
-        for row in get_store().user_sessions(uid):
-            address, agent = parse_client(row.client)
-            found.append(
-                UserSession(
-                    id=session_id(row.key),
-                    pid=0,
-                    user=row.user,
-                    created=float(row.created),
-                    last_used=float(row.last_used),
-                    expires=row.expires_at,
-                    ip=address,
-                    user_agent=agent,
-                )
-            )
-        return found
+        return [user_session(row, 0) for row in get_store().user_sessions(uid)]
 
     def end(self, uid: str, *, session_id_: str | None = None, keep: str | None = None) -> int:
         store = get_store()

@@ -26,6 +26,11 @@ that mean "Redis cannot answer now" (refused, timed out, read-only replica, out 
 loading) become :class:`SessionBackendUnavailable`; anything else (a bug) is raised as redis-py
 raised it. A dropped connection is retried once on a fresh connection; a timeout is never
 retried, so a write that may have been applied is not re-sent.
+
+This module is the calls' runners, sync and async (``redis.asyncio``, one client per event loop),
+and the process's store (:func:`get_store`); what each call decides before and after its round
+trip is ``plans.py`` (:class:`~django_memsession.redis.plans.StorePlans`, a base of
+:class:`RedisStore`), written once for both runners.
 """
 
 from __future__ import annotations
@@ -33,13 +38,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from enum import Enum
 from functools import partial
 from typing import Any, TypeVar
 
@@ -48,21 +51,18 @@ import redis.asyncio
 from django.core.signals import setting_changed
 
 from ..clock import wall_clock
-from ..signals import sessions_expired
+from ..logged_in import SessionFacts
 from .client import AsyncScript, async_client, close_client, sync_client
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
-from .index import ImportedSession, IndexedSession, IndexPrune, RedisUserIndex
-from .near import NearCache, Ticket, WriterLost
-from .outages import availability_reason, unavailable, wrong_type
+from .index import ImportedSession, IndexPrune, RedisUserIndex
+from .near import NearCache, WriterLost
+from .outages import availability_reason, unavailable
+from .plans import DISCARD, PROMOTE, RESULTS, StorePlans, UpdateResult, log_foreign, rest_ms
 from .record import (
     HEADER_SIZE,
-    PROBATION_BYTE,
-    RECORD_KINDS,
     SESSION_BYTE,
-    TOMBSTONE,
     Loaded,
-    foreign,
     pack,
     unpack,
 )
@@ -82,40 +82,6 @@ KEPT = (1, 2)
 TOMBSTONE_AGE_FACTOR = 2
 
 
-class UpdateResult(Enum):
-    STORED = 1
-    RESTORED = 2  # the key was evicted between load and save: stored again
-    DELETED = 0  # a tombstone: deleted (logout) since it was loaded
-    GONE = -1  # missing and expired by the engine's clock
-
-
-# What a load leaves to do after its GET (see RedisStore._found()).
-DONE, DISCARD, PROMOTE = 0, 1, 2
-
-# The update script's answers (a dict lookup costs a tenth of Enum's own call).
-RESULTS = {result.value: result for result in UpdateResult}
-
-
-def _log_foreign(of_another_type: bool) -> None:
-    # Never the key: it is the visitor's credential.
-    logger.warning(
-        "A session key held %s, not a session record; it was treated as no session and "
-        "deleted (the visitor gets a new session).",
-        "a value of another Redis type" if of_another_type else "a value in no format of ours",
-    )
-
-
-def _expired_on_load(record: bytes) -> None:
-    """A load found a session that has expired by the web server's clock (Redis has not removed
-    it yet): the engine treats it as gone, and says so as the memory engine does."""
-    if record[:1] in RECORD_KINDS:
-        sessions_expired.send(sender=RedisStore, count=1, bytes=len(record), reason="load")
-
-
-def _rest_ms(loaded: Loaded, now: float) -> int:
-    return max(1, math.ceil((loaded.expires_at - now) * 1000))
-
-
 @dataclass
 class _AsyncClient:
     """One event loop's client (with its own pool) and its scripts."""
@@ -126,7 +92,7 @@ class _AsyncClient:
     discard: Any
 
 
-class RedisStore:
+class RedisStore(StorePlans):
     """Sessions in one Redis database, under one key prefix. Thread-safe; one per process.
 
     Who is logged in (the user index beside the sessions) is ``index``, a
@@ -170,74 +136,6 @@ class RedisStore:
     def key(self, session_key: str) -> bytes:
         return self.prefix + session_key.encode()
 
-    def _update_args(
-        self, payload: bytes, expires_at: float, ttl_ms: int, full_ttl_ms: int, may_restore: bool
-    ) -> list[bytes | int]:
-        record = pack(payload, expires_at, settled=ttl_ms >= full_ttl_ms)
-        return [record, ttl_ms, full_ttl_ms, int(self.clock() * 1000), int(may_restore)]
-
-    # -- what a call decides, before and after its round trip: the sync and async runners below
-    # share these, and only do the I/O
-
-    def _from_near(self, session_key: str) -> tuple[Loaded | None, Ticket | None]:
-        """Before a load's ``GET``: a valid copy from L1 (then no round trip), else the ticket
-        the ``GET`` takes (None without a near cache)."""
-        near = self.near
-        if near is None:
-            return None, None
-        record = near.get(session_key)  # no I/O: the invalidation socket is only polled
-        if record is not None:
-            loaded = unpack(record, self.clock())
-            if loaded is not None:
-                return loaded, None
-        return None, near.begin(session_key)
-
-    def _get_failed(self, ticket: Ticket | None, exc: redis.RedisError) -> None:
-        """A load's ``GET`` failed: raised as an outage or a bug, unless the key holds a value
-        of another type; that is no session, which the caller discards."""
-        if ticket is not None:
-            self.near.fill(ticket, None, 0.0, wrote=False)  # type: ignore[union-attr]
-        if not wrong_type(exc):
-            unavailable(exc)
-        self._count(False)
-
-    def _found(
-        self, record: bytes | None, ticket: Ticket | None
-    ) -> tuple[Loaded | None, int, float]:
-        """What a load's ``GET`` found: the live session or None, what is left to do (DISCARD a
-        value not ours, PROMOTE a session back from probation, or DONE), and now. L1 gets the
-        record if it may keep it; the load is counted."""
-        now = self.clock()
-        loaded = unpack(record, now)
-        then = DONE
-        if loaded is None:
-            if record is not None:
-                if foreign(record):
-                    then = DISCARD
-                else:
-                    _expired_on_load(record)
-        elif record[0] == PROBATION_BYTE:  # type: ignore[index]
-            then = PROMOTE
-        if ticket is not None:
-            self._fill_from_load(self.near, ticket, record, loaded)  # type: ignore[arg-type]
-        self._count(loaded is not None)
-        return loaded, then, now
-
-    def _create_command(
-        self, session_key: str, payload: bytes, expires_at: float, ttl_ms: int, settled: bool
-    ) -> tuple[tuple[Any, ...], bytes]:
-        """A create's command (``SET NX`` with its TTL), and the record it writes."""
-        record = pack(payload, expires_at, settled)
-        return ("SET", self.prefix + session_key.encode(), record, "PX", ttl_ms, "NX"), record
-
-    def _tombstone_command(self, session_key: str) -> tuple[Any, ...]:
-        return ("SET", self.prefix + session_key.encode(), TOMBSTONE, "PX", self.tombstone_ms)
-
-    def _exists_failed(self, exc: redis.RedisError) -> bool:
-        if wrong_type(exc):
-            return False  # not ours: no session (the load that finds it deletes it)
-        unavailable(exc)
-
     # -- sync ----------------------------------------------------------------------------------
 
     def load(self, session_key: str) -> Loaded | None:
@@ -267,17 +165,6 @@ class RedisStore:
             self._promote_once(key, loaded, now)  # type: ignore[arg-type]
         return loaded
 
-    @staticmethod
-    def _fill_from_load(
-        near: NearCache, ticket: Ticket, record: bytes | None, loaded: Loaded | None
-    ) -> None:
-        """Put what a ``GET`` found into L1: a settled session only (one on probation must
-        reach Redis on its next load too, to be promoted)."""
-        if loaded is not None and record[0] != PROBATION_BYTE:  # type: ignore[index]
-            near.fill(ticket, record, loaded.expires_at, wrote=False)
-        else:
-            near.fill(ticket, None, 0.0, wrote=False)
-
     def _promote_once(self, key: bytes, loaded: Loaded, now: float) -> None:
         """Give a session that came back from probation the rest of its age.
 
@@ -286,7 +173,7 @@ class RedisStore:
         and the next load tries again; a save writes it settled anyway.
         """
         try:
-            self._evalsha(self._promote, key, _rest_ms(loaded, now))
+            self._evalsha(self._promote, key, rest_ms(loaded, now))
         except redis.RedisError as exc:
             if availability_reason(exc) is None:
                 raise
@@ -439,7 +326,7 @@ class RedisStore:
         """A load found a value that is not ours (``found``; None: a key of another type): no
         session, logged once (the value goes with it), never with the key. Nothing else would
         replace it (the visitor gets a new key), so it is deleted, unless written since."""
-        _log_foreign(of_another_type=found is None)
+        log_foreign(of_another_type=found is None)
         self._discard(session_key, found or b"", 1)
 
     def _discard(self, session_key: str, found: bytes, start: int) -> None:
@@ -502,7 +389,7 @@ class RedisStore:
     # -- the user index, for callers outside the Redis engine (everywhere, prunesessions) and
     # the documented ``RedisStore.import_sessions``: the index's own methods
 
-    def user_sessions(self, user: str) -> list[IndexedSession]:
+    def user_sessions(self, user: str) -> list[SessionFacts]:
         return self.index.user_sessions(user)
 
     def end_sessions(self, user: str, session_keys: Iterable[str]) -> int:
@@ -551,7 +438,7 @@ class RedisStore:
             _connect_off_loop(near)
         if then == PROMOTE:
             try:
-                await connection.promote(keys=[key], args=[_rest_ms(loaded, now)])  # type: ignore[arg-type]
+                await connection.promote(keys=[key], args=[rest_ms(loaded, now)])  # type: ignore[arg-type]
             except redis.RedisError as exc:  # best effort, as in _promote_once()
                 if availability_reason(exc) is None:
                     raise
@@ -592,7 +479,7 @@ class RedisStore:
         await self._adiscard(session_key, loaded.payload, HEADER_SIZE + 1)
 
     async def _adiscard_foreign(self, session_key: str, found: bytes | None) -> None:
-        _log_foreign(of_another_type=found is None)
+        log_foreign(of_another_type=found is None)
         await self._adiscard(session_key, found or b"", 1)
 
     async def _adiscard(self, session_key: str, found: bytes, start: int) -> None:

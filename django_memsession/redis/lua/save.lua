@@ -1,7 +1,7 @@
 -- Store a logged-in session (create or update), and index it, atomically.
 -- KEYS[1] the session, KEYS[2] its user's hash, KEYS[3] the hash of the user it was loaded as
 -- (the same, or another user's, or an unused name).
--- ARGV[1..5] as update.lua (record, ttl, full ttl, now ms, may restore);
+-- ARGV[1..5] as update.lua (record, ttl, full ttl, now ms, may restore; see write_version.lua);
 -- ARGV[6] the session key (the field); ARGV[7] now in seconds (10 digits); ARGV[8] "1" to set the
 -- client to ARGV[9], else keep the one noted; ARGV[10] the per-user limit (0: none);
 -- ARGV[11] the key prefix; ARGV[12] the tombstone TTL (ms); ARGV[13] "c" to create (SET NX),
@@ -21,26 +21,10 @@ if ARGV[13] == 'c' then
     return {3, 0}
   end
 else
-  local kind, expires_at = header_of(KEYS[1])
-  if kind == 'T' then
-    return {0, 0}
+  result = write_version(KEYS[1], ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), now_ms, ARGV[5])
+  if result < 1 then
+    return {result, 0}  -- 0 deleted (a tombstone), -1 gone
   end
-  local record = ARGV[1]
-  local ttl = tonumber(ARGV[2])
-  if kind == '' then
-    if ARGV[5] ~= '1' then
-      redis.call('DEL', KEYS[1])  -- nothing, or a value not ours: gone either way
-      return {-1, 0}
-    end
-    result = 2
-  elseif expires_at <= now_ms then
-    redis.call('DEL', KEYS[1])  -- as in update.lua
-    return {-1, 0}
-  elseif kind == 'S' and string.byte(record, 1) == 80 then
-    record = 'S' .. string.sub(record, 2)
-    ttl = tonumber(ARGV[3])
-  end
-  redis.call('SET', KEYS[1], record, 'PX', ttl)
 end
 local field = ARGV[6]
 if ARGV[14] ~= '1' or KEYS[3] ~= KEYS[2] then

@@ -1,8 +1,10 @@
-"""Who is logged in, in a real browser: the user's own page (end one, end the others, CSRF,
-another user's id) and the admin's "Log out everywhere"."""
+"""Who is logged in, in a real browser, on each engine (memory, and Redis with the sessions and the
+index in a real Redis): the user's own page (end one, end the others, CSRF, another user's id)
+and the admin's "Log out everywhere"."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,7 +19,36 @@ if TYPE_CHECKING:
     from playwright.sync_api import Page
     from pytest_django.live_server_helper import LiveServer
 
-pytestmark = pytest.mark.heavy
+pytestmark = [pytest.mark.heavy, pytest.mark.engines("memory", "redis")]
+
+MIDDLEWARE_STATE = (
+    "_middleware_chain",
+    "_view_middleware",
+    "_template_response_middleware",
+    "_exception_middleware",
+)
+
+
+@pytest.fixture
+def live_server(live_server, engine, request) -> Iterator:
+    """pytest-django's live server (one for the whole run) serving with the test's engine. On
+    Redis (the ``redis_site`` fixture) its middleware is built again from the Redis settings
+    (Django's SessionMiddleware picks its engine when it is built), and put back as it was
+    afterwards."""
+    if not engine.redis:
+        yield live_server
+        return
+    request.getfixturevalue("redis_site")
+    handlers = [live_server.thread.httpd.get_app()]
+    while hasattr(handlers[-1], "application"):
+        handlers.append(handlers[-1].application)
+    saved = [{name: getattr(handler, name) for name in MIDDLEWARE_STATE} for handler in handlers]
+    for handler in handlers:  # each wrapper is a WSGIHandler with a middleware chain of its own
+        handler.load_middleware()
+    yield live_server
+    for handler, state in zip(handlers, saved, strict=True):
+        for name, value in state.items():
+            setattr(handler, name, value)
 
 
 def log_in(page: Page, base: str, username: str, password: str, start: str) -> None:

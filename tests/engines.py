@@ -1,0 +1,119 @@
+"""The engines a contract test runs on: the ``engine`` fixture, and the ``engines`` mark.
+
+A test that takes ``engine`` runs once per engine: ``memory`` (``SESSION_ENGINE =
+"django_memsession"``), ``redis`` (``"django_memsession.redis"`` on a real ``redis-server``, from
+``redis_server.py``) and ``redis+near`` (the same with ``MEMSESSION_REDIS_NEAR_CACHE`` on, so a
+load may be answered by L1). ``@pytest.mark.engines("memory", "redis")`` (on a test or a module;
+the closest wins) narrows the list. The Redis params skip without ``redis-server`` and fail under
+``MEMSESSION_REQUIRE_REDIS=1``, as the ``redis_server`` fixture does. Another engine (Sentinel,
+Cluster) is one more entry in ``ENGINES`` and one more branch in :func:`start_engine`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from conftest import FakeClock
+
+ENGINES = ("memory", "redis", "redis+near")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "engines(*names): the engines a test taking `engine` runs on (default: all)"
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "engine" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("engines")
+    names = marker.args if marker else ENGINES
+    unknown = set(names) - set(ENGINES)
+    assert not unknown, f"no such engine: {sorted(unknown)}"
+    metafunc.parametrize("engine", names, indirect=True)
+
+
+@dataclass
+class Engine:
+    """The engine a test runs on: its name, its ``SessionStore`` class and its Redis server
+    (``None`` on the memory engine)."""
+
+    name: str
+    SessionStore: type
+    server: Any = None  # redis_server.RedisServer
+
+    @property
+    def redis(self) -> bool:
+        return self.server is not None
+
+    def stored(self) -> int:
+        """How many entries the engine holds: the store's sessions, or every key in Redis."""
+        if self.server is None:
+            from django_memsession import stats
+
+            return stats()["entries"]
+        client = self.server.client()
+        try:
+            return client.dbsize()
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def engine(request: pytest.FixtureRequest) -> Engine:
+    return start_engine(request.param, request)
+
+
+def start_engine(name: str, request: pytest.FixtureRequest) -> Engine:
+    """Point the test at engine ``name`` (for fixtures that know the name another way, such as
+    a unittest class's attribute); the Redis engines on an empty server."""
+    settings = request.getfixturevalue("settings")
+    if name == "memory":
+        from django_memsession import SessionStore
+
+        settings.SESSION_ENGINE = "django_memsession"
+        return Engine(name, SessionStore)
+    server = request.getfixturevalue("redis_server")
+    request.getfixturevalue("redis_url")  # an empty server, the engine pointed at it
+    from django_memsession.redis import SessionStore
+    from django_memsession.redis.store import get_store
+
+    if name == "redis+near":
+        settings.MEMSESSION_REDIS_NEAR_CACHE = "1M"
+        near = get_store().near
+        assert near is not None and near.connect()
+    return Engine(name, SessionStore, server)
+
+
+@pytest.fixture
+def engine_clock(engine: Engine, monkeypatch) -> Iterator[FakeClock]:
+    """Move the web server's clock for the engine's store. On Redis, Redis's own TTLs keep real
+    time, and a store rebuilt by a settings change gets the fake clock too."""
+    if not engine.redis:
+        from django_memsession.runtime import get_store
+
+        store = get_store()
+        fake = FakeClock()
+        real = store.clock
+        store.clock = fake
+        yield fake
+        store.clock = real
+        return
+    from django_memsession.redis import store as store_module
+
+    fake = FakeClock(time.time())
+    build = store_module._build
+
+    def build_with_fake_clock():
+        store = build()
+        store.clock = fake
+        return store
+
+    monkeypatch.setattr(store_module, "_build", build_with_fake_clock)
+    monkeypatch.setattr(store_module.get_store(), "clock", fake)
+    yield fake
