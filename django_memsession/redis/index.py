@@ -204,8 +204,8 @@ class RedisUserIndex:
         return script
 
     def _run(self, name: str, keys: list[bytes], args: list[Any], run: Any = None) -> Any:
-        """``EVALSHA``, and ``EVAL`` if Redis lost the script (as the store's ``_evalsha``, for
-        several keys). ``run`` sends a command (the pool's by default; the
+        """``EVALSHA``, and ``SCRIPT LOAD`` first if Redis lost the script (as the store's
+        ``_evalsha``, for several keys). ``run`` sends a command (the pool's by default; the
         near cache's writer connection for a save it keeps)."""
         script = self._script(name)
         if run is None:
@@ -213,7 +213,12 @@ class RedisUserIndex:
         try:
             return run("EVALSHA", script.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            return run("EVAL", script.script, len(keys), *keys, *args)
+            sha = run("SCRIPT", "LOAD", script.script)
+            script.sha = sha.decode() if isinstance(sha, bytes) else sha
+            try:
+                return run("EVALSHA", script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:  # a retry reached another server (failover)
+                return run("EVAL", script.script, len(keys), *keys, *args)
 
     async def _arun(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
         client = self.store._async_client().client

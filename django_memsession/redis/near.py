@@ -410,7 +410,7 @@ class NearCache:
         (``NOSCRIPT``, ``OOM``...) leaves the connection as it was.
 
         ``claim`` (the key, and the TTL in ms the script gives it, its ``ARGV[2]``) with an
-        ``EVALSHA`` (or the ``EVAL`` sent when Redis lacks the script): see :meth:`_run_claiming`.
+        ``EVALSHA``: see :meth:`_run_claiming`.
         """
         writer = ticket.writer
         assert writer is not None
@@ -422,7 +422,7 @@ class NearCache:
                 self.lose("writer connection closed", writer)
                 raise WriterLost(redis.ConnectionError("the writer connection was closed"))
             try:
-                if claim is not None and args[0] in ("EVALSHA", "EVAL"):
+                if claim is not None and args[0] == "EVALSHA":
                     return self._run_claiming(ticket, connection, args, *claim)
                 connection.send_command(*args)
                 return connection.read_response()

@@ -292,18 +292,24 @@ class RedisStore(StorePlans):
     def _evalsha(
         self, script: Any, key: bytes, *args: bytes | int, run: Callable[..., Any] | None = None
     ) -> Any:
-        """Run one of our scripts on one key: ``EVALSHA``, and ``EVAL`` (which loads it too) if
-        Redis lost it (a restart, ``SCRIPT FLUSH``, a new primary after a failover). One call,
-        not ``SCRIPT LOAD`` then ``EVALSHA``: a retry on a new connection after a ``READONLY``
-        may reach another server between the two. ``run`` sends a command (the pool's by
-        default)."""
+        """Run one of our scripts on one key: ``EVALSHA``, and ``SCRIPT LOAD`` first if Redis
+        lost it (a restart, ``SCRIPT FLUSH``, a new primary). What redis-py's
+        ``Script.__call__`` does, without its per-call import and argument copies on the path
+        every save takes; and ``EVAL`` if the ``EVALSHA`` after the load still finds no script
+        (a retry after a ``READONLY`` reached another server between the two). ``run`` sends a
+        command (the pool's by default)."""
         if run is None:
             run = self.client.execute_command
         try:
             return run("EVALSHA", script.sha, 1, key, *args)
         except redis.exceptions.NoScriptError:
             # Redis ran nothing: sending it again cannot apply a write twice.
-            return run("EVAL", script.script, 1, key, *args)
+            sha = run("SCRIPT", "LOAD", script.script)
+            script.sha = sha.decode() if isinstance(sha, bytes) else sha
+            try:
+                return run("EVALSHA", script.sha, 1, key, *args)
+            except redis.exceptions.NoScriptError:
+                return run("EVAL", script.script, 1, key, *args)
 
     def exists(self, session_key: str) -> bool:
         try:
