@@ -51,7 +51,7 @@ ENGINES = ("memory", "redis", "redis+near")
 
 def _settings(engine: str, redis_url: str | None) -> dict[str, Any]:
     if engine == "memory":
-        return {}
+        return {"SESSION_ENGINE": "django_memsession"}
     return {
         "SESSION_ENGINE": "django_memsession.redis",
         "MEMSESSION_REDIS_URL": redis_url,

@@ -35,7 +35,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = marker.args if marker else ENGINES
     unknown = set(names) - set(ENGINES)
     assert not unknown, f"no such engine: {sorted(unknown)}"
-    metafunc.parametrize("engine", names, indirect=True)
+    # The Redis engines' params are marked redis: `-m redis` is the Redis engine's whole suite.
+    params = [pytest.param(n, marks=pytest.mark.redis) if n != "memory" else n for n in names]
+    metafunc.parametrize("engine", params, indirect=True)
 
 
 @dataclass

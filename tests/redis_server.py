@@ -5,8 +5,17 @@ empties it before each test and points the engine at it. Faults are real: ``paus
 SIGSTOP (a server that hangs silently), ``kill()`` and ``restart()`` stop and start the process
 on the same port, ``client_kill()`` drops every connection but the fixture's own.
 
-Without ``redis-server`` on PATH these tests skip, unless ``MEMSESSION_REQUIRE_REDIS=1`` (CI),
-when they fail.
+Which server: the executable ``MEMSESSION_TEST_REDIS_SERVER`` names (a path, e.g. Valkey's
+``valkey-server``), else ``redis-server`` on PATH. Every server a test starts (``RedisServer``,
+cluster nodes, sentinels with ``--sentinel``) is that one: take it from :func:`server_executable`
+or :data:`REDIS_SERVER`. A server that the variable names and that is not there fails the tests;
+without the variable and without ``redis-server`` on PATH they skip, unless
+``MEMSESSION_REQUIRE_REDIS=1`` (CI), when they fail.
+
+Every test that uses the ``redis_server`` fixture (directly or through ``redis_url``,
+``redis_site``...) is marked ``redis`` at collection; one that reaches a server another way
+carries the mark itself, or fails saying so (:func:`require_redis_mark`). So ``pytest -m redis``
+is the Redis engine's whole suite (CI runs it against Valkey too), and cannot drift from it.
 """
 
 from __future__ import annotations
@@ -22,9 +31,95 @@ from collections.abc import Iterator
 
 import pytest
 
-REDIS_SERVER = shutil.which("redis-server") or (
-    "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
-)
+SERVER_VARIABLE = "MEMSESSION_TEST_REDIS_SERVER"
+# What the variable named, if anything: then a server that is not there is a failure, not a skip.
+NAMED_SERVER = os.environ.get(SERVER_VARIABLE) or None
+
+
+def _find_server() -> str | None:
+    if NAMED_SERVER is not None:
+        return shutil.which(NAMED_SERVER)  # a path to an executable file, or None
+    return shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    )
+
+
+# The server executable every test starts, or None when there is none (see server_executable()).
+REDIS_SERVER = _find_server()
+
+
+def server_executable() -> str:
+    """The server executable to start, or fail or skip the calling test (or fixture) for want of
+    one: fail when ``MEMSESSION_TEST_REDIS_SERVER`` names a missing or non-executable file, or when
+    ``MEMSESSION_REQUIRE_REDIS=1``; skip otherwise."""
+    if REDIS_SERVER is not None:
+        return REDIS_SERVER
+    if NAMED_SERVER is not None:
+        pytest.fail(f"{SERVER_VARIABLE}={NAMED_SERVER!r} is not an executable file")
+    if os.environ.get("MEMSESSION_REQUIRE_REDIS") == "1":
+        pytest.fail("redis-server is not installed (MEMSESSION_REQUIRE_REDIS=1)")
+    pytest.skip(f"redis-server is not installed (or set {SERVER_VARIABLE} to a server's path)")
+
+
+def server_version(executable: str) -> str:
+    """What ``<executable> --version`` says, e.g. ``Valkey server v=9.1.2 sha=...``."""
+    try:
+        found = subprocess.run(
+            [executable, "--version"], capture_output=True, text=True, timeout=10, check=False
+        )
+    except OSError as error:
+        return f"cannot run it: {error}"
+    return found.stdout.strip() or found.stderr.strip()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "redis: uses a real Redis server (marked automatically where it takes redis_server)",
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which server this run tests against, first thing in its log."""
+    if REDIS_SERVER is None:
+        named = f" ({SERVER_VARIABLE}={NAMED_SERVER!r})" if NAMED_SERVER else ""
+        return f"redis server: none found{named}"
+    return f"redis server: {REDIS_SERVER}: {server_version(REDIS_SERVER)}"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark ``redis`` every test whose fixtures (however deep) include ``redis_server``. A test
+    that reaches a server another way (``request.getfixturevalue``, a parametrized engine) carries
+    the mark itself (``pytest.param(..., marks=pytest.mark.redis)``); :func:`require_redis_mark`
+    fails it if it does not."""
+    for item in items:
+        if "redis_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.redis)
+
+
+# The test being run (its setup, call and teardown), for require_redis_mark().
+_running: pytest.Item | None = None
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    global _running
+    _running = item
+    try:
+        return (yield)
+    finally:
+        _running = None
+
+
+def require_redis_mark(item: pytest.Item | None = None) -> None:
+    """Fail a test that uses a Redis server without the ``redis`` mark: ``-m redis`` (the suite
+    CI runs against Valkey) would silently leave it out."""
+    item = item or _running
+    if item is not None and item.get_closest_marker("redis") is None:
+        pytest.fail(
+            f"{item.nodeid} uses a Redis server but is not marked redis: take the redis_server "
+            "fixture, or mark it (pytest.mark.redis, or marks= on its parameter)"
+        )
 
 
 def _free_port() -> int:
@@ -49,12 +144,14 @@ def free_cluster_port() -> int:
 
 
 class RedisServer:
-    """One ``redis-server`` process in a temp dir, with no persistence, and its faults.
+    """One server process (``redis-server``, or what ``MEMSESSION_TEST_REDIS_SERVER`` names) in a
+    temp dir, with no persistence, and its faults.
 
-    ``cluster``: a Redis Cluster node (``cluster-enabled``) holding no slots yet."""
+    ``executable``: the server to run (default: :func:`server_executable`). ``cluster``: a Redis
+    Cluster node (``cluster-enabled``) holding no slots yet."""
 
-    def __init__(self, executable: str, cluster: bool = False) -> None:
-        self.executable = executable
+    def __init__(self, executable: str | None = None, cluster: bool = False) -> None:
+        self.executable = executable or server_executable()
         self.cluster = cluster
         self.port = free_cluster_port() if cluster else _free_port()
         self.directory = tempfile.mkdtemp(prefix="memsession-redis-")
@@ -66,6 +163,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
+        require_redis_mark()
         args = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1"]
         args += ["--save", "", "--appendonly", "no", "--dir", self.directory]
         args += ["--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"]
@@ -85,7 +183,7 @@ class RedisServer:
             except Exception:  # redis.ConnectionError while it starts
                 pass
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server did not start on port {self.port}")
+                raise RuntimeError(f"{self.executable} did not start on port {self.port}")
             time.sleep(0.05)
 
     def client(self):  # -> redis.Redis: a fresh, plain client, separate from the engine's pool
@@ -175,22 +273,20 @@ class RedisServer:
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[RedisServer]:
-    if REDIS_SERVER is None:
-        if os.environ.get("MEMSESSION_REQUIRE_REDIS") == "1":
-            pytest.fail("redis-server is not installed (MEMSESSION_REQUIRE_REDIS=1)")
-        pytest.skip("redis-server is not installed")
+    executable = server_executable()
     pytest.importorskip("redis")
-    server = RedisServer(REDIS_SERVER)
+    server = RedisServer(executable)
     server.start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer, settings) -> Iterator[str]:
+def redis_url(redis_server: RedisServer, settings, request: pytest.FixtureRequest) -> Iterator[str]:
     """An empty server, and the Redis engine pointed at it (and at nothing else) for the test."""
     from django_memsession.redis import store
 
+    require_redis_mark(request.node)
     redis_server.reset()
     settings.SESSION_ENGINE = "django_memsession.redis"
     settings.MEMSESSION_REDIS_URL = redis_server.url

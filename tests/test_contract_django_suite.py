@@ -50,6 +50,8 @@ def _cases(name: str, backend: type, engine: str) -> dict[str, type]:
     )
     for cls in cases.values():
         cls.engine_name = name
+        if name != "memory":  # `-m redis` is the Redis engine's whole suite
+            cls.pytestmark = [*getattr(cls, "pytestmark", []), pytest.mark.redis]
     return cases
 
 

@@ -21,7 +21,7 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.test import Client
 from processes import run_command
-from redis_server import REDIS_SERVER, RedisServer
+from redis_server import RedisServer, server_executable
 from sentinel_servers import SERVICE, Forwarder, SentinelSet, wait_for
 
 import django_memsession
@@ -30,6 +30,9 @@ from django_memsession.redis import SessionStore
 from django_memsession.redis import store as store_module
 from django_memsession.redis.checks import check_redis_deployment, check_redis_settings
 from django_memsession.redis.store import get_store
+
+# Every test here that starts servers uses them; the settings checks run with the rest.
+pytestmark = pytest.mark.redis
 
 AUTH = "_auth_user_id"
 OUR_MIDDLEWARE = "django_memsession.middleware.SessionMiddleware"
@@ -123,10 +126,8 @@ def test_sentinel_options_are_not_checked_without_sentinels(settings):
 
 
 def _executable() -> str:
-    if REDIS_SERVER is None:
-        pytest.skip("redis-server is not installed")
     pytest.importorskip("redis")
-    return REDIS_SERVER
+    return server_executable()  # MEMSESSION_TEST_REDIS_SERVER's (Valkey), or redis-server
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,10 @@ SENTINELS_EXAMPLE = (
     'e.g. MEMSESSION_REDIS_SENTINELS = [("10.0.0.1", 26379), ("10.0.0.2", 26379), '
     '("10.0.0.3", 26379)]'
 )
+# Waiting for replicas after a logout or a login (redis/replicas.py): every connected replica,
+# for at most half a second.
+DEFAULT_WAIT_REPLICAS = "connected"
+DEFAULT_WAIT_TIMEOUT = 0.5
 
 
 class RedisSettings(BaseSettings):
@@ -93,6 +97,9 @@ class RedisSettings(BaseSettings):
     NEAR_CACHE = Setting(None)
     SENTINELS = Setting(None)
     SENTINEL_OPTIONS = DictSetting({})
+    # Waiting for replicas (redis/replicas.py): a block of its own.
+    WAIT_REPLICAS = Setting(DEFAULT_WAIT_REPLICAS)
+    WAIT_TIMEOUT = Setting(DEFAULT_WAIT_TIMEOUT)
 
     @property
     def MAX_SESSION_SIZE(self) -> Any:
@@ -126,6 +133,11 @@ class StoreSettings:
     def service_name(self) -> str | None:
         """The monitored service's name (the URL's host) under Sentinel; None without."""
         return urlsplit(self.url).hostname if self.sentinels is not None else None
+
+    # Waiting for replicas: MEMSESSION_REDIS_WAIT_REPLICAS ("connected", a number, 0 for never)
+    # and MEMSESSION_REDIS_WAIT_TIMEOUT (seconds).
+    wait_replicas: str | int = DEFAULT_WAIT_REPLICAS
+    wait_timeout: float = DEFAULT_WAIT_TIMEOUT
 
 
 def redacted(url: str) -> str:
@@ -233,6 +245,37 @@ def problems() -> list[Problem]:
                     "'16M'), or None for no near cache.",
                 )
             )
+    found += wait_problems()
+    return found
+
+
+def wait_problems() -> list[Problem]:
+    """MEMSESSION_REDIS_WAIT_REPLICAS and MEMSESSION_REDIS_WAIT_TIMEOUT (E120, E121)."""
+    found: list[Problem] = []
+    replicas = conf.WAIT_REPLICAS
+    if not (
+        replicas == "connected"
+        or (isinstance(replicas, int) and not isinstance(replicas, bool) and replicas >= 0)
+    ):
+        found.append(
+            Problem(
+                "memsession.E120",
+                f"MEMSESSION_REDIS_WAIT_REPLICAS = {replicas!r} is neither 'connected' nor a "
+                "whole number of replicas (0 or more).",
+                "Write 'connected' (the default: every replica connected to the primary), a "
+                "number of replicas, or 0 never to wait for replicas.",
+            )
+        )
+    timeout = conf.WAIT_TIMEOUT
+    if not (_is_number(timeout) and timeout > 0):
+        found.append(
+            Problem(
+                "memsession.E121",
+                f"MEMSESSION_REDIS_WAIT_TIMEOUT = {timeout!r} is not a positive number of seconds.",
+                f"Write how long a logout waits for replicas, e.g. {DEFAULT_WAIT_TIMEOUT} (the "
+                "default).",
+            )
+        )
     return found
 
 
@@ -431,6 +474,8 @@ def store_settings() -> StoreSettings:
         max_sessions_per_user=shared.MAX_SESSIONS_PER_USER,
         near_cache_bytes=None if conf.NEAR_CACHE is None else parse_size(conf.NEAR_CACHE),
         **sentinel_settings(),
+        wait_replicas=conf.WAIT_REPLICAS,
+        wait_timeout=float(conf.WAIT_TIMEOUT),
     )
 
 

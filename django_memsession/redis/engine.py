@@ -33,6 +33,7 @@ from ..sessionbase import AUTH_SESSION_KEY, FastSessionBase, current_session
 from ..signals import user_sessions_ended
 from .exceptions import SessionBackendUnavailable
 from .latency import recorder
+from .replicas import ENDING
 from .services import redis_store as get_store
 from .store import Loaded, RedisStore, UpdateResult
 
@@ -432,9 +433,9 @@ class SessionStore(FastSessionBase):
             return
         try:
             if target[1] is None:
-                self._get_store().delete(target[0])
+                self._get_store().delete(target[0], wait=target[2])
             else:
-                self._get_store().index.delete_logged_in(*target)
+                self._get_store().index.delete_logged_in(target[0], target[1])
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
@@ -445,21 +446,25 @@ class SessionStore(FastSessionBase):
             return
         try:
             if target[1] is None:
-                await self._get_store().adelete(target[0])
+                await self._get_store().adelete(target[0], wait=target[2])
             else:
-                await self._get_store().index.adelete_logged_in(*target)
+                await self._get_store().index.adelete_logged_in(target[0], target[1])
         except SessionBackendUnavailable as exc:
             self.outage = exc
             raise
 
-    def _delete_target(self, session_key: str | None) -> tuple[str, str | None] | None:
-        """What a delete removes: the key (this session's when none is given) and the user it
-        is indexed under, if known (see :meth:`_deleted_user`); None: nothing to do."""
+    def _delete_target(self, session_key: str | None) -> tuple[str, str | None, str | None] | None:
+        """What a delete removes: the key (this session's when none is given), the user it
+        is indexed under, if known (see :meth:`_deleted_user`), and whether a delete with no
+        user waits for replicas (``ENDING``: the session may be logged in, as this object never
+        loaded it; None: known anonymous, as the ``cycle_key()`` inside ``login()``); None:
+        nothing to do."""
         if session_key is None:
             session_key = self.session_key
         if not self._validate_session_key(session_key):
             return None
-        return session_key, self._deleted_user(session_key)
+        known = self._known_expires_at is not None  # loaded or written by this object
+        return session_key, self._deleted_user(session_key), None if known else ENDING
 
     def _deleted_user(self, session_key: str) -> str | None:
         """Whose session a delete removes, if this object knows (its own session, or the old

@@ -40,6 +40,7 @@ from ..logged_in import SessionFacts
 from .client import AsyncScript
 from .outages import unavailable
 from .record import pack
+from .replicas import ENDING, LOGIN, WaitingRun, evalsha
 from .scripts import source
 
 if TYPE_CHECKING:
@@ -72,6 +73,15 @@ def digits(seconds: float) -> bytes:
 def facts_text(created: float, last_used: float, client: str | None) -> bytes:
     """A member's value: created and last used (10 digits each), then the client text."""
     return digits(created) + digits(last_used) + (client or "").encode()
+
+
+def waits(user: str | None, loaded_user: str | None) -> str | None:
+    """Whether a save of a logged-in session waits for replicas: LOGIN when it logs the session
+    in (a user for the first time, or another user), ENDING when it drops the user (a logout
+    without ``flush()``), else None."""
+    if user == loaded_user:
+        return None
+    return LOGIN if user is not None else ENDING
 
 
 # The name this index's rows had before both engines shared one type (redis/users.py
@@ -220,7 +230,9 @@ class RedisUserIndex:
             except redis.exceptions.NoScriptError:  # a retry reached another server (failover)
                 return run("EVAL", script.script, len(keys), *keys, *args)
 
-    async def _arun(self, name: str, keys: list[bytes], args: list[Any]) -> Any:
+    async def _arun(self, name: str, keys: list[bytes], args: list[Any], run: Any = None) -> Any:
+        """A script on the event loop's client; ``run``, an ``AsyncWaitingRun`` to send it
+        with a ``WAIT``."""
         client = self.store._async_client().client
         scripts = self._async_scripts.get(client)
         if scripts is None:
@@ -228,6 +240,8 @@ class RedisUserIndex:
         script = scripts.get(name)
         if script is None:
             script = scripts[name] = AsyncScript(client, source(name))
+        if run is not None:
+            return await evalsha(run, script, keys, args)
         return await script(keys=keys, args=args)
 
     # -- the save of a logged-in session ---------------------------------------------------------
@@ -276,6 +290,8 @@ class RedisUserIndex:
         keys, argv = self._save_args(session_key, *args, **kwargs)
         expires_at, ttl_ms = args[1], args[2]
         try:
+            # A save that logs the session in (a user for the first time, or another one), or
+            # that drops its user, waits for replicas (see replicas.py).
             # Through the store's write path: with a near cache, the saved version is kept
             # there as an update's is (and a load of this session in flight meanwhile is not).
             result, ended = self.store._write(
@@ -283,6 +299,7 @@ class RedisUserIndex:
                 lambda run: self._run("save", keys, argv, run),
                 self.store._keep_saved(argv[0], expires_at),
                 claim=(keys[0], ttl_ms),
+                wait=waits(kwargs["user"], kwargs["loaded_user"]),
             )
         except redis.RedisError as exc:
             unavailable(exc)
@@ -307,13 +324,17 @@ class RedisUserIndex:
 
     async def asave_logged_in(self, session_key: str, *args: Any, **kwargs: Any) -> tuple[int, int]:
         keys, argv = self._save_args(session_key, *args, **kwargs)
+        wait = waits(kwargs["user"], kwargs["loaded_user"])
         try:
-            result, ended = await self._arun("save", keys, argv)
+            waiting = await self.store._awaiting(wait)
+            result, ended = await self._arun("save", keys, argv, waiting)
         except redis.RedisError as exc:
             self.store._forget(session_key, answered=False)
             unavailable(exc)
         self.store._forget(session_key, answered=True)
         self._saved(session_key, kwargs, argv, result)
+        if waiting is not None:
+            self.store.replicas.check(waiting, wait)  # type: ignore[arg-type]
         return result, ended
 
     # -- a load's "last used" ----------------------------------------------------------------------
@@ -352,29 +373,44 @@ class RedisUserIndex:
         """The store's delete (a tombstone) and the member's removal, in one round trip."""
         self.last_used.forget(session_key)
 
-        def send(_run: Any) -> Any:
+        field = session_key.encode()
+        key, users = self.prefix + field, self.users_key(user)
+
+        def send(run: Any) -> Any:
+            if isinstance(run, WaitingRun):  # MULTI ... EXEC, then WAIT, in one round trip
+                commands = [("SET", key, b"T", "PX", self.tombstone_ms), ("HDEL", users, field)]
+                return run.batch([("MULTI",), *commands, ("EXEC",)])[-1]
             pipe = self.store.client.pipeline(transaction=True)
-            pipe.set(self.prefix + session_key.encode(), b"T", px=self.tombstone_ms)
-            pipe.hdel(self.users_key(user), session_key.encode())
+            pipe.set(key, b"T", px=self.tombstone_ms)
+            pipe.hdel(users, field)
             return pipe.execute()
 
         try:
-            self.store._write(session_key, send, None)
+            self.store._write(session_key, send, None, wait=ENDING)
         except redis.RedisError as exc:
             unavailable(exc)
 
     async def adelete_logged_in(self, session_key: str, user: str) -> None:
         self.last_used.forget(session_key)
         client = self.store._async_client().client
+        field = session_key.encode()
+        key, users = self.prefix + field, self.users_key(user)
         try:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.set(self.prefix + session_key.encode(), b"T", px=self.tombstone_ms)
-                pipe.hdel(self.users_key(user), session_key.encode())
-                await pipe.execute()
+            waiting = await self.store._awaiting(ENDING)
+            if waiting is not None:  # MULTI ... EXEC, then WAIT, in one round trip
+                commands = [("SET", key, b"T", "PX", self.tombstone_ms), ("HDEL", users, field)]
+                await waiting.batch([("MULTI",), *commands, ("EXEC",)])
+            else:
+                async with client.pipeline(transaction=True) as pipe:
+                    pipe.set(key, b"T", px=self.tombstone_ms)
+                    pipe.hdel(users, field)
+                    await pipe.execute()
         except redis.RedisError as exc:
             self.store._forget(session_key, answered=False)
             unavailable(exc)
         self.store._forget(session_key, answered=True)
+        if waiting is not None:
+            self.store.replicas.check(waiting, ENDING)
 
     # -- reading and ending ------------------------------------------------------------------------
 
@@ -403,8 +439,13 @@ class RedisUserIndex:
         fields, args = self._end_args(session_keys)
         if not fields:
             return 0
+        store = self.store
         try:
-            return int(self._run("end", [self.users_key(user)], args))
+            waiting = store._waiting(ENDING)  # endings wait for replicas (see replicas.py)
+            ended = int(self._run("end", [self.users_key(user)], args, waiting))
+            if waiting is not None:
+                store.replicas.check(waiting, ENDING)
+            return ended
         except redis.RedisError as exc:
             unavailable(exc)
         finally:
@@ -416,7 +457,11 @@ class RedisUserIndex:
         if not fields:
             return 0
         try:
-            return int(await self._arun("end", [self.users_key(user)], args))
+            waiting = await self.store._awaiting(ENDING)
+            ended = int(await self._arun("end", [self.users_key(user)], args, waiting))
+            if waiting is not None:
+                self.store.replicas.check(waiting, ENDING)
+            return ended
         except redis.RedisError as exc:
             unavailable(exc)
         finally:

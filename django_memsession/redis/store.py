@@ -66,6 +66,7 @@ from .record import (
     pack,
     unpack,
 )
+from .replicas import AsyncWaitingRun, Replicas, WaitingRun
 from .scripts import source
 
 __all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "peek_store", "reset", "stats"]
@@ -117,6 +118,8 @@ class RedisStore(StorePlans):
         )
         self._async_lock = threading.Lock()
         self.index = RedisUserIndex(self)
+        # Waiting for replicas after a logout or a login (see replicas.py).
+        self.replicas = Replicas(self.client, config.wait_replicas, config.wait_timeout)
         self.near = (
             NearCache(config, clock=lambda: self.clock())  # follows a clock a test swaps in
             if config.near_cache_bytes is not None
@@ -239,6 +242,7 @@ class RedisStore(StorePlans):
         send: Callable[[Callable[..., Any]], T],
         keep: Callable[[T], tuple[bytes | None, float]] | None,
         claim: tuple[bytes, int] | None = None,
+        wait: str | None = None,
     ) -> T:
         """Send one write: ``send(run)`` calls ``run(*command)`` (each command of it).
 
@@ -251,7 +255,35 @@ class RedisStore(StorePlans):
         dropped pool connection gets too); tracking is down then, and L1 keeps nothing from
         it. ``claim`` goes with a script's ``EVALSHA`` on the writer connection (see
         ``NearCache.execute``).
+
+        ``wait`` (``replicas.ENDING`` or ``LOGIN``): the write waits for replicas, ``WAIT``
+        pipelined after it on a pool connection (never the writer connection, which other
+        saves queue behind); L1 keeps nothing of it. See :meth:`Replicas.check`.
         """
+        waiting = self._waiting(wait)
+        if waiting is not None:
+            keep = claim = None
+            reply = self._write_on(session_key, send, None, None, waiting)
+            self.replicas.check(waiting, wait)  # type: ignore[arg-type]
+            return reply
+        return self._write_on(session_key, send, keep, claim, self.client.execute_command)
+
+    def _waiting(self, wait: str | None) -> WaitingRun | None:
+        """The runner of a write that waits for replicas, or None (no wait asked, or none to
+        wait for)."""
+        if wait is None:
+            return None
+        needed = self.replicas.needed()
+        return self.replicas.run(self.client, needed) if needed else None
+
+    def _write_on(
+        self,
+        session_key: str,
+        send: Callable[[Callable[..., Any]], T],
+        keep: Callable[[T], tuple[bytes | None, float]] | None,
+        claim: tuple[bytes, int] | None,
+        pool_run: Callable[..., Any],
+    ) -> T:
         near = self.near
         ticket = (
             near.begin(session_key, write=True, on_writer=keep is not None)
@@ -260,7 +292,7 @@ class RedisStore(StorePlans):
         )
         if ticket is None:
             try:
-                reply = send(self.client.execute_command)
+                reply = send(pool_run)
             except redis.RedisError as exc:
                 if near is not None:
                     near.forget(session_key)
@@ -273,12 +305,12 @@ class RedisStore(StorePlans):
         assert near is not None
         try:
             if ticket.writer is None:
-                reply = send(self.client.execute_command)
+                reply = send(pool_run)
             else:
                 try:
                     reply = send(partial(near.execute, ticket, claim=claim))
                 except WriterLost:
-                    reply = send(self.client.execute_command)
+                    reply = send(pool_run)
         except redis.RedisError as exc:
             near.fill(ticket, None, 0.0, wrote=True)
             unavailable(exc)
@@ -318,10 +350,11 @@ class RedisStore(StorePlans):
             return self._exists_failed(exc)
         return unpack(header, self.clock()) is not None
 
-    def delete(self, session_key: str) -> None:
-        """Replace the session with a tombstone: no concurrent save can bring it back."""
+    def delete(self, session_key: str, wait: str | None = None) -> None:
+        """Replace the session with a tombstone: no concurrent save can bring it back.
+        ``wait``: ``replicas.ENDING`` for a session that may be logged in."""
         command = self._tombstone_command(session_key)
-        self._write(session_key, lambda run: run(*command), None)
+        self._write(session_key, lambda run: run(*command), None, wait=wait)
 
     def discard(self, session_key: str, loaded: Loaded) -> None:
         """Delete a record whose data is not a session (the engine could not read it), unless
@@ -477,9 +510,23 @@ class RedisStore(StorePlans):
             return self._exists_failed(exc)
         return unpack(header, self.clock()) is not None
 
-    async def adelete(self, session_key: str) -> None:
+    async def adelete(self, session_key: str, wait: str | None = None) -> None:
         command = self._tombstone_command(session_key)
-        await self._asend(session_key, lambda c: c.client.execute_command(*command))
+        waiting = await self._awaiting(wait)
+        if waiting is None:
+            await self._asend(session_key, lambda c: c.client.execute_command(*command))
+            return
+        await self._asend(session_key, lambda c: waiting(*command))
+        self.replicas.check(waiting, wait)  # type: ignore[arg-type]
+
+    async def _awaiting(self, wait: str | None) -> AsyncWaitingRun | None:
+        """:meth:`_waiting` in an event loop, on its pool."""
+        if wait is None:
+            return None
+        needed = await self.replicas.aneeded()
+        if not needed:
+            return None
+        return AsyncWaitingRun(self._async_client().client, needed, self.replicas.timeout_ms)
 
     async def adiscard(self, session_key: str, loaded: Loaded) -> None:
         await self._adiscard(session_key, loaded.payload, HEADER_SIZE + 1)

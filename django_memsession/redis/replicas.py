@@ -1,0 +1,244 @@
+"""Waiting for replicas: a write that ends a logged-in session, or logs one in, is acknowledged
+by the primary's replicas (Redis ``WAIT``) before it is reported done.
+
+Redis replicates asynchronously: a failover loses the writes its replicas had not received. For
+a logout that would bring the session back. So the engine sends ``WAIT <n> <timeout>`` pipelined
+with such a write, on the write's own connection (``WAIT`` counts that connection's writes; it
+cannot run inside a script), in the same round trip: :class:`WaitingRun`.
+
+How many replicas (``MEMSESSION_REDIS_WAIT_REPLICAS``): ``"connected"`` (the default), every
+replica connected to the primary, as ``INFO replication`` says (``connected_slaves``), read at
+most every :data:`REFRESH` seconds per process, on a thread of its own once the first count is
+known (:class:`Replicas`); a number; or ``0``, never wait. With no replica connected there is
+nothing to wait for. A stale count is harmless: ``WAIT`` for more replicas than there are times
+out, so the count is never raised above what ``INFO`` said.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+
+from .exceptions import SessionBackendUnavailable
+
+__all__ = ["ENDING", "LOGIN", "REFRESH", "AsyncWaitingRun", "Replicas", "WaitingRun"]
+
+logger = logging.getLogger("django_memsession.redis")
+
+# What a waited write is: one that ends a logged-in session (not acknowledged in time: not
+# done, a 503), or one that logs a session in (not acknowledged: it goes on, logged).
+ENDING, LOGIN = "ending", "login"
+# Seconds between two reads of INFO replication (per process).
+REFRESH = 5.0
+# A login not acknowledged in time is logged once per this many seconds of such failures.
+LOG_INTERVAL = 60.0
+
+
+class Replicas:
+    """How many replicas a waited write waits for, and what a short count means."""
+
+    def __init__(
+        self,
+        client: Any,
+        wanted: str | int,
+        timeout: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.wanted = wanted
+        self.timeout_ms = max(1, round(timeout * 1000))
+        self.timeout = timeout
+        self.clock = clock
+        self._connected: int | None = None
+        self._read_at = 0.0
+        self._reading = False
+        self._lock = threading.Lock()
+        self._last_failure: float | None = None
+
+    def needed(self) -> int:
+        """How many replicas to wait for now: 0, do not wait."""
+        wanted = self.wanted
+        if wanted != "connected":
+            return int(wanted)
+        if self._connected is None:
+            if not self._read_at or self.clock() - self._read_at >= REFRESH:
+                self._read()  # the first time: on the request path, once per process
+        elif self.clock() - self._read_at >= REFRESH:
+            self._read_soon()
+        return self._connected or 0
+
+    async def aneeded(self) -> int:
+        """:meth:`needed` in an event loop: the first read of ``INFO`` on a worker thread."""
+        if self.wanted == "connected" and self._connected is None:
+            if not self._read_at or self.clock() - self._read_at >= REFRESH:
+                await asyncio.to_thread(self._read)
+            return self._connected or 0
+        return self.needed()
+
+    def _read(self) -> None:
+        try:
+            info = self.client.info("replication")
+            connected = int(info.get("connected_slaves", 0))
+        except redis.RedisError as exc:
+            # Unknown: wait for none until the next read (the write itself says whether Redis
+            # answers). INFO refused (an ACL, a managed service): said once per process.
+            with self._lock:
+                self._reading = False
+                refused = self._read_at == 0.0 and isinstance(exc, redis.ResponseError)
+                self._read_at = self.clock() or 1e-9
+            if refused:
+                logger.warning(
+                    "INFO replication is refused (%s): logouts and logins wait for no replica. "
+                    "Set MEMSESSION_REDIS_WAIT_REPLICAS to the number of replicas.",
+                    type(exc).__name__,
+                )
+            return
+        with self._lock:
+            self._connected = connected
+            self._read_at = self.clock()
+            self._reading = False
+
+    def _read_soon(self) -> None:
+        with self._lock:
+            if self._reading:
+                return
+            self._reading = True
+        threading.Thread(target=self._read, name="memsession-replicas", daemon=True).start()
+
+    def run(self, client: Any, needed: int) -> WaitingRun:
+        return WaitingRun(client, needed, self.timeout_ms)
+
+    def check(self, run: WaitingRun, kind: str) -> None:
+        """After a waited write Redis applied: raise for an ending not acknowledged in time (the
+        request gets the 503; the tombstone on the primary stays), log a login (once per
+        outage: a login lost in a failover costs a login, not security)."""
+        acked = run.acked
+        if acked is not None and acked >= run.needed:
+            return
+        shown = f"{acked or 0} of {run.needed} replica(s) acknowledged it within {self.timeout} s"
+        if kind == ENDING:
+            raise SessionBackendUnavailable(
+                f"a logout was written on the primary but {shown} (WAIT): not reported as done, "
+                "as a failover now could undo it"
+            )
+        now = self.clock()
+        with self._lock:
+            starting = self._last_failure is None or now - self._last_failure >= LOG_INTERVAL
+            self._last_failure = now
+        if starting:
+            logger.warning(
+                "A login was written on the primary but %s (WAIT); logins go on (a failover "
+                "now would lose them), logged once per outage.",
+                shown,
+            )
+
+
+class WaitingRun:
+    """Runs a write's commands on one pool connection with ``WAIT`` pipelined after them, in one
+    round trip; ``acked`` is the last ``WAIT``'s answer. Called as the store's ``run(*command)``;
+    :meth:`batch` sends several commands (a ``MULTI`` ... ``EXEC``) the same way. Replies are
+    Redis's own (no redis-py callbacks), as on the near cache's writer connection."""
+
+    def __init__(self, client: Any, needed: int, timeout_ms: int) -> None:
+        self.pool = client.connection_pool
+        self.needed = needed
+        self.timeout_ms = timeout_ms
+        self.acked: int | None = None
+
+    def __call__(self, *args: Any) -> Any:
+        return self.batch([args])[0]
+
+    def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        commands = [*commands, ("WAIT", self.needed, self.timeout_ms)]
+        connection = self.pool.get_connection()
+        try:
+            # The engine's retry policy: once, at once, after a dropped connection; the WAIT
+            # goes again with the write, so it counts the new connection's write.
+            replies = connection.retry.call_with_retry(
+                lambda: self._send(connection, commands),
+                lambda _error: connection.disconnect(),
+            )
+        finally:
+            self.pool.release(connection)
+        return self._answered(replies)
+
+    def _answered(self, replies: list[Any]) -> list[Any]:
+        """The write's replies; ``acked`` from the WAIT's; the first error reply raised."""
+        first_error = next((r for r in replies if isinstance(r, redis.ResponseError)), None)
+        self.acked = replies[-1] if isinstance(replies[-1], int) else None
+        if first_error is not None:
+            raise first_error
+        return replies[:-1]
+
+    def _wait_read_timeout(self, connection: Any) -> float | None:
+        """How long to read the ``WAIT``'s reply: the socket timeout plus the wait's own, so a
+        wait that takes its whole timeout is never a socket timeout."""
+        socket_timeout = connection.socket_timeout
+        return None if socket_timeout is None else socket_timeout + self.timeout_ms / 1000
+
+    def _send(self, connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        replies = []
+        last = len(commands) - 1
+        for at in range(len(commands)):
+            try:
+                if at == last:
+                    timeout = self._wait_read_timeout(connection)
+                    replies.append(connection.read_response(timeout=timeout))
+                else:
+                    replies.append(connection.read_response())
+            except redis.ResponseError as exc:  # read every reply before the error is raised
+                replies.append(exc)
+        return replies
+
+
+class AsyncWaitingRun(WaitingRun):
+    """:class:`WaitingRun` on ``redis.asyncio``: the same round trip, on a connection of the
+    event loop's pool."""
+
+    async def __call__(self, *args: Any) -> Any:  # type: ignore[override]
+        return (await self.batch([args]))[0]
+
+    async def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:  # type: ignore[override]
+        commands = [*commands, ("WAIT", self.needed, self.timeout_ms)]
+        connection = await self.pool.get_connection()
+        try:
+            replies = await connection.retry.call_with_retry(
+                lambda: self._asend(connection, commands),
+                lambda _error: connection.disconnect(),
+            )
+        finally:
+            await self.pool.release(connection)
+        return self._answered(replies)
+
+    async def _asend(self, connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        await connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+        replies = []
+        last = len(commands) - 1
+        for at in range(len(commands)):
+            try:
+                if at == last:
+                    timeout = self._wait_read_timeout(connection)
+                    replies.append(await connection.read_response(timeout=timeout))
+                else:
+                    replies.append(await connection.read_response())
+            except redis.ResponseError as exc:
+                replies.append(exc)
+        return replies
+
+
+async def evalsha(run: AsyncWaitingRun, script: Any, keys: list[bytes], args: list[Any]) -> Any:
+    """A script through an async waiting runner: ``EVALSHA``, and ``SCRIPT LOAD`` first if
+    Redis lost it (as the store's ``_evalsha``)."""
+    try:
+        return await run("EVALSHA", script.sha, len(keys), *keys, *args)
+    except redis.exceptions.NoScriptError:
+        sha = await run("SCRIPT", "LOAD", script.script)
+        script.sha = sha.decode() if isinstance(sha, bytes) else sha
+        return await run("EVALSHA", script.sha, len(keys), *keys, *args)
