@@ -67,6 +67,16 @@ URL_EXAMPLE = (
 )
 DIGITS = re.compile(r"[0-9]+")
 
+# The sentinels' connections (MEMSESSION_REDIS_SENTINEL_OPTIONS goes over these): a sentinel that
+# hangs costs a discovery at most this long before the next one is asked.
+DEFAULT_SENTINEL_OPTIONS: dict[str, Any] = {
+    "socket_timeout": 1.0,
+    "socket_connect_timeout": 1.0,
+}
+SENTINELS_EXAMPLE = (
+    'e.g. MEMSESSION_REDIS_SENTINELS = [("10.0.0.1", 26379), ("10.0.0.2", 26379), '
+    '("10.0.0.3", 26379)]'
+)
 # Waiting for replicas after a logout or a login (redis/replicas.py): every connected replica,
 # for at most half a second.
 DEFAULT_WAIT_REPLICAS = "connected"
@@ -85,6 +95,8 @@ class RedisSettings(BaseSettings):
     OPTIONS = DictSetting({})
     PROBATION_AGE = Setting(DEFAULT_PROBATION_AGE)
     NEAR_CACHE = Setting(None)
+    SENTINELS = Setting(None)
+    SENTINEL_OPTIONS = DictSetting({})
     # Waiting for replicas (redis/replicas.py): a block of its own.
     WAIT_REPLICAS = Setting(DEFAULT_WAIT_REPLICAS)
     WAIT_TIMEOUT = Setting(DEFAULT_WAIT_TIMEOUT)
@@ -111,6 +123,17 @@ class StoreSettings:
     max_sessions_per_user: int | None = None
     # The near cache's budget in bytes (a memory store in front of Redis); None: no near cache.
     near_cache_bytes: int | None = None
+    # MEMSESSION_REDIS_SENTINELS as (host, port) tuples: None, no Sentinel (the URL names the
+    # server); else the URL's host names the service the sentinels monitor.
+    sentinels: tuple[tuple[str, int], ...] | None = None
+    # The sentinels' connection options (DEFAULT_SENTINEL_OPTIONS under the setting's).
+    sentinel_options: dict[str, Any] | None = None
+
+    @property
+    def service_name(self) -> str | None:
+        """The monitored service's name (the URL's host) under Sentinel; None without."""
+        return urlsplit(self.url).hostname if self.sentinels is not None else None
+
     # Waiting for replicas: MEMSESSION_REDIS_WAIT_REPLICAS ("connected", a number, 0 for never)
     # and MEMSESSION_REDIS_WAIT_TIMEOUT (seconds).
     wait_replicas: str | int = DEFAULT_WAIT_REPLICAS
@@ -145,7 +168,7 @@ def problems() -> list[Problem]:
         )
     else:
         wrong = url_problem(url)
-        if wrong is not None:
+        if wrong is not None and not (conf.SENTINELS is not None and _names_no_service(url)):
             shown = redacted(url) if isinstance(url, str) else repr(url)
             found.append(
                 Problem(
@@ -202,6 +225,7 @@ def problems() -> list[Problem]:
         found += size_problem(
             "MAX_SESSION_SIZE", size, "memsession.E106", MAX_SESSION_SIZE_EXAMPLE
         )[1]
+    found.extend(sentinel_problems(url))
     near = conf.NEAR_CACHE
     if near is not None:
         near_bytes, problems = size_problem(
@@ -253,6 +277,110 @@ def wait_problems() -> list[Problem]:
             )
         )
     return found
+
+
+def sentinel_problems(url: object = None) -> list[Problem]:
+    """``MEMSESSION_REDIS_SENTINELS`` and ``MEMSESSION_REDIS_SENTINEL_OPTIONS``, and what
+    Sentinel asks of the URL (a service name for its host, no socket)."""
+    sentinels = conf.SENTINELS
+    found: list[Problem] = []
+    options = conf.SENTINEL_OPTIONS
+    if sentinels is None:
+        return found
+    if not (
+        isinstance(sentinels, (list, tuple))
+        and sentinels
+        and all(isinstance(pair, (list, tuple)) and len(pair) == 2 for pair in sentinels)
+    ):
+        found.append(
+            Problem(
+                "memsession.E111",
+                f"MEMSESSION_REDIS_SENTINELS = {sentinels!r} is not a list of (host, port) pairs.",
+                f"Write each sentinel's address as a pair, {SENTINELS_EXAMPLE}; None (the "
+                "default) for no Sentinel.",
+            )
+        )
+    else:
+        for host, port in sentinels:
+            if not (isinstance(host, str) and host.strip()):
+                wrong = "its host is not a non-empty string"
+            elif not (isinstance(port, int) and not isinstance(port, bool) and 1 <= port <= 65535):
+                wrong = "its port is not a number from 1 to 65535"
+            else:
+                continue
+            found.append(
+                Problem(
+                    "memsession.E112",
+                    f"MEMSESSION_REDIS_SENTINELS names the sentinel {(host, port)!r}: {wrong}.",
+                    f"Write a host name or address and a port (26379 by default), "
+                    f"{SENTINELS_EXAMPLE}.",
+                )
+            )
+    if _names_no_service(url):
+        found.append(
+            Problem(
+                "memsession.E113",
+                "MEMSESSION_REDIS_SENTINELS is set, and MEMSESSION_REDIS_URL names no "
+                "service: under Sentinel its host is the name of the service the sentinels "
+                "monitor.",
+                "Write the service's name (sentinel monitor <name> ... in sentinel.conf) as "
+                "the URL's host, e.g. MEMSESSION_REDIS_URL = 'redis://mymaster/0' "
+                "(rediss:// for TLS to the servers; the sentinels' own options in "
+                "MEMSESSION_REDIS_SENTINEL_OPTIONS).",
+            )
+        )
+    if not (isinstance(options, dict) and all(isinstance(name, str) for name in options)):
+        found.append(
+            Problem(
+                "memsession.E114",
+                f"MEMSESSION_REDIS_SENTINEL_OPTIONS = {options!r} is not a dict of redis-py "
+                "connection options.",
+                "Write a dict, e.g. {'password': '...', 'socket_timeout': 0.5}; {} keeps the "
+                "defaults.",
+            )
+        )
+        return found
+    try:
+        from ..redis.client import accepted_text, refused_sentinel_options
+    except ImportError:  # no redis-py: the engine says so when it is built
+        refused: list[str] = []
+    else:
+        refused = refused_sentinel_options(list(options))
+    if refused:
+        found.append(
+            Problem(
+                "memsession.E114",
+                "MEMSESSION_REDIS_SENTINEL_OPTIONS names what redis-py's connections to the "
+                f"sentinels do not take: {', '.join(refused)}.",
+                f"Remove them. {accepted_text(None)} (and 'ssl', 'username', 'password').",
+            )
+        )
+    for name in ("socket_timeout", "socket_connect_timeout"):
+        value = options.get(name, DEFAULT_SENTINEL_OPTIONS[name])
+        if not (_is_number(value) and value > 0):
+            found.append(
+                Problem(
+                    "memsession.E114",
+                    f"MEMSESSION_REDIS_SENTINEL_OPTIONS[{name!r}] = {value!r} is not a number "
+                    "of seconds: a sentinel that hangs would hold every request forever.",
+                    f"Write a number of seconds, e.g. {name!r}: 1.0 (the default).",
+                )
+            )
+    return found
+
+
+def _names_no_service(url: object) -> bool:
+    """Whether a URL of a Redis scheme has no host to name Sentinel's service (a unix:// URL,
+    ``redis:///0``)."""
+    if not isinstance(url, str):
+        return False
+    scheme = url.partition("://")[0].lower()
+    if scheme not in URL_SCHEMES:
+        return False
+    try:
+        return scheme == "unix" or not urlsplit(url).hostname
+    except ValueError:
+        return False
 
 
 def url_problem(url: object) -> str | None:
@@ -345,6 +473,19 @@ def store_settings() -> StoreSettings:
         max_session_bytes=max_session_bytes(),
         max_sessions_per_user=shared.MAX_SESSIONS_PER_USER,
         near_cache_bytes=None if conf.NEAR_CACHE is None else parse_size(conf.NEAR_CACHE),
+        **sentinel_settings(),
         wait_replicas=conf.WAIT_REPLICAS,
         wait_timeout=float(conf.WAIT_TIMEOUT),
     )
+
+
+def sentinel_settings() -> dict[str, Any]:
+    """``StoreSettings``' Sentinel fields from the settings (for every store built from them:
+    the engine's, ``exportsessions``'s). Assumes :func:`problems` found nothing."""
+    sentinels = conf.SENTINELS
+    return {
+        "sentinels": (
+            None if sentinels is None else tuple((host, int(port)) for host, port in sentinels)
+        ),
+        "sentinel_options": {**DEFAULT_SENTINEL_OPTIONS, **conf.SENTINEL_OPTIONS},
+    }

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.core.checks import CheckMessage, Error, Warning
+from django.core.checks import CheckMessage, Error, Info, Warning
 
 from .. import conf as root_conf
 from .. import engines
@@ -66,17 +66,76 @@ POLICY_HINT = (
 
 
 def check_redis_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Pings Redis (which refuses a node of a Redis Cluster, see ``client.py``) and reads its
-    eviction policy (``check --deploy`` only)."""
+    """Under Sentinel, asks the sentinels for the primary and its replicas; pings Redis (which
+    refuses a node of a Redis Cluster, see ``client.py``) and reads its eviction policy
+    (``check --deploy`` only)."""
     if not _engine_in_use() or conf.problems():
         return []
+    config = conf.store_settings()
+    found: list[CheckMessage] = []
+    if config.sentinels is not None:
+        found = _sentinel_findings(config)
+        if any(isinstance(message, Error) for message in found):
+            return found
+    return found + _server_findings(config)
+
+
+def _server(address: tuple[Any, Any]) -> str:
+    host, port = address
+    host = host.decode() if isinstance(host, bytes) else host
+    return f"{host}:{port}"
+
+
+def _sentinel_findings(config: conf.StoreSettings) -> list[CheckMessage]:
+    """Ask the sentinels for the service's primary and its live replicas, and say what they
+    answered."""
+    import redis
+
+    from .client import discover
+
+    sentinels = ", ".join(_server(pair) for pair in config.sentinels or ())
+    try:
+        primary, replicas = discover(config)
+    except redis.RedisError as exc:
+        return [
+            Error(
+                f"The sentinels ({sentinels}) name no primary of the service "
+                f"{config.service_name!r} that is up: {exc}.",
+                hint="Check that the URL's host is the name in 'sentinel monitor <name> ...', "
+                "that the sentinels run and this machine may reach them "
+                "(MEMSESSION_REDIS_SENTINEL_OPTIONS: password, TLS): every request that uses "
+                "the session will be a 503.",
+                id="memsession.E115",
+            )
+        ]
+    found: list[CheckMessage] = [
+        Info(
+            f"Sentinel: the service {config.service_name!r} has its primary at "
+            f"{_server(primary)} and {len(replicas)} live replica(s)"
+            + (f": {', '.join(_server(r) for r in replicas)}." if replicas else "."),
+            id="memsession.I101",
+        )
+    ]
+    if not replicas:
+        found.append(
+            Warning(
+                f"The sentinels know no live replica of the service {config.service_name!r}: "
+                "if its primary fails, there is nothing to fail over to.",
+                hint="Run at least one replica (replicaof <primary> in its redis.conf); the "
+                "sentinels find it through the primary.",
+                id="memsession.W106",
+            )
+        )
+    return found
+
+
+def _server_findings(config: conf.StoreSettings) -> list[CheckMessage]:
     import redis
 
     from .client import ClusterNode
     from .exceptions import SessionBackendUnavailable
     from .store import RedisStore
 
-    config = conf.store_settings()
     store = RedisStore(config)
     try:
         try:

@@ -2,7 +2,14 @@
 redis-py accepts in them.
 
 - :func:`sync_client`, :func:`async_client`: the store's clients (timed, see ``latency.py``),
-  with the engine's retry policy and a connect hook that refuses a node of a Redis Cluster.
+  with the engine's retry policy and a connect hook that refuses a node of a Redis Cluster. At
+  a plain URL their connections turn a ``READONLY`` reply into :class:`Demoted` (a
+  ``ConnectionError``: retried once at once on a new connection, through the URL's name); under
+  Sentinel (``MEMSESSION_REDIS_SENTINELS``) they are redis-py's Sentinel clients, whose
+  connections ask the sentinels for the primary on connect and do the same on ``READONLY``.
+- :func:`primary_connection`: one connection of its own at the primary (the near cache's
+  tracking pair); :func:`discover`: the primary and live replicas the sentinels name (the
+  deploy check).
 - :func:`refused_options`, :func:`accepted_options`: which ``MEMSESSION_REDIS_OPTIONS`` names a
   client takes, read from redis-py's own pool and connection signatures (sync and async), so the
   list follows the installed redis-py instead of a copy that drifts.
@@ -18,7 +25,9 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
 import inspect
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -27,8 +36,10 @@ import redis
 import redis.asyncio
 import redis.asyncio.connection
 import redis.asyncio.retry
+import redis.asyncio.sentinel
 import redis.connection
 import redis.retry
+import redis.sentinel
 from redis.backoff import NoBackoff
 
 from .latency import TimedAsyncRedis, TimedRedis
@@ -37,13 +48,18 @@ if TYPE_CHECKING:
     from .conf import StoreSettings
 
 __all__ = [
+    "AsyncScript",
     "ClusterNode",
     "accepted_options",
     "accepted_text",
     "async_client",
     "client_options",
+    "close_client",
+    "discover",
     "from_url_problem",
+    "primary_connection",
     "refused_options",
+    "refused_sentinel_options",
     "sync_client",
 ]
 
@@ -145,6 +161,13 @@ def refused_options(names: list[str], scheme: str | None = "redis") -> list[str]
     return refused
 
 
+def refused_sentinel_options(names: list[str]) -> list[str]:
+    """The ``MEMSESSION_REDIS_SENTINEL_OPTIONS`` names redis-py's clients of the sentinels would
+    not take (they are built from keyword arguments, not a URL: a password, TLS are options)."""
+    own = {"username", "password", "ssl", "retry"}
+    return refused_options([name for name in names if name not in own], None)
+
+
 def accepted_text(scheme: str | None = "redis") -> str:
     """The accepted names, for a hint."""
     url = f"a {scheme}:// URL" if scheme is not None else "some URL scheme"
@@ -193,11 +216,198 @@ def client_options(config: StoreSettings, asynchronous: bool = False) -> dict[st
 
 
 def sync_client(config: StoreSettings) -> TimedRedis:
-    return TimedRedis.from_url(config.url, **client_options(config))
+    """The store's client: at the URL's server, or under Sentinel at the primary of the URL's
+    service (found again after a failover: on a dropped connection and on ``READONLY``, which
+    redis-py's Sentinel connections turn into a dropped connection, retried once at once)."""
+    if config.sentinels is not None:
+        sentinel = redis.sentinel.Sentinel(
+            config.sentinels, sentinel_kwargs=config.sentinel_options
+        )
+        return sentinel.master_for(
+            config.service_name,
+            redis_class=TimedRedis,
+            **{**_primary_options(config), **client_options(config)},
+        )
+    pool = redis.connection.ConnectionPool.from_url(
+        config.url,
+        **client_options(config),
+        connection_class=FAILOVER_CLASSES[_scheme(config.url)][0],
+    )
+    pool.connection_kwargs["owner"] = weakref.ref(pool)
+    return TimedRedis.from_pool(pool)
 
 
 def async_client(config: StoreSettings) -> TimedAsyncRedis:
-    return TimedAsyncRedis.from_url(config.url, **client_options(config, asynchronous=True))
+    """The same on ``redis.asyncio`` (one per event loop: its connections belong to it)."""
+    if config.sentinels is not None:
+        sentinel = redis.asyncio.sentinel.Sentinel(
+            config.sentinels, sentinel_kwargs=config.sentinel_options
+        )
+        return sentinel.master_for(
+            config.service_name,
+            redis_class=TimedAsyncRedis,
+            **{**_primary_options(config), **client_options(config, asynchronous=True)},
+        )
+    pool = redis.asyncio.connection.ConnectionPool.from_url(
+        config.url,
+        **client_options(config, asynchronous=True),
+        connection_class=FAILOVER_CLASSES[_scheme(config.url)][1],
+    )
+    pool.connection_kwargs["owner"] = weakref.ref(pool)
+    return TimedAsyncRedis.from_pool(pool)
+
+
+def _scheme(url: str) -> str:
+    return url.partition("://")[0].lower()
+
+
+# -- READONLY at a plain URL: a failover behind one name ------------------------------------------
+
+
+class Demoted(redis.ConnectionError):
+    """The server answered ``READONLY``: it was the primary and is a replica now (a failover
+    behind the URL's name, as managed services do), or the URL names a replica. A
+    ``ConnectionError``, so the store's retry sends the command again at once on a new connection,
+    which finds the new primary; the command was refused, never applied."""
+
+
+def _demoted(connection: Any) -> Demoted:
+    return Demoted(
+        f"Redis at {_address(connection)} answered READONLY: it is a read-only replica now (a "
+        "failover, or the URL names a replica); the engine dropped its connections to it and "
+        "reconnects"
+    )
+
+
+class _DropsPoolOnReadOnly:
+    """A plain URL's connection: a ``READONLY`` reply drops it and its pool's idle connections
+    (each reconnects on its next use, through the URL's name) and raises :class:`Demoted`.
+    Sentinel's connections do the same through redis-py (``SentinelManagedConnection``). Costs
+    nothing on a reply that is not an error but a Python call."""
+
+    def __init__(self, *args: Any, owner: Any = None, **kwargs: Any) -> None:
+        self._owner = owner
+        super().__init__(*args, **kwargs)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.exceptions.ReadOnlyError as exc:
+            self.disconnect()  # type: ignore[attr-defined]
+            pool = self._owner() if self._owner is not None else None
+            if pool is not None:
+                pool.disconnect(inuse_connections=False)
+            raise _demoted(self) from exc
+
+
+class _AsyncDropsPoolOnReadOnly:
+    """The same for ``redis.asyncio``."""
+
+    def __init__(self, *args: Any, owner: Any = None, **kwargs: Any) -> None:
+        self._owner = owner
+        super().__init__(*args, **kwargs)
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except redis.exceptions.ReadOnlyError as exc:
+            await self.disconnect()  # type: ignore[attr-defined]
+            pool = self._owner() if self._owner is not None else None
+            if pool is not None:
+                await pool.disconnect(inuse_connections=False)
+            raise _demoted(self) from exc
+
+
+def _failover_class(base: type, mixin: type) -> type:
+    return type(base.__name__, (mixin, base), {"__module__": __name__})
+
+
+FAILOVER_CLASSES = {
+    scheme: (
+        _failover_class(sync_class, _DropsPoolOnReadOnly),
+        _failover_class(async_class, _AsyncDropsPoolOnReadOnly),
+    )
+    for scheme, (sync_class, async_class) in CONNECTION_CLASSES.items()
+}
+
+
+class AsyncScript:
+    """A Lua script on a ``redis.asyncio`` client: ``EVALSHA``, and ``EVAL`` (which loads it
+    too) if the server does not know it. Not redis-py's ``SCRIPT LOAD`` then ``EVALSHA``: a
+    retry on a new connection after a failover may reach another server between the two."""
+
+    def __init__(self, client: redis.asyncio.Redis, script: str) -> None:
+        self.client = client
+        self.script = script
+        self.sha = hashlib.sha1(script.encode()).hexdigest()  # Redis's id of it
+
+    async def __call__(self, keys: Any = (), args: Any = ()) -> Any:
+        try:
+            return await self.client.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            # Redis ran nothing: sending it again cannot apply a write twice.
+            return await self.client.execute_command("EVAL", self.script, len(keys), *keys, *args)
+
+
+def close_client(client: redis.Redis) -> None:
+    """Close a client :func:`sync_client` built, and its sentinels' connections if any."""
+    client.close()
+    sentinel = getattr(client.connection_pool, "sentinel_manager", None)
+    if sentinel is not None:
+        sentinel.close()
+
+
+def _primary_options(config: StoreSettings) -> dict[str, Any]:
+    """What the URL says of the servers under Sentinel, but their address (the sentinels
+    give it): the database, a user and password, TLS (``rediss://``), query-string options."""
+    options = redis.connection.parse_url(config.url)
+    for name in ("host", "port", "path"):
+        options.pop(name, None)
+    connection_class = options.pop("connection_class", None)
+    if connection_class is not None and issubclass(
+        connection_class, redis.connection.SSLConnection
+    ):
+        options["ssl"] = True
+    return options
+
+
+def discover(config: StoreSettings) -> tuple[tuple[str, int], list[tuple[str, int]]]:
+    """Ask the sentinels for the service's primary and its live replicas: ``MasterNotFoundError``
+    (a ``ConnectionError``) when none of them knows a primary that is up."""
+    assert config.sentinels is not None
+    sentinel = redis.sentinel.Sentinel(config.sentinels, sentinel_kwargs=config.sentinel_options)
+    try:
+        primary = sentinel.discover_master(config.service_name)
+        replicas = list(sentinel.discover_slaves(config.service_name))
+    finally:
+        sentinel.close()
+    return primary, replicas
+
+
+def primary_connection(config: StoreSettings, options: dict[str, Any]) -> redis.Connection:
+    """One connected connection of its own (no pool) to the URL's server, or under Sentinel to
+    the service's primary as the sentinels name it now: the near cache's tracking connections,
+    which never reconnect by themselves (a loss of tracking makes a new pair)."""
+    if config.sentinels is None:
+        pool = redis.ConnectionPool.from_url(
+            config.url, **options, connection_class=FAILOVER_CLASSES[_scheme(config.url)][0]
+        )
+        connection = pool.connection_class(**pool.connection_kwargs)
+    else:
+        primary = _primary_address(config)
+        kwargs = {**_primary_options(config), **options}
+        connection_class = FAILOVER_CLASSES["rediss" if kwargs.pop("ssl", False) else "redis"][0]
+        connection = connection_class(host=primary[0], port=primary[1], **kwargs)
+    connection.connect()
+    return connection
+
+
+def _primary_address(config: StoreSettings) -> tuple[str, int]:
+    sentinel = redis.sentinel.Sentinel(config.sentinels, sentinel_kwargs=config.sentinel_options)
+    try:
+        return sentinel.discover_master(config.service_name)
+    finally:
+        sentinel.close()
 
 
 # -- a Redis Cluster node, refused on connect ----------------------------------------------------

@@ -22,6 +22,7 @@ from ..conf.redis import (
     pool_options,
     problems,
     redacted,
+    sentinel_settings,
     store_settings,
     url_problem,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "problems_text",
     "raise_any",
     "redacted",
+    "sentinel_settings",
     "store_settings",
     "url_problem",
 ]

@@ -47,6 +47,7 @@ from .conf import (
     problems,
     raise_any,
     redacted,
+    sentinel_settings,
 )
 from .index import INDEX_TTL_MARGIN_MS, facts_text
 from .outages import unavailable
@@ -181,5 +182,6 @@ def importer_for(url: str) -> Importer:
         options=pool_options(),
         probation_age=float(conf.PROBATION_AGE),
         max_session_bytes=max_session_bytes(),
+        **sentinel_settings(),  # under Sentinel, the URL's host names the service
     )
     return Importer(RedisStore(settings))

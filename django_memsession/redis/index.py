@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from ..logged_in import SessionFacts
+from .client import AsyncScript
 from .outages import unavailable
 from .record import pack
 from .replicas import ENDING, LOGIN, WaitingRun, evalsha
@@ -234,7 +235,10 @@ class RedisUserIndex:
         except redis.exceptions.NoScriptError:
             sha = run("SCRIPT", "LOAD", script.script)
             script.sha = sha.decode() if isinstance(sha, bytes) else sha
-            return run("EVALSHA", script.sha, len(keys), *keys, *args)
+            try:
+                return run("EVALSHA", script.sha, len(keys), *keys, *args)
+            except redis.exceptions.NoScriptError:  # a retry reached another server (failover)
+                return run("EVAL", script.script, len(keys), *keys, *args)
 
     async def _arun(self, name: str, keys: list[bytes], args: list[Any], run: Any = None) -> Any:
         """A script on the event loop's client; ``run``, an ``AsyncWaitingRun`` to send it
@@ -245,7 +249,7 @@ class RedisUserIndex:
             scripts = self._async_scripts[client] = {}
         script = scripts.get(name)
         if script is None:
-            script = scripts[name] = client.register_script(source(name))
+            script = scripts[name] = AsyncScript(client, source(name))
         if run is not None:
             return await evalsha(run, script, keys, args)
         return await script(keys=keys, args=args)

@@ -52,7 +52,7 @@ from django.core.signals import setting_changed
 
 from ..clock import wall_clock
 from ..logged_in import SessionFacts
-from .client import async_client, sync_client
+from .client import AsyncScript, async_client, close_client, sync_client
 from .conf import StoreSettings, store_settings
 from .exceptions import SessionBackendUnavailable
 from .index import ImportedSession, IndexPrune, RedisUserIndex
@@ -325,8 +325,10 @@ class RedisStore(StorePlans):
         self, script: Any, key: bytes, *args: bytes | int, run: Callable[..., Any] | None = None
     ) -> Any:
         """Run one of our scripts on one key: ``EVALSHA``, and ``SCRIPT LOAD`` first if Redis
-        lost it (a restart, ``SCRIPT FLUSH``). What redis-py's ``Script.__call__`` does, without
-        its per-call import and argument copies on the path every save takes. ``run`` sends a
+        lost it (a restart, ``SCRIPT FLUSH``, a new primary). What redis-py's
+        ``Script.__call__`` does, without its per-call import and argument copies on the path
+        every save takes; and ``EVAL`` if the ``EVALSHA`` after the load still finds no script
+        (a retry after a ``READONLY`` reached another server between the two). ``run`` sends a
         command (the pool's by default)."""
         if run is None:
             run = self.client.execute_command
@@ -336,7 +338,10 @@ class RedisStore(StorePlans):
             # Redis ran nothing: sending it again cannot apply a write twice.
             sha = run("SCRIPT", "LOAD", script.script)
             script.sha = sha.decode() if isinstance(sha, bytes) else sha
-            return run("EVALSHA", script.sha, 1, key, *args)
+            try:
+                return run("EVALSHA", script.sha, 1, key, *args)
+            except redis.exceptions.NoScriptError:
+                return run("EVAL", script.script, 1, key, *args)
 
     def exists(self, session_key: str) -> bool:
         try:
@@ -397,7 +402,7 @@ class RedisStore(StorePlans):
     def close(self) -> None:
         if self.near is not None:
             self.near.close()
-        self.client.close()
+        close_client(self.client)
 
     def stats(self) -> dict[str, Any]:
         """This process's loads: answered by L1 (the near cache), by Redis (L2), or finding no
@@ -444,9 +449,9 @@ class RedisStore(StorePlans):
             client = async_client(self.config)
             found = _AsyncClient(
                 client,
-                client.register_script(source("promote")),
-                client.register_script(source("update")),
-                client.register_script(source("discard")),
+                AsyncScript(client, source("promote")),
+                AsyncScript(client, source("update")),
+                AsyncScript(client, source("discard")),
             )
             with self._async_lock:
                 self._async[loop] = found

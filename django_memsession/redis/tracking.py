@@ -13,6 +13,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from .client import primary_connection
 from .conf import StoreSettings
 
 __all__ = ["INVALIDATE_CHANNEL", "parse_resp", "register"]
@@ -26,10 +27,8 @@ def _connection(config: StoreSettings) -> redis.Connection:
     options = {**config.options, "protocol": 2, "health_check_interval": 0}
     # One attempt: a failure here is retried on a later request, not inside this one.
     options["retry"] = Retry(NoBackoff(), 0)
-    pool = redis.ConnectionPool.from_url(config.url, **options)
-    connection = pool.connection_class(**pool.connection_kwargs)
-    connection.connect()
-    return connection
+    # The URL's server, or under Sentinel the primary the sentinels name now.
+    return primary_connection(config, options)
 
 
 def register(

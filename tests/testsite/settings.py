@@ -1,5 +1,6 @@
 """Settings for the test suite (not the demo site: that is ``testproject``)."""
 
+import json
 import os
 import tempfile
 
@@ -75,6 +76,10 @@ if os.environ.get("MEMSESSION_TEST_REDIS_URL"):
     SESSION_ENGINE = "django_memsession.redis"
     MEMSESSION_REDIS_URL = os.environ["MEMSESSION_TEST_REDIS_URL"]
     MEMSESSION_REDIS_NEAR_CACHE = os.environ.get("MEMSESSION_TEST_REDIS_NEAR_CACHE") or None
+    # Under Sentinel: a JSON list of [host, port] pairs, and the URL names the service.
+    MEMSESSION_REDIS_SENTINELS = json.loads(
+        os.environ.get("MEMSESSION_TEST_REDIS_SENTINELS", "null")
+    )
     MIDDLEWARE = [
         "django_memsession.middleware.SessionMiddleware"
         if name == "django.contrib.sessions.middleware.SessionMiddleware"
