@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 
+import django
 import pytest
 from django.conf import settings as django_settings
 from django.test import Client
@@ -28,6 +29,10 @@ AUTH = "_auth_user_id"
 
 # A primary and a replica of this module's own: every test here reaches a Redis server.
 pytestmark = pytest.mark.redis
+
+needs_django5_async = pytest.mark.skipif(
+    django.VERSION < (5, 0), reason="SessionBase's async API arrived in Django 5.0"
+)
 
 
 def _until(condition, what: str, seconds: float = 15.0) -> None:
@@ -291,6 +296,7 @@ async def alogged_in() -> SessionStore:
     return session
 
 
+@needs_django5_async
 async def test_an_async_login_waits_once_and_an_async_logout_once(primary, replica):
     session = await alogged_in()
     assert waits(primary) == 1
@@ -300,6 +306,7 @@ async def test_an_async_login_waits_once_and_an_async_logout_once(primary, repli
     assert on_replica(replica, key) == TOMBSTONE
 
 
+@needs_django5_async
 async def test_an_async_ending_waits(primary):
     session = await alogged_in()
     before = waits(primary)
@@ -307,6 +314,7 @@ async def test_an_async_ending_waits(primary):
     assert waits(primary) == before + 1
 
 
+@needs_django5_async
 async def test_an_async_logout_no_replica_acknowledges_raises_unavailable(
     primary, replica, settings
 ):
@@ -321,6 +329,7 @@ async def test_an_async_logout_no_replica_acknowledges_raises_unavailable(
     assert primary.client().get(get_store().key(key)) == TOMBSTONE
 
 
+@needs_django5_async
 async def test_an_async_flush_of_a_session_never_loaded_waits(primary):
     session = await alogged_in()
     before = waits(primary)
