@@ -199,17 +199,11 @@ def problems() -> list[Problem]:
         )
     else:
         found.extend(_option_name_problems(options, url))
-        for name in ("socket_timeout", "socket_connect_timeout"):
-            value = options.get(name, DEFAULT_OPTIONS[name])
-            if not (_is_number(value) and value > 0):
-                found.append(
-                    Problem(
-                        "memsession.E104",
-                        f"MEMSESSION_REDIS_OPTIONS[{name!r}] = {value!r} is not a number of "
-                        "seconds: a Redis that hangs would hold every request forever.",
-                        f"Write a number of seconds, e.g. {name!r}: 1.0 (the default).",
-                    )
-                )
+        found.extend(
+            _timeout_problems(
+                "memsession.E104", "MEMSESSION_REDIS_OPTIONS", options, DEFAULT_OPTIONS, "a Redis"
+            )
+        )
     age = conf.PROBATION_AGE
     if not (_is_number(age) and age > 0):
         found.append(
@@ -355,17 +349,15 @@ def sentinel_problems(url: object = None) -> list[Problem]:
                 f"Remove them. {accepted_text(None)} (and 'ssl', 'username', 'password').",
             )
         )
-    for name in ("socket_timeout", "socket_connect_timeout"):
-        value = options.get(name, DEFAULT_SENTINEL_OPTIONS[name])
-        if not (_is_number(value) and value > 0):
-            found.append(
-                Problem(
-                    "memsession.E114",
-                    f"MEMSESSION_REDIS_SENTINEL_OPTIONS[{name!r}] = {value!r} is not a number "
-                    "of seconds: a sentinel that hangs would hold every request forever.",
-                    f"Write a number of seconds, e.g. {name!r}: 1.0 (the default).",
-                )
-            )
+    found.extend(
+        _timeout_problems(
+            "memsession.E114",
+            "MEMSESSION_REDIS_SENTINEL_OPTIONS",
+            options,
+            DEFAULT_SENTINEL_OPTIONS,
+            "a sentinel",
+        )
+    )
     return found
 
 
@@ -489,3 +481,20 @@ def sentinel_settings() -> dict[str, Any]:
         ),
         "sentinel_options": {**DEFAULT_SENTINEL_OPTIONS, **conf.SENTINEL_OPTIONS},
     }
+
+
+def _timeout_problems(
+    check: str, setting: str, options: dict[str, Any], defaults: dict[str, Any], server: str
+) -> list[Problem]:
+    """The socket timeouts in ``options`` (or their defaults) that are not a positive number of
+    seconds: one each, with ``check``'s id."""
+    return [
+        Problem(
+            check,
+            f"{setting}[{name!r}] = {value!r} is not a number of seconds: {server} that hangs "
+            "would hold every request forever.",
+            f"Write a number of seconds, e.g. {name!r}: 1.0 (the default).",
+        )
+        for name in ("socket_timeout", "socket_connect_timeout")
+        if not (_is_number(value := options.get(name, defaults[name])) and value > 0)
+    ]
