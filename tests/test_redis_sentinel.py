@@ -194,6 +194,38 @@ async def test_async_a_session_is_saved_and_loaded_through_sentinel(sentinels):
     assert stored_on(sentinels.primary, session.session_key)
 
 
+@pytest.mark.usefixtures("through_sentinel")
+def test_a_login_and_a_logout_wait_for_the_replica_through_sentinel(client, sentinels):
+    sentinels.wait_replicated()
+    visitor(client)
+    primary = sentinels.primary
+    before = primary.calls("wait")
+    assert client.get("/session/sign-in/?user=7").status_code == 200
+    assert primary.calls("wait") == before + 1
+    assert client.get("/session/sign-out/").status_code == 200
+    assert primary.calls("wait") == before + 2
+
+
+@pytest.mark.usefixtures("through_sentinel")
+def test_a_logout_the_replica_cannot_acknowledge_is_a_503_through_sentinel(client, sentinels):
+    sentinels.wait_replicated()
+    visitor(client)
+    assert client.get("/session/sign-in/?user=7").status_code == 200
+    key = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    replica = sentinels.replica
+    replica.pause()  # shorter than the sentinels' down-after: no failover
+    try:
+        response = client.get("/session/sign-out/")
+    finally:
+        replica.resume()
+    assert response.status_code == 503
+    assert client.cookies[django_settings.SESSION_COOKIE_NAME].value == key
+    # Pressed again, with the replica back: done.
+    sentinels.wait_replicated()
+    assert client.get("/session/sign-out/").status_code == 200
+    assert client.get("/session/whoami/").json()["user"] is None
+
+
 @pytest.mark.usefixtures("through_sentinel", "near_cache")
 def test_the_near_cache_serves_loads_and_tracks_the_primary_through_sentinel(client, sentinels):
     key = visitor(client)

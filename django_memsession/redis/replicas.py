@@ -7,11 +7,18 @@ with such a write, on the write's own connection (``WAIT`` counts that connectio
 cannot run inside a script), in the same round trip: :class:`WaitingRun`.
 
 How many replicas (``MEMSESSION_REDIS_WAIT_REPLICAS``): ``"connected"`` (the default), every
-replica connected to the primary, as ``INFO replication`` says (``connected_slaves``), read at
-most every :data:`REFRESH` seconds per process, on a thread of its own once the first count is
-known (:class:`Replicas`); a number; or ``0``, never wait. With no replica connected there is
-nothing to wait for. A stale count is harmless: ``WAIT`` for more replicas than there are times
-out, so the count is never raised above what ``INFO`` said.
+replica connected to the primary and in sync with it (``state=online`` in ``INFO replication``:
+one still loading its first copy cannot acknowledge anything yet), read at most every
+:data:`REFRESH` seconds per process, on a thread of its own once the first count is known, and
+soon after any wait that came back short (:class:`Replicas`); a number; or ``0``, never wait.
+With no replica connected there is nothing to wait for.
+
+A count that is too high costs 503s (``WAIT`` times out); one too low could lose a logout. So the
+count goes up at once, and goes down at once only on another primary (its ``master_replid``
+changed: a failover happened, and the new primary's replicas are what counts). On the same
+primary a lower count is believed only once it has been seen for :data:`REFRESH` seconds: a
+replica that disappears may be the one just promoted, and until the sentinels reconfigure the old
+primary every write it takes is lost, which its ``WAIT`` answering 0 is the only sign of.
 """
 
 from __future__ import annotations
@@ -40,6 +47,15 @@ REFRESH = 5.0
 LOG_INTERVAL = 60.0
 
 
+def in_sync(info: dict[str, Any]) -> int:
+    """How many replicas ``INFO replication`` (as redis-py parses it) lists as in sync."""
+    return sum(
+        1
+        for name, value in info.items()
+        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
+
+
 class Replicas:
     """How many replicas a waited write waits for, and what a short count means."""
 
@@ -56,6 +72,8 @@ class Replicas:
         self.timeout = timeout
         self.clock = clock
         self._connected: int | None = None
+        self._replid: str | None = None  # the primary the count is about
+        self._lower_since: float | None = None  # when this primary first said fewer
         self._read_at = 0.0
         self._reading = False
         self._lock = threading.Lock()
@@ -84,7 +102,7 @@ class Replicas:
     def _read(self) -> None:
         try:
             info = self.client.info("replication")
-            connected = int(info.get("connected_slaves", 0))
+            online = in_sync(info)
         except redis.RedisError as exc:
             # Unknown: wait for none until the next read (the write itself says whether Redis
             # answers). INFO refused (an ACL, a managed service): said once per process.
@@ -99,10 +117,17 @@ class Replicas:
                     type(exc).__name__,
                 )
             return
+        replid = info.get("master_replid")
         with self._lock:
-            self._connected = connected
-            self._read_at = self.clock()
+            now = self.clock()
+            self._read_at = now or 1e-9
             self._reading = False
+            if self._connected is None or online >= self._connected or replid != self._replid:
+                self._connected, self._replid, self._lower_since = online, replid, None
+            elif self._lower_since is None:
+                self._lower_since = now  # fewer on the same primary: believed after REFRESH
+            elif now - self._lower_since >= REFRESH:
+                self._connected, self._lower_since = online, None
 
     def _read_soon(self) -> None:
         with self._lock:
@@ -121,6 +146,8 @@ class Replicas:
         acked = run.acked
         if acked is not None and acked >= run.needed:
             return
+        if self.wanted == "connected":
+            self._read_soon()  # a replica gone, or a new primary: the next write knows
         shown = f"{acked or 0} of {run.needed} replica(s) acknowledged it within {self.timeout} s"
         if kind == ENDING:
             raise SessionBackendUnavailable(
@@ -164,9 +191,21 @@ class WaitingRun:
                 lambda: self._send(connection, commands),
                 lambda _error: connection.disconnect(),
             )
+            if self._short(replies):
+                connection.disconnect()
+                self.pool.disconnect(inuse_connections=False)
         finally:
             self.pool.release(connection)
         return self._answered(replies)
+
+    def _short(self, replies: list[Any]) -> bool:
+        """Whether fewer replicas than needed acknowledged: perhaps a failover took them and
+        this server is an old primary whose writes will be lost. Then the pool's connections
+        are dropped, so the next writes connect again: through Sentinel they ask the sentinels
+        for the primary (within a second of the sentinels naming a new one, not when they get
+        round to demoting the old one, ten seconds later); at a plain URL they reach the same
+        name again, at the cost of a connect after a wait that already took its timeout."""
+        return isinstance(replies[-1], int) and replies[-1] < self.needed
 
     def _answered(self, replies: list[Any]) -> list[Any]:
         """The write's replies; ``acked`` from the WAIT's; the first error reply raised."""
@@ -213,6 +252,9 @@ class AsyncWaitingRun(WaitingRun):
                 lambda: self._asend(connection, commands),
                 lambda _error: connection.disconnect(),
             )
+            if self._short(replies):
+                await connection.disconnect()
+                await self.pool.disconnect(inuse_connections=False)
         finally:
             await self.pool.release(connection)
         return self._answered(replies)
