@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,97 @@ ENDING, LOGIN = "ending", "login"
 REFRESH = 5.0
 # A login not acknowledged in time is logged once per this many seconds of such failures.
 LOG_INTERVAL = 60.0
+# After a wait that came back short under Sentinel: for how long, and how often, the process asks
+# the sentinels whether they name a new primary (see watch_sentinels()).
+WATCH = 15.0
+WATCH_EVERY = 0.1
+
+_watched: set[int] = set()  # id() of the pools being watched
+_watched_lock = threading.Lock()
+# A child process has none of its parent's threads: none of its watches.
+os.register_at_fork(after_in_child=_watched.clear)
+
+
+def _watch_starts(pool: Any) -> bool:
+    """Whether a watch of this pool may start (none runs); then it is marked as running."""
+    if not hasattr(pool, "get_master_address"):
+        return False  # not a Sentinel pool: a plain URL has no one to ask
+    with _watched_lock:
+        if id(pool) in _watched:
+            return False
+        _watched.add(id(pool))
+    return True
+
+
+def _watch_ends(pool: Any) -> None:
+    with _watched_lock:
+        _watched.discard(id(pool))
+
+
+def watch_sentinels(pool: Any) -> None:
+    """After a wait that came back short on a Sentinel pool: ask the sentinels every
+    :data:`WATCH_EVERY` s, for up to :data:`WATCH` s, until they name another primary.
+
+    A short wait is what an old primary answers once its replica has been promoted: the
+    sentinels name the new one about a second later, but demote the old one only some ten
+    seconds after that, and until then it takes writes that will be lost. redis-py's Sentinel
+    pool drops its idle connections as soon as the address it is told changes, and each
+    connection in use when it is released, so asking is enough to move this process's writes
+    within :data:`WATCH_EVERY` of the announcement, whatever the traffic."""
+    if not _watch_starts(pool):
+        return
+    threading.Thread(
+        target=_watch, args=(pool,), name="memsession-failover-watch", daemon=True
+    ).start()
+
+
+def _watch(pool: Any) -> None:
+    try:
+        deadline = time.monotonic() + WATCH
+        first = None
+        while time.monotonic() < deadline:
+            try:
+                named = pool.get_master_address()
+            except redis.RedisError:
+                named = None  # no sentinel answers now: ask again
+            if first is None:
+                first = named
+            elif named is not None and named != first:
+                return
+            time.sleep(WATCH_EVERY)
+    finally:
+        _watch_ends(pool)
+
+
+async def _awatch(pool: Any) -> None:
+    """:func:`_watch` on the event loop of an asyncio Sentinel pool."""
+    try:
+        deadline = time.monotonic() + WATCH
+        first = None
+        while time.monotonic() < deadline:
+            try:
+                named = await pool.get_master_address()
+            except redis.RedisError:
+                named = None
+            if first is None:
+                first = named
+            elif named is not None and named != first:
+                return
+            await asyncio.sleep(WATCH_EVERY)
+    finally:
+        _watch_ends(pool)
+
+
+_tasks: set[asyncio.Task[None]] = set()  # the running watches, kept from the garbage collector
+
+
+def awatch_sentinels(pool: Any) -> None:
+    """:func:`watch_sentinels` for an asyncio pool: a task on the running event loop."""
+    if not _watch_starts(pool):
+        return
+    task = asyncio.get_running_loop().create_task(_awatch(pool))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
 
 
 def in_sync(info: dict[str, Any]) -> int:
@@ -194,6 +286,7 @@ class WaitingRun:
             if self._short(replies):
                 connection.disconnect()
                 self.pool.disconnect(inuse_connections=False)
+                watch_sentinels(self.pool)
         finally:
             self.pool.release(connection)
         return self._answered(replies)
@@ -201,10 +294,10 @@ class WaitingRun:
     def _short(self, replies: list[Any]) -> bool:
         """Whether fewer replicas than needed acknowledged: perhaps a failover took them and
         this server is an old primary whose writes will be lost. Then the pool's connections
-        are dropped, so the next writes connect again: through Sentinel they ask the sentinels
-        for the primary (within a second of the sentinels naming a new one, not when they get
-        round to demoting the old one, ten seconds later); at a plain URL they reach the same
-        name again, at the cost of a connect after a wait that already took its timeout."""
+        are dropped, so the next writes connect again (at a plain URL they reach the same name
+        again, at the cost of a connect after a wait that already took its timeout), and through
+        Sentinel the process watches the sentinels until they name another primary
+        (:func:`watch_sentinels`)."""
         return isinstance(replies[-1], int) and replies[-1] < self.needed
 
     def _answered(self, replies: list[Any]) -> list[Any]:
@@ -255,6 +348,7 @@ class AsyncWaitingRun(WaitingRun):
             if self._short(replies):
                 await connection.disconnect()
                 await self.pool.disconnect(inuse_connections=False)
+                awatch_sentinels(self.pool)
         finally:
             await self.pool.release(connection)
         return self._answered(replies)
