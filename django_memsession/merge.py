@@ -96,14 +96,15 @@ def _decode(codec: Codec, payload: bytes | None) -> dict[str, Any]:
 
 def changed_keys(
     base: dict[str, Any], ours: dict[str, Any], codec: Codec
-) -> dict[str, bytes | object]:
-    """The keys ``ours`` changed from ``base``, each with its serialized form in ours
-    (``_ABSENT``: deleted)."""
-    changed: dict[str, bytes | object] = {}
+) -> dict[str, tuple[bytes | object, bytes | object]]:
+    """The keys ``ours`` changed from ``base``, each with its serialized form in ours and in
+    base (``_ABSENT``: not there)."""
+    changed: dict[str, tuple[bytes | object, bytes | object]] = {}
     for key in base.keys() | ours.keys():
         mine = _form(codec, key, ours.get(key, _ABSENT))
-        if mine != _form(codec, key, base.get(key, _ABSENT)):
-            changed[key] = mine
+        before = _form(codec, key, base.get(key, _ABSENT))
+        if mine != before:
+            changed[key] = (mine, before)
     return changed
 
 
@@ -117,11 +118,11 @@ def merge(
     theirs = _decode(codec, theirs_payload)
     data = dict(theirs)
     conflicts = []
-    for key, mine in changed_keys(base, ours, codec).items():
+    for key, (mine, before) in changed_keys(base, ours, codec).items():
         current = theirs.get(key, _ABSENT)
-        if current is not _ABSENT or key in base:
+        if current is not _ABSENT or before is not _ABSENT:
             current_form = _form(codec, key, current)
-            if current_form != _form(codec, key, base.get(key, _ABSENT)) and current_form != mine:
+            if current_form != before and current_form != mine:
                 conflicts.append(key)
         if mine is _ABSENT:
             data.pop(key, None)

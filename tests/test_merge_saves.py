@@ -351,16 +351,17 @@ def test_a_save_that_keeps_conflicting_is_merged_under_the_lock(monkeypatch):
     others = iter(range(1, 100))
     rebased = []
 
-    def put_after_another_save(*args: Any, rebase: Any = None, **kwargs: Any):
+    def put_after_another_save(*args: Any, merging: Any = None, **kwargs: Any):
         # Another request saves just before each of this one's tries, the last one too.
         other = loaded(key)
         other[f"other{next(others)}"] = 1
         monkeypatch.setattr(store, "put", real_put)
         other.save()
         monkeypatch.setattr(store, "put", put_after_another_save)
-        if rebase is not None:
-            kwargs["rebase"] = lambda current: rebased.append(1) or rebase(current)
-        return real_put(*args, **kwargs)
+        if merging is not None and merging.rebase is not None:
+            rebase = merging.rebase
+            merging = merging._replace(rebase=lambda current: rebased.append(1) or rebase(current))
+        return real_put(*args, merging=merging, **kwargs)
 
     monkeypatch.setattr(store, "put", put_after_another_save)
     session.save()

@@ -35,7 +35,7 @@ from ..sessionbase import (
     new_session_key,
 )
 from . import services
-from .store import EntryTooLarge, MemoryStore, PutResult, Rebased
+from .store import EntryTooLarge, MemoryStore, Merging, PutResult, Rebased
 
 __all__ = [
     "AUTH_SESSION_KEY",
@@ -57,6 +57,9 @@ def _no_wait(seconds: float) -> None:
     at once, and the last one, under the store's lock, cannot fail."""
 
 
+_CONFLICT = PutResult.CONFLICT
+
+
 def _user_of(data: dict[str, Any]) -> str | None:
     """The logged-in user's id as Django stores it (None: anonymous), as a string."""
     user = data.get(AUTH_SESSION_KEY)
@@ -74,10 +77,9 @@ class SessionStore(FastSessionBase):
     # logged-in session; set at login when MEMSESSION_TRACK_CLIENTS is on. None keeps what the
     # store has.
     client: str | None = None
-    # The payload this session was loaded from, or last saved as (None: neither): a save writes
-    # only onto it, or merges (see merge.py). The bytes the store gave or was given, kept as
-    # they are: no serialization on load.
-    _base: bytes | None = None
+    # self._base (FastSessionBase): the payload this session was loaded from, or last saved as;
+    # a save writes only onto it, or merges (see merge.py). The bytes the store gave or was
+    # given, kept as they are: no serialization on load.
 
     # -- load ----------------------------------------------------------------------------------
 
@@ -120,7 +122,7 @@ class SessionStore(FastSessionBase):
     def save(self, must_create: bool = False) -> None:
         if self.session_key is None:
             return self.create()
-        self._write(self._get_session(no_load=must_create), must_create, time.sleep)
+        self._write(self._get_session(no_load=must_create), must_create)
         return None
 
     async def asave(self, must_create: bool = False) -> None:
@@ -130,7 +132,10 @@ class SessionStore(FastSessionBase):
         return None
 
     def _write(
-        self, data: dict[str, Any], must_create: bool, sleep: Callable[[float], object]
+        self,
+        data: dict[str, Any],
+        must_create: bool,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         """Store ``data`` under this session's key, with its expiry and the logged-in user's id
         as Django stores it (None: anonymous); save and asave share it (the store does no I/O;
@@ -141,7 +146,9 @@ class SessionStore(FastSessionBase):
             # Django's engines. Through SessionMiddleware the load comes first and save() creates.
             raise UpdateError
         store = self.backend()
-        user = _user_of(data)
+        user = data.get(AUTH_SESSION_KEY)
+        if user is not None and user.__class__ is not str:
+            user = str(user)
         payload = current_codec().dumps(data)
         try:
             result = store.put(
@@ -152,9 +159,9 @@ class SessionStore(FastSessionBase):
                 create=must_create,
                 user=user,
                 client=self.client,
-                expected=None if must_create else self._base,
+                expected=self._base,  # (a create ignores it)
             )
-            if result is PutResult.CONFLICT:
+            if result is _CONFLICT:
                 result, payload = self._write_merged(store, key, data, sleep)
         except EntryTooLarge as exc:
             raise self._too_large(exc) from None
@@ -205,8 +212,7 @@ class SessionStore(FastSessionBase):
                 user=user,
                 client=self.client,
                 expected=theirs,
-                merged=True,
-                conflicted=bool(merged.conflicts),
+                merging=Merging(bool(merged.conflicts)),
             )
             if result is not PutResult.CONFLICT:
                 self._adopt(data, merged.data, user, merged.conflicts)
@@ -243,9 +249,7 @@ class SessionStore(FastSessionBase):
             user=user,
             client=self.client,
             expected=theirs,
-            rebase=rebase,
-            merged=True,
-            conflicted=bool(merged.conflicts),
+            merging=Merging(bool(merged.conflicts), rebase),
         )
         if done:
             merged, payload, user = done

@@ -80,6 +80,14 @@ class Rebased(NamedTuple):
     conflicted: bool
 
 
+class Merging(NamedTuple):
+    """A merged save (see merge.py), for :meth:`MemoryStore.put`: whether the merge found a
+    conflict (counted once stored), and the ``rebase`` callback of the last try, or None."""
+
+    conflicted: bool
+    rebase: Callable[[bytes], Rebased] | None = None
+
+
 def _holds(value: bytes, start: int, payload: bytes) -> bool:
     """Whether a stored value's payload (from ``start``) is ``payload``: one length check and a
     memcmp, no copy."""
@@ -268,9 +276,7 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
         user: str | None = None,
         client: str | None = None,
         expected: bytes | None = None,
-        rebase: Callable[[bytes], Rebased] | None = None,
-        merged: bool = False,
-        conflicted: bool = False,
+        merging: Merging | None = None,
     ) -> PutResult:
         """Store a session. ``create`` fails on a present key; an update fails on a missing one.
 
@@ -285,13 +291,12 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
 
         ``expected`` (an update): the payload this save's request loaded. If a live session holds
         another payload now (another request saved it since), nothing is written and the result
-        is ``CONFLICT``; or, given ``rebase``, it is called under the lock with the payload held
-        now and its :class:`Rebased` is written instead (a merge that cannot fail: the last try
-        of a conflicting save). ``merged`` and ``conflicted`` count a merged save, once it is
-        stored.
+        is ``CONFLICT``; or, given ``merging.rebase``, it is called under the lock with the payload
+        held now and its :class:`Rebased` is written instead (a merge that cannot fail: the last
+        try of a conflicting save). ``merging`` counts a merged save, once it is stored.
         """
         now = self.clock()
-        if not (create or client is not None or merged or rebase is not None):
+        if not create and client is None and merging is None:
             result = self._update_in_place(
                 key, payload, expires_at, authenticated, user, now, expected
             )
@@ -340,10 +345,10 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
             if expected is not None and old_value is not None:
                 start = _payload_start(old_value, index)
                 if not _holds(old_value, start, expected):
-                    if rebase is None:
+                    if merging is None or merging.rebase is None:
                         return PutResult.CONFLICT
-                    payload, expires_at, user, conflicted = rebase(old_value[start:])
-                    merged, authenticated = True, user is not None
+                    payload, expires_at, user, conflicted = merging.rebase(old_value[start:])
+                    merging, authenticated = Merging(conflicted), user is not None
                     user_bytes = self._user_bytes(user) if authenticated else None
                     if user_bytes is None:
                         new_to_user = True
@@ -358,7 +363,7 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
                     payload, expires_at, tag, user_bytes, client_bytes, source, now
                 )
                 size = self.sizer.entry(len(key), len(value))
-            if merged and size > self.limits.max_session_bytes:
+            if merging is not None and size > self.limits.max_session_bytes:
                 self.rejected += 1
                 raise EntryTooLarge(size, self.limits.max_session_bytes)
             if old_value is not None:  # an update of a live session
@@ -377,9 +382,9 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
                     self.restored += 1
             if result is not PutResult.MISSING:
                 self.writes += 1
-                if merged:
+                if merging is not None:
                     self.merged += 1
-                    self.conflicts += conflicted
+                    self.conflicts += merging.conflicted
                 segment = self._policy.segment_for_write(previous, authenticated)
                 if source is not None and new_to_user:
                     # Another user on the same key (rare): out of the old user's sessions, and
@@ -469,8 +474,9 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
         if old_expiry <= now:
             return None  # expired: the general path removes it
         if expected is not None:
+            # _holds(), inlined: every save of a loaded session comes here.
             start = FACTS_SIZE + user_length + client_length if authenticated else HEADER_SIZE
-            if not _holds(old, start, expected):
+            if len(old) - start != len(expected) or not old.endswith(expected):
                 return PutResult.CONFLICT
         tag = NOT_JOURNALED
         if self.epoch != NOT_JOURNALED:
