@@ -4,6 +4,7 @@ itself is ``django_memsession/merge.py``, shared with the Redis engine."""
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import sys
 import threading
@@ -322,6 +323,23 @@ def test_every_serializer_reports_the_same_key_changed_by_both(serializer, confl
         second["a"] = 2
         second.save()
         assert conflicts[0]["keys"] == ("a",)
+
+
+def test_async_saves_are_merged_too():
+    key = saved_session(a=0)
+
+    async def both() -> None:
+        first, second = SessionStore(key), SessionStore(key)
+        # Both loaded before either saves (as the first access of a request loads).
+        first._session_cache = await first.aload()
+        second._session_cache = await second.aload()
+        first["b"] = 1
+        await first.asave()
+        second["c"] = 1
+        await second.asave()
+
+    asyncio.run(both())
+    assert stored(key) == {"a": 0, "b": 1, "c": 1}
 
 
 # -- the merge itself -------------------------------------------------------------------------
