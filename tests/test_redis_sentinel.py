@@ -412,6 +412,33 @@ def test_after_a_planned_failover_requests_are_served_by_the_new_primary(client,
 
 
 @pytest.mark.usefixtures("through_sentinel")
+def test_a_process_moves_to_the_new_primary_when_the_sentinels_announce_it(client, sentinels):
+    """With no failed write to tell it: the old primary stays a primary for seconds after a
+    planned failover, and a save there would be lost when it is demoted."""
+    key = visitor(client)  # a pooled connection to the old primary
+    _, new = sentinels.failover()
+    wait_for(
+        lambda: get_store().client.connection_pool.master_address == ("127.0.0.1", new),
+        10,
+        "the process to hear of the new primary",
+    )
+    assert sentinels.role(sentinels.server(sentinels.primary_port())) == "master"
+    assert client.get("/session/make/").json()["visits"] == 2
+    assert stored_on(sentinels.server(new), key)
+    sentinels.wait_settled()
+
+
+@pytest.mark.usefixtures("through_sentinel")
+def test_the_failover_listener_stops_with_its_store(client):
+    visitor(client)
+    listener = get_store().switches
+    assert listener is not None and listener._thread.is_alive()
+    store_module.reset()
+    listener._thread.join(5)
+    assert not listener._thread.is_alive()
+
+
+@pytest.mark.usefixtures("through_sentinel")
 async def test_async_after_a_planned_failover_the_new_primary_answers(sentinels):
     session = SessionStore()
     session["n"] = 1

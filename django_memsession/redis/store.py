@@ -68,6 +68,7 @@ from .record import (
 )
 from .replicas import AsyncWaitingRun, Replicas, WaitingRun
 from .scripts import source
+from .switchover import SwitchListener, ask_on_loop
 
 __all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "peek_store", "reset", "stats"]
 
@@ -128,6 +129,30 @@ class RedisStore(StorePlans):
         self.l2_hits = 0  # loads answered by Redis with a live session
         self.misses = 0  # loads that found no live session
         self._counts_lock = threading.Lock()
+        # Under Sentinel: told of a failover when the sentinels announce it (switchover.py).
+        self._primary: Any = None  # the primary the sentinels last named, as far as we heard
+        self.switches = (
+            SwitchListener(config, self._primary_moved) if config.sentinels is not None else None
+        )
+        if self.switches is not None:
+            self.switches.start()
+
+    def _primary_moved(self) -> None:
+        """The sentinels may name a new primary: every pool asks them, and redis-py's Sentinel
+        pool, told another address, drops its connections to the old one; the near cache drops
+        its copies and its tracking pair (its next use connects to the new primary)."""
+        try:
+            primary = self.client.connection_pool.get_master_address()
+        except redis.RedisError:
+            return  # no sentinel answers: the next connection asks again
+        if self.near is not None and primary != self._primary:
+            if self._primary is not None:
+                self.near.lose("the sentinels named a new primary")
+            self._primary = primary
+        with self._async_lock:
+            clients = list(self._async.items())
+        for loop, found in clients:
+            ask_on_loop(loop, found.client.connection_pool)
 
     def _count(self, found: bool) -> None:
         with self._counts_lock:
@@ -400,6 +425,8 @@ class RedisStore(StorePlans):
             unavailable(exc)
 
     def close(self) -> None:
+        if self.switches is not None:
+            self.switches.close()
         if self.near is not None:
             self.near.close()
         close_client(self.client)
