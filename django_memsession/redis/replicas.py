@@ -27,7 +27,16 @@ import redis
 
 from .exceptions import SessionBackendUnavailable
 
-__all__ = ["ENDING", "LOGIN", "REFRESH", "AsyncWaitingRun", "Replicas", "WaitingRun"]
+__all__ = [
+    "ENDING",
+    "LOGIN",
+    "REFRESH",
+    "AsyncClusterWaitingRun",
+    "AsyncWaitingRun",
+    "ClusterWaitingRun",
+    "Replicas",
+    "WaitingRun",
+]
 
 logger = logging.getLogger("django_memsession.redis")
 
@@ -83,8 +92,7 @@ class Replicas:
 
     def _read(self) -> None:
         try:
-            info = self.client.info("replication")
-            connected = int(info.get("connected_slaves", 0))
+            connected = _connected(self.client.info("replication"))
         except redis.RedisError as exc:
             # Unknown: wait for none until the next read (the write itself says whether Redis
             # answers). INFO refused (an ACL, a managed service): said once per process.
@@ -112,6 +120,8 @@ class Replicas:
         threading.Thread(target=self._read, name="memsession-replicas", daemon=True).start()
 
     def run(self, client: Any, needed: int) -> WaitingRun:
+        if hasattr(client, "get_node_from_key"):  # a cluster: WAIT on the key's node
+            return ClusterWaitingRun(client, needed, self.timeout_ms)
         return WaitingRun(client, needed, self.timeout_ms)
 
     def check(self, run: WaitingRun, kind: str) -> None:
@@ -139,6 +149,29 @@ class Replicas:
             )
 
 
+def _connected(info: Any) -> int:
+    """``connected_slaves`` from ``INFO replication``; on a cluster (one reply per node), the
+    least of the primaries' (a write waits for as many replicas as every shard has)."""
+    if "connected_slaves" in info or "role" in info:
+        return int(info.get("connected_slaves", 0))
+    counts = [
+        int(node.get("connected_slaves", 0))
+        for node in info.values()
+        if isinstance(node, dict) and node.get("role") == "master"
+    ]
+    return min(counts) if counts else 0
+
+
+def command_key(command: tuple[Any, ...]) -> Any:
+    """The key a command is routed by (its first), or None (``MULTI``, ``SCRIPT LOAD``...)."""
+    name = str(command[0]).upper()
+    if name in ("EVAL", "EVALSHA"):
+        return command[3] if int(command[2]) else None
+    if name in ("MULTI", "EXEC", "SCRIPT", "WAIT", "PING"):
+        return None
+    return command[1] if len(command) > 1 else None
+
+
 class WaitingRun:
     """Runs a write's commands on one pool connection with ``WAIT`` pipelined after them, in one
     round trip; ``acked`` is the last ``WAIT``'s answer. Called as the store's ``run(*command)``;
@@ -146,7 +179,8 @@ class WaitingRun:
     Redis's own (no redis-py callbacks), as on the near cache's writer connection."""
 
     def __init__(self, client: Any, needed: int, timeout_ms: int) -> None:
-        self.pool = client.connection_pool
+        self.client = client
+        self.pool = getattr(client, "connection_pool", None)
         self.needed = needed
         self.timeout_ms = timeout_ms
         self.acked: int | None = None
@@ -198,6 +232,51 @@ class WaitingRun:
         return replies
 
 
+class ClusterWaitingRun(WaitingRun):
+    """:class:`WaitingRun` on a Redis Cluster: each node's commands (grouped by their key's node)
+    with ``WAIT`` after them on a connection of that node, never ``RedisCluster.wait()`` (which
+    asks every node, on other connections than the write's). ``acked``: the least of the nodes'
+    answers. A ``MOVED`` (a slot moved) refreshes the slot map and sends again once."""
+
+    def __call__(self, *args: Any) -> Any:
+        if command_key(args) is None:  # SCRIPT LOAD: every primary, nothing to wait for
+            return self.client.execute_command(*args)
+        return self.batch([args])[0]
+
+    def _groups(self, commands: list[tuple[Any, ...]]) -> list[tuple[Any, list[int]]]:
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        node = None
+        for at, command in enumerate(commands):
+            key = command_key(command)
+            if key is not None or node is None:
+                node = self.client.get_node_from_key(key if key is not None else b"")
+            groups.setdefault(node.name, (node, []))[1].append(at)
+        return list(groups.values())
+
+    def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        for attempt in (0, 1):
+            replies: list[Any] = [None] * len(commands)
+            acked: list[int | None] = []
+            moved = None
+            for node, ats in self._groups(commands):
+                run = WaitingRun(node.redis_connection, self.needed, self.timeout_ms)
+                try:
+                    got = run.batch([commands[at] for at in ats])
+                except redis.exceptions.MovedError as exc:
+                    moved = exc
+                    break
+                acked.append(run.acked)
+                for at, reply in zip(ats, got, strict=True):
+                    replies[at] = reply
+            if moved is None:
+                self.acked = None if None in acked or not acked else min(acked)  # type: ignore[type-var]
+                return replies
+            self.client.nodes_manager.update_moved_exception(moved)
+            if attempt:
+                raise moved
+        raise AssertionError("unreachable")
+
+
 class AsyncWaitingRun(WaitingRun):
     """:class:`WaitingRun` on ``redis.asyncio``: the same round trip, on a connection of the
     event loop's pool."""
@@ -242,3 +321,43 @@ async def evalsha(run: AsyncWaitingRun, script: Any, keys: list[bytes], args: li
         sha = await run("SCRIPT", "LOAD", script.script)
         script.sha = sha.decode() if isinstance(sha, bytes) else sha
         return await run("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+class AsyncClusterWaitingRun(ClusterWaitingRun):
+    """:class:`ClusterWaitingRun` on ``redis.asyncio``'s cluster client."""
+
+    async def __call__(self, *args: Any) -> Any:  # type: ignore[override]
+        if command_key(args) is None:
+            return await self.client.execute_command(*args)
+        return (await self.batch([args]))[0]
+
+    async def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:  # type: ignore[override]
+        for attempt in (0, 1):
+            replies: list[Any] = [None] * len(commands)
+            acked: list[int | None] = []
+            moved = None
+            for node, ats in self._groups(commands):
+                sent = [*(commands[at] for at in ats), ("WAIT", self.needed, self.timeout_ms)]
+                connection = node.acquire_connection()
+                try:
+                    got = await AsyncWaitingRun._asend(self, connection, sent)  # type: ignore[arg-type]
+                except BaseException:
+                    await connection.disconnect()
+                    raise
+                finally:
+                    node.release(connection)
+                try:
+                    got = self._answered(got)
+                except redis.exceptions.MovedError as exc:
+                    moved = exc
+                    break
+                acked.append(self.acked)
+                for at, reply in zip(ats, got, strict=True):
+                    replies[at] = reply
+            if moved is None:
+                self.acked = None if None in acked or not acked else min(acked)  # type: ignore[type-var]
+                return replies
+            self.client.nodes_manager.update_moved_exception(moved)
+            if attempt:
+                raise moved
+        raise AssertionError("unreachable")

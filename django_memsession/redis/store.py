@@ -66,8 +66,9 @@ from .record import (
     pack,
     unpack,
 )
-from .replicas import AsyncWaitingRun, Replicas, WaitingRun
+from .replicas import AsyncClusterWaitingRun, AsyncWaitingRun, Replicas, WaitingRun
 from .scripts import source
+from .steps import is_cluster
 
 __all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "peek_store", "reset", "stats"]
 
@@ -526,7 +527,10 @@ class RedisStore(StorePlans):
         needed = await self.replicas.aneeded()
         if not needed:
             return None
-        return AsyncWaitingRun(self._async_client().client, needed, self.replicas.timeout_ms)
+        client = self._async_client().client
+        if is_cluster(client):  # WAIT on the key's node
+            return AsyncClusterWaitingRun(client, needed, self.replicas.timeout_ms)
+        return AsyncWaitingRun(client, needed, self.replicas.timeout_ms)
 
     async def adiscard(self, session_key: str, loaded: Loaded) -> None:
         await self._adiscard(session_key, loaded.payload, HEADER_SIZE + 1)

@@ -1,0 +1,235 @@
+"""The order of the steps of an operation over a session and its user's hash (a Redis Cluster keeps
+them in different slots, so no script or transaction holds both; see redis/steps.py).
+
+A crash or a failover between two steps is simulated on one server: the steps are sent one after
+another, as on a cluster, and the step under test fails as a dropped connection would (the steps
+before it are applied, the ones after it are never sent). Whatever step fails: a logout is never
+undone, and a live logged-in session is never missing from its user's hash (so "log out
+everywhere" and the per-user limit always see it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from django.contrib.sessions.backends.base import UpdateError
+from redis_server import RedisServer
+
+import django_memsession
+from django_memsession.logged_in import session_id
+from django_memsession.redis import SessionBackendUnavailable, SessionStore
+from django_memsession.redis import steps as steps_module
+from django_memsession.redis.steps import Eval
+from django_memsession.redis.store import get_store, unpack
+from django_memsession.serializers import current_codec
+
+pytestmark = pytest.mark.usefixtures("redis_url")
+
+AUTH = "_auth_user_id"
+
+
+class Fault:
+    """Sends the steps one after another (as on a cluster) and fails the first step holding a
+    command ``failing`` picks, as a connection dropped before Redis got it."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.failing: Callable[[Any], bool] | None = None
+        self.failed = 0
+        pipelined = steps_module.pipelined
+
+        def failing_pipelined(client: Any, step: Any) -> list[Any]:
+            if self.failing is not None and any(self.failing(command) for command in step):
+                self.failing = None
+                self.failed += 1
+                raise redis.ConnectionError("the step is lost (simulated)")
+            return pipelined(client, step)
+
+        monkeypatch.setattr(steps_module, "is_cluster", lambda client: True)
+        monkeypatch.setattr(steps_module, "pipelined", failing_pipelined)
+
+    def fail(self, name: str) -> None:
+        """Fail the next step that runs the script ``name``, or the command ``name``."""
+
+        def picks(command: Any) -> bool:
+            if isinstance(command, Eval):
+                return command.name == name
+            return str(command[0]).upper() == name
+
+        self.failing = picks
+
+
+@pytest.fixture
+def fault(monkeypatch: pytest.MonkeyPatch) -> Iterator[Fault]:
+    yield Fault(monkeypatch)
+
+
+def members(server: RedisServer, user: str) -> set[str]:
+    client = server.client()
+    try:
+        return {field.decode() for field in client.hkeys(get_store().index.users_key(user))}
+    finally:
+        client.close()
+
+
+def logged_in_as(server: RedisServer, session_key: str) -> str | None:
+    """The user the session's record in Redis is logged in as (None: anonymous or no session)."""
+    client = server.client()
+    try:
+        loaded = unpack(client.get(get_store().key(session_key)), get_store().clock())
+    finally:
+        client.close()
+    if loaded is None:
+        return None
+    user = current_codec().loads(loaded.payload).get(AUTH)
+    return None if user is None else str(user)
+
+
+def anonymous_session() -> SessionStore:
+    session = SessionStore()
+    session["cart"] = ["tea"]
+    session.save()
+    return SessionStore(session.session_key)
+
+
+def logged_in_session(user: str) -> SessionStore:
+    """A logged-in session, as a request loads it (then logout() flushes it)."""
+    session = SessionStore()
+    session[AUTH] = user
+    session.save()
+    loaded = SessionStore(session.session_key)
+    assert loaded[AUTH] == user
+    return loaded
+
+
+def test_a_login_whose_record_step_is_lost_leaves_a_member_and_no_logged_in_session(
+    redis_server, fault
+):
+    session = anonymous_session()
+    session[AUTH] = "1"
+    fault.fail("update")
+    with pytest.raises(SessionBackendUnavailable):
+        session.save()
+    assert fault.failed == 1
+    assert logged_in_as(redis_server, session.session_key) is None
+    assert members(redis_server, "1") == {session.session_key}  # stale, repaired lazily
+    assert django_memsession.user_sessions("1") == []  # not listed: not logged in
+
+
+def test_a_login_whose_index_step_is_lost_writes_no_logged_in_record(redis_server, fault):
+    session = anonymous_session()
+    session[AUTH] = "1"
+    fault.fail("index")
+    with pytest.raises(SessionBackendUnavailable):
+        session.save()
+    assert logged_in_as(redis_server, session.session_key) is None
+    assert members(redis_server, "1") == set()
+
+
+def test_a_login_whose_record_step_is_lost_then_sent_again_is_indexed_once(redis_server, fault):
+    session = anonymous_session()
+    session[AUTH] = "1"
+    fault.fail("update")
+    with pytest.raises(SessionBackendUnavailable):
+        session.save()
+    session.save()
+    assert logged_in_as(redis_server, session.session_key) == "1"
+    assert [row.id for row in django_memsession.user_sessions("1")] == [
+        session_id(session.session_key)
+    ]
+
+
+def test_log_out_everywhere_ends_a_login_between_its_steps(redis_server, fault):
+    session = anonymous_session()
+    session[AUTH] = "1"
+    fault.fail("update")
+    with pytest.raises(SessionBackendUnavailable):
+        session.save()
+    django_memsession.end_user_sessions("1")
+    # The login's record step, sent again (a retry, or a request that was slow), is refused.
+    with pytest.raises(UpdateError):
+        session.save()
+    assert logged_in_as(redis_server, session.session_key) is None
+
+
+def test_a_logout_whose_member_step_is_lost_is_still_a_logout(redis_server, fault):
+    session = logged_in_session("1")
+    key = session.session_key
+    fault.fail("drop")
+    with pytest.raises(SessionBackendUnavailable):
+        session.flush()
+    assert logged_in_as(redis_server, key) is None
+    assert SessionStore(key).load() == {}
+    assert members(redis_server, "1") == {key}  # a tombstone's member: removed when read
+    assert django_memsession.user_sessions("1") == []
+    assert members(redis_server, "1") == set()
+
+
+def test_a_logout_whose_tombstone_step_is_lost_keeps_the_session_indexed(redis_server, fault):
+    session = logged_in_session("1")
+    key = session.session_key
+    fault.fail("SET")
+    with pytest.raises(SessionBackendUnavailable):
+        session.flush()
+    assert logged_in_as(redis_server, key) == "1"  # not logged out: the user sees the 503
+    assert members(redis_server, "1") == {key}
+
+
+def test_a_change_of_user_whose_last_step_is_lost_leaves_the_session_with_its_new_user(
+    redis_server, fault
+):
+    session = logged_in_session("1")
+    key = session.session_key
+    session[AUTH] = "2"
+    fault.fail("drop")
+    with pytest.raises(SessionBackendUnavailable):
+        session.save()
+    assert logged_in_as(redis_server, key) == "2"
+    assert members(redis_server, "2") == {key}
+    # The old user's member is stale: never listed, never ended by the old user's "log out
+    # everywhere" (the session is another user's now).
+    assert django_memsession.user_sessions("1") == []
+    assert django_memsession.end_user_sessions("1") == 0
+    assert logged_in_as(redis_server, key) == "2"
+
+
+def test_a_change_of_user_whose_record_step_is_lost_stays_with_the_old_user(redis_server, fault):
+    session = logged_in_session("1")
+    key = session.session_key
+    session[AUTH] = "2"
+    fault.fail("update")
+    with pytest.raises(SessionBackendUnavailable):
+        session.save()
+    assert logged_in_as(redis_server, key) == "1"
+    assert key in members(redis_server, "1")
+    assert [row.key for row in get_store().user_sessions("1")] == [key]
+
+
+def test_ending_sessions_whose_member_step_is_lost_still_ends_them(redis_server, fault):
+    keys = [logged_in_session("1").session_key for _ in range(3)]
+    fault.fail("drop")
+    with pytest.raises(SessionBackendUnavailable):
+        django_memsession.end_user_sessions("1")
+    assert [logged_in_as(redis_server, key) for key in keys] == [None] * 3
+    assert django_memsession.user_sessions("1") == []
+
+
+def test_ending_sessions_whose_tombstone_step_is_lost_keeps_them_indexed(redis_server, fault):
+    keys = [logged_in_session("1").session_key for _ in range(3)]
+    fault.fail("ending")
+    with pytest.raises(SessionBackendUnavailable):
+        django_memsession.end_user_sessions("1")
+    assert [logged_in_as(redis_server, key) for key in keys] == ["1"] * 3
+    assert members(redis_server, "1") == set(keys)
+    assert django_memsession.end_user_sessions("1") == 3
+
+
+def test_the_per_user_limit_ends_a_session_whose_member_step_is_lost(redis_server, fault, settings):
+    settings.MEMSESSION_MAX_SESSIONS_PER_USER = 1
+    first = logged_in_session("1").session_key
+    fault.fail("drop")
+    with pytest.raises(SessionBackendUnavailable):
+        logged_in_session("1")
+    assert logged_in_as(redis_server, first) is None  # ended: its tombstone came first
+    assert len(django_memsession.user_sessions("1")) == 1
