@@ -197,6 +197,7 @@ def importer_for(url: str) -> Importer:
         probation_age=float(conf.PROBATION_AGE),
         max_session_bytes=max_session_bytes(),
         **sentinel_settings(),  # under Sentinel, the URL's host names the service
+        cluster=conf.CLUSTER is True,  # on a cluster, the URL names one of its nodes
     )
     return Importer(RedisStore(settings))
 
