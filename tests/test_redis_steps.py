@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 from django.contrib.sessions.backends.base import UpdateError
+from engines import ClusterServer, cluster_as_server
 from redis_server import RedisServer
 
 import django_memsession
@@ -30,24 +31,36 @@ pytestmark = pytest.mark.usefixtures("redis_url")
 AUTH = "_auth_user_id"
 
 
+@pytest.fixture(params=["server", pytest.param("cluster", marks=pytest.mark.redis)])
+def redis_server(request: pytest.FixtureRequest, redis_server: RedisServer) -> Any:
+    """Each test on one server, and again on the six-node cluster (its keys and its users'
+    hashes in different slots, on different nodes)."""
+    if request.param == "server":
+        return redis_server
+    return cluster_as_server(request)
+
+
 class Fault:
-    """Sends the steps one after another (as on a cluster) and fails the first step holding a
-    command ``failing`` picks, as a connection dropped before Redis got it."""
+    """Sends the steps one after another (as on a cluster; on the cluster, as they go) and fails
+    the first step holding a command ``failing`` picks, as a connection dropped before Redis got
+    it."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.failing: Callable[[Any], bool] | None = None
         self.failed = 0
-        pipelined = steps_module.pipelined
+        monkeypatch.setattr(steps_module, "is_cluster", lambda client: True)
+        for name in ("pipelined", "waited"):  # a step, or the step sent with WAIT
+            monkeypatch.setattr(steps_module, name, self._failing(getattr(steps_module, name)))
 
-        def failing_pipelined(client: Any, step: Any) -> list[Any]:
+    def _failing(self, send: Callable[[Any, Any], list[Any]]) -> Callable[[Any, Any], list[Any]]:
+        def failing(through: Any, step: Any) -> list[Any]:
             if self.failing is not None and any(self.failing(command) for command in step):
                 self.failing = None
                 self.failed += 1
                 raise redis.ConnectionError("the step is lost (simulated)")
-            return pipelined(client, step)
+            return send(through, step)
 
-        monkeypatch.setattr(steps_module, "is_cluster", lambda client: True)
-        monkeypatch.setattr(steps_module, "pipelined", failing_pipelined)
+        return failing
 
     def fail(self, name: str) -> None:
         """Fail the next step that runs the script ``name``, or the command ``name``."""
@@ -233,3 +246,33 @@ def test_the_per_user_limit_ends_a_session_whose_member_step_is_lost(redis_serve
         logged_in_session("1")
     assert logged_in_as(redis_server, first) is None  # ended: its tombstone came first
     assert len(django_memsession.user_sessions("1")) == 1
+
+
+def waits_per_node(cluster: Any) -> dict[int, int]:
+    """How many WAITs each primary ran (its own counters)."""
+    counts = {}
+    for primary in cluster.primaries():
+        client = primary.client()
+        try:
+            stats = client.info("commandstats")
+        finally:
+            client.close()
+        counts[primary.port] = int(stats.get("cmdstat_wait", {}).get("calls", 0))
+    return counts
+
+
+def test_on_the_cluster_a_logout_waits_on_its_sessions_node_only(redis_server):
+    """WAIT goes with the tombstone, on the session's node (not RedisCluster.wait(), which
+    asks every node)."""
+    if not isinstance(redis_server, ClusterServer):
+        pytest.skip("one server has one node")
+    cluster = redis_server.cluster
+    session = logged_in_session("1")
+    key = session.session_key
+    before = waits_per_node(cluster)
+    session.flush()
+    after = waits_per_node(cluster)
+    node = cluster.node_for(get_store().key(key))
+    assert {port: after[port] - before[port] for port in after} == {
+        port: 1 if port == node.port else 0 for port in after
+    }

@@ -10,10 +10,12 @@ import random
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import pytest
 from django.contrib.sessions.backends.base import CreateError, UpdateError
 from django.core.management import call_command
+from engines import cluster_as_server
 from processes import TESTS_DIR, run_command
 from redis_index import gone_long_ago
 from redis_server import RedisServer
@@ -28,6 +30,15 @@ from django_memsession.serializers import current_codec
 pytestmark = pytest.mark.usefixtures("redis_url")
 
 AUTH = "_auth_user_id"
+
+
+@pytest.fixture(params=["server", pytest.param("cluster", marks=pytest.mark.redis)])
+def redis_server(request: pytest.FixtureRequest, redis_server: RedisServer) -> Any:
+    """Each test on one server, and again on the six-node cluster (its keys and its users'
+    hashes in different slots, on different nodes)."""
+    if request.param == "server":
+        return redis_server
+    return cluster_as_server(request)
 
 
 def index_problems(server: RedisServer) -> list[str]:

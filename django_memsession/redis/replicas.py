@@ -69,6 +69,8 @@ class Replicas:
         self._reading = False
         self._lock = threading.Lock()
         self._last_failure: float | None = None
+        # On a cluster: each primary's connected replicas, by node name ("host:port").
+        self.per_node: dict[str, int] = {}
 
     def needed(self) -> int:
         """How many replicas to wait for now: 0, do not wait."""
@@ -92,7 +94,13 @@ class Replicas:
 
     def _read(self) -> None:
         try:
-            connected = _connected(self.client.info("replication"))
+            if hasattr(self.client, "get_primaries"):  # a cluster: each primary's replicas
+                info = self.client.info("replication", target_nodes="primaries")
+                per_node = _per_node(info)
+                connected = max(per_node.values(), default=0)
+            else:
+                per_node = {}
+                connected = int(self.client.info("replication").get("connected_slaves", 0))
         except redis.RedisError as exc:
             # Unknown: wait for none until the next read (the write itself says whether Redis
             # answers). INFO refused (an ACL, a managed service): said once per process.
@@ -109,6 +117,7 @@ class Replicas:
             return
         with self._lock:
             self._connected = connected
+            self.per_node = per_node
             self._read_at = self.clock()
             self._reading = False
 
@@ -121,7 +130,8 @@ class Replicas:
 
     def run(self, client: Any, needed: int) -> WaitingRun:
         if hasattr(client, "get_node_from_key"):  # a cluster: WAIT on the key's node
-            return ClusterWaitingRun(client, needed, self.timeout_ms)
+            per_node = self.per_node if self.wanted == "connected" else {}
+            return ClusterWaitingRun(client, needed, self.timeout_ms, per_node)
         return WaitingRun(client, needed, self.timeout_ms)
 
     def check(self, run: WaitingRun, kind: str) -> None:
@@ -149,17 +159,14 @@ class Replicas:
             )
 
 
-def _connected(info: Any) -> int:
-    """``connected_slaves`` from ``INFO replication``; on a cluster (one reply per node), the
-    least of the primaries' (a write waits for as many replicas as every shard has)."""
-    if "connected_slaves" in info or "role" in info:
-        return int(info.get("connected_slaves", 0))
-    counts = [
-        int(node.get("connected_slaves", 0))
-        for node in info.values()
-        if isinstance(node, dict) and node.get("role") == "master"
-    ]
-    return min(counts) if counts else 0
+def _per_node(info: Any) -> dict[str, int]:
+    """``connected_slaves`` of each primary, from a cluster client's ``INFO replication`` sent to
+    every primary (one reply per node)."""
+    return {
+        str(name): int(node.get("connected_slaves", 0))
+        for name, node in info.items()
+        if isinstance(node, dict)
+    }
 
 
 def command_key(command: tuple[Any, ...]) -> Any:
@@ -235,8 +242,25 @@ class WaitingRun:
 class ClusterWaitingRun(WaitingRun):
     """:class:`WaitingRun` on a Redis Cluster: each node's commands (grouped by their key's node)
     with ``WAIT`` after them on a connection of that node, never ``RedisCluster.wait()`` (which
-    asks every node, on other connections than the write's). ``acked``: the least of the nodes'
-    answers. A ``MOVED`` (a slot moved) refreshes the slot map and sends again once."""
+    asks every node, on other connections than the write's). Each node waits for its own
+    replicas (``per_node``, from ``INFO``; ``needed`` for a node not in it); ``acked`` and
+    ``needed`` are then those of the node furthest short, if any. A ``MOVED`` (a slot moved)
+    refreshes the slot map and sends again once."""
+
+    def __init__(
+        self, client: Any, needed: int, timeout_ms: int, per_node: dict[str, int] | None = None
+    ) -> None:
+        super().__init__(client, needed, timeout_ms)
+        self.per_node = per_node or {}
+        self.wanted = needed
+
+    def _needed(self, node: Any) -> int:
+        return self.per_node.get(node.name, self.wanted)
+
+    def _result(self, answers: list[tuple[int | None, int]]) -> None:
+        """``acked`` and ``needed`` from each node's (acked, needed)."""
+        short = [(a, n) for a, n in answers if a is None or a < n]
+        self.acked, self.needed = (short or answers or [(None, self.wanted)])[0]
 
     def __call__(self, *args: Any) -> Any:
         if command_key(args) is None:  # SCRIPT LOAD: every primary, nothing to wait for
@@ -256,20 +280,20 @@ class ClusterWaitingRun(WaitingRun):
     def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         for attempt in (0, 1):
             replies: list[Any] = [None] * len(commands)
-            acked: list[int | None] = []
+            answers: list[tuple[int | None, int]] = []
             moved = None
             for node, ats in self._groups(commands):
-                run = WaitingRun(node.redis_connection, self.needed, self.timeout_ms)
+                run = WaitingRun(node.redis_connection, self._needed(node), self.timeout_ms)
                 try:
                     got = run.batch([commands[at] for at in ats])
                 except redis.exceptions.MovedError as exc:
                     moved = exc
                     break
-                acked.append(run.acked)
+                answers.append((run.acked, run.needed))
                 for at, reply in zip(ats, got, strict=True):
                     replies[at] = reply
             if moved is None:
-                self.acked = None if None in acked or not acked else min(acked)  # type: ignore[type-var]
+                self._result(answers)
                 return replies
             self.client.nodes_manager.update_moved_exception(moved)
             if attempt:
@@ -334,10 +358,11 @@ class AsyncClusterWaitingRun(ClusterWaitingRun):
     async def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:  # type: ignore[override]
         for attempt in (0, 1):
             replies: list[Any] = [None] * len(commands)
-            acked: list[int | None] = []
+            answers: list[tuple[int | None, int]] = []
             moved = None
             for node, ats in self._groups(commands):
-                sent = [*(commands[at] for at in ats), ("WAIT", self.needed, self.timeout_ms)]
+                needed = self._needed(node)
+                sent = [*(commands[at] for at in ats), ("WAIT", needed, self.timeout_ms)]
                 connection = node.acquire_connection()
                 try:
                     got = await AsyncWaitingRun._asend(self, connection, sent)  # type: ignore[arg-type]
@@ -351,11 +376,11 @@ class AsyncClusterWaitingRun(ClusterWaitingRun):
                 except redis.exceptions.MovedError as exc:
                     moved = exc
                     break
-                acked.append(self.acked)
+                answers.append((self.acked, needed))
                 for at, reply in zip(ats, got, strict=True):
                     replies[at] = reply
             if moved is None:
-                self.acked = None if None in acked or not acked else min(acked)  # type: ignore[type-var]
+                self._result(answers)
                 return replies
             self.client.nodes_manager.update_moved_exception(moved)
             if attempt:

@@ -130,12 +130,18 @@ def send_steps(
     out = []
     for at, step in enumerate(steps):
         if run is not None and hasattr(run, "batch") and at == wait_at:
-            replies = run.batch([as_eval(c) for c in step])
+            replies = waited(run, step)
         else:
             replies = pipelined(client, step)
         _raise_first(replies)
         out.append(list(replies))
     return out
+
+
+def waited(run: Any, step: Sequence[Command]) -> list[Any]:
+    """A step sent with ``WAIT`` after it on each node it writes to (``run``, a
+    ``replicas.ClusterWaitingRun``); scripts as ``EVAL`` (no ``SCRIPT LOAD`` to wait behind)."""
+    return run.batch([as_eval(c) for c in step])
 
 
 def pipelined(client: Any, step: Sequence[Command]) -> list[Any]:
