@@ -9,9 +9,11 @@ everywhere" and the per-user limit always see it)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import django
 import pytest
 import redis
 from django.contrib.sessions.backends.base import UpdateError
@@ -51,6 +53,8 @@ class Fault:
         monkeypatch.setattr(steps_module, "is_cluster", lambda client: True)
         for name in ("pipelined", "waited"):  # a step, or the step sent with WAIT
             monkeypatch.setattr(steps_module, name, self._failing(getattr(steps_module, name)))
+        for name in ("apipelined", "awaited"):
+            monkeypatch.setattr(steps_module, name, self._afailing(getattr(steps_module, name)))
 
     def _failing(self, send: Callable[[Any, Any], list[Any]]) -> Callable[[Any, Any], list[Any]]:
         def failing(through: Any, step: Any) -> list[Any]:
@@ -59,6 +63,16 @@ class Fault:
                 self.failed += 1
                 raise redis.ConnectionError("the step is lost (simulated)")
             return send(through, step)
+
+        return failing
+
+    def _afailing(self, send: Callable[[Any, Any], Any]) -> Callable[[Any, Any], Any]:
+        async def failing(through: Any, step: Any) -> list[Any]:
+            if self.failing is not None and any(self.failing(command) for command in step):
+                self.failing = None
+                self.failed += 1
+                raise redis.ConnectionError("the step is lost (simulated)")
+            return await send(through, step)
 
         return failing
 
@@ -276,3 +290,54 @@ def test_on_the_cluster_a_logout_waits_on_its_sessions_node_only(redis_server):
     assert {port: after[port] - before[port] for port in after} == {
         port: 1 if port == node.port else 0 for port in after
     }
+
+
+def flush_scripts(server: Any) -> None:
+    client = server.client()
+    try:
+        client.script_flush()
+    finally:
+        client.close()
+
+
+def test_a_login_and_a_logout_after_redis_lost_its_scripts_are_whole(redis_server):
+    """On one server the last step's scripts go as EVALSHA in the transaction: one Redis lost
+    (a restart, SCRIPT FLUSH) is sent again, and no step is left out."""
+    session = anonymous_session()
+    session[AUTH] = "1"
+    flush_scripts(redis_server)
+    session.save()
+    assert logged_in_as(redis_server, session.session_key) == "1"
+    assert members(redis_server, "1") == {session.session_key}
+    loaded = SessionStore(session.session_key)
+    assert loaded[AUTH] == "1"
+    flush_scripts(redis_server)
+    loaded.flush()
+    assert logged_in_as(redis_server, session.session_key) is None
+    assert members(redis_server, "1") == set()
+
+
+@pytest.mark.skipif(django.VERSION < (5, 0), reason="Django 5.0's async SessionBase")
+def test_an_async_login_whose_record_step_is_lost_leaves_a_member_and_no_logged_in_session(
+    redis_server, fault
+):
+    session = anonymous_session()
+    session[AUTH] = "1"
+    fault.fail("update")
+    with pytest.raises(SessionBackendUnavailable):
+        asyncio.run(session.asave())
+    assert fault.failed == 1
+    assert logged_in_as(redis_server, session.session_key) is None
+    assert members(redis_server, "1") == {session.session_key}
+
+
+@pytest.mark.skipif(django.VERSION < (5, 0), reason="Django 5.0's async SessionBase")
+def test_an_async_logout_whose_member_step_is_lost_is_still_a_logout(redis_server, fault):
+    session = logged_in_session("1")
+    key = session.session_key
+    fault.fail("drop")
+    with pytest.raises(SessionBackendUnavailable):
+        asyncio.run(session.aflush())
+    assert fault.failed == 1
+    assert logged_in_as(redis_server, key) is None
+    assert django_memsession.user_sessions("1") == []

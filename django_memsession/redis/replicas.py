@@ -356,6 +356,7 @@ class AsyncClusterWaitingRun(ClusterWaitingRun):
         return (await self.batch([args]))[0]
 
     async def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:  # type: ignore[override]
+        await self.client.initialize()  # an asyncio cluster client learns the slots on first use
         for attempt in (0, 1):
             replies: list[Any] = [None] * len(commands)
             answers: list[tuple[int | None, int]] = []

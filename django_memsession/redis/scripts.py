@@ -35,4 +35,11 @@ PARTS = {
 def source(name: str) -> str:
     """The text of the script ``name`` (a key of :data:`PARTS`), as ``SCRIPT LOAD`` takes it."""
     lua = resources.files(__package__).joinpath("lua")
-    return "".join(lua.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in PARTS[name])
+    text = "".join(lua.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in PARTS[name])
+    # Without its comment lines: a script sent as EVAL (in a transaction, see steps.py) is sent
+    # whole each time.
+    return "".join(line for line in text.splitlines(keepends=True) if not _comment(line))
+
+
+def _comment(line: str) -> bool:
+    return line.lstrip().startswith("--")

@@ -18,8 +18,10 @@ How the steps travel:
 
 - One server (or Sentinel's primary): every step in one ``MULTI`` ... ``EXEC`` on one connection,
   one round trip as before (``WAIT`` pipelined after it when the write waits for replicas). The
-  scripts go as ``EVAL``: an ``EVALSHA`` Redis has lost fails inside ``EXEC`` while the rest
-  runs, which would run a later step without an earlier one.
+  scripts of every step but the last go as ``EVAL``: an ``EVALSHA`` Redis has lost fails inside
+  ``EXEC`` while the rest runs, which would run a later step without an earlier one. The last
+  step's go as ``EVALSHA`` (its failing alone is what a crash before it leaves), sent again as
+  ``EVAL`` if Redis lost them.
 - A cluster: each step after the previous one has answered; a step's commands pipelined per
   node; the step that waits for replicas sends ``WAIT`` on each node it wrote to, on the write's
   own connection (``replicas.ClusterWaitingRun``). A step that fails stops the operation: the
@@ -97,8 +99,29 @@ def _split(replies: list[Any], steps: Sequence[Sequence[Command]]) -> list[list[
     return out
 
 
+def _in_transaction(steps: Sequence[Sequence[Command]]) -> list[tuple[Any, ...]]:
+    """The steps' commands for one ``MULTI``: scripts as ``EVAL``, but the last step's as
+    ``EVALSHA`` (a script Redis lost fails there alone, as a crash before the last step would
+    leave it; it is sent again, as ``EVAL``: see :func:`_lost_scripts`)."""
+    *before, last = steps
+    return [
+        *(as_eval(c) for step in before for c in step),
+        *(c.evalsha() if isinstance(c, Eval) else c for c in last),
+    ]
+
+
 def _transaction(steps: Sequence[Sequence[Command]]) -> list[tuple[Any, ...]]:
-    return [("MULTI",), *(as_eval(c) for step in steps for c in step), ("EXEC",)]
+    return [("MULTI",), *_in_transaction(steps), ("EXEC",)]
+
+
+def _lost_scripts(steps: Sequence[Sequence[Command]], replies: list[Any]) -> list[int]:
+    """Where the last step's scripts got ``NOSCRIPT`` (the only ones sent as ``EVALSHA``)."""
+    start = len(replies) - len(steps[-1])
+    return [
+        at
+        for at in range(start, len(replies))
+        if isinstance(replies[at], redis.exceptions.NoScriptError)
+    ]
 
 
 def _raise_first(replies: Sequence[Any]) -> None:
@@ -115,18 +138,19 @@ def send_steps(
     server it sends the whole transaction. Raises the first error reply (redis-py's class)."""
     steps = [step for step in steps if step]
     if not is_cluster(client):
-        if run is not None and hasattr(run, "batch"):
+        waiting = run is not None and hasattr(run, "batch")
+        if waiting:
             replies = run.batch(_transaction(steps))[-1]
         else:
-            pipe = client.pipeline(transaction=True)
-            for step in steps:
-                for command in step:
-                    pipe.execute_command(*as_eval(command))
-            replies = pipe.execute(raise_on_error=False)
+            replies = raw_batch(client, _transaction(steps))[-1]
         if isinstance(replies, Exception):
             raise replies
+        replies = list(replies)
+        flat = [c for step in steps for c in step]
+        for at in _lost_scripts(steps, replies):
+            replies[at] = (run if waiting else client.execute_command)(*as_eval(flat[at]))
         _raise_first(replies)
-        return _split(list(replies), steps)
+        return _split(replies, steps)
     out = []
     for at, step in enumerate(steps):
         if run is not None and hasattr(run, "batch") and at == wait_at:
@@ -136,6 +160,33 @@ def send_steps(
         _raise_first(replies)
         out.append(list(replies))
     return out
+
+
+def raw_batch(client: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    """Commands sent together on one connection of ``client``'s pool, their replies read as
+    Redis gives them (no redis-py callbacks, none of its pipeline's bookkeeping: a ``MULTI``
+    here costs little more than one command); an error reply in its place. A dropped
+    connection is retried once, as every command of the engine is (a ``MULTI`` ... ``EXEC``
+    that did not reach Redis ran nothing)."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        return connection.retry.call_with_retry(
+            lambda: _send(connection, commands), lambda _error: connection.disconnect()
+        )
+    finally:
+        pool.release(connection)
+
+
+def _send(connection: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+    connection.send_packed_command(connection.pack_commands(commands), check_health=False)
+    replies: list[Any] = []
+    for _ in commands:
+        try:
+            replies.append(connection.read_response())
+        except redis.ResponseError as exc:  # read every reply before the error is raised
+            replies.append(exc)
+    return replies
 
 
 def waited(run: Any, step: Sequence[Command]) -> list[Any]:
@@ -177,23 +228,33 @@ async def asend_steps(
             replies = (await run.batch(_transaction(steps)))[-1]
         else:
             async with client.pipeline(transaction=True) as pipe:
-                for step in steps:
-                    for command in step:
-                        pipe.execute_command(*as_eval(command))
+                for command in _in_transaction(steps):
+                    pipe.execute_command(*command)
                 replies = await pipe.execute(raise_on_error=False)
         if isinstance(replies, Exception):
             raise replies
+        replies = list(replies)
+        flat = [c for step in steps for c in step]
+        for at in _lost_scripts(steps, replies):
+            replies[at] = await (run if run is not None else client.execute_command)(
+                *as_eval(flat[at])
+            )
         _raise_first(replies)
-        return _split(list(replies), steps)
+        return _split(replies, steps)
     out = []
     for at, step in enumerate(steps):
         if run is not None and at == wait_at:
-            replies = await run.batch([as_eval(c) for c in step])
+            replies = await awaited(run, step)
         else:
             replies = await apipelined(client, step)
         _raise_first(replies)
         out.append(list(replies))
     return out
+
+
+async def awaited(run: Any, step: Sequence[Command]) -> list[Any]:
+    """:func:`waited` on ``redis.asyncio``."""
+    return await run.batch([as_eval(c) for c in step])
 
 
 async def apipelined(client: Any, step: Sequence[Command]) -> list[Any]:
