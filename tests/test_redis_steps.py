@@ -18,11 +18,12 @@ import pytest
 import redis
 from django.contrib.sessions.backends.base import UpdateError
 from engines import ClusterServer, cluster_as_server
+from redis.cluster import key_slot
 from redis_server import RedisServer
 
 import django_memsession
 from django_memsession.logged_in import session_id
-from django_memsession.redis import SessionBackendUnavailable, SessionStore
+from django_memsession.redis import SessionBackendUnavailable, SessionStore, importer
 from django_memsession.redis import steps as steps_module
 from django_memsession.redis.steps import Eval
 from django_memsession.redis.store import get_store, unpack
@@ -55,6 +56,8 @@ class Fault:
             monkeypatch.setattr(steps_module, name, self._failing(getattr(steps_module, name)))
         for name in ("apipelined", "awaited"):
             monkeypatch.setattr(steps_module, name, self._afailing(getattr(steps_module, name)))
+        # exportsessions' writes, step after step on one server too
+        monkeypatch.setattr(importer, "pipelined", self._failing(importer.pipelined))
 
     def _failing(self, send: Callable[[Any, Any], list[Any]]) -> Callable[[Any, Any], list[Any]]:
         def failing(through: Any, step: Any) -> list[Any]:
@@ -339,5 +342,80 @@ def test_an_async_logout_whose_member_step_is_lost_is_still_a_logout(redis_serve
     with pytest.raises(SessionBackendUnavailable):
         asyncio.run(session.aflush())
     assert fault.failed == 1
+    assert logged_in_as(redis_server, key) is None
+    assert django_memsession.user_sessions("1") == []
+
+
+def test_an_exported_logged_in_session_is_indexed_before_it_is_written(redis_server, fault):
+    from django_memsession.redis.importer import Importer, Kind, Outcome, Write
+
+    writer = Importer(get_store())
+    payload = current_codec().dumps({AUTH: "1"})
+    expires_at = get_store().clock() + 3600
+    fault.fail("export")
+    with pytest.raises(SessionBackendUnavailable):
+        writer.write([Write(Kind.EXPORT, "a" * 32, payload, expires_at)])
+    assert members(redis_server, "1") == {"a" * 32}  # indexed; its session not written
+    assert logged_in_as(redis_server, "a" * 32) is None
+    assert writer.write([Write(Kind.EXPORT, "a" * 32, payload, expires_at)]) == [Outcome.WRITTEN]
+    assert [row.key for row in get_store().user_sessions("1")] == ["a" * 32]
+
+
+def cluster_of(redis_server: Any) -> Any:
+    if not isinstance(redis_server, ClusterServer):
+        pytest.skip("a fault of the cluster")
+    return redis_server.cluster
+
+
+@pytest.mark.heavy
+def test_after_a_planned_failover_of_its_shard_a_logout_waits_on_the_new_primary(redis_server):
+    """The engine's slot map names the old primary (now a replica): the WAIT step gets MOVED,
+    learns the new map and goes to the new primary; the logout is whole, never a 500."""
+    cluster = cluster_of(redis_server)
+    session = logged_in_session("1")
+    key = session.session_key
+    _old, new = cluster.failover(cluster.node_for(get_store().key(key)))
+    assert cluster.node_for(get_store().key(key)) is new
+    session.flush()
+    assert logged_in_as(redis_server, key) is None
+    assert django_memsession.user_sessions("1") == []
+
+
+@pytest.mark.heavy
+def test_after_its_slot_moved_a_login_and_a_logout_are_whole(redis_server):
+    cluster = cluster_of(redis_server)
+    session = anonymous_session()
+    key = session.session_key
+    node = cluster.node_for(get_store().key(key))
+    slot = key_slot(get_store().key(key))
+    target = next(p for p in cluster.primaries() if p is not node)
+    cluster._move([slot], node, target, None)
+    cluster.wait_ok()
+    session[AUTH] = "1"
+    session.save()
+    assert logged_in_as(redis_server, key) == "1"
+    assert [row.key for row in get_store().user_sessions("1")] == [key]
+    loaded = SessionStore(key)
+    assert loaded[AUTH] == "1"
+    cluster._move([slot], target, node, None)
+    cluster.wait_ok()
+    loaded.flush()
+    assert logged_in_as(redis_server, key) is None
+    assert members(redis_server, "1") == set()
+
+
+@pytest.mark.heavy
+@pytest.mark.skipif(django.VERSION < (5, 0), reason="Django 5.0's async SessionBase")
+def test_after_a_planned_failover_of_its_shard_an_async_logout_is_whole(redis_server):
+    cluster = cluster_of(redis_server)
+    session = logged_in_session("1")
+    key = session.session_key
+
+    async def load_then_flush() -> None:
+        await session.aload()  # the event loop's client learns the slots before the failover
+        cluster.failover(cluster.node_for(get_store().key(key)))
+        await session.aflush()
+
+    asyncio.run(load_then_flush())
     assert logged_in_as(redis_server, key) is None
     assert django_memsession.user_sessions("1") == []

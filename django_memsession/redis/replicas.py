@@ -283,7 +283,8 @@ class ClusterWaitingRun(WaitingRun):
             answers: list[tuple[int | None, int]] = []
             moved = None
             for node, ats in self._groups(commands):
-                run = WaitingRun(node.redis_connection, self._needed(node), self.timeout_ms)
+                connection = self.client.get_redis_connection(node)  # made if a MOVED named it
+                run = WaitingRun(connection, self._needed(node), self.timeout_ms)
                 try:
                     got = run.batch([commands[at] for at in ats])
                 except redis.exceptions.MovedError as exc:
@@ -295,10 +296,18 @@ class ClusterWaitingRun(WaitingRun):
             if moved is None:
                 self._result(answers)
                 return replies
-            self.client.nodes_manager.update_moved_exception(moved)
+            _moved(self.client, moved)
             if attempt:
                 raise moved
         raise AssertionError("unreachable")
+
+
+def _moved(client: Any, error: redis.exceptions.MovedError) -> Any:
+    """Tell the cluster client's slot map what a ``MOVED`` said (what redis-py does when one of
+    its own commands gets it); the asyncio client's answer is awaited."""
+    nodes = client.nodes_manager
+    move = getattr(nodes, "move_slot", None) or nodes.update_moved_exception
+    return move(error)
 
 
 class AsyncWaitingRun(WaitingRun):
@@ -383,7 +392,9 @@ class AsyncClusterWaitingRun(ClusterWaitingRun):
             if moved is None:
                 self._result(answers)
                 return replies
-            self.client.nodes_manager.update_moved_exception(moved)
+            moving = _moved(self.client, moved)
+            if asyncio.iscoroutine(moving):
+                await moving
             if attempt:
                 raise moved
         raise AssertionError("unreachable")
