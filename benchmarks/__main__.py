@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import against as against_module
-from . import engines, http, redis_engines, redis_http, redis_latency, redis_users
+from . import engines, http, redis_engines, redis_http, redis_latency, redis_users, sentinel
 from .common import REPO_ROOT, machine, setup_django
 
 TARGETS = {
@@ -139,6 +139,17 @@ def _against(quick: bool) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def _sentinel(quick: bool) -> dict[str, Any]:
+    """benchmarks/sentinel.py in a fresh process: it starts its own servers and configures
+    Django for them."""
+    command = [sys.executable, "-m", "benchmarks.sentinel", "--json-line"]
+    command += ["--quick"] if quick else []
+    output = subprocess.run(
+        command, cwd=REPO_ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
 def _users_lines(users: dict[str, Any]) -> list[str]:
     cycle, memory, lookup = users["load_modify_save"], users["memory"], users["user_sessions"]
     per_call = lookup["us_per_call"]
@@ -209,6 +220,7 @@ PARTS = (
     "redis-http",
     "redis-latency",
     "redis-users",
+    "redis-sentinel",
 )
 
 
@@ -224,7 +236,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     parts = args.only or list(PARTS)
-    uses_redis = any(part.startswith("redis") for part in parts)
+    # redis-sentinel starts its own servers, in its own process.
+    uses_redis = any(part.startswith("redis") and part != "redis-sentinel" for part in parts)
     redis_server = redis_engines.RedisServer() if uses_redis else None
     setup_django(**(redis_engines.settings(redis_server.url) if redis_server else {}))
     report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "started": time.time()}
@@ -266,6 +279,15 @@ def main() -> None:
         )
         report["redis_users"] = _users(args.quick, "benchmarks.redis_users")
         print("\n".join(redis_users.table(report["redis_users"])), flush=True)
+    if "redis-sentinel" in parts:
+        print(
+            "redis-sentinel: the Redis engine through Sentinel (a primary, a replica, three "
+            "sentinels) against one plain server (a fresh process, its own servers; paired "
+            "rounds, µs per operation)",
+            flush=True,
+        )
+        report["redis_sentinel"] = _sentinel(args.quick)
+        print("\n".join(sentinel.table(report["redis_sentinel"])), flush=True)
     if "http" in parts:
         print("http: gunicorn and wrk on 127.0.0.1, median over interleaved rounds", flush=True)
         report["http"] = http.run(args.quick)

@@ -114,6 +114,8 @@ def process_row(report: ProcessReport) -> dict[str, Any]:
         "evictions": stats.evictions,
         "expired": stats.expired,
         "restored": stats.restored,
+        "merged": stats.merged,
+        "conflicts": stats.conflicts,
         "pruner_alive": pruner.alive,
         "pruner_interval": pruner.interval,
         "last_pass": None
@@ -227,6 +229,8 @@ def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "misses",
             "evictions",
             "expired",
+            "merged",
+            "conflicts",
         )
     }
     summed["hit_ratio"] = _ratio(summed["hits"], summed["hits"] + summed["misses"])

@@ -154,6 +154,10 @@ class StoreStats:
     created_at: float
     users: int = 0  # distinct logged-in users (0 from a process of an older version)
     user_index_bytes: int = 0
+    # Saves merged onto another request's (see merge.py), and those where both changed a key
+    # differently (0 from a process of an older version).
+    merged: int = 0
+    conflicts: int = 0
 
 
 @dataclass(frozen=True)

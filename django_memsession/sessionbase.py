@@ -81,6 +81,11 @@ class FastSessionBase(SessionBase):
         self._session_key = session_key
         self.accessed = False
         self.modified = False
+        # The stored form this session was loaded from or last saved as (None: neither), which a
+        # save writes onto or merges from (see merge.py). Set here, first, so every instance
+        # adds its attributes in one order and keeps CPython's compact shared-key __dict__
+        # (set first in load(), it cost about 2 % of a load-modify-save).
+        self._base: bytes | None = None
 
     @property
     def serializer(self) -> Any:  # SessionBase.encode()/decode() use it

@@ -10,6 +10,12 @@ lock is released, with ``sender`` the store class and keyword arguments:
 
 No session key or data is ever passed.
 
+``session_conflict`` is sent when two requests of one session saved it at once and both changed
+the same top-level key to different values (see ``merge.py``): the later save's value was kept.
+Keyword arguments: ``user`` (the user's id as Django keeps it in the session, None when
+anonymous) and ``keys`` (a sorted tuple of the key names, never their values). ``sender`` is the
+engine's ``SessionStore`` class; the session key is never passed.
+
 ``user_sessions_ended`` is sent once for each ending of a user's sessions, with ``sender`` the
 store class and keyword arguments ``user`` (the user's id as Django keeps it in the session),
 ``count``, ``reason`` (``"ended"`` by ``end_user_sessions``/``end_session``, ``"password"``
@@ -22,3 +28,4 @@ from django.dispatch import Signal
 sessions_evicted = Signal()
 sessions_expired = Signal()
 user_sessions_ended = Signal()
+session_conflict = Signal()

@@ -272,6 +272,17 @@ def test_end_sessions_on_password_change_not_a_bool_is_e017():
         assert ids() == ["memsession.E017"]
 
 
+@pytest.mark.parametrize("value", [1, "no", None])
+def test_merge_saves_not_a_bool_is_e018(value):
+    with override_settings(MEMSESSION_MERGE_SAVES=value):
+        assert ids() == ["memsession.E018"]
+
+
+def test_merge_saves_not_a_bool_stops_the_memory_store_being_built():
+    with override_settings(MEMSESSION_MERGE_SAVES="yes"), pytest.raises(ImproperlyConfigured):
+        conf.limits()
+
+
 # -- the snapshot file as a server would find it ------------------------------------------------
 
 

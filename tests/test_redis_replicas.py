@@ -22,6 +22,7 @@ from redis_server import DJANGOS_MIDDLEWARE, OUR_MIDDLEWARE, RedisServer, server
 from django_memsession.redis import SessionStore
 from django_memsession.redis.exceptions import SessionBackendUnavailable
 from django_memsession.redis.record import TOMBSTONE
+from django_memsession.redis.replicas import in_sync
 from django_memsession.redis.scripts import PARTS, source
 from django_memsession.redis.store import get_store
 
@@ -46,8 +47,9 @@ def _until(condition, what: str, seconds: float = 15.0) -> None:
 def _replica_up(primary: RedisServer, replica: RedisServer) -> bool:
     client, other = primary.client(), replica.client()
     try:
+        # In sync as the primary sees it (``state=online``): what the engine counts.
         return (
-            int(client.info("replication").get("connected_slaves", 0)) == 1
+            in_sync(client.info("replication")) == 1
             and other.info("replication").get("master_link_status") == "up"
         )
     finally:
@@ -382,3 +384,91 @@ def test_a_save_that_drops_the_user_waits(primary):
     del session[AUTH]  # a logout without flush(): the session goes on, anonymous
     session.save()
     assert waits(primary) == before + 1
+
+
+# -- the count: in sync only; lowered at once on a new primary, slowly on the same one -----------
+
+
+class FakeInfo:
+    """``INFO replication`` as redis-py parses it, as the test sets it (the rules about the
+    count, without a failover to stage)."""
+
+    def __init__(self) -> None:
+        self.replicas: list[str] = []
+        self.replid = "a" * 40
+
+    def info(self, section: str) -> dict:
+        assert section == "replication"
+        found: dict = {"role": "master", "master_replid": self.replid}
+        found["connected_slaves"] = len(self.replicas)
+        for number, state in enumerate(self.replicas):
+            found[f"slave{number}"] = {"ip": "127.0.0.1", "port": 7000 + number, "state": state}
+        return found
+
+
+def counting(info: FakeInfo, now: list[float]):
+    from django_memsession.redis.replicas import Replicas
+
+    replicas = Replicas(info, "connected", 0.5, clock=lambda: now[0])
+    replicas._read_soon = replicas._read  # the background read, on the test's thread
+    return replicas
+
+
+def test_a_replica_still_loading_its_first_copy_is_not_waited_for():
+    info, now = FakeInfo(), [100.0]
+    info.replicas = ["online", "wait_bgsave", "send_bulk"]
+    assert counting(info, now).needed() == 1
+
+
+def test_a_replica_gone_from_the_same_primary_is_believed_only_after_the_refresh_interval():
+    from django_memsession.redis.replicas import REFRESH
+
+    info, now = FakeInfo(), [100.0]
+    info.replicas = ["online"]
+    replicas = counting(info, now)
+    assert replicas.needed() == 1
+    info.replicas = []  # perhaps promoted away: this primary's writes may be lost
+    now[0] += REFRESH
+    assert replicas.needed() == 1
+    now[0] += REFRESH
+    assert replicas.needed() == 0
+
+
+def test_a_new_primary_is_counted_at_once():
+    from django_memsession.redis.replicas import REFRESH
+
+    info, now = FakeInfo(), [100.0]
+    info.replicas = ["online"]
+    replicas = counting(info, now)
+    assert replicas.needed() == 1
+    info.replicas, info.replid = [], "b" * 40  # a failover: another primary, no replica yet
+    now[0] += REFRESH
+    assert replicas.needed() == 0
+
+
+def test_a_new_replica_is_counted_at_once():
+    from django_memsession.redis.replicas import REFRESH
+
+    info, now = FakeInfo(), [100.0]
+    replicas = counting(info, now)
+    assert replicas.needed() == 0
+    info.replicas = ["online"]
+    now[0] += REFRESH
+    assert replicas.needed() == 1
+
+
+def test_a_wait_that_comes_back_short_drops_the_pools_connections(primary, replica):
+    """So the next writes connect again (through Sentinel: to whichever primary the sentinels
+    name now, not to an old primary whose replica was promoted away)."""
+    admin = primary.client()
+    try:
+        earlier = {c["id"] for c in admin.client_list(_type="normal")}  # other tests' leftovers
+        client = Client()
+        logged_in(client)
+        ours = {c["id"] for c in admin.client_list(_type="normal")} - earlier
+        replica.pause()
+        assert client.get("/session/sign-out/").status_code == 503
+        left = {c["id"] for c in admin.client_list(_type="normal")}
+    finally:
+        admin.close()
+    assert ours and not (ours & left)

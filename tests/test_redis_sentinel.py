@@ -30,6 +30,7 @@ from django_memsession import middleware
 from django_memsession.redis import SessionStore
 from django_memsession.redis import store as store_module
 from django_memsession.redis.checks import check_redis_deployment, check_redis_settings
+from django_memsession.redis.scripts import PARTS, source
 from django_memsession.redis.store import get_store
 
 # Every test here that starts servers uses them; the settings checks run with the rest.
@@ -193,6 +194,44 @@ async def test_async_a_session_is_saved_and_loaded_through_sentinel(sentinels):
     await session.asave()
     assert await SessionStore(session.session_key).aload() == {"cart": ["tea"]}
     assert stored_on(sentinels.primary, session.session_key)
+
+
+@pytest.mark.usefixtures("through_sentinel")
+def test_a_login_and_a_logout_wait_for_the_replica_through_sentinel(client, sentinels):
+    sentinels.wait_replicated()
+    visitor(client)
+    primary = sentinels.primary
+    admin = primary.client()
+    try:
+        for name in PARTS:  # loaded: no NOSCRIPT retry (with its own WAIT) in the count
+            admin.script_load(source(name))
+    finally:
+        admin.close()
+    before = primary.calls("wait")
+    assert client.get("/session/sign-in/?user=7").status_code == 200
+    assert primary.calls("wait") == before + 1
+    assert client.get("/session/sign-out/").status_code == 200
+    assert primary.calls("wait") == before + 2
+
+
+@pytest.mark.usefixtures("through_sentinel")
+def test_a_logout_the_replica_cannot_acknowledge_is_a_503_through_sentinel(client, sentinels):
+    sentinels.wait_replicated()
+    visitor(client)
+    assert client.get("/session/sign-in/?user=7").status_code == 200
+    key = client.cookies[django_settings.SESSION_COOKIE_NAME].value
+    replica = sentinels.replica
+    replica.pause()  # shorter than the sentinels' down-after: no failover
+    try:
+        response = client.get("/session/sign-out/")
+    finally:
+        replica.resume()
+    assert response.status_code == 503
+    assert client.cookies[django_settings.SESSION_COOKIE_NAME].value == key
+    # Pressed again, with the replica back: done.
+    sentinels.wait_replicated()
+    assert client.get("/session/sign-out/").status_code == 200
+    assert client.get("/session/whoami/").json()["user"] is None
 
 
 @pytest.mark.usefixtures("through_sentinel", "near_cache")

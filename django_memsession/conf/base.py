@@ -33,6 +33,7 @@ DEFAULT_PRUNE_INTERVAL = 60.0
 DEFAULT_CONTROL = True
 DEFAULT_TRACK_CLIENTS = False
 DEFAULT_END_SESSIONS_ON_PASSWORD_CHANGE = True
+DEFAULT_MERGE_SAVES = True
 # Under a second a periodic thread would be a busy loop; above TIMEOUT_MAX it cannot wait.
 MIN_PRUNE_INTERVAL = 1.0
 
@@ -99,6 +100,7 @@ class SharedSettings(BaseSettings):
     TRACK_CLIENTS = Setting(DEFAULT_TRACK_CLIENTS)
     CLIENT_IP = Setting(None)
     END_SESSIONS_ON_PASSWORD_CHANGE = Setting(DEFAULT_END_SESSIONS_ON_PASSWORD_CHANGE)
+    MERGE_SAVES = Setting(DEFAULT_MERGE_SAVES)
 
 
 shared = SharedSettings()
@@ -266,6 +268,21 @@ def user_problems() -> list[Problem]:
             )
         )
     return found
+
+
+def merge_problems() -> list[Problem]:
+    """``MEMSESSION_MERGE_SAVES`` (E018): both engines merge concurrent saves (merge.py)."""
+    value = shared.MERGE_SAVES
+    if isinstance(value, bool):
+        return []
+    return [
+        Problem(
+            "memsession.E018",
+            f"MEMSESSION_MERGE_SAVES = {value!r} is not True or False.",
+            "Write MEMSESSION_MERGE_SAVES = True (the default: concurrent saves of one session "
+            "are merged) or False (the later save replaces the whole session).",
+        )
+    ]
 
 
 def prune_interval() -> float:

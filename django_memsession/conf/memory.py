@@ -27,6 +27,7 @@ from .base import (
     _is_number,
     channel_problems,
     count_problem,
+    merge_problems,
     raise_any,
     size_problem,
     user_problems,
@@ -72,6 +73,7 @@ def problems() -> list[Problem]:
             "100_000, or None (the default) for no cap beside MEMSESSION_MAX_SIZE.",
         )
         + user_problems()
+        + merge_problems()
     )
 
 

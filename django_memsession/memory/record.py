@@ -2,6 +2,12 @@
 its expiry time and its journal epoch (:data:`HEADER`); a logged-in session's value carries its
 facts after them (see ``index.py``, ``FACTS``). And the check that a record read back from a
 snapshot is one the store wrote, whole (:func:`record_expiry`).
+
+No version number (issue 24, concurrent saves merged): a save compares the payload its request
+loaded with the payload stored now (``store._holds``: a length check and a memcmp), which is the
+question a version answers ("did anybody save since?") without the ABA case: a payload written
+back unchanged merges to the same result as no write at all. So records, snapshot files and the
+journal keep their format, and a snapshot restores across a deploy in both directions.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ class PutResult(Enum):
     RESTORED = "restored"  # a recently evicted key came back: stored again
     EXISTS = "exists"  # create of a key that is present (live, or expired and not yet pruned)
     MISSING = "missing"  # update of a key that is gone (deleted, expired, or forgotten)
+    CONFLICT = "conflict"  # update of a session another save changed since (see merge.py)
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ..clock import wall_clock
 from ..sizing import EntrySizer
@@ -66,6 +67,43 @@ __all__ = [
     "StoreEvent",
     "wall_clock",
 ]
+
+
+class Rebased(NamedTuple):
+    """What a save's ``rebase`` callback gives :meth:`MemoryStore.put` to write instead, made
+    from the payload stored now: the payload, its expiry, its user (None: anonymous), and
+    whether the merge found a conflict (for the ``conflicts`` counter)."""
+
+    payload: bytes
+    expires_at: float
+    user: str | None
+    conflicted: bool
+
+
+class Merging(NamedTuple):
+    """A merged save (see merge.py), for :meth:`MemoryStore.put`: whether the merge found a
+    conflict (counted once stored), and the ``rebase`` callback of the last try, or None."""
+
+    conflicted: bool
+    rebase: Callable[[bytes], Rebased] | None = None
+
+
+def _holds(value: bytes, start: int, payload: bytes) -> bool:
+    """Whether a stored value's payload (from ``start``) is ``payload``: one length check and a
+    memcmp, no copy."""
+    return len(value) - start == len(payload) and value.endswith(payload)
+
+
+def _payload_start(value: bytes, index: int) -> int:
+    """Where a stored value's payload starts: after its header, or a logged-in session's facts."""
+    if index != AUTHENTICATED:
+        return HEADER_SIZE
+    user_length, client_length = FACTS.unpack_from(value)[-2:]
+    return FACTS_SIZE + user_length + client_length
+
+
+# A hint no stored value is (every one has a header): pack again under the lock.
+_STALE = b""
 
 # How many of the coldest entries of each segment a write over budget looks at for expired ones
 # before it evicts live sessions: bounded work per request; the pruner does the thorough job.
@@ -119,6 +157,8 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
         self.restored = 0
         self.rejected = 0
         self.writes = 0  # saves that stored a session
+        self.merged = 0  # of those, saves merged onto another request's save (see merge.py)
+        self.conflicts = 0  # of those, merges where both changed a key differently
 
     # -- the request path ---------------------------------------------------------------------
 
@@ -179,6 +219,16 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
             return None
         return value[HEADER_SIZE:]
 
+    def peek(self, key: str) -> bytes | None:
+        """The stored payload of a live session, or None; without counting a hit or changing
+        recency (a conflicting save reads what it merges onto)."""
+        now = self.clock()
+        with self._lock:
+            index, value = self._policy.find(key)
+        if value is None or HEADER.unpack_from(value)[0] <= now:
+            return None
+        return value[_payload_start(value, index) :]
+
     def exists(self, key: str) -> bool:
         """Whether a live (unexpired) session has this key. Does not change recency."""
         now = self.clock()
@@ -225,6 +275,8 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
         create: bool,
         user: str | None = None,
         client: str | None = None,
+        expected: bytes | None = None,
+        merging: Merging | None = None,
     ) -> PutResult:
         """Store a session. ``create`` fails on a present key; an update fails on a missing one.
 
@@ -236,19 +288,25 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
         A logged-in session (``authenticated``) is indexed under ``user`` (Django's
         ``_auth_user_id``; not indexed without it) with its facts; ``client`` (opaque text)
         replaces the client noted for it, None keeps it.
+
+        ``expected`` (an update): the payload this save's request loaded. If a live session holds
+        another payload now (another request saved it since), nothing is written and the result
+        is ``CONFLICT``; or, given ``merging.rebase``, it is called under the lock with the payload
+        held now and its :class:`Rebased` is written instead (a merge that cannot fail: the last
+        try of a conflicting save). ``merging`` counts a merged save, once it is stored.
         """
         now = self.clock()
-        if not create and client is None:
-            result = self._update_in_place(key, payload, expires_at, authenticated, user, now)
+        if not create and client is None and merging is None:
+            result = self._update_in_place(
+                key, payload, expires_at, authenticated, user, now, expected
+            )
             if result is not None:
                 return result
-        hint = user_bytes = client_bytes = None
+        hint = user_bytes = None
+        client_bytes = None if client is None else facts.encode(client)
         new_to_user = True
         if authenticated:
-            user_bytes = user.encode() if user else b""
-            if len(user_bytes) > facts.MAX_FIELD:
-                user_bytes = facts.encode(user)
-            client_bytes = None if client is None else facts.encode(client)
+            user_bytes = self._user_bytes(user)
             # Packed outside the lock from what the authenticated segment holds now (read
             # without the lock: a hint, one dict.get, atomic under the GIL); under the lock,
             # packed again if that changed.
@@ -284,6 +342,20 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
                 self._remove_expired(key, index, old_value, events, "write")
                 index = old_value = None
             source = old_value if index == AUTHENTICATED else None
+            if expected is not None and old_value is not None:
+                start = _payload_start(old_value, index)
+                if not _holds(old_value, start, expected):
+                    if merging is None or merging.rebase is None:
+                        return PutResult.CONFLICT
+                    payload, expires_at, user, conflicted = merging.rebase(old_value[start:])
+                    merging, authenticated = Merging(conflicted), user is not None
+                    user_bytes = self._user_bytes(user) if authenticated else None
+                    if user_bytes is None:
+                        new_to_user = True
+                        value = HEADER.pack(expires_at, tag) + payload
+                        size = self.sizer.entry(len(key), len(value))
+                    else:
+                        hint = _STALE  # packed below, from what is stored now
             if source is not hint and user_bytes is not None:
                 # The session changed since the value was packed: packed again, with the tag
                 # it was journaled under.
@@ -291,6 +363,9 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
                     payload, expires_at, tag, user_bytes, client_bytes, source, now
                 )
                 size = self.sizer.entry(len(key), len(value))
+            if merging is not None and size > self.limits.max_session_bytes:
+                self.rejected += 1
+                raise EntryTooLarge(size, self.limits.max_session_bytes)
             if old_value is not None:  # an update of a live session
                 self._entry_bytes -= self.sizer.entry(len(key), len(old_value))
                 previous, result = index, PutResult.STORED
@@ -307,6 +382,9 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
                     self.restored += 1
             if result is not PutResult.MISSING:
                 self.writes += 1
+                if merging is not None:
+                    self.merged += 1
+                    self.conflicts += merging.conflicted
                 segment = self._policy.segment_for_write(previous, authenticated)
                 if source is not None and new_to_user:
                     # Another user on the same key (rare): out of the old user's sessions, and
@@ -343,6 +421,14 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
             self._emit(events)
         return result
 
+    @staticmethod
+    def _user_bytes(user: str | None) -> bytes:
+        """A logged-in session's user id as its facts keep it."""
+        user_bytes = user.encode() if user else b""
+        if len(user_bytes) > facts.MAX_FIELD:
+            user_bytes = facts.encode(user)
+        return user_bytes
+
     def _update_in_place(
         self,
         key: str,
@@ -351,6 +437,7 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
         authenticated: bool,
         user: str | None,
         now: float,
+        expected: bytes | None,
     ) -> PutResult | None:
         """The save nearly every request makes, without :meth:`put`'s general path: an update
         of a live session that stays in its segment's table, logged in as the same user, or
@@ -358,7 +445,8 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
 
         The session's current value is read without the lock (one ``dict.get``, atomic under
         the GIL), the new one packed from it outside the lock, and stored only if the value is
-        still the same object under the lock.
+        still the same object under the lock; so ``expected`` is compared with it outside the
+        lock too (``CONFLICT``: it holds another payload).
         """
         # Read without the lock: a prune walk may replace the tuple of tables meanwhile, but
         # the table it drops is empty by then, so the identity check under the lock fails.
@@ -385,6 +473,11 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
             old_expiry = HEADER.unpack_from(old)[0]
         if old_expiry <= now:
             return None  # expired: the general path removes it
+        if expected is not None:
+            # _holds(), inlined: every save of a loaded session comes here.
+            start = FACTS_SIZE + user_length + client_length if authenticated else HEADER_SIZE
+            if len(old) - start != len(expected) or not old.endswith(expected):
+                return PutResult.CONFLICT
         tag = NOT_JOURNALED
         if self.epoch != NOT_JOURNALED:
             tag = self._journal_first(key)

@@ -42,6 +42,8 @@ class Upkeep:
                 "expired": self.expired,
                 "restored": self.restored,
                 "rejected": self.rejected,
+                "merged": self.merged,
+                "conflicts": self.conflicts,
                 "segments": segments,
                 "created_at": self.created_at,
             }

@@ -7,17 +7,25 @@ with such a write, on the write's own connection (``WAIT`` counts that connectio
 cannot run inside a script), in the same round trip: :class:`WaitingRun`.
 
 How many replicas (``MEMSESSION_REDIS_WAIT_REPLICAS``): ``"connected"`` (the default), every
-replica connected to the primary, as ``INFO replication`` says (``connected_slaves``), read at
-most every :data:`REFRESH` seconds per process, on a thread of its own once the first count is
-known (:class:`Replicas`); a number; or ``0``, never wait. With no replica connected there is
-nothing to wait for. A stale count is harmless: ``WAIT`` for more replicas than there are times
-out, so the count is never raised above what ``INFO`` said.
+replica connected to the primary and in sync with it (``state=online`` in ``INFO replication``:
+one still loading its first copy cannot acknowledge anything yet), read at most every
+:data:`REFRESH` seconds per process, on a thread of its own once the first count is known, and
+soon after any wait that came back short (:class:`Replicas`); a number; or ``0``, never wait.
+With no replica connected there is nothing to wait for.
+
+A count that is too high costs 503s (``WAIT`` times out); one too low could lose a logout. So the
+count goes up at once, and goes down at once only on another primary (its ``master_replid``
+changed: a failover happened, and the new primary's replicas are what counts). On the same
+primary a lower count is believed only once it has been seen for :data:`REFRESH` seconds: a
+replica that disappears may be the one just promoted, and until the sentinels reconfigure the old
+primary every write it takes is lost, which its ``WAIT`` answering 0 is the only sign of.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -47,6 +55,106 @@ ENDING, LOGIN = "ending", "login"
 REFRESH = 5.0
 # A login not acknowledged in time is logged once per this many seconds of such failures.
 LOG_INTERVAL = 60.0
+# After a wait that came back short under Sentinel: for how long, and how often, the process asks
+# the sentinels whether they name a new primary (see watch_sentinels()).
+WATCH = 15.0
+WATCH_EVERY = 0.1
+
+_watched: set[int] = set()  # id() of the pools being watched
+_watched_lock = threading.Lock()
+# A child process has none of its parent's threads: none of its watches.
+os.register_at_fork(after_in_child=_watched.clear)
+
+
+def _watch_starts(pool: Any) -> bool:
+    """Whether a watch of this pool may start (none runs); then it is marked as running."""
+    if not hasattr(pool, "get_master_address"):
+        return False  # not a Sentinel pool: a plain URL has no one to ask
+    with _watched_lock:
+        if id(pool) in _watched:
+            return False
+        _watched.add(id(pool))
+    return True
+
+
+def _watch_ends(pool: Any) -> None:
+    with _watched_lock:
+        _watched.discard(id(pool))
+
+
+def watch_sentinels(pool: Any) -> None:
+    """After a wait that came back short on a Sentinel pool: ask the sentinels every
+    :data:`WATCH_EVERY` s, for up to :data:`WATCH` s, until they name another primary.
+
+    A short wait is what an old primary answers once its replica has been promoted: the
+    sentinels name the new one about a second later, but demote the old one only some ten
+    seconds after that, and until then it takes writes that will be lost. redis-py's Sentinel
+    pool drops its idle connections as soon as the address it is told changes, and each
+    connection in use when it is released, so asking is enough to move this process's writes
+    within :data:`WATCH_EVERY` of the announcement, whatever the traffic."""
+    if not _watch_starts(pool):
+        return
+    threading.Thread(
+        target=_watch, args=(pool,), name="memsession-failover-watch", daemon=True
+    ).start()
+
+
+def _watch(pool: Any) -> None:
+    try:
+        deadline = time.monotonic() + WATCH
+        first = None
+        while time.monotonic() < deadline:
+            try:
+                named = pool.get_master_address()
+            except redis.RedisError:
+                named = None  # no sentinel answers now: ask again
+            if first is None:
+                first = named
+            elif named is not None and named != first:
+                return
+            time.sleep(WATCH_EVERY)
+    finally:
+        _watch_ends(pool)
+
+
+async def _awatch(pool: Any) -> None:
+    """:func:`_watch` on the event loop of an asyncio Sentinel pool."""
+    try:
+        deadline = time.monotonic() + WATCH
+        first = None
+        while time.monotonic() < deadline:
+            try:
+                named = await pool.get_master_address()
+            except redis.RedisError:
+                named = None
+            if first is None:
+                first = named
+            elif named is not None and named != first:
+                return
+            await asyncio.sleep(WATCH_EVERY)
+    finally:
+        _watch_ends(pool)
+
+
+_tasks: set[asyncio.Task[None]] = set()  # the running watches, kept from the garbage collector
+
+
+def awatch_sentinels(pool: Any) -> None:
+    """:func:`watch_sentinels` for an asyncio pool: a task on the running event loop."""
+    if not _watch_starts(pool):
+        return
+    task = asyncio.get_running_loop().create_task(_awatch(pool))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+def in_sync(info: dict[str, Any]) -> int:
+    """How many replicas ``INFO replication`` (as redis-py parses it) lists as in sync."""
+    return sum(
+        1
+        for name, value in info.items()
+        if name.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+    )
 
 
 class Replicas:
@@ -65,6 +173,8 @@ class Replicas:
         self.timeout = timeout
         self.clock = clock
         self._connected: int | None = None
+        self._replid: str | None = None  # the primary the count is about
+        self._lower_since: float | None = None  # when this primary first said fewer
         self._read_at = 0.0
         self._reading = False
         self._lock = threading.Lock()
@@ -94,13 +204,14 @@ class Replicas:
 
     def _read(self) -> None:
         try:
+            per_node: dict[str, int] | None = None
             if hasattr(self.client, "get_primaries"):  # a cluster: each primary's replicas
-                info = self.client.info("replication", target_nodes="primaries")
-                per_node = _per_node(info)
-                connected = max(per_node.values(), default=0)
+                per_node = _per_node(self.client.info("replication", target_nodes="primaries"))
+                info: dict[str, Any] = {}
+                online = max(per_node.values(), default=0)
             else:
-                per_node = {}
-                connected = int(self.client.info("replication").get("connected_slaves", 0))
+                info = self.client.info("replication")
+                online = in_sync(info)
         except redis.RedisError as exc:
             # Unknown: wait for none until the next read (the write itself says whether Redis
             # answers). INFO refused (an ACL, a managed service): said once per process.
@@ -115,11 +226,20 @@ class Replicas:
                     type(exc).__name__,
                 )
             return
+        replid = info.get("master_replid")
         with self._lock:
-            self._connected = connected
-            self.per_node = per_node
-            self._read_at = self.clock()
+            now = self.clock()
+            self._read_at = now or 1e-9
             self._reading = False
+            if per_node is not None:  # a cluster: each node waits for its own, as read
+                self.per_node, self._connected = per_node, online
+                return
+            if self._connected is None or online >= self._connected or replid != self._replid:
+                self._connected, self._replid, self._lower_since = online, replid, None
+            elif self._lower_since is None:
+                self._lower_since = now  # fewer on the same primary: believed after REFRESH
+            elif now - self._lower_since >= REFRESH:
+                self._connected, self._lower_since = online, None
 
     def _read_soon(self) -> None:
         with self._lock:
@@ -141,6 +261,8 @@ class Replicas:
         acked = run.acked
         if acked is not None and acked >= run.needed:
             return
+        if self.wanted == "connected":
+            self._read_soon()  # a replica gone, or a new primary: the next write knows
         shown = f"{acked or 0} of {run.needed} replica(s) acknowledged it within {self.timeout} s"
         if kind == ENDING:
             raise SessionBackendUnavailable(
@@ -160,13 +282,9 @@ class Replicas:
 
 
 def _per_node(info: Any) -> dict[str, int]:
-    """``connected_slaves`` of each primary, from a cluster client's ``INFO replication`` sent to
-    every primary (one reply per node)."""
-    return {
-        str(name): int(node.get("connected_slaves", 0))
-        for name, node in info.items()
-        if isinstance(node, dict)
-    }
+    """How many replicas are in sync with each primary (:func:`in_sync`), from a cluster
+    client's ``INFO replication`` sent to every primary (one reply per node, by its name)."""
+    return {str(name): in_sync(node) for name, node in info.items() if isinstance(node, dict)}
 
 
 def command_key(command: tuple[Any, ...]) -> Any:
@@ -205,9 +323,22 @@ class WaitingRun:
                 lambda: self._send(connection, commands),
                 lambda _error: connection.disconnect(),
             )
+            if self._short(replies):
+                connection.disconnect()
+                self.pool.disconnect(inuse_connections=False)
+                watch_sentinels(self.pool)
         finally:
             self.pool.release(connection)
         return self._answered(replies)
+
+    def _short(self, replies: list[Any]) -> bool:
+        """Whether fewer replicas than needed acknowledged: perhaps a failover took them and
+        this server is an old primary whose writes will be lost. Then the pool's connections
+        are dropped, so the next writes connect again (at a plain URL they reach the same name
+        again, at the cost of a connect after a wait that already took its timeout), and through
+        Sentinel the process watches the sentinels until they name another primary
+        (:func:`watch_sentinels`)."""
+        return isinstance(replies[-1], int) and replies[-1] < self.needed
 
     def _answered(self, replies: list[Any]) -> list[Any]:
         """The write's replies; ``acked`` from the WAIT's; the first error reply raised."""
@@ -325,6 +456,10 @@ class AsyncWaitingRun(WaitingRun):
                 lambda: self._asend(connection, commands),
                 lambda _error: connection.disconnect(),
             )
+            if self._short(replies):
+                await connection.disconnect()
+                await self.pool.disconnect(inuse_connections=False)
+                awatch_sentinels(self.pool)
         finally:
             await self.pool.release(connection)
         return self._answered(replies)

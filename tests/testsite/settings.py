@@ -90,6 +90,10 @@ if os.environ.get("MEMSESSION_TEST_REDIS_URL"):
     ]
 
 # Snapshots, for the real-server tests that ask for them through the environment.
+if os.environ.get("MEMSESSION_TEST_SESSION_MESSAGES"):
+    # Django's messages in the session (the default keeps them in a cookie first).
+    MESSAGE_STORAGE = "django.contrib.messages.storage.session.SessionStorage"
+
 if os.environ.get("MEMSESSION_TEST_SNAPSHOT_PATH"):
     MEMSESSION_SNAPSHOT_PATH = os.environ["MEMSESSION_TEST_SNAPSHOT_PATH"]
     MEMSESSION_SNAPSHOT_INTERVAL = float(os.environ.get("MEMSESSION_TEST_SNAPSHOT_INTERVAL", "0"))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable
 
 from asgiref.sync import sync_to_async
+from django.contrib import messages
 from django.contrib.auth import get_user, get_user_model, login, update_session_auth_hash
 from django.db import transaction
 from django.http import HttpRequest, JsonResponse
@@ -55,6 +57,44 @@ def store_blob(request: HttpRequest) -> JsonResponse:
     """Put ``?size=<n>`` characters into the session."""
     request.session["blob"] = "b" * int(request.GET["size"])
     return JsonResponse({"stored": True})
+
+
+# Two requests with ``?meet=1`` wait for each other here after loading the session and before
+# changing it: both have loaded the same version, so one of the two saves is merged.
+_meeting = threading.Barrier(2, timeout=10)
+
+
+def _meet(request: HttpRequest) -> None:
+    request.session.keys()  # loaded now
+    if request.GET.get("meet"):
+        _meeting.wait()
+
+
+def add_to_cart(request: HttpRequest) -> JsonResponse:
+    """Add ``?item=`` to the session's cart (what a shop's "add to cart" does)."""
+    _meet(request)
+    cart = request.session.get("cart", [])
+    cart.append(request.GET["item"])
+    request.session["cart"] = cart
+    return JsonResponse({"items": len(cart)})
+
+
+def post_message(request: HttpRequest) -> JsonResponse:
+    """Store a Django message ``?text=`` for the next page (in the session with
+    ``MEMSESSION_TEST_SESSION_MESSAGES``)."""
+    _meet(request)
+    messages.info(request, request.GET["text"])
+    return JsonResponse({"posted": True})
+
+
+def cart_and_messages(request: HttpRequest) -> JsonResponse:
+    """The session's cart and its pending messages (which this shows, so they are used up)."""
+    return JsonResponse(
+        {
+            "cart": request.session.get("cart", []),
+            "messages": [message.message for message in messages.get_messages(request)],
+        }
+    )
 
 
 def store_stats(request: HttpRequest) -> JsonResponse:
