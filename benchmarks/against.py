@@ -7,8 +7,10 @@ engine" is measured against) into a temporary directory with ``git archive``, th
 worker alternately on that tree and on this one, each in a fresh process. Each worker fills 2,000
 anonymous and 2,000 logged-in sessions (the same 300-byte payload, the logged-in ones with
 Django's three ``_auth_user_*`` keys) and times each operation through ``SessionStore`` as the
-best of 7 rounds; the figure per operation is the median over the pairs of the ratio this / REV,
-which the machine's drift between processes moves far less than a ratio of two separate runs.
+best of 7 rounds (``login``: a session saved with its user for the first time, the write that
+indexes it; ``logout``: a logged-in session loaded and flushed); the figure per operation is
+the median over the pairs of the ratio this / REV, which the machine's drift between processes
+moves far less than a ratio of two separate runs.
 ``--engine`` chooses the engine: ``memory`` (the default), ``redis`` or ``redis+near`` (the Redis
 engine without and with its near cache, both trees on one throwaway loopback ``redis-server``,
 emptied before each worker). Prints one JSON line.
@@ -32,7 +34,7 @@ from typing import Any
 # c369138: the engine as it was before the user index (issue 11) was merged.
 BEFORE_THE_INDEX = "c369138"
 OPERATIONS = ("create", "load-modify-save anonymous", "load-modify-save logged in")
-OPERATIONS += ("load anonymous", "load logged in")
+OPERATIONS += ("load anonymous", "load logged in", "login", "logout")
 
 
 def _best(operation: Callable[[int], object], count: int, rounds: int = 7) -> float:
@@ -108,12 +110,39 @@ def worker(tree: str, count: int, engine: str = "memory", redis_url: str | None 
         chosen = keys[name]
         return lambda i: SessionStore(chosen[i % 2000]).load()
 
+    def login(i: int) -> None:
+        # What the save at the end of Django's login() writes: a session that gets its user.
+        session = SessionStore()
+        session.update(logged_in)
+        session.save()
+
+    rounds = 7
+    to_end = iter(fill_many(SessionStore, logged_in, count * rounds))
+
+    def logout(i: int) -> None:
+        # Django's logout(): the loaded session flushed.
+        session = SessionStore(next(to_end))
+        session.load()
+        session.flush()
+
     figures = {"create": _best(create, count)}
     for name in keys:
         figures[f"load-modify-save {name}"] = _best(cycle(name), count)
     for name in keys:
         figures[f"load {name}"] = _best(load(name), count)
+    figures["login"] = _best(login, count, rounds)
+    figures["logout"] = _best(logout, count, rounds)
     return figures
+
+
+def fill_many(SessionStore: Any, data: dict[str, Any], count: int) -> list[str]:
+    keys = []
+    for _ in range(count):
+        session = SessionStore()
+        session.update(data)
+        session.save()
+        keys.append(session.session_key)
+    return keys
 
 
 def _export(rev: str, into: Path) -> str:

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
 from django_memsession.memory.store import Limits, MemoryStore
 from django_memsession.runtime import get_store
 from django_memsession.sizing import EntrySizer
+
+if TYPE_CHECKING:
+    from cluster_servers import RedisCluster
 
 pytest_plugins = ["browser", "redis_server", "engines", "accounts"]
 
@@ -80,3 +84,21 @@ def control_dir() -> Iterator[str]:
     with override_settings(MEMSESSION_CONTROL_DIR=path):
         yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of six nodes on loopback (tests/cluster_servers.py), for the whole run;
+    skips, or fails under ``MEMSESSION_REQUIRE_REDIS=1``, without a server. A test that takes
+    it is marked ``redis``. Tests that fail over, kill or reshard leave it ok and settled, not
+    as it started: ask it for its primaries, and :meth:`RedisCluster.reset` it first."""
+    from redis_server import server_executable
+
+    executable = server_executable()
+    pytest.importorskip("redis")
+    from cluster_servers import RedisCluster
+
+    servers = RedisCluster(executable)
+    servers.start()
+    yield servers
+    servers.stop()

@@ -19,7 +19,10 @@ from typing import Any
 import pytest
 from conftest import FakeClock
 
-ENGINES = ("memory", "redis", "redis+near")
+ENGINES = ("memory", "redis", "redis+near", "redis-cluster")
+# Without an engines mark: "redis-cluster" (the six-node cluster of cluster_servers.py, with
+# MEMSESSION_REDIS_CLUSTER) runs where a module asks for it.
+DEFAULT_ENGINES = ("memory", "redis", "redis+near")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,7 +35,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "engine" not in metafunc.fixturenames:
         return
     marker = metafunc.definition.get_closest_marker("engines")
-    names = marker.args if marker else ENGINES
+    names = marker.args if marker else DEFAULT_ENGINES
     unknown = set(names) - set(ENGINES)
     assert not unknown, f"no such engine: {sorted(unknown)}"
     # The Redis engines' params are marked redis: `-m redis` is the Redis engine's whole suite.
@@ -80,6 +83,8 @@ def start_engine(name: str, request: pytest.FixtureRequest) -> Engine:
 
         settings.SESSION_ENGINE = "django_memsession"
         return Engine(name, SessionStore)
+    if name == "redis-cluster":
+        return Engine(name, *cluster_engine(request))
     server = request.getfixturevalue("redis_server")
     request.getfixturevalue("redis_url")  # an empty server, the engine pointed at it
     from django_memsession.redis import SessionStore
@@ -119,3 +124,62 @@ def engine_clock(engine: Engine, monkeypatch) -> Iterator[FakeClock]:
     monkeypatch.setattr(store_module, "_build", build_with_fake_clock)
     monkeypatch.setattr(store_module.get_store(), "clock", fake)
     yield fake
+
+
+def cluster_engine(request: pytest.FixtureRequest) -> tuple[type, Any]:
+    """The Redis engine on the six-node cluster (``MEMSESSION_REDIS_CLUSTER``), emptied."""
+    from redis_server import require_redis_mark
+
+    require_redis_mark(request.node)
+    cluster = request.getfixturevalue("cluster")
+    settings = request.getfixturevalue("settings")
+    from django_memsession.redis import SessionStore, store
+
+    cluster.reset()
+    settings.SESSION_ENGINE = "django_memsession.redis"
+    settings.MEMSESSION_REDIS_URL = cluster.url
+    settings.MEMSESSION_REDIS_CLUSTER = True
+    store.reset()
+    request.addfinalizer(store.reset)
+    return SessionStore, ClusterServer(cluster)
+
+
+class ClusterServer:
+    """What the tests ask of a Redis server (``redis_server.RedisServer``), on the cluster: its
+    URL (one node's), a client (redis-py's RedisCluster), emptied by ``reset()``."""
+
+    def __init__(self, cluster: Any) -> None:
+        self.cluster = cluster
+        self.url = cluster.url
+
+    def client(self) -> Any:
+        return self.cluster.client()
+
+    def reset(self) -> None:
+        self.cluster.reset()
+        self.url = self.cluster.url
+
+
+def cluster_as_server(request: pytest.FixtureRequest) -> ClusterServer:
+    """For a module whose tests take ``redis_server`` and ``redis_url``: the cluster in the
+    server's place, the engine on it (``MEMSESSION_REDIS_CLUSTER``, here and in the processes
+    the tests start, through the test site's settings)."""
+    settings = request.getfixturevalue("settings")
+    monkeypatch = request.getfixturevalue("monkeypatch")
+    settings.MEMSESSION_REDIS_CLUSTER = True
+    monkeypatch.setenv("MEMSESSION_TEST_REDIS_CLUSTER", "1")
+    return ClusterServer(request.getfixturevalue("cluster"))
+
+
+def site_middleware(engine: Engine, request: pytest.FixtureRequest) -> None:
+    """On Redis, the test site with this package's SessionMiddleware in the place of Django's
+    (the ``redis_site`` fixture; on the cluster, the same without a server of its own)."""
+    if engine.name == "redis-cluster":
+        from redis_server import DJANGOS_MIDDLEWARE, OUR_MIDDLEWARE
+
+        settings = request.getfixturevalue("settings")
+        settings.MIDDLEWARE = [
+            OUR_MIDDLEWARE if name == DJANGOS_MIDDLEWARE else name for name in settings.MIDDLEWARE
+        ]
+    elif engine.redis:
+        request.getfixturevalue("redis_site")

@@ -27,7 +27,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -88,13 +88,18 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark ``redis`` every test whose fixtures (however deep) include ``redis_server``. A test
+    """Mark ``redis`` every test whose fixtures (however deep) include ``redis_server`` or
+    ``cluster`` (tests/cluster_servers.py, six nodes in cluster mode). A test
     that reaches a server another way (``request.getfixturevalue``, a parametrized engine) carries
     the mark itself (``pytest.param(..., marks=pytest.mark.redis)``); :func:`require_redis_mark`
     fails it if it does not."""
     for item in items:
-        if "redis_server" in getattr(item, "fixturenames", ()):
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.redis)
+
+
+# The fixtures that start servers: a test that takes one (however deep) is marked redis.
+SERVER_FIXTURES = {"redis_server", "cluster"}
 
 
 # The test being run (its setup, call and teardown), for require_redis_mark().
@@ -148,11 +153,15 @@ class RedisServer:
     temp dir, with no persistence, and its faults.
 
     ``executable``: the server to run (default: :func:`server_executable`). ``cluster``: a Redis
-    Cluster node (``cluster-enabled``) holding no slots yet."""
+    Cluster node (``cluster-enabled``, its ``nodes-<port>.conf`` in its dir) holding no slots yet.
+    ``extra_args``: more command-line options, appended as given."""
 
-    def __init__(self, executable: str | None = None, cluster: bool = False) -> None:
+    def __init__(
+        self, executable: str | None = None, cluster: bool = False, extra_args: Sequence[str] = ()
+    ) -> None:
         self.executable = executable or server_executable()
         self.cluster = cluster
+        self.extra_args = list(extra_args)
         self.port = free_cluster_port() if cluster else _free_port()
         self.directory = tempfile.mkdtemp(prefix="memsession-redis-")
         self.process: subprocess.Popen[bytes] | None = None
@@ -169,7 +178,11 @@ class RedisServer:
         args += ["--protected-mode", "no", "--daemonize", "no", "--loglevel", "warning"]
         if self.cluster:
             args += ["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]
-            args += ["--cluster-config-file", os.path.join(self.directory, "nodes.conf")]
+            args += [
+                "--cluster-config-file",
+                os.path.join(self.directory, f"nodes-{self.port}.conf"),
+            ]
+        args += self.extra_args
         self.process = subprocess.Popen(
             args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=self.directory
         )

@@ -3,7 +3,8 @@
 Reviewers hold the engines to Django's ``SessionTestsMixin`` and ``SessionMiddlewareTests``; this
 runs them here, for whichever Django the environment has, once per engine of ``engines.py``:
 ``Memsession*`` (memory), ``Redis*`` and ``RedisNear*`` (a real ``redis-server``, the second with
-the near cache on, so a load may be answered by L1). Django's suite is fetched once per version
+the near cache on, so a load may be answered by L1), ``RedisCluster*`` (the six-node cluster of
+``cluster_servers.py``). Django's suite is fetched once per version
 (see ``django_session_suite``); without a network the module skips, or fails under
 ``MEMSESSION_REQUIRE_DJANGO_SUITE=1``. Each Redis test gets an empty server and the engine
 pointed at it: Django's tests never see another test's sessions. Without ``redis-server`` the
@@ -23,13 +24,23 @@ from django_memsession.memory.engine import SessionStore
 # Tests of Django's that cannot apply to an engine (skipped, with the reason): none. Every test
 # of SessionTestsMixin and SessionMiddlewareTests runs; the two middleware tests that read the db
 # engine's table run with that read going through the engine instead.
-SKIP: dict[str, dict[str, str]] = {"memory": {}, "redis": {}, "redis+near": {}}
+SKIP: dict[str, dict[str, str]] = {"memory": {}, "redis": {}, "redis+near": {}, "redis-cluster": {}}
 
 # Known failures of an engine against Django's expectations, to be fixed in the engine; strict,
 # so a fix shows up as XPASS(strict) until its line goes.
-XFAIL: dict[str, dict[str, str]] = {"memory": {}, "redis": {}, "redis+near": {}}
+XFAIL: dict[str, dict[str, str]] = {
+    "memory": {},
+    "redis": {},
+    "redis+near": {},
+    "redis-cluster": {},
+}
 
-PREFIXES = {"memory": "Memsession", "redis": "Redis", "redis+near": "RedisNear"}
+PREFIXES = {
+    "memory": "Memsession",
+    "redis": "Redis",
+    "redis+near": "RedisNear",
+    "redis-cluster": "RedisCluster",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +71,7 @@ globals().update(_cases("memory", SessionStore, "django_memsession"))
 if importlib.util.find_spec("redis") is not None:
     from django_memsession.redis.engine import SessionStore as RedisSessionStore
 
-    for _name in ("redis", "redis+near"):
+    for _name in ("redis", "redis+near", "redis-cluster"):
         globals().update(_cases(_name, RedisSessionStore, "django_memsession.redis"))
 else:
 

@@ -22,6 +22,8 @@ from django.utils import timezone
 
 from django_memsession import SessionTooLarge
 
+pytestmark = pytest.mark.engines("memory", "redis", "redis+near", "redis-cluster")
+
 
 @pytest.fixture
 def session(engine):

@@ -36,6 +36,7 @@ from django.db import connection
 from django.test import Client, RequestFactory, override_settings
 from django.utils.encoding import force_bytes
 from django.utils.http import urlsafe_base64_encode
+from engines import site_middleware
 
 import django_memsession
 from django_memsession.logged_in import session_id
@@ -43,7 +44,7 @@ from django_memsession.messages import to_json
 
 pytestmark = [
     pytest.mark.django_db,
-    pytest.mark.engines("memory", "redis"),
+    pytest.mark.engines("memory", "redis", "redis-cluster"),
     pytest.mark.usefixtures("engine"),
 ]
 
@@ -52,8 +53,7 @@ pytestmark = [
 def _site(engine, request) -> None:
     """On Redis, the test site with this package's SessionMiddleware in the place of Django's
     (the ``redis_site`` fixture)."""
-    if engine.redis:
-        request.getfixturevalue("redis_site")
+    site_middleware(engine, request)
 
 
 @pytest.fixture(autouse=True)

@@ -72,7 +72,10 @@ def test_redis_rediss_and_unix_urls_are_accepted(url, settings):
         ("redis://127.0.0.1/-1", "its database number (the path) is not a whole number"),
         ("redis://127.0.0.1?db=one", "its ?db= is not a whole number"),
         ("unix://", "it names no socket"),
-        ("redis://127.0.0.1/0?cluster=yes", "'cluster' (cluster mode is not supported yet)"),
+        (
+            "redis://127.0.0.1/0?cluster=yes",
+            "'cluster' (for a Redis Cluster, set MEMSESSION_REDIS_CLUSTER = True)",
+        ),
         ("redis://127.0.0.1/0?socket_timeout=soon", "Invalid value for 'socket_timeout'"),
     ],
 )
@@ -126,7 +129,7 @@ def test_an_unknown_option_is_e109_listing_the_accepted_names(settings):
     settings.MEMSESSION_REDIS_OPTIONS = {"cluster": True}
     (message,) = check_redis_settings()
     assert message.id == "memsession.E109"
-    assert "'cluster' (cluster mode is not supported yet)" in message.msg
+    assert "'cluster' (for a Redis Cluster, set MEMSESSION_REDIS_CLUSTER = True)" in message.msg
     assert "max_connections, " in message.hint
     assert "socket_timeout, " in message.hint
 

@@ -1,5 +1,5 @@
-"""MEMSESSION_REDIS_URL naming a node of a Redis Cluster, which the engine does not support yet:
-every request is a 503 that says why (not a 500 on MOVED), and ``check --deploy`` says so.
+"""MEMSESSION_REDIS_URL naming a node of a Redis Cluster without MEMSESSION_REDIS_CLUSTER = True:
+every request is a 503 that says to set it (not a 500 on MOVED), and ``check --deploy`` says so.
 
 A real cluster of two nodes on loopback (half the slots each), started for this module. Each new
 connection asks ``INFO cluster`` once; where INFO is not allowed, the cluster's redirections are
@@ -30,7 +30,7 @@ SLOTS = 16384
 
 
 @pytest.fixture(scope="module")
-def cluster() -> Iterator[tuple[RedisServer, RedisServer]]:
+def two_nodes() -> Iterator[tuple[RedisServer, RedisServer]]:
     """Two cluster nodes, half the slots each, that know each other: a request for a key of the
     other half gets MOVED."""
     assert REDIS_SERVER is not None
@@ -59,9 +59,9 @@ def cluster() -> Iterator[tuple[RedisServer, RedisServer]]:
 
 
 @pytest.fixture
-def on_a_cluster_node(cluster, settings) -> Iterator[RedisServer]:
+def on_a_cluster_node(two_nodes, settings) -> Iterator[RedisServer]:
     """The Redis engine, and this package's middleware, pointed at the cluster's first node."""
-    node = cluster[0]
+    node = two_nodes[0]
     settings.SESSION_ENGINE = "django_memsession.redis"
     settings.MEMSESSION_REDIS_URL = node.url
     settings.MIDDLEWARE = [
@@ -94,7 +94,7 @@ def test_a_request_on_a_cluster_node_is_a_503_that_says_why(on_a_cluster_node, c
     assert django_settings.SESSION_COOKIE_NAME not in response.cookies
     [line] = [r.getMessage() for r in caplog.records if r.name == "django_memsession"]
     assert "node of a Redis Cluster" in line
-    assert "not supported yet" in line
+    assert "set MEMSESSION_REDIS_CLUSTER = True" in line
 
 
 @pytest.mark.usefixtures("on_a_cluster_node")
@@ -108,6 +108,7 @@ def test_the_deploy_check_says_the_url_names_a_cluster_node():
     (message,) = check_redis_deployment()
     assert message.id == "memsession.E110"
     assert "Redis Cluster" in message.msg
+    assert "MEMSESSION_REDIS_CLUSTER = True" in message.hint
 
 
 def test_a_redirection_is_a_503_where_info_is_not_allowed(on_a_cluster_node, settings):

@@ -21,6 +21,7 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 from django.test import Client
 from processes import run_command
+from redis_index import gone_long_ago
 from redis_server import RedisServer, server_executable
 from sentinel_servers import SERVICE, Forwarder, SentinelSet, wait_for
 
@@ -293,7 +294,7 @@ def _a_member_without_its_session(sentinels: SentinelSet) -> None:
     session.save()
     primary = sentinels.primary.client()
     try:
-        primary.delete(get_store().key(session.session_key))
+        gone_long_ago(primary, session.session_key, "1")
     finally:
         primary.close()
 

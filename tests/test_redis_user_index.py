@@ -10,11 +10,14 @@ import random
 import subprocess
 import sys
 import threading
+from typing import Any
 
 import pytest
 from django.contrib.sessions.backends.base import CreateError, UpdateError
 from django.core.management import call_command
+from engines import cluster_as_server
 from processes import TESTS_DIR, run_command
+from redis_index import gone_long_ago
 from redis_server import RedisServer
 
 import django_memsession
@@ -27,6 +30,15 @@ from django_memsession.serializers import current_codec
 pytestmark = pytest.mark.usefixtures("redis_url")
 
 AUTH = "_auth_user_id"
+
+
+@pytest.fixture(params=["server", pytest.param("cluster", marks=pytest.mark.redis)])
+def redis_server(request: pytest.FixtureRequest, redis_server: RedisServer) -> Any:
+    """Each test on one server, and again on the six-node cluster (its keys and its users'
+    hashes in different slots, on different nodes)."""
+    if request.param == "server":
+        return redis_server
+    return cluster_as_server(request)
 
 
 def index_problems(server: RedisServer) -> list[str]:
@@ -181,11 +193,27 @@ def test_the_per_user_limit_holds_against_concurrent_logins_in_two_processes(red
 
 
 def end_without_a_logout(server: RedisServer, session: SessionStore) -> None:
-    """What an eviction or a delete by another object does: the session goes, the member
-    stays until it is cleaned."""
+    """What an eviction or a delete by another object does, long after the member was written:
+    the session goes, the member stays until it is cleaned."""
     client = server.client()
     try:
+        gone_long_ago(client, session.session_key, session[AUTH])
+    finally:
+        client.close()
+
+
+def test_a_member_whose_session_is_missing_is_kept_unlisted_while_it_may_be_a_login_in_flight(
+    redis_server,
+):
+    """A login indexes its session before it writes the record: until PENDING_SECONDS after
+    the member was written, a missing record may be that login's next step, not a session gone."""
+    session = logged_in_session("1")
+    client = redis_server.client()
+    try:
         client.delete(get_store().key(session.session_key))
+        assert get_store().user_sessions("1") == []
+        assert get_store().index.prune_index().removed == 0
+        assert client.hexists(get_store().index.users_key("1"), session.session_key)
     finally:
         client.close()
 

@@ -60,6 +60,12 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "health_check_interval": 0,
 }
 
+# On a Redis Cluster, the same but health_check_interval, which redis-py's RedisCluster
+# clients do not take (they never health-check a connection: the default here, 0, says so).
+CLUSTER_OPTIONS = {
+    name: value for name, value in DEFAULT_OPTIONS.items() if name != "health_check_interval"
+}
+
 URL_SCHEMES = ("redis", "rediss", "unix")
 URL_EXAMPLE = (
     "e.g. redis://127.0.0.1:6379/0 (a host, a port from 1 to 65535, a database number), "
@@ -97,6 +103,8 @@ class RedisSettings(BaseSettings):
     NEAR_CACHE = Setting(None)
     SENTINELS = Setting(None)
     SENTINEL_OPTIONS = DictSetting({})
+    # A Redis Cluster (redis-py's RedisCluster): the URL names any one of its nodes.
+    CLUSTER = Setting(False)
     # Waiting for replicas (redis/replicas.py): a block of its own.
     WAIT_REPLICAS = Setting(DEFAULT_WAIT_REPLICAS)
     WAIT_TIMEOUT = Setting(DEFAULT_WAIT_TIMEOUT)
@@ -128,6 +136,9 @@ class StoreSettings:
     sentinels: tuple[tuple[str, int], ...] | None = None
     # The sentinels' connection options (DEFAULT_SENTINEL_OPTIONS under the setting's).
     sentinel_options: dict[str, Any] | None = None
+    # MEMSESSION_REDIS_CLUSTER: the URL names one node of a Redis Cluster (redis-py's
+    # RedisCluster finds the others); False, a standalone server (or Sentinel's primary).
+    cluster: bool = False
 
     @property
     def service_name(self) -> str | None:
@@ -168,7 +179,9 @@ def problems() -> list[Problem]:
         )
     else:
         wrong = url_problem(url)
-        if wrong is not None and not (conf.SENTINELS is not None and _names_no_service(url)):
+        # Under Sentinel (E113) and on a cluster (E116) a URL with no host says so in their terms.
+        excused = conf.SENTINELS is not None or conf.CLUSTER is True
+        if wrong is not None and not (excused and _names_no_service(url)):
             shown = redacted(url) if isinstance(url, str) else repr(url)
             found.append(
                 Problem(
@@ -220,6 +233,7 @@ def problems() -> list[Problem]:
             "MAX_SESSION_SIZE", size, "memsession.E106", MAX_SESSION_SIZE_EXAMPLE
         )[1]
     found.extend(sentinel_problems(url))
+    found.extend(cluster_problems(url))
     near = conf.NEAR_CACHE
     if near is not None:
         near_bytes, problems = size_problem(
@@ -271,6 +285,67 @@ def wait_problems() -> list[Problem]:
             )
         )
     return found
+
+
+CLUSTER_URL_EXAMPLE = "e.g. MEMSESSION_REDIS_URL = 'redis://10.0.0.1:6379/0'"
+
+
+def cluster_problems(url: object = None) -> list[Problem]:
+    """``MEMSESSION_REDIS_CLUSTER`` (E116): True or False; True with no Sentinel, and a URL
+    naming one node over TCP (a host, database 0)."""
+    cluster = conf.CLUSTER
+    if not isinstance(cluster, bool):
+        return [
+            Problem(
+                "memsession.E116",
+                f"MEMSESSION_REDIS_CLUSTER = {cluster!r} is not True or False.",
+                "Write True when MEMSESSION_REDIS_URL names a node of a Redis Cluster, False "
+                "(the default) for a standalone Redis server or Sentinel.",
+            )
+        ]
+    if not cluster:
+        return []
+    found: list[Problem] = []
+    if conf.SENTINELS is not None:
+        found.append(
+            Problem(
+                "memsession.E116",
+                "MEMSESSION_REDIS_CLUSTER = True and MEMSESSION_REDIS_SENTINELS are both set: "
+                "a Redis Cluster fails over by itself and has no sentinels.",
+                "For a Redis Cluster remove MEMSESSION_REDIS_SENTINELS and write one node's "
+                f"address as the URL, {CLUSTER_URL_EXAMPLE}; for Sentinel remove "
+                "MEMSESSION_REDIS_CLUSTER.",
+            )
+        )
+    elif _names_no_service(url):
+        found.append(
+            Problem(
+                "memsession.E116",
+                "MEMSESSION_REDIS_CLUSTER = True, and MEMSESSION_REDIS_URL names no node of "
+                "it (a unix:// URL, or no host): a Redis Cluster is reached over TCP, at the "
+                "addresses its nodes give each other.",
+                f"Write one node's host and port, {CLUSTER_URL_EXAMPLE} (rediss:// for TLS); "
+                "the client finds the other nodes from it.",
+            )
+        )
+    elif isinstance(url, str) and url_problem(url) is None and _database(url) not in (None, 0):
+        found.append(
+            Problem(
+                "memsession.E116",
+                "MEMSESSION_REDIS_CLUSTER = True, and MEMSESSION_REDIS_URL names a database "
+                "other than 0: a Redis Cluster has database 0 only.",
+                f"Write /0 (or nothing) as the URL's path, {CLUSTER_URL_EXAMPLE}; "
+                "MEMSESSION_REDIS_PREFIX keeps the sessions' keys apart from others.",
+            )
+        )
+    return found
+
+
+def _database(url: str) -> int | None:
+    """The database number a valid URL names (the path, or ``?db=``, which wins), or None."""
+    parts = urlsplit(url)
+    named = parse_qs(parts.query).get("db") or [parts.path.strip("/")]
+    return int(named[-1]) if named[-1] else None
 
 
 def sentinel_problems(url: object = None) -> list[Problem]:
@@ -427,7 +502,8 @@ def _option_name_problems(options: dict[str, Any], url: object) -> list[Problem]
     # as before exportsessions), for whichever scheme takes the name.
     scheme: str | None = url.partition("://")[0].lower() if isinstance(url, str) else None
     scheme = scheme if scheme in URL_SCHEMES else None
-    refused = refused_options(list(options), scheme)
+    cluster = conf.CLUSTER is True
+    refused = refused_options(list(options), scheme, cluster=cluster)
     if not refused:
         return []
     return [
@@ -435,7 +511,7 @@ def _option_name_problems(options: dict[str, Any], url: object) -> list[Problem]
             "memsession.E109",
             f"MEMSESSION_REDIS_OPTIONS names what the engine cannot pass to redis-py: "
             f"{', '.join(refused)}.",
-            f"Remove them. {accepted_text(scheme)}",
+            f"Remove them. {accepted_text(scheme, cluster=cluster)}",
         )
     ]
 
@@ -447,8 +523,9 @@ def max_session_bytes() -> int:
 
 
 def pool_options() -> dict[str, Any]:
-    """The connection-pool options: ``DEFAULT_OPTIONS`` under ``MEMSESSION_REDIS_OPTIONS``."""
-    return {**DEFAULT_OPTIONS, **conf.OPTIONS}
+    """The connection-pool options: ``DEFAULT_OPTIONS`` (on a cluster, ``CLUSTER_OPTIONS``)
+    under ``MEMSESSION_REDIS_OPTIONS``."""
+    return {**(CLUSTER_OPTIONS if conf.CLUSTER is True else DEFAULT_OPTIONS), **conf.OPTIONS}
 
 
 def store_settings() -> StoreSettings:
@@ -466,6 +543,7 @@ def store_settings() -> StoreSettings:
         max_sessions_per_user=shared.MAX_SESSIONS_PER_USER,
         near_cache_bytes=None if conf.NEAR_CACHE is None else parse_size(conf.NEAR_CACHE),
         **sentinel_settings(),
+        cluster=conf.CLUSTER is True,
         wait_replicas=conf.WAIT_REPLICAS,
         wait_timeout=float(conf.WAIT_TIMEOUT),
     )

@@ -145,9 +145,11 @@ def _server_findings(config: conf.StoreSettings) -> list[CheckMessage]:
                 return [
                     Error(
                         f"Redis at {conf.redacted(config.url)} is a node of a Redis Cluster "
-                        "(cluster_enabled:1), and the Redis engine does not support cluster mode "
-                        "yet: every request that uses the session would be a 503.",
-                        hint="Point MEMSESSION_REDIS_URL at a standalone Redis server.",
+                        "(cluster_enabled:1), and MEMSESSION_REDIS_CLUSTER is not True: every "
+                        "request that uses the session would be a 503.",
+                        hint="Set MEMSESSION_REDIS_CLUSTER = True (MEMSESSION_REDIS_URL may "
+                        "name any node of the cluster), or point MEMSESSION_REDIS_URL at a "
+                        "standalone Redis server.",
                         id="memsession.E110",
                     )
                 ]

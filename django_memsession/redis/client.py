@@ -2,23 +2,26 @@
 redis-py accepts in them.
 
 - :func:`sync_client`, :func:`async_client`: the store's clients (timed, see ``latency.py``),
-  with the engine's retry policy and a connect hook that refuses a node of a Redis Cluster. At
+  with the engine's retry policy and a connect hook that refuses a node of a Redis Cluster
+  (unless ``MEMSESSION_REDIS_CLUSTER = True``: then redis-py's ``RedisCluster`` and its asyncio
+  twin, built from the URL of any node and the same options, see :func:`cluster_options`). At
   a plain URL their connections turn a ``READONLY`` reply into :class:`Demoted` (a
   ``ConnectionError``: retried once at once on a new connection, through the URL's name); under
   Sentinel (``MEMSESSION_REDIS_SENTINELS``) they are redis-py's Sentinel clients, whose
   connections ask the sentinels for the primary on connect and do the same on ``READONLY``.
 - :func:`primary_connection`: one connection of its own at the primary (the near cache's
   tracking pair); :func:`discover`: the primary and live replicas the sentinels name (the
-  deploy check).
+  deploy check); :func:`node_client`: a plain client of one node of a Redis Cluster, with the
+  URL's user, password and TLS (the deploy check; whatever must talk to one node).
 - :func:`refused_options`, :func:`accepted_options`: which ``MEMSESSION_REDIS_OPTIONS`` names a
   client takes, read from redis-py's own pool and connection signatures (sync and async), so the
   list follows the installed redis-py instead of a copy that drifts.
 
 A Redis Cluster node answers a standalone client with ``MOVED`` and ``CROSSSLOT``: every request
-would be a 500. Until the engine supports a cluster, each new connection asks ``INFO cluster``
-once, after its handshake, and a node with ``cluster_enabled:1`` raises :class:`ClusterNode`,
-which the store turns into ``SessionBackendUnavailable`` (a 503, logged once per outage). It costs
-one round trip per connection, nothing per request.
+would be a 500. Without ``MEMSESSION_REDIS_CLUSTER = True``, each new connection asks ``INFO
+cluster`` once, after its handshake, and a node with ``cluster_enabled:1`` raises
+:class:`ClusterNode`, which the store turns into ``SessionBackendUnavailable`` (a 503, logged once
+per outage, saying to set it). It costs one round trip per connection, nothing per request.
 """
 
 from __future__ import annotations
@@ -34,15 +37,17 @@ from urllib.parse import parse_qs, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
 import redis.asyncio.connection
 import redis.asyncio.retry
 import redis.asyncio.sentinel
+import redis.cluster
 import redis.connection
 import redis.retry
 import redis.sentinel
 from redis.backoff import NoBackoff
 
-from .latency import TimedAsyncRedis, TimedRedis
+from .latency import TimedAsyncRedis, TimedAsyncRedisCluster, TimedRedis, TimedRedisCluster
 
 if TYPE_CHECKING:
     from .conf import StoreSettings
@@ -55,8 +60,10 @@ __all__ = [
     "async_client",
     "client_options",
     "close_client",
+    "cluster_options",
     "discover",
     "from_url_problem",
+    "node_client",
     "primary_connection",
     "refused_options",
     "refused_sentinel_options",
@@ -84,7 +91,12 @@ NOT_FOR_THE_ENGINE = {
     "single_connection_client": "every thread would share one connection",
     "ssl": "write a rediss:// URL",
     "unix_socket_path": "write a unix:// URL",
-    "cluster": "cluster mode is not supported yet",
+    "cluster": "for a Redis Cluster, set MEMSESSION_REDIS_CLUSTER = True",
+}
+# The same for redis-py's RedisCluster (MEMSESSION_REDIS_CLUSTER = True).
+NOT_FOR_THE_CLUSTER = {
+    "startup_nodes": "the URL names the node to start from; it finds the others",
+    "url": "MEMSESSION_REDIS_URL gives it",
 }
 
 
@@ -119,12 +131,44 @@ def _set_by_redis_py() -> frozenset[str]:
     return frozenset(own)
 
 
+def _own_names(function: Callable[..., Any]) -> set[str]:
+    """The keyword arguments a function names itself (not its ``**kwargs``)."""
+    parameters = inspect.signature(function).parameters.values()
+    return {
+        parameter.name
+        for parameter in parameters
+        if parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+    } - {"self"}
+
+
 @functools.cache
-def accepted_options(scheme: str | None = "redis") -> frozenset[str]:
+def _cluster_names() -> tuple[frozenset[str], frozenset[str]]:
+    """What redis-py's RedisCluster clients take: (every name both the sync and the async one
+    take, the cluster's own among them: ``require_full_coverage``, ``read_from_replicas``...).
+    The sync one passes on to its nodes only the names in ``REDIS_ALLOWED_KEYS`` (it drops the
+    others without a word); the async one takes only what it names."""
+    sync_own = _own_names(redis.cluster.RedisCluster.__init__)
+    sync = (set(redis.cluster.REDIS_ALLOWED_KEYS) - set(redis.cluster.KWARGS_DISABLED_KEYS)) | (
+        sync_own
+    )
+    async_all = _own_names(redis.asyncio.cluster.RedisCluster.__init__)
+    return frozenset(sync & async_all), frozenset(sync_own & async_all)
+
+
+@functools.cache
+def accepted_options(scheme: str | None = "redis", cluster: bool = False) -> frozenset[str]:
     """The ``MEMSESSION_REDIS_OPTIONS`` names a client for a URL of this scheme takes: what
     redis-py's pool and that scheme's connection class accept, in both the sync and the async
     client (the engine builds both from the same options), minus what the URL, redis-py's pool
-    or the engine set. ``None`` (no URL to tell): what a client for any of them takes."""
+    or the engine set. ``None`` (no URL to tell): what a client for any of them takes.
+    ``cluster``: what both of redis-py's RedisCluster clients take, of those and of their own."""
+    if cluster:
+        both, own = _cluster_names()
+        return frozenset(
+            ((accepted_options(scheme) | own) & both)
+            - set(NOT_FOR_THE_ENGINE)
+            - set(NOT_FOR_THE_CLUSTER)
+        )
     if scheme is None:
         return frozenset().union(*(accepted_options(known) for known in CONNECTION_CLASSES))
     sync_class, async_class = CONNECTION_CLASSES[scheme]
@@ -135,19 +179,26 @@ def accepted_options(scheme: str | None = "redis") -> frozenset[str]:
     return frozenset(accepted - set(NOT_FOR_THE_ENGINE) - _set_by_redis_py())
 
 
-def refused_options(names: list[str], scheme: str | None = "redis") -> list[str]:
+def refused_options(
+    names: list[str], scheme: str | None = "redis", cluster: bool = False
+) -> list[str]:
     """Each name a client for this scheme would not take, with why (or a close match): e.g.
-    ``"'socket_timout' (did you mean 'socket_timeout'?)"``. Empty when all are accepted."""
-    accepted = accepted_options(scheme)
+    ``"'socket_timout' (did you mean 'socket_timeout'?)"``. Empty when all are accepted.
+    ``cluster``: for redis-py's RedisCluster clients (``MEMSESSION_REDIS_CLUSTER = True``)."""
+    accepted = accepted_options(scheme, cluster)
     refused = []
     for name in names:
         if name in accepted:
             continue
         reason = NOT_FOR_THE_ENGINE.get(name)
+        if reason is None and cluster:
+            reason = NOT_FOR_THE_CLUSTER.get(name)
+            if reason is None and name in accepted_options(scheme):
+                reason = "redis-py's RedisCluster clients do not take it"
         if reason is None and name in _set_by_redis_py():
             reason = "redis-py's pool sets it"
         if reason is None:
-            other = [s for s in CONNECTION_CLASSES if name in accepted_options(s)]
+            other = [s for s in CONNECTION_CLASSES if name in accepted_options(s, cluster)]
             if other:
                 reason = "only with a " + " or ".join(f"{s}://" for s in other) + " URL"
             else:
@@ -168,12 +219,13 @@ def refused_sentinel_options(names: list[str]) -> list[str]:
     return refused_options([name for name in names if name not in own], None)
 
 
-def accepted_text(scheme: str | None = "redis") -> str:
+def accepted_text(scheme: str | None = "redis", cluster: bool = False) -> str:
     """The accepted names, for a hint."""
     url = f"a {scheme}:// URL" if scheme is not None else "some URL scheme"
+    what = "RedisCluster's and its connections'" if cluster else "connection and pool"
     return (
-        f"Accepted (redis-py {redis.__version__}'s connection and pool options, for {url}): "
-        f"{', '.join(sorted(accepted_options(scheme)))}."
+        f"Accepted (redis-py {redis.__version__}'s {what} options, for {url}): "
+        f"{', '.join(sorted(accepted_options(scheme, cluster)))}."
     )
 
 
@@ -215,10 +267,43 @@ def client_options(config: StoreSettings, asynchronous: bool = False) -> dict[st
     return options
 
 
-def sync_client(config: StoreSettings) -> TimedRedis:
+def cluster_options(config: StoreSettings, asynchronous: bool = False) -> dict[str, Any]:
+    """The keyword arguments of the store's RedisCluster clients: the settings' options (see
+    ``conf.pool_options()``), and unless they give ``"retry"``, one
+    retry at once of a command that failed on a dropped connection, a timeout or
+    ``CLUSTERDOWN`` (redis-py's cluster client retries those, and refreshes its map of the
+    slots first; ``MOVED`` and ``ASK`` it follows without a retry). No connect hook: the nodes
+    are cluster nodes."""
+    options = dict(config.options)
+    retry_class = redis.asyncio.retry.Retry if asynchronous else redis.retry.Retry
+    options.setdefault("retry", retry_class(NoBackoff(), 1))
+    return options
+
+
+def node_client(config: StoreSettings, host: str, port: int) -> redis.Redis:
+    """A plain client (a pool of its own, not timed) of one node of a Redis Cluster, with what
+    the URL says of every node (user, password, TLS, query-string options) and the settings'
+    connection options; the caller closes it."""
+    scheme = _scheme(config.url)
+    options = {
+        name: value
+        for name, value in config.options.items()
+        if name in accepted_options(scheme) and name != "retry"
+    }
+    url_options = _primary_options(config)
+    url_options.pop("db", None)
+    return redis.Redis(host=host, port=port, **{**options, **url_options})
+
+
+def sync_client(config: StoreSettings) -> TimedRedis | TimedRedisCluster:
     """The store's client: at the URL's server, or under Sentinel at the primary of the URL's
     service (found again after a failover: on a dropped connection and on ``READONLY``, which
-    redis-py's Sentinel connections turn into a dropped connection, retried once at once)."""
+    redis-py's Sentinel connections turn into a dropped connection, retried once at once), or
+    on a Redis Cluster (``MEMSESSION_REDIS_CLUSTER``) redis-py's RedisCluster, which asks the
+    URL's node for the map of the slots as it is built (``CLUSTER SLOTS``: a redis-py error,
+    ``RedisClusterException`` or ``ConnectionError``, when no node answers)."""
+    if config.cluster:
+        return TimedRedisCluster.from_url(config.url, **cluster_options(config))
     if config.sentinels is not None:
         sentinel = redis.sentinel.Sentinel(
             config.sentinels, sentinel_kwargs=config.sentinel_options
@@ -237,8 +322,13 @@ def sync_client(config: StoreSettings) -> TimedRedis:
     return TimedRedis.from_pool(pool)
 
 
-def async_client(config: StoreSettings) -> TimedAsyncRedis:
-    """The same on ``redis.asyncio`` (one per event loop: its connections belong to it)."""
+def async_client(config: StoreSettings) -> TimedAsyncRedis | TimedAsyncRedisCluster:
+    """The same on ``redis.asyncio`` (one per event loop: its connections belong to it). The
+    asyncio RedisCluster asks for the map of the slots at its first command, not when built."""
+    if config.cluster:
+        return TimedAsyncRedisCluster.from_url(
+            config.url, **cluster_options(config, asynchronous=True)
+        )
     if config.sentinels is not None:
         sentinel = redis.asyncio.sentinel.Sentinel(
             config.sentinels, sentinel_kwargs=config.sentinel_options
@@ -414,14 +504,16 @@ def _primary_address(config: StoreSettings) -> tuple[str, int]:
 
 
 class ClusterNode(redis.RedisError):
-    """The URL names a node of a Redis Cluster: not supported yet. Not a ``ConnectionError``, so
-    redis-py does not retry it; the store makes it ``SessionBackendUnavailable``."""
+    """The URL names a node of a Redis Cluster, and ``MEMSESSION_REDIS_CLUSTER`` is not set. Not
+    a ``ConnectionError``, so redis-py does not retry it; the store makes it
+    ``SessionBackendUnavailable``."""
 
     def __init__(self, address: str) -> None:
         super().__init__(
             f"the Redis server at {address} is a node of a Redis Cluster (cluster_enabled:1) "
-            "and cluster mode is not supported yet: point MEMSESSION_REDIS_URL at a standalone "
-            "Redis server"
+            "and MEMSESSION_REDIS_CLUSTER is not True: set MEMSESSION_REDIS_CLUSTER = True "
+            "(the URL may name any node), or point MEMSESSION_REDIS_URL at a standalone Redis "
+            "server"
         )
 
 

@@ -261,7 +261,9 @@ class SessionStore(FastSessionBase):
         elif must_create:
             plan.args = (session_key, payload, expires_at, ttl, ttl >= full_ttl)
         else:
-            may_restore = self._may_restore(now)
+            # A logged-in session the update finds evicted is not stored by it: it is indexed
+            # again first (MISSING, then the index's save), as a login is.
+            may_restore = int(self._may_restore(now)) * (2 if user is not None else 1)
             plan.args = (session_key, payload, expires_at, ttl, full_ttl, may_restore)
         return plan
 
@@ -277,7 +279,9 @@ class SessionStore(FastSessionBase):
         save indexes it again)."""
         if updated in REFUSED:
             raise UpdateError
-        return updated is UpdateResult.RESTORED and plan.user is not None
+        return updated is UpdateResult.MISSING or (
+            updated is UpdateResult.RESTORED and plan.user is not None
+        )
 
     def _indexed(
         self, store: RedisStore, must_create: bool, user: str | None, expires_at: float

@@ -17,9 +17,11 @@ Three kinds of write, each a session record or a tombstone in the Redis store's 
 A record whose session has expired by the web server's clock is not sent.
 
 A logged-in session (its payload names a user, ``_auth_user_id``) written by ``EXPORT`` or
-``MIRROR`` also enters that user's hash of the Redis user index (:mod:`.index`), in the same
-script, so both happen or neither: after the switch, "who is logged in" and "log out everywhere"
-find it before it is saved again. Its facts there start at the write (created and last used are
+``MIRROR`` also enters that user's hash of the Redis user index (:mod:`.index`), before the
+session is written (the hash and the session may be in different slots of a cluster: see
+``steps.py``; a crash between the two leaves a member the index removes): after the switch,
+"who is logged in" and "log out everywhere" find it before it is saved again. Its facts there
+start at the write (created and last used are
 not carried over from the memory store); a member already in the hash keeps its own. A ``DELETE``
 leaves the member: the index drops members whose session is a tombstone when it reads them.
 """
@@ -49,10 +51,10 @@ from .conf import (
     redacted,
     sentinel_settings,
 )
-from .index import INDEX_TTL_MARGIN_MS, facts_text
+from .index import INDEX_TTL_MARGIN_MS, SECONDS_DIGITS, facts_text
 from .outages import unavailable
 from .record import TOMBSTONE, pack
-from .scripts import source
+from .steps import Command, Eval, pipelined
 from .store import RedisStore
 
 __all__ = ["Importer", "Kind", "Outcome", "Write", "importer_for"]
@@ -92,8 +94,6 @@ class Importer:
     def __init__(self, store: RedisStore, clock: Callable[[], float] = wall_clock) -> None:
         self.store = store
         self.clock = clock
-        self._export = store.client.register_script(source("export"))
-        self._mirror = store.client.register_script(source("mirror"))
 
     def ping(self) -> None:
         """Raise :class:`~django_memsession.redis.exceptions.SessionBackendUnavailable` (with
@@ -109,11 +109,12 @@ class Importer:
         """
         now = self.clock()
         outcomes: list[Outcome | None] = []
-        pipe = self.store.client.pipeline(transaction=False)
+        indexing: list[Command] = []
+        sent: list[Command] = []
         for write in writes:
             key = self.store.key(write.key)
             if write.kind is Kind.DELETE:
-                pipe.set(key, TOMBSTONE, px=self.store.tombstone_ms)
+                sent.append(("SET", key, TOMBSTONE, "PX", self.store.tombstone_ms))
                 outcomes.append(None)
                 continue
             ttl_ms = math.ceil((write.expires_at - now) * 1000)
@@ -121,28 +122,41 @@ class Importer:
                 outcomes.append(Outcome.EXPIRED)
                 continue
             record = pack(write.payload, write.expires_at)
-            keys, index = [key], []
             user = _user_of(write.payload)
             if user is not None:
-                keys.append(self.store.index.users_key(user))
                 facts = facts_text(now, now, None)
-                index = [write.key.encode(), facts, ttl_ms + INDEX_TTL_MARGIN_MS]
+                index_args = (
+                    write.key.encode(),
+                    facts[SECONDS_DIGITS : 2 * SECONDS_DIGITS],
+                    b"0",
+                    b"",
+                    facts[:SECONDS_DIGITS],
+                    ttl_ms + INDEX_TTL_MARGIN_MS,
+                    b"0",
+                    b"1",  # a member already there keeps its facts
+                )
+                indexing.append(Eval("index", (self.store.index.users_key(user),), index_args))
             if write.kind is Kind.EXPORT:
                 expires_ms = int(write.expires_at * 1000)
-                self._export(keys=keys, args=[record, ttl_ms, expires_ms, *index], client=pipe)
+                sent.append(Eval("export", (key,), (record, ttl_ms, expires_ms)))
             else:
-                self._mirror(keys=keys, args=[record, ttl_ms, *index], client=pipe)
+                sent.append(Eval("mirror", (key,), (record, ttl_ms)))
             outcomes.append(None)
-        if any(outcome is None for outcome in outcomes):
+        if sent:
             try:
-                answers = iter(pipe.execute())
+                # The members first, then the sessions (see steps.py): a crash between the
+                # two leaves members of sessions not written, which the index removes.
+                answers = send_steps_pipelined(self.store.client, [indexing, sent])
             except redis.RedisError as exc:
                 unavailable(exc)
+            replies = iter(answers)
             for index, outcome in enumerate(outcomes):
                 if outcome is None:
-                    answer = next(answers)
+                    answer = next(replies)
                     outcomes[index] = (
-                        Outcome.WRITTEN if answer is True else _SCRIPT_OUTCOMES[int(answer)]
+                        Outcome.WRITTEN
+                        if answer is True or answer == b"OK"
+                        else _SCRIPT_OUTCOMES[int(answer)]
                     )
         return [outcome for outcome in outcomes if outcome is not None]
 
@@ -183,5 +197,19 @@ def importer_for(url: str) -> Importer:
         probation_age=float(conf.PROBATION_AGE),
         max_session_bytes=max_session_bytes(),
         **sentinel_settings(),  # under Sentinel, the URL's host names the service
+        cluster=conf.CLUSTER is True,  # on a cluster, the URL names one of its nodes
     )
     return Importer(RedisStore(settings))
+
+
+def send_steps_pipelined(client: object, steps: list[list[Command]]) -> list[object]:
+    """The replies of the last step of ``steps``, each step pipelined after the one before has
+    answered; an error reply raised."""
+    replies: list[object] = []
+    for step in steps:
+        if step:
+            replies = pipelined(client, step)
+            error = next((r for r in replies if isinstance(r, Exception)), None)
+            if error is not None:
+                raise error
+    return replies

@@ -28,21 +28,25 @@ public names from here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
 
 from ..logged_in import SessionFacts
+from ..serializers import current_codec
+from ..sessionbase import AUTH_SESSION_KEY
 from .client import AsyncScript
 from .outages import unavailable
-from .record import pack
-from .replicas import ENDING, LOGIN, WaitingRun, evalsha
+from .record import HEADER_SIZE, RECORD_KINDS, TOMBSTONE, pack
+from .replicas import ENDING, LOGIN, evalsha
 from .scripts import source
+from .steps import Command, Eval, aone, apipelined, asend_steps, one, pipelined, send_steps
 
 logger = logging.getLogger("django_memsession.redis")
 
@@ -69,11 +73,13 @@ USERS = b"u:"  # after the prefix: no session key has a ':' (they are [a-z0-9])
 SECONDS_DIGITS = 10
 # A load refreshes "last used" at most this often per session and process (see LastUsed).
 LAST_USED_INTERVAL = 60
-# A user's hash outlives the sessions written into it by this much (see lua/save.lua's ARGV[17]).
+# A user's hash outlives the sessions written into it by this much (see lua/index.lua's ARGV[6]).
 INDEX_TTL_MARGIN_MS = LAST_USED_INTERVAL * 1000
 # How many remembered sessions a process keeps for that; the oldest are forgotten first.
 LAST_USED_MEMORY = 10_000
 PRUNE_BATCH = 200
+# The save's answers whose record is now the key's value: stored, stored again.
+KEPT = (1, 2)
 
 
 def digits(seconds: float) -> bytes:
@@ -256,7 +262,7 @@ class RedisUserIndex:
 
     # -- the save of a logged-in session ---------------------------------------------------------
 
-    def _save_args(
+    def _save_steps(
         self,
         session_key: str,
         payload: bytes,
@@ -270,61 +276,136 @@ class RedisUserIndex:
         loaded_user: str | None,
         client: str | None,
         replacing: str | None = None,
-    ) -> tuple[list[bytes], list[Any]]:
+    ) -> _Save:
+        """A save of a session that is (or was, as ``loaded_user``) logged in, as ordered steps
+        (see ``steps.py``): index it under ``user`` first, then write its record, then remove it
+        from the hash of the user it was loaded as, if another."""
         args = self.store._update_args(payload, expires_at, ttl_ms, full_ttl_ms, may_restore)
+        record, now_ms = args[0], args[3]
         field = session_key.encode()
-        users = self.users_key(user if user is not None else loaded_user or "")
-        previous = self.users_key(loaded_user) if loaded_user is not None else users
-        keys = [self.prefix + field, users, previous]
-        args += [
-            field,
-            digits(args[3] // 1000),
-            b"0" if client is None else b"1",
-            (client or "").encode(),
-            self.max_sessions_per_user or 0,
-            self.prefix,
-            self.tombstone_ms,
-            b"c" if create else b"u",
-            b"1" if user is not None else b"0",
-            digits(args[3] // 1000),
-            (replacing or "").encode(),
-            full_ttl_ms + INDEX_TTL_MARGIN_MS,
+        key = self.prefix + field
+        hash_ttl = full_ttl_ms + INDEX_TTL_MARGIN_MS
+        steps: list[list[Command]] = []
+        if user is not None:
+            limit = b"1" if self.max_sessions_per_user else b"0"
+            now = digits(now_ms // 1000)
+            client_args = (b"0", b"") if client is None else (b"1", client.encode())
+            index_args = (field, now, *client_args, b"", hash_ttl, limit, b"0")
+            steps.append([Eval("index", (self.users_key(user),), index_args)])
+        if create:
+            steps.append([("SET", key, record, "PX", ttl_ms, "NX")])
+        else:
+            steps.append([Eval("update", (key,), tuple(args))])
+        wait_at = len(steps) - 1
+        if loaded_user is not None and loaded_user != user:
+            steps.append([Eval("drop", (self.users_key(loaded_user),), (field,))])
+        return _Save(
+            steps, wait_at, now_ms, hash_ttl, field, user, replacing, record, expires_at, ttl_ms
+        )
+
+    def _saved_steps(self, save: _Save, replies: list[list[Any]]) -> tuple[int, list[Command]]:
+        """What a save's steps answered: the record's result (1 stored, 2 stored again after an
+        eviction, 0 deleted, -1 gone, 3 a create of a taken key), and the steps still to send: a
+        member just added for a session not stored is removed again (best effort; else the
+        index repairs it when it reads it)."""
+        written = replies[save.wait_at][0]
+        if written is None or written is True or isinstance(written, bytes):  # SET NX
+            result = 3 if written is None else 1
+        else:
+            result = int(written)
+        if save.user is None or result in KEPT:
+            return result, []
+        added = replies[0][0][0] == 1
+        if not added:
+            return result, []
+        return result, [Eval("drop", (self.users_key(save.user),), (save.field,))]
+
+    def _others(
+        self, save: _Save, replies: list[list[Any]], result: int
+    ) -> list[tuple[bytes, bytes]]:
+        """The user's other members a save's index step returned, when the per-user limit
+        applies: a new member (a login), stored as a new session (not restored after an
+        eviction)."""
+        if save.user is None or not self.max_sessions_per_user or result != 1:
+            return []
+        found = replies[0][0]
+        if found[0] != 1:
+            return []
+        replacing = (save.replacing or "").encode()
+        return [
+            (found[at], found[at + 1]) for at in range(1, len(found), 2) if found[at] != replacing
         ]
-        return keys, args
 
     def save_logged_in(self, session_key: str, *args: Any, **kwargs: Any) -> tuple[int, int]:
         """Store a session that is (or was, as ``loaded_user``) logged in, and keep the index
-        right, in one round trip: ``(result, ended)``; result as the store's update script (1
-        stored, 2 stored again after an eviction, 0 deleted, -1 gone), or 3 for a create of a
-        taken key; ended, how many other sessions of the user the per-user limit ended."""
-        keys, argv = self._save_args(session_key, *args, **kwargs)
-        expires_at, ttl_ms = args[1], args[2]
+        right: ``(result, ended)``; result as the store's update script (1 stored, 2 stored
+        again after an eviction, 0 deleted, -1 gone), or 3 for a create of a taken key; ended,
+        how many other sessions of the user the per-user limit ended.
+
+        One round trip on one server (the steps in one transaction); on a cluster one per step.
+        The per-user limit costs more only when the user has more members than it allows."""
+        save = self._save_steps(session_key, *args, **kwargs)
+        store = self.store
+        client = store.client
+        wait = waits(kwargs["user"], kwargs["loaded_user"])
         try:
-            # A save that logs the session in (a user for the first time, or another one), or
-            # that drops its user, waits for replicas (see replicas.py).
-            # Through the store's write path: with a near cache, the saved version is kept
-            # there as an update's is (and a load of this session in flight meanwhile is not).
-            result, ended = self.store._write(
-                session_key,
-                lambda run: self._run("save", keys, argv, run),
-                self.store._keep_saved(argv[0], expires_at),
-                claim=(keys[0], ttl_ms),
-                wait=waits(kwargs["user"], kwargs["loaded_user"]),
-            )
+            if store.near is not None and (wait is None or not store.replicas.needed()):
+                replies = self._save_kept(session_key, save)
+            else:
+                # A save that logs the session in (a user for the first time, or another one),
+                # or that drops its user, waits for replicas (see replicas.py). Through the
+                # store's write path: with a near cache, this process keeps no copy of it.
+                replies = store._write(
+                    session_key,
+                    lambda run: send_steps(client, save.steps, run, save.wait_at),
+                    None,
+                    wait=wait,
+                )
+            result, undo = self._saved_steps(save, replies)
+            if undo:
+                with contextlib.suppress(redis.RedisError):
+                    send_steps(client, [undo])
+            others = self._others(save, replies, result)
+            ended = self._limit(save, others) if others else 0
         except redis.RedisError as exc:
             unavailable(exc)
-        self._saved(session_key, kwargs, argv, result)
+        self._saved(session_key, kwargs, save, result)
         return result, ended
 
-    def _saved(
-        self, session_key: str, kwargs: dict[str, Any], argv: list[Any], result: int
-    ) -> None:
-        if kwargs["user"] is None or result not in (1, 2):
+    def _save_kept(self, session_key: str, save: _Save) -> list[list[Any]]:
+        """A save the near cache keeps (no wait for replicas): the steps before the record's on
+        the pool, then the record's through the store's write path (the near cache's writer
+        connection, claimed, as an update's), then the steps after it on the pool."""
+        store = self.store
+        write = save.steps[save.wait_at][0]
+        if isinstance(write, Eval):  # an update
+
+            def send(run: Any) -> Any:
+                return store._evalsha(store._update, write.keys[0], *write.args, run=run)
+
+            keep = store._keep_saved(save.record, save.expires_at)
+        else:  # a create: SET NX
+
+            def send(run: Any) -> Any:
+                return run(*write)
+
+            def keep(reply: Any) -> tuple[bytes | None, float]:
+                return (save.record if reply else None), save.expires_at
+
+        replies = send_steps(store.client, save.steps[: save.wait_at]) if save.wait_at else []
+        key = store.key(session_key)
+        replies.append([store._write(session_key, send, keep, claim=(key, save.ttl_ms))])
+        after = save.steps[save.wait_at + 1 :]
+        if after:
+            replies += send_steps(store.client, after)
+        return replies
+
+    def _saved(self, session_key: str, kwargs: dict[str, Any], save: _Save, result: int) -> None:
+        if kwargs["user"] is None or result not in KEPT:
             self.last_used.forget(session_key)
             return
-        now_ms = argv[3]
-        hash_until = (now_ms + argv[16]) / 1000
-        self.last_used.note(session_key, now_ms // 1000, kwargs["client"], hash_until)
+        hash_until = (save.now_ms + save.hash_ttl) / 1000
+        self.last_used.note(session_key, save.now_ms // 1000, kwargs["client"], hash_until)
 
     def index_fresh(self, session_key: str, expires_at: float, client: str | None) -> bool:
         """Whether a save of this logged-in session may skip the index (see the engine's
@@ -333,19 +414,84 @@ class RedisUserIndex:
         return self.last_used.fresh(session_key, now, client, expires_at)
 
     async def asave_logged_in(self, session_key: str, *args: Any, **kwargs: Any) -> tuple[int, int]:
-        keys, argv = self._save_args(session_key, *args, **kwargs)
+        save = self._save_steps(session_key, *args, **kwargs)
         wait = waits(kwargs["user"], kwargs["loaded_user"])
+        client = self.store._async_client().client
         try:
             waiting = await self.store._awaiting(wait)
-            result, ended = await self._arun("save", keys, argv, waiting)
+            replies = await asend_steps(client, save.steps, waiting, save.wait_at)
+            result, undo = self._saved_steps(save, replies)
+            if undo:
+                with contextlib.suppress(redis.RedisError):
+                    await asend_steps(client, [undo])
+            others = self._others(save, replies, result)
+            ended = await self._alimit(save, others) if others else 0
         except redis.RedisError as exc:
             self.store._forget(session_key, answered=False)
             unavailable(exc)
         self.store._forget(session_key, answered=True)
-        self._saved(session_key, kwargs, argv, result)
+        self._saved(session_key, kwargs, save, result)
         if waiting is not None:
             self.store.replicas.check(waiting, wait)  # type: ignore[arg-type]
         return result, ended
+
+    # -- the per-user limit: after the login's steps, only when the user holds more members than
+    # the limit allows
+
+    def _limit_plan(
+        self, save: _Save, others: list[tuple[bytes, bytes]]
+    ) -> tuple[list[Any], Callable[[list[Any]], tuple[int, list[list[Command]]]]] | None:
+        """What the limit needs: the other members' sessions to read (None: within the limit
+        whatever they hold), and what to do with them: the oldest live ones over the limit are
+        ended (tombstones first, then their members removed), the dead ones removed."""
+        limit = int(self.max_sessions_per_user or 0)
+        if len(others) + 1 <= limit:
+            return None
+        user = save.user or ""
+        users = self.users_key(user)
+
+        def decide(headers: list[Any]) -> tuple[int, list[list[Command]]]:
+            live, dead = [], []
+            for (field, facts), header in zip(others, headers, strict=True):
+                state = member_state(header, facts, save.now_ms, user)
+                (dead if state is DEAD else live).append((field, facts))
+            over = len(live) + 1 - limit
+            live.sort(key=lambda member: member[1][SECONDS_DIGITS : 2 * SECONDS_DIGITS])
+            ending = live[: max(over, 0)]
+            steps: list[list[Command]] = []
+            if ending:
+                ends = (self.tombstone_ms, save.now_ms)
+                steps.append([Eval("ending", (self.prefix + field,), ends) for field, _ in ending])
+            last: list[Command] = []
+            if dead:
+                last.append(Eval("prune", (users,), tuple(x for member in dead for x in member)))
+            if ending:
+                last.append(Eval("drop", (users,), tuple(field for field, _ in ending)))
+            steps.append(last)
+            for field, _ in ending:
+                self.last_used.forget(field.decode())
+            return len(ending), steps
+
+        return [self.prefix + field for field, _ in others], decide
+
+    def _limit(self, save: _Save, others: list[tuple[bytes, bytes]]) -> int:
+        plan = self._limit_plan(save, others)
+        if plan is None:
+            return 0
+        keys, decide = plan
+        ended, steps = decide(records(self.store.client, keys))
+        send_steps(self.store.client, steps)
+        return ended
+
+    async def _alimit(self, save: _Save, others: list[tuple[bytes, bytes]]) -> int:
+        plan = self._limit_plan(save, others)
+        if plan is None:
+            return 0
+        keys, decide = plan
+        client = self.store._async_client().client
+        ended, steps = decide(await arecords(client, keys))
+        await asend_steps(client, steps)
+        return ended
 
     # -- a load's "last used" ----------------------------------------------------------------------
 
@@ -379,58 +525,36 @@ class RedisUserIndex:
 
     # -- a delete that knows the user ------------------------------------------------------------
 
-    def _drop_foreign_hash(self, users: bytes) -> None:
-        """A logout's ``HDEL`` found a key of another type at the user's hash (typed in with
-        redis-cli, or corrupted): not ours. ``MULTI`` ran every command, so the tombstone is
-        written and the logout done; the key goes, as the scripts delete such a key."""
-        logger.warning("A user's index hash held a value of another type; it was deleted.")
-        self.store.client.delete(users)
+    def _delete_steps(self, session_key: str, user: str) -> list[list[Command]]:
+        """A logout: the tombstone first, then the member removed (a crash between the two
+        leaves a member of a tombstoned session, removed when the hash is read; never a live
+        logged-in session missing from the index)."""
+        field = session_key.encode()
+        return [
+            [("SET", self.prefix + field, TOMBSTONE, "PX", self.tombstone_ms)],
+            [Eval("drop", (self.users_key(user),), (field,))],
+        ]
 
     def delete_logged_in(self, session_key: str, user: str) -> None:
-        """The store's delete (a tombstone) and the member's removal, in one round trip."""
+        """The store's delete (a tombstone), then the member's removal: one round trip on one
+        server, two on a cluster (see ``steps.py``)."""
         self.last_used.forget(session_key)
-
-        field = session_key.encode()
-        key, users = self.prefix + field, self.users_key(user)
-
-        def send(run: Any) -> Any:
-            if isinstance(run, WaitingRun):  # MULTI ... EXEC, then WAIT, in one round trip
-                commands = [("SET", key, b"T", "PX", self.tombstone_ms), ("HDEL", users, field)]
-                return run.batch([("MULTI",), *commands, ("EXEC",)])[-1]
-            pipe = self.store.client.pipeline(transaction=True)
-            pipe.set(key, b"T", px=self.tombstone_ms)
-            pipe.hdel(users, field)
-            return pipe.execute()
-
+        steps = self._delete_steps(session_key, user)
+        client = self.store.client
         try:
-            self.store._write(session_key, send, None, wait=ENDING)
-        except redis.ResponseError as exc:
-            if not _wrong_type(exc):
-                unavailable(exc)
-            self._drop_foreign_hash(users)
+            self.store._write(
+                session_key, lambda run: send_steps(client, steps, run), None, wait=ENDING
+            )
         except redis.RedisError as exc:
             unavailable(exc)
 
     async def adelete_logged_in(self, session_key: str, user: str) -> None:
         self.last_used.forget(session_key)
+        steps = self._delete_steps(session_key, user)
         client = self.store._async_client().client
-        field = session_key.encode()
-        key, users = self.prefix + field, self.users_key(user)
         try:
             waiting = await self.store._awaiting(ENDING)
-            if waiting is not None:  # MULTI ... EXEC, then WAIT, in one round trip
-                commands = [("SET", key, b"T", "PX", self.tombstone_ms), ("HDEL", users, field)]
-                await waiting.batch([("MULTI",), *commands, ("EXEC",)])
-            else:
-                async with client.pipeline(transaction=True) as pipe:
-                    pipe.set(key, b"T", px=self.tombstone_ms)
-                    pipe.hdel(users, field)
-                    await pipe.execute()
-        except redis.ResponseError as exc:
-            if not _wrong_type(exc):
-                self.store._forget(session_key, answered=False)
-                unavailable(exc)
-            await client.delete(users)  # see _drop_foreign_hash
+            await asend_steps(client, steps, waiting)
         except redis.RedisError as exc:
             self.store._forget(session_key, answered=False)
             unavailable(exc)
@@ -443,35 +567,102 @@ class RedisUserIndex:
     def _now_ms(self) -> int:
         return int(self.store.clock() * 1000)
 
+    def _listing(
+        self, user: str, members: list[Any], found: list[Any], now_ms: int
+    ) -> tuple[list[SessionFacts], list[Command]]:
+        """The live sessions among a hash's members (``found``: their values), and the step
+        that removes the dead ones (each only if its facts are unchanged since read)."""
+        rows, dead = [], []
+        for at in range(0, len(members), 2):
+            field, facts = members[at], members[at + 1]
+            state = member_state(found[at // 2], facts, now_ms, user)
+            if state is DEAD:
+                dead += [field, facts]
+            elif state is not PENDING:
+                rows += [field, facts, state]
+        prune: list[Command] = []
+        if dead:
+            prune.append(Eval("prune", (self.users_key(user),), tuple(dead)))
+        return _read(user, [len(dead) // 2, *rows]), prune
+
     def user_sessions(self, user: str) -> list[SessionFacts]:
-        """The user's live sessions, most recently used first; dead members are removed."""
+        """The user's live sessions, most recently used first; dead members are removed.
+
+        Reads the hash, then the sessions (pipelined, per node on a cluster), then removes the
+        dead members (see :func:`member_state`): a member whose session is a tombstone or
+        expired, or missing or not logged in as this user for longer than
+        :data:`PENDING_SECONDS` after the member was written (until then it may be a login
+        between its steps: not listed, not removed)."""
+        client = self.store.client
         try:
-            rows = self._run("read", [self.users_key(user)], [self.prefix, self._now_ms(), 0])
+            members = one(client, Eval("members", (self.users_key(user),), ()))
+            now_ms = self._now_ms()
+            keys = [self.prefix + members[at] for at in range(0, len(members), 2)]
+            rows, prune = self._listing(user, members, records(client, keys), now_ms)
+            if prune:
+                send_steps(client, [prune])
         except redis.RedisError as exc:
             unavailable(exc)
-        return _read(user, rows)
+        return rows
 
     async def auser_sessions(self, user: str) -> list[SessionFacts]:
+        client = self.store._async_client().client
         try:
-            args = [self.prefix, self._now_ms(), 0]
-            rows = await self._arun("read", [self.users_key(user)], args)
+            members = await aone(client, Eval("members", (self.users_key(user),), ()))
+            now_ms = self._now_ms()
+            keys = [self.prefix + members[at] for at in range(0, len(members), 2)]
+            rows, prune = self._listing(user, members, await arecords(client, keys), now_ms)
+            if prune:
+                await asend_steps(client, [prune])
         except redis.RedisError as exc:
             unavailable(exc)
-        return _read(user, rows)
+        return rows
+
+    def member_keys(self, user: str) -> list[str]:
+        """Every session indexed under the user, live, dead or a login between its steps (what
+        "log out everywhere" ends: tombstoning a session not written yet makes its write fail)."""
+        client = self.store.client
+        try:
+            members = one(client, Eval("members", (self.users_key(user),), ()))
+            fields = [members[at] for at in range(0, len(members), 2)]
+            found = records(client, [self.prefix + field for field in fields])
+        except redis.RedisError as exc:
+            unavailable(exc)
+        return [
+            field.decode()
+            for field, record in zip(fields, found, strict=True)
+            if not _anothers(record, user)
+        ]
+
+    def _end_steps(self, user: str, fields: list[bytes], held: list[Any]) -> list[list[Command]]:
+        """Ending the members still held: tombstones first (pipelined per node), then the
+        members removed."""
+        ending = [field for field, facts in zip(fields, held, strict=True) if facts is not None]
+        if not ending:
+            return []
+        ends = (self.tombstone_ms, self._now_ms())
+        return [
+            [Eval("ending", (self.prefix + field,), ends) for field in ending],
+            [Eval("drop", (self.users_key(user),), tuple(ending))],
+        ]
 
     def end_sessions(self, user: str, session_keys: Iterable[str]) -> int:
         """End these sessions of the user (tombstones); a key the user's index does not hold
         (another user's session) ends nothing. How many live sessions ended."""
-        fields, args = self._end_args(session_keys)
+        fields = self._end_fields(session_keys)
         if not fields:
             return 0
         store = self.store
         try:
+            held = one(store.client, Eval("members", (self.users_key(user),), tuple(fields)))
+            steps = self._end_steps(user, fields, held)
+            if not steps:
+                return 0
             waiting = store._waiting(ENDING)  # endings wait for replicas (see replicas.py)
-            ended = int(self._run("end", [self.users_key(user)], args, waiting))
+            replies = send_steps(store.client, steps, waiting)
             if waiting is not None:
                 store.replicas.check(waiting, ENDING)
-            return ended
+            return sum(int(reply) for reply in replies[0])
         except redis.RedisError as exc:
             unavailable(exc)
         finally:
@@ -479,28 +670,32 @@ class RedisUserIndex:
                 self.store._forget(field.decode(), answered=False)
 
     async def aend_sessions(self, user: str, session_keys: Iterable[str]) -> int:
-        fields, args = self._end_args(session_keys)
+        fields = self._end_fields(session_keys)
         if not fields:
             return 0
+        client = self.store._async_client().client
         try:
+            held = await aone(client, Eval("members", (self.users_key(user),), tuple(fields)))
+            steps = self._end_steps(user, fields, held)
+            if not steps:
+                return 0
             waiting = await self.store._awaiting(ENDING)
-            ended = int(await self._arun("end", [self.users_key(user)], args, waiting))
+            replies = await asend_steps(client, steps, waiting)
             if waiting is not None:
                 self.store.replicas.check(waiting, ENDING)
-            return ended
+            return sum(int(reply) for reply in replies[0])
         except redis.RedisError as exc:
             unavailable(exc)
         finally:
             for field in fields:
                 self.store._forget(field.decode(), answered=False)
 
-    def _end_args(self, session_keys: Iterable[str]) -> tuple[list[bytes], list[Any]]:
-        """The sessions ``end_sessions`` ends, forgotten by the last-used figures, and the
-        ``end`` script's arguments."""
+    def _end_fields(self, session_keys: Iterable[str]) -> list[bytes]:
+        """The sessions ``end_sessions`` ends, forgotten by the last-used figures."""
         fields = [key.encode() for key in session_keys]
         for field in fields:
             self.last_used.forget(field.decode())
-        return fields, [self.prefix, self.tombstone_ms, self._now_ms(), *fields]
+        return fields
 
     # -- prunesessions -----------------------------------------------------------------------------
 
@@ -515,86 +710,201 @@ class RedisUserIndex:
         return bytes(escaped) + b"*"
 
     def prune_index(self, *, dry_run: bool = False, batch: int = PRUNE_BATCH) -> IndexPrune:
-        """Remove dead members from every user's hash: ``SCAN`` in batches of ``batch`` keys,
-        each batch cleaned in one pipelined round trip (each hash by one short script), so Redis
-        is never held long. Returns what it found."""
-        users = removed = sessions = 0
-        pattern = self.users_pattern()
-        script = self._script("read")
+        """Remove dead members from every user's hash: ``SCAN`` (every primary, on a cluster) in
+        batches of ``batch`` keys, each batch in three pipelined round trips (the hashes, their
+        sessions, the dead members removed), so Redis is never held long. Returns what
+        it found."""
+        totals = [0, 0, 0]
+        client = self.store.client
         try:
-            script.sha = self.store.client.script_load(script.script)
-            cursor = 0
-            while True:
-                cursor, keys = self.store.client.scan(cursor, match=pattern, count=batch)
-                if keys:
-                    pipe = self.store.client.pipeline(transaction=False)
-                    for key in keys:
-                        args = (self.prefix, self._now_ms(), int(dry_run))
-                        pipe.execute_command("EVALSHA", script.sha, 1, key, *args)
-                    for rows in pipe.execute():
-                        users += 1
-                        removed += int(rows[0])
-                        sessions += (len(rows) - 1) // 3
-                if cursor == 0:
-                    break
+            found: list[bytes] = []
+            for key in client.scan_iter(match=self.users_pattern(), count=batch):
+                found.append(key)
+                if len(found) >= batch:
+                    self._prune_batch(found, dry_run, totals)
+                    found = []
+            if found:
+                self._prune_batch(found, dry_run, totals)
         except redis.RedisError as exc:
             unavailable(exc)
+        users, removed, sessions = totals
         return IndexPrune(users=users, removed=removed, sessions=sessions, dry_run=dry_run)
+
+    def _prune_batch(self, hashes: list[bytes], dry_run: bool, totals: list[int]) -> None:
+        client = self.store.client
+        all_members = pipelined(client, [Eval("members", (key,), ()) for key in hashes])
+        keys = [
+            self.prefix + members[at] for members in all_members for at in range(0, len(members), 2)
+        ]
+        found = iter(records(client, keys))
+        now_ms = self._now_ms()
+        prunes: list[Command] = []
+        skip = len(self.prefix + USERS)
+        for key, members in zip(hashes, all_members, strict=True):
+            dead = []
+            totals[0] += 1
+            user = key[skip:].decode(errors="replace")
+            for at in range(0, len(members), 2):
+                state = member_state(next(found), members[at + 1], now_ms, user)
+                if state is DEAD:
+                    dead += [members[at], members[at + 1]]
+                elif state is not PENDING:
+                    totals[2] += 1
+            totals[1] += len(dead) // 2
+            if dead:
+                prunes.append(Eval("prune", (key,), tuple(dead)))
+        if prunes and not dry_run:
+            pipelined(client, prunes)
 
     # -- imports ---------------------------------------------------------------------------------
 
     def import_sessions(self, sessions: Iterable[ImportedSession]) -> int:
-        """Write many sessions in one pipelined round trip, and index the logged-in ones.
+        """Write many sessions, and index the logged-in ones: the members first (one pipelined
+        round trip, per node on a cluster), then the sessions (another).
 
         Each :class:`ImportedSession` is written as ``create`` writes it (``SET NX`` with its
         TTL: a session already in Redis, newer or a tombstone, is never overwritten); one with a
         ``user`` is also indexed under that user with its facts (``created`` and ``last_used``
-        default to now), and the user's hash TTL raised to the session's. The index entry is
-        written only if the session itself was (a script per logged-in session, so both happen
-        or neither). The per-user limit is not applied: an import copies what was allowed
-        where it came from. Returns how many sessions were written.
+        default to now; a member already there keeps its own), and the user's hash TTL raised
+        to the session's, before the session is written. A member added for a session that was
+        not written (its key is taken) is removed again. The per-user limit is not applied: an
+        import copies what was allowed where it came from. Returns how many sessions were
+        written.
         """
         now = self.store.clock()
-        now_ms = int(now * 1000)
-        save = self._script("save")
+        client = self.store.client
+        indexing: list[Command] = []
+        writes: list[Command] = []
+        owners: list[int | None] = []  # each write's index step, if logged in
+        for item in sessions:
+            record = pack(item.payload, item.expires_at, item.settled)
+            key = self.prefix + item.session_key.encode()
+            writes.append(("SET", key, record, "PX", item.ttl_ms, "NX"))
+            if item.user is None:
+                owners.append(None)
+                continue
+            created = now if item.created is None else item.created
+            last_used = now if item.last_used is None else item.last_used
+            facts = facts_text(created, last_used, item.client)
+            owners.append(len(indexing))
+            indexing.append(
+                Eval(
+                    "index",
+                    (self.users_key(item.user),),
+                    (
+                        item.session_key.encode(),
+                        facts[SECONDS_DIGITS : 2 * SECONDS_DIGITS],
+                        b"1",
+                        facts[2 * SECONDS_DIGITS :],
+                        facts[:SECONDS_DIGITS],
+                        item.ttl_ms + INDEX_TTL_MARGIN_MS,
+                        b"0",
+                        b"1",
+                    ),
+                )
+            )
         try:
-            save.sha = self.store.client.script_load(save.script)
-            pipe = self.store.client.pipeline(transaction=False)
-            for item in sessions:
-                record = pack(item.payload, item.expires_at, item.settled)
-                key = self.prefix + item.session_key.encode()
-                if item.user is None:
-                    pipe.set(key, record, px=item.ttl_ms, nx=True)
-                    continue
-                users = self.users_key(item.user)
-                created = now if item.created is None else item.created
-                last_used = now if item.last_used is None else item.last_used
-                facts = facts_text(created, last_used, item.client)
-                args = [
-                    record,
-                    item.ttl_ms,
-                    item.ttl_ms,
-                    now_ms,
-                    0,
-                    item.session_key.encode(),
-                    facts[SECONDS_DIGITS : 2 * SECONDS_DIGITS],
-                    b"1",
-                    facts[2 * SECONDS_DIGITS :],
-                    0,
-                    self.prefix,
-                    self.tombstone_ms,
-                    b"c",
-                    b"1",
-                    facts[:SECONDS_DIGITS],
-                    b"",
-                    item.ttl_ms + INDEX_TTL_MARGIN_MS,
-                ]
-                pipe.execute_command("EVALSHA", save.sha, 3, key, users, users, *args)
-            results = pipe.execute()
+            added = pipelined(client, indexing) if indexing else []
+            _raise_any(added)
+            written = pipelined(client, writes) if writes else []
+            _raise_any(written)
+            undo = [
+                Eval("drop", indexing[at].keys, indexing[at].args[:1])  # type: ignore[union-attr]
+                for at, done in zip(owners, written, strict=True)
+                if at is not None and not done and added[at][0] == 1
+            ]
+            if undo:
+                pipelined(client, undo)
         except redis.RedisError as exc:
             unavailable(exc)
-        written = 0
-        for result in results:
-            if result is True or (isinstance(result, list) and result[0] == 1):
-                written += 1
-        return written
+        return sum(1 for done in written if done)
+
+
+# -- what a member's session holds, read from its header (lua/header_of.lua's twin) --------------
+
+DEAD = "dead"  # a tombstone, expired, or missing for longer than PENDING_SECONDS
+PENDING = "pending"  # missing, written less than PENDING_SECONDS ago: maybe a login in flight
+# A member whose session is missing is taken for a login between its two steps (indexed, record
+# not written yet) for this long after its "last used" (which every index step sets to now).
+PENDING_SECONDS = LAST_USED_INTERVAL
+
+
+def member_state(record: Any, facts: bytes, now_ms: int, user: str) -> int | str:
+    """A member of ``user``'s hash, from its session's value (``GET``): the session's expiry
+    (ms) if it is live and logged in as ``user``; :data:`DEAD` for a tombstone, an expired
+    record, a value not ours; otherwise (nothing there, a session not logged in as ``user``)
+    :data:`PENDING` while the member is recent (a login between its steps: its member written,
+    its record not yet), then :data:`DEAD`."""
+    if record == TOMBSTONE or isinstance(record, Exception):  # an error: another type
+        return DEAD
+    if record:
+        if not (
+            record[:1] in RECORD_KINDS
+            and len(record) >= HEADER_SIZE
+            and record[1:HEADER_SIZE].isdigit()
+        ):
+            return DEAD  # a value not ours: a login's write would have replaced it
+        expires = int(record[1:HEADER_SIZE])
+        if expires <= now_ms:
+            return DEAD
+        if _user_of(record[HEADER_SIZE:]) == user:
+            return expires
+    try:
+        last_used = int(facts[SECONDS_DIGITS : 2 * SECONDS_DIGITS])
+    except ValueError:
+        return DEAD
+    return PENDING if now_ms // 1000 - last_used < PENDING_SECONDS else DEAD
+
+
+def _anothers(record: Any, user: str) -> bool:
+    """Whether a session's value is a record logged in as another user (a member left in the
+    old user's hash by a change of user whose last step did not run)."""
+    if not isinstance(record, bytes) or record[:1] not in RECORD_KINDS:
+        return False
+    other = _user_of(record[HEADER_SIZE:])
+    return other is not None and other != user
+
+
+def _user_of(payload: bytes) -> str | None:
+    try:
+        data = current_codec().loads(payload)
+    except Exception:
+        return None
+    found = data.get(AUTH_SESSION_KEY) if isinstance(data, dict) else None
+    return None if found is None else str(found)
+
+
+def records(client: Any, keys: list[bytes]) -> list[Any]:
+    """Each key's value (``GET``), pipelined (per node on a cluster); an error reply (a key of
+    another type) in its place."""
+    if not keys:
+        return []
+    return pipelined(client, [("GET", key) for key in keys])
+
+
+async def arecords(client: Any, keys: list[bytes]) -> list[Any]:
+    if not keys:
+        return []
+    return await apipelined(client, [("GET", key) for key in keys])
+
+
+def _raise_any(replies: list[Any]) -> None:
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+
+
+@dataclass(frozen=True)
+class _Save:
+    """A save's steps, which of them writes the record (and waits), and what it wrote."""
+
+    steps: list[list[Command]]
+    wait_at: int
+    now_ms: int
+    hash_ttl: int
+    field: bytes
+    user: str | None
+    replacing: str | None
+    record: bytes
+    expires_at: float
+    ttl_ms: int

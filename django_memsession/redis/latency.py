@@ -9,7 +9,8 @@ at worst both write their sample at once into different slots; nothing is ever l
 samples, by design.
 
 Round trips are timed by the clients the store builds (:class:`TimedRedis`,
-:class:`TimedAsyncRedis`): each command the engine sends through them, from send to reply. A
+:class:`TimedAsyncRedis`, and on a Redis Cluster :class:`TimedRedisCluster`,
+:class:`TimedAsyncRedisCluster`): each command the engine sends through them, from send to reply. A
 pipeline, and the figures this package reads for the admin page (``INFO``, ``DBSIZE``, a key
 sample; see ``info.py``), are not timed: they are not a session's round trips.
 
@@ -26,8 +27,18 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 
-__all__ = ["RING_SIZE", "Recorder", "TimedAsyncRedis", "TimedRedis", "recorder"]
+__all__ = [
+    "RING_SIZE",
+    "Recorder",
+    "TimedAsyncRedis",
+    "TimedAsyncRedisCluster",
+    "TimedRedis",
+    "TimedRedisCluster",
+    "recorder",
+]
 
 RING_SIZE = 1024  # round trips kept: enough for a stable p99 (the 10 slowest of the last 1024)
 
@@ -116,5 +127,28 @@ class TimedAsyncRedis(redis.asyncio.Redis):
         started = time.perf_counter()
         try:
             return await super().execute_command(*args, **options)
+        finally:
+            recorder.round_trip(time.perf_counter() - started)
+
+
+class TimedRedisCluster(redis.cluster.RedisCluster):
+    """redis-py's Redis Cluster client, timing each command it sends (redirections and retries
+    included: what the request waited) into this process's recorder."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return super().execute_command(*args, **kwargs)
+        finally:
+            recorder.round_trip(time.perf_counter() - started)
+
+
+class TimedAsyncRedisCluster(redis.asyncio.cluster.RedisCluster):
+    """The same on ``redis.asyncio``."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await super().execute_command(*args, **kwargs)
         finally:
             recorder.round_trip(time.perf_counter() - started)

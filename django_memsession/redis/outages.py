@@ -24,12 +24,12 @@ UNAVAILABLE_CODES = {
     "BUSY": "Redis is busy running a script",
     "NOREPLICAS": "Redis has too few replicas to accept writes",
     "TRYAGAIN": "Redis asks to try again",
-    # A node of a Redis Cluster whose INFO the connection could not read (client.py refuses
-    # one it can): a 503 that says why, not a 500.
+    # Without MEMSESSION_REDIS_CLUSTER, a node of a Redis Cluster whose INFO the connection
+    # could not read (client.py refuses one it can): a 503 that says why, not a 500.
     **dict.fromkeys(
         ("MOVED", "ASK", "CROSSSLOT", "CLUSTERDOWN"),
-        "MEMSESSION_REDIS_URL names a node of a Redis Cluster and cluster mode is not "
-        "supported yet: point it at a standalone Redis server",
+        "MEMSESSION_REDIS_URL names a node of a Redis Cluster, or the cluster is failing over "
+        "or moving slots: on a cluster, set MEMSESSION_REDIS_CLUSTER = True",
     ),
 }
 

@@ -48,6 +48,7 @@ class UpdateResult(Enum):
     RESTORED = 2  # the key was evicted between load and save: stored again
     DELETED = 0  # a tombstone: deleted (logout) since it was loaded
     GONE = -1  # missing and expired by the engine's clock
+    MISSING = 3  # evicted, logged in, not stored: indexed again first, then stored
 
 
 # What a load leaves to do after its GET (see StorePlans._found()).
@@ -84,6 +85,7 @@ class StorePlans:
         self, payload: bytes, expires_at: float, ttl_ms: int, full_ttl_ms: int, may_restore: bool
     ) -> list[bytes | int]:
         record = pack(payload, expires_at, settled=ttl_ms >= full_ttl_ms)
+        # may_restore 2 (a logged-in session): a missing key is answered MISSING, not restored.
         return [record, ttl_ms, full_ttl_ms, int(self.clock() * 1000), int(may_restore)]
 
     def _from_near(self, session_key: str) -> tuple[Loaded | None, Ticket | None]:

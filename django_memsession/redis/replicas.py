@@ -35,7 +35,16 @@ import redis
 
 from .exceptions import SessionBackendUnavailable
 
-__all__ = ["ENDING", "LOGIN", "REFRESH", "AsyncWaitingRun", "Replicas", "WaitingRun"]
+__all__ = [
+    "ENDING",
+    "LOGIN",
+    "REFRESH",
+    "AsyncClusterWaitingRun",
+    "AsyncWaitingRun",
+    "ClusterWaitingRun",
+    "Replicas",
+    "WaitingRun",
+]
 
 logger = logging.getLogger("django_memsession.redis")
 
@@ -170,6 +179,8 @@ class Replicas:
         self._reading = False
         self._lock = threading.Lock()
         self._last_failure: float | None = None
+        # On a cluster: each primary's connected replicas, by node name ("host:port").
+        self.per_node: dict[str, int] = {}
 
     def needed(self) -> int:
         """How many replicas to wait for now: 0, do not wait."""
@@ -193,8 +204,14 @@ class Replicas:
 
     def _read(self) -> None:
         try:
-            info = self.client.info("replication")
-            online = in_sync(info)
+            per_node: dict[str, int] | None = None
+            if hasattr(self.client, "get_primaries"):  # a cluster: each primary's replicas
+                per_node = _per_node(self.client.info("replication", target_nodes="primaries"))
+                info: dict[str, Any] = {}
+                online = max(per_node.values(), default=0)
+            else:
+                info = self.client.info("replication")
+                online = in_sync(info)
         except redis.RedisError as exc:
             # Unknown: wait for none until the next read (the write itself says whether Redis
             # answers). INFO refused (an ACL, a managed service): said once per process.
@@ -214,6 +231,9 @@ class Replicas:
             now = self.clock()
             self._read_at = now or 1e-9
             self._reading = False
+            if per_node is not None:  # a cluster: each node waits for its own, as read
+                self.per_node, self._connected = per_node, online
+                return
             if self._connected is None or online >= self._connected or replid != self._replid:
                 self._connected, self._replid, self._lower_since = online, replid, None
             elif self._lower_since is None:
@@ -229,6 +249,9 @@ class Replicas:
         threading.Thread(target=self._read, name="memsession-replicas", daemon=True).start()
 
     def run(self, client: Any, needed: int) -> WaitingRun:
+        if hasattr(client, "get_node_from_key"):  # a cluster: WAIT on the key's node
+            per_node = self.per_node if self.wanted == "connected" else {}
+            return ClusterWaitingRun(client, needed, self.timeout_ms, per_node)
         return WaitingRun(client, needed, self.timeout_ms)
 
     def check(self, run: WaitingRun, kind: str) -> None:
@@ -258,6 +281,22 @@ class Replicas:
             )
 
 
+def _per_node(info: Any) -> dict[str, int]:
+    """How many replicas are in sync with each primary (:func:`in_sync`), from a cluster
+    client's ``INFO replication`` sent to every primary (one reply per node, by its name)."""
+    return {str(name): in_sync(node) for name, node in info.items() if isinstance(node, dict)}
+
+
+def command_key(command: tuple[Any, ...]) -> Any:
+    """The key a command is routed by (its first), or None (``MULTI``, ``SCRIPT LOAD``...)."""
+    name = str(command[0]).upper()
+    if name in ("EVAL", "EVALSHA"):
+        return command[3] if int(command[2]) else None
+    if name in ("MULTI", "EXEC", "SCRIPT", "WAIT", "PING"):
+        return None
+    return command[1] if len(command) > 1 else None
+
+
 class WaitingRun:
     """Runs a write's commands on one pool connection with ``WAIT`` pipelined after them, in one
     round trip; ``acked`` is the last ``WAIT``'s answer. Called as the store's ``run(*command)``;
@@ -265,7 +304,8 @@ class WaitingRun:
     Redis's own (no redis-py callbacks), as on the near cache's writer connection."""
 
     def __init__(self, client: Any, needed: int, timeout_ms: int) -> None:
-        self.pool = client.connection_pool
+        self.client = client
+        self.pool = getattr(client, "connection_pool", None)
         self.needed = needed
         self.timeout_ms = timeout_ms
         self.acked: int | None = None
@@ -330,6 +370,77 @@ class WaitingRun:
         return replies
 
 
+class ClusterWaitingRun(WaitingRun):
+    """:class:`WaitingRun` on a Redis Cluster: each node's commands (grouped by their key's node)
+    with ``WAIT`` after them on a connection of that node, never ``RedisCluster.wait()`` (which
+    asks every node, on other connections than the write's). Each node waits for its own
+    replicas (``per_node``, from ``INFO``; ``needed`` for a node not in it); ``acked`` and
+    ``needed`` are then those of the node furthest short, if any. A ``MOVED`` (a slot moved)
+    refreshes the slot map and sends again once."""
+
+    def __init__(
+        self, client: Any, needed: int, timeout_ms: int, per_node: dict[str, int] | None = None
+    ) -> None:
+        super().__init__(client, needed, timeout_ms)
+        self.per_node = per_node or {}
+        self.wanted = needed
+
+    def _needed(self, node: Any) -> int:
+        return self.per_node.get(node.name, self.wanted)
+
+    def _result(self, answers: list[tuple[int | None, int]]) -> None:
+        """``acked`` and ``needed`` from each node's (acked, needed)."""
+        short = [(a, n) for a, n in answers if a is None or a < n]
+        self.acked, self.needed = (short or answers or [(None, self.wanted)])[0]
+
+    def __call__(self, *args: Any) -> Any:
+        if command_key(args) is None:  # SCRIPT LOAD: every primary, nothing to wait for
+            return self.client.execute_command(*args)
+        return self.batch([args])[0]
+
+    def _groups(self, commands: list[tuple[Any, ...]]) -> list[tuple[Any, list[int]]]:
+        groups: dict[str, tuple[Any, list[int]]] = {}
+        node = None
+        for at, command in enumerate(commands):
+            key = command_key(command)
+            if key is not None or node is None:
+                node = self.client.get_node_from_key(key if key is not None else b"")
+            groups.setdefault(node.name, (node, []))[1].append(at)
+        return list(groups.values())
+
+    def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        for attempt in (0, 1):
+            replies: list[Any] = [None] * len(commands)
+            answers: list[tuple[int | None, int]] = []
+            moved = None
+            for node, ats in self._groups(commands):
+                connection = self.client.get_redis_connection(node)  # made if a MOVED named it
+                run = WaitingRun(connection, self._needed(node), self.timeout_ms)
+                try:
+                    got = run.batch([commands[at] for at in ats])
+                except redis.exceptions.MovedError as exc:
+                    moved = exc
+                    break
+                answers.append((run.acked, run.needed))
+                for at, reply in zip(ats, got, strict=True):
+                    replies[at] = reply
+            if moved is None:
+                self._result(answers)
+                return replies
+            _moved(self.client, moved)
+            if attempt:
+                raise moved
+        raise AssertionError("unreachable")
+
+
+def _moved(client: Any, error: redis.exceptions.MovedError) -> Any:
+    """Tell the cluster client's slot map what a ``MOVED`` said (what redis-py does when one of
+    its own commands gets it); the asyncio client's answer is awaited."""
+    nodes = client.nodes_manager
+    move = getattr(nodes, "move_slot", None) or nodes.update_moved_exception
+    return move(error)
+
+
 class AsyncWaitingRun(WaitingRun):
     """:class:`WaitingRun` on ``redis.asyncio``: the same round trip, on a connection of the
     event loop's pool."""
@@ -378,3 +489,47 @@ async def evalsha(run: AsyncWaitingRun, script: Any, keys: list[bytes], args: li
         sha = await run("SCRIPT", "LOAD", script.script)
         script.sha = sha.decode() if isinstance(sha, bytes) else sha
         return await run("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+class AsyncClusterWaitingRun(ClusterWaitingRun):
+    """:class:`ClusterWaitingRun` on ``redis.asyncio``'s cluster client."""
+
+    async def __call__(self, *args: Any) -> Any:  # type: ignore[override]
+        if command_key(args) is None:
+            return await self.client.execute_command(*args)
+        return (await self.batch([args]))[0]
+
+    async def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:  # type: ignore[override]
+        await self.client.initialize()  # an asyncio cluster client learns the slots on first use
+        for attempt in (0, 1):
+            replies: list[Any] = [None] * len(commands)
+            answers: list[tuple[int | None, int]] = []
+            moved = None
+            for node, ats in self._groups(commands):
+                needed = self._needed(node)
+                sent = [*(commands[at] for at in ats), ("WAIT", needed, self.timeout_ms)]
+                connection = node.acquire_connection()
+                try:
+                    got = await AsyncWaitingRun._asend(self, connection, sent)  # type: ignore[arg-type]
+                except BaseException:
+                    await connection.disconnect()
+                    raise
+                finally:
+                    node.release(connection)
+                try:
+                    got = self._answered(got)
+                except redis.exceptions.MovedError as exc:
+                    moved = exc
+                    break
+                answers.append((self.acked, needed))
+                for at, reply in zip(ats, got, strict=True):
+                    replies[at] = reply
+            if moved is None:
+                self._result(answers)
+                return replies
+            moving = _moved(self.client, moved)
+            if asyncio.iscoroutine(moving):
+                await moving
+            if attempt:
+                raise moved
+        raise AssertionError("unreachable")

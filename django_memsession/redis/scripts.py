@@ -2,9 +2,10 @@
 wheel), each file documenting its ``KEYS``, ``ARGV`` and returns in its opening comment.
 
 A script as sent is its shared functions first (``header_of.lua``: what a session key holds;
-``live.lua``, ``index_member.lua``, ``write_version.lua``), then its body: :data:`PARTS` says
-which. The files are read on first use (a store registering its scripts), once per process, not
-at import.
+``user_hash.lua``, ``live.lua``, ``write_version.lua``), then its body: :data:`PARTS` says
+which. Each touches the keys of one hash slot, all given in ``KEYS`` (a Redis Cluster requires
+it): an operation over a session and its user's hash is ordered steps (``steps.py``). The files
+are read on first use (a store registering its scripts), once per process, not at import.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ PARTS = {
     "promote": ("header_of", "promote"),
     "update": ("header_of", "write_version", "update"),
     "discard": ("discard",),
-    "save": ("header_of", "user_hash", "live", "write_version", "save"),
     "touch": ("user_hash", "touch"),
-    "read": ("header_of", "user_hash", "live", "read"),
-    "end": ("header_of", "user_hash", "live", "end"),
-    "export": ("header_of", "user_hash", "index_member", "export"),
-    "mirror": ("header_of", "user_hash", "index_member", "mirror"),
+    "index": ("user_hash", "index"),
+    "drop": ("user_hash", "drop"),
+    "prune": ("user_hash", "prune"),
+    "members": ("user_hash", "members"),
+    "ending": ("header_of", "live", "ending"),
+    "export": ("header_of", "export"),
+    "mirror": ("header_of", "mirror"),
 }
 
 
@@ -32,4 +35,11 @@ PARTS = {
 def source(name: str) -> str:
     """The text of the script ``name`` (a key of :data:`PARTS`), as ``SCRIPT LOAD`` takes it."""
     lua = resources.files(__package__).joinpath("lua")
-    return "".join(lua.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in PARTS[name])
+    text = "".join(lua.joinpath(f"{part}.lua").read_text(encoding="utf-8") for part in PARTS[name])
+    # Without its comment lines: a script sent as EVAL (in a transaction, see steps.py) is sent
+    # whole each time.
+    return "".join(line for line in text.splitlines(keepends=True) if not _comment(line))
+
+
+def _comment(line: str) -> bool:
+    return line.lstrip().startswith("--")

@@ -257,11 +257,17 @@ class SharedIndex:
 
     def end(self, uid: str, *, session_id_: str | None = None, keep: str | None = None) -> int:
         store = get_store()
+        if session_id_ is None:
+            # Every member, not only the live ones listed: a login between its two steps (its
+            # member written, its record not yet) is ended too (see steps.py).
+            found = store.index.member_keys(uid)
+        else:
+            found = [row.key for row in store.user_sessions(uid)]
         keys = [
-            row.key
-            for row in store.user_sessions(uid)
-            if (session_id(row.key) == session_id_ if session_id_ is not None else True)
-            and (keep is None or session_id(row.key) != keep)
+            key
+            for key in found
+            if (session_id(key) == session_id_ if session_id_ is not None else True)
+            and (keep is None or session_id(key) != keep)
         ]
         return int(store.end_sessions(uid, keys)) if keys else 0
 

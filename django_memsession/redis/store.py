@@ -66,8 +66,9 @@ from .record import (
     pack,
     unpack,
 )
-from .replicas import AsyncWaitingRun, Replicas, WaitingRun
+from .replicas import AsyncClusterWaitingRun, AsyncWaitingRun, Replicas, WaitingRun
 from .scripts import source
+from .steps import is_cluster
 from .switchover import SwitchListener, ask_on_loop
 
 __all__ = ["Loaded", "RedisStore", "UpdateResult", "get_store", "peek_store", "reset", "stats"]
@@ -110,7 +111,12 @@ class RedisStore(StorePlans):
         self.probation_ms = max(1, int(config.probation_age * 1000))
         self.tombstone_ms = self.probation_ms * TOMBSTONE_AGE_FACTOR
         # Timed: each round trip's latency goes to this process's figures (latency.py).
-        self.client = sync_client(config)
+        try:
+            self.client = sync_client(config)
+        except redis.exceptions.RedisClusterUnreachableError as exc:
+            # redis-py's RedisCluster asks a node for the slot map as it is built: no node
+            # answering is an outage (a 503), not a bug. Nothing is kept: the next use tries again.
+            raise SessionBackendUnavailable(f"{type(exc).__name__}: {exc}") from exc
         self._promote = self.client.register_script(source("promote"))
         self._update = self.client.register_script(source("update"))
         self._discard_script = self.client.register_script(source("discard"))
@@ -429,7 +435,10 @@ class RedisStore(StorePlans):
             self.switches.close()
         if self.near is not None:
             self.near.close()
-        close_client(self.client)
+        if is_cluster(self.client):  # client.close_client() reads a pool a cluster has not
+            self.client.close()
+        else:
+            close_client(self.client)
 
     def stats(self) -> dict[str, Any]:
         """This process's loads: answered by L1 (the near cache), by Redis (L2), or finding no
@@ -553,7 +562,11 @@ class RedisStore(StorePlans):
         needed = await self.replicas.aneeded()
         if not needed:
             return None
-        return AsyncWaitingRun(self._async_client().client, needed, self.replicas.timeout_ms)
+        client = self._async_client().client
+        if is_cluster(client):  # WAIT on the key's node, for its replicas
+            per_node = self.replicas.per_node if self.replicas.wanted == "connected" else {}
+            return AsyncClusterWaitingRun(client, needed, self.replicas.timeout_ms, per_node)
+        return AsyncWaitingRun(client, needed, self.replicas.timeout_ms)
 
     async def adiscard(self, session_key: str, loaded: Loaded) -> None:
         await self._adiscard(session_key, loaded.payload, HEADER_SIZE + 1)

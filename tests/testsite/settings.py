@@ -80,6 +80,8 @@ if os.environ.get("MEMSESSION_TEST_REDIS_URL"):
     MEMSESSION_REDIS_SENTINELS = json.loads(
         os.environ.get("MEMSESSION_TEST_REDIS_SENTINELS", "null")
     )
+    # On a Redis Cluster (the URL names one of its nodes).
+    MEMSESSION_REDIS_CLUSTER = os.environ.get("MEMSESSION_TEST_REDIS_CLUSTER") == "1"
     MIDDLEWARE = [
         "django_memsession.middleware.SessionMiddleware"
         if name == "django.contrib.sessions.middleware.SessionMiddleware"

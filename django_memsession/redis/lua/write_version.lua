@@ -1,9 +1,11 @@
--- What update.lua and save.lua share: store a new version of a session, unless it was deleted (or
--- is gone and expired). Needs header_of.lua before it.
+-- What update.lua does: store a new version of a session, unless it was deleted (or is gone and
+-- expired). Needs header_of.lua before it.
 -- key the session; record the new record; ttl its TTL (ms); full_ttl the rest of its full age
 -- (ms); now_ms now (ms, web server's clock); may_restore "1" if a missing key was evicted (the
--- engine saw the session live) rather than expired.
--- Returns 1 stored, 2 stored again after eviction, 0 deleted (a tombstone), -1 gone (expired;
+-- engine saw the session live) rather than expired, "2" if so but the session is logged in (it
+-- is indexed again before it is stored: answered 3, nothing written).
+-- Returns 1 stored, 2 stored again after eviction, 3 (may_restore "2") missing and not stored,
+-- 0 deleted (a tombstone), -1 gone (expired;
 -- a record expired by the web server's clock is deleted then, so that nothing after the script,
 -- the near cache's PEXPIRE ... GT, can lengthen its TTL).
 -- A record on probation ("P") written over a settled one ("S": another request saw the session
@@ -16,6 +18,9 @@ local function write_version(key, record, ttl, full_ttl, now_ms, may_restore)
     return 0
   end
   if kind == '' then
+    if may_restore == '2' then
+      return 3
+    end
     if may_restore ~= '1' then
       redis.call('DEL', key)  -- nothing, or a value not ours: gone either way
       return -1
