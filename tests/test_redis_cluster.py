@@ -1,6 +1,7 @@
 """``MEMSESSION_REDIS_CLUSTER = True``: its system check (E116), what it does to the option
-names (E109) and the store's settings, and the clients ``redis/client.py`` builds for it,
-against a real cluster of six nodes on loopback (tests/cluster_servers.py).
+names (E109) and the store's settings, the clients ``redis/client.py`` builds for it, and the
+deploy check on a cluster (I102, E117, W107, E118), against a real cluster of six nodes on
+loopback (tests/cluster_servers.py).
 
 What the engine does with those clients (sessions, the user index, the near cache over the
 cluster) is tested with the store's slot-safe round trips, not here.
@@ -14,11 +15,12 @@ import pytest
 import redis
 import redis.asyncio.cluster
 import redis.cluster
-from cluster_servers import SHARDS, RedisCluster, ask
+from cluster_servers import SHARDS, RedisCluster, ask, wait_for
+from redis_server import RedisServer, _free_port
 
 from django_memsession.redis import conf
 from django_memsession.redis import store as redis_store
-from django_memsession.redis.checks import check_redis_settings
+from django_memsession.redis.checks import check_redis_deployment, check_redis_settings
 from django_memsession.redis.client import async_client, node_client, sync_client
 from django_memsession.redis.latency import recorder
 
@@ -261,3 +263,103 @@ def test_node_client_talks_to_the_one_node_it_names(on_the_cluster):
             assert on_the_cluster.ids[myid] is primary
         finally:
             client.close()
+
+
+# -- the deploy check on a cluster ---------------------------------------------------------------
+
+
+@pytest.fixture
+def volatile_ttl(on_the_cluster: RedisCluster) -> Iterator[RedisCluster]:
+    """Every node runs maxmemory-policy volatile-ttl for the test (noeviction after)."""
+    for server in on_the_cluster.servers:
+        ask(server, "CONFIG", "SET", "maxmemory-policy", "volatile-ttl")
+    yield on_the_cluster
+    for server in on_the_cluster.live:
+        ask(server, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+
+
+def test_the_deploy_check_reports_the_clusters_state_primaries_and_replicas(volatile_ttl):
+    (message,) = check_redis_deployment()
+    assert message.id == "memsession.I102"
+    assert "cluster_state:ok" in message.msg
+    assert f"{SHARDS} primaries with 16384 of 16384 slots, {SHARDS} live replica(s)" in message.msg
+    for primary in volatile_ttl.primaries():
+        replica = volatile_ttl.replica_of(primary)
+        slots = len(volatile_ttl.slots_of(primary))
+        assert (
+            f"127.0.0.1:{primary.port} ({slots} slots, replicas: 127.0.0.1:{replica.port})"
+            in message.msg
+        )
+
+
+def test_the_deploy_check_names_the_primaries_whose_policy_evicts_logged_in_users(
+    on_the_cluster, settings
+):
+    primary = on_the_cluster.primaries()[1]
+    ask(primary, "CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
+    try:
+        found = {message.id: message for message in check_redis_deployment()}
+    finally:
+        ask(primary, "CONFIG", "SET", "maxmemory-policy", "noeviction")
+    assert sorted(found) == ["memsession.I102", "memsession.W101", "memsession.W102"]
+    assert f"Redis (127.0.0.1:{primary.port}) runs maxmemory-policy allkeys-lru" in (
+        found["memsession.W102"].msg
+    )
+    others = sorted(f"127.0.0.1:{p.port}" for p in on_the_cluster.primaries() if p is not primary)
+    assert f"Redis ({', '.join(others)}) runs maxmemory-policy noeviction" in (
+        found["memsession.W101"].msg
+    )
+
+
+def test_a_slot_with_no_primary_is_e117(volatile_ttl):
+    node = volatile_ttl.primaries()[0]  # the URL's node
+    slot = min(volatile_ttl.slots_of(node))
+    ask(node, "CLUSTER", "DELSLOTS", slot)
+    try:
+        found = wait_for(
+            lambda: [m for m in check_redis_deployment() if m.id == "memsession.E117"],
+            10,
+            "the deploy check to see the slot uncovered",
+        )
+    finally:
+        ask(node, "CLUSTER", "ADDSLOTS", slot)
+        volatile_ttl.wait_ok()
+    (message,) = found
+    assert "cluster_state:fail" in message.msg
+    assert "1 of 16384 slots with no live primary" in message.msg
+    assert "503" in message.hint
+
+
+def test_a_primary_without_a_live_replica_is_w107(volatile_ttl):
+    primary = volatile_ttl.primaries()[2]
+    volatile_ttl.replica_of(primary).kill()
+    try:
+        found = wait_for(
+            lambda: [m for m in check_redis_deployment() if m.id == "memsession.W107"],
+            15,
+            "the deploy check to see the replica gone",
+        )
+    finally:
+        volatile_ttl.reset()  # starts the replica again
+    (message,) = found
+    assert f"primaries 127.0.0.1:{primary.port} have no live replica" in message.msg
+
+
+def test_a_server_that_is_not_a_cluster_node_is_e118(redis_server: RedisServer, settings):
+    redis_server.reset()
+    settings.SESSION_ENGINE = "django_memsession.redis"
+    settings.MEMSESSION_REDIS_URL = redis_server.url
+    settings.MEMSESSION_REDIS_CLUSTER = True
+    (message,) = check_redis_deployment()
+    assert message.id == "memsession.E118"
+    assert "MEMSESSION_REDIS_CLUSTER = False" in message.hint
+
+
+@pytest.mark.redis
+def test_a_cluster_node_that_does_not_answer_is_e107(settings):
+    settings.SESSION_ENGINE = "django_memsession.redis"
+    settings.MEMSESSION_REDIS_URL = f"redis://:s3cret@127.0.0.1:{_free_port()}/0"
+    settings.MEMSESSION_REDIS_CLUSTER = True
+    (message,) = check_redis_deployment()
+    assert message.id == "memsession.E107"
+    assert "s3cret" not in message.msg

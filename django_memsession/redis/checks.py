@@ -6,6 +6,7 @@ redis unless the deploy check runs for that engine.
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.checks import CheckMessage, Error, Info, Warning
 
@@ -66,12 +67,16 @@ POLICY_HINT = (
 
 
 def check_redis_deployment(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
-    """Under Sentinel, asks the sentinels for the primary and its replicas; pings Redis (which
-    refuses a node of a Redis Cluster, see ``client.py``) and reads its eviction policy
-    (``check --deploy`` only)."""
+    """Under Sentinel, asks the sentinels for the primary and its replicas; on a Redis Cluster
+    (``MEMSESSION_REDIS_CLUSTER``), the URL's node for the cluster's state, primaries and
+    replicas, and each primary for its eviction policy; else pings Redis (which refuses a node
+    of a Redis Cluster, see ``client.py``) and reads its eviction policy (``check --deploy``
+    only)."""
     if not _engine_in_use() or conf.problems():
         return []
     config = conf.store_settings()
+    if config.cluster:
+        return _cluster_findings(config)
     found: list[CheckMessage] = []
     if config.sentinels is not None:
         found = _sentinel_findings(config)
@@ -170,6 +175,12 @@ def _server_findings(config: conf.StoreSettings) -> list[CheckMessage]:
             policy = None
     finally:
         store.close()
+    return _policy_findings(policy)
+
+
+def _policy_findings(policy: str | None, where: str = "") -> list[CheckMessage]:
+    """What an eviction policy means for sessions (``where``: which nodes run it, on a
+    cluster)."""
     if not policy:
         return [
             Warning(
@@ -186,4 +197,153 @@ def _server_findings(config: conf.StoreSettings) -> list[CheckMessage]:
     if found is None:
         return []
     check_id, message = found
-    return [Warning(message.format(policy=policy), hint=POLICY_HINT, id=check_id)]
+    text = message.format(policy=policy)
+    if where:
+        text = text.replace("Redis runs", f"Redis ({where}) runs", 1)
+    return [Warning(text, hint=POLICY_HINT, id=check_id)]
+
+
+# -- a Redis Cluster --------------------------------------------------------------------------
+
+SLOTS = 16384
+
+
+def _cluster_findings(config: conf.StoreSettings) -> list[CheckMessage]:
+    """Ask the URL's node what it knows of the cluster (``CLUSTER INFO``, ``CLUSTER NODES``),
+    say what it answered, and read each primary's eviction policy."""
+    import redis
+
+    from .client import node_client
+
+    parts = urlsplit(config.url)
+    where = conf.redacted(config.url)
+    client = node_client(config, parts.hostname or "", parts.port or 6379)
+    try:
+        try:
+            enabled = client.info("cluster").get("cluster_enabled")
+            info = client.execute_command("CLUSTER", "INFO") if enabled else b""
+            nodes = client.execute_command("CLUSTER", "NODES") if enabled else b""
+        except redis.RedisError as exc:
+            return [
+                Error(
+                    f"Redis at {where} does not answer: {type(exc).__name__}: {exc}.",
+                    hint="Check MEMSESSION_REDIS_URL (any node of the cluster), that the node "
+                    "runs, and that this machine may reach it: every request that uses the "
+                    "session will be a 503.",
+                    id="memsession.E107",
+                )
+            ]
+    finally:
+        client.close()
+    if not enabled:
+        return [
+            Error(
+                f"MEMSESSION_REDIS_CLUSTER = True, and Redis at {where} is not a node of a Redis "
+                "Cluster (cluster_enabled:0): the engine cannot use it.",
+                hint="Point MEMSESSION_REDIS_URL at a node of the cluster, or set "
+                "MEMSESSION_REDIS_CLUSTER = False for a standalone Redis server.",
+                id="memsession.E118",
+            )
+        ]
+    state = _fields(info)
+    primaries, replicas = _cluster_nodes(nodes)
+    covered = sum(len(slots) for slots in primaries.values())
+    described = ", ".join(
+        f"{address} ({len(slots)} slots, replicas: "
+        + (", ".join(sorted(replicas.get(address, []))) or "none")
+        + ")"
+        for address, slots in sorted(primaries.items())
+    )
+    found: list[CheckMessage] = [
+        Info(
+            f"Redis Cluster, as {where} sees it: cluster_state:{state.get('cluster_state')}, "
+            f"{len(primaries)} primaries with {covered} of {SLOTS} slots, "
+            f"{sum(map(len, replicas.values()))} live replica(s): {described}.",
+            id="memsession.I102",
+        )
+    ]
+    uncovered = SLOTS - covered
+    if state.get("cluster_state") != "ok" or uncovered:
+        found.append(
+            Error(
+                f"The Redis Cluster is not ok, as {where} sees it: "
+                f"cluster_state:{state.get('cluster_state')}, "
+                f"{uncovered} of {SLOTS} slots with no live primary"
+                f" (cluster_slots_fail:{state.get('cluster_slots_fail', '?')}).",
+                hint="Every request for a session in a slot no live primary holds will be a "
+                "503. Assign every slot (redis-cli --cluster fix), bring the failed primaries "
+                "back or let their replicas take over (CLUSTER FAILOVER on a replica).",
+                id="memsession.E117",
+            )
+        )
+        return found
+    alone = sorted(address for address in primaries if not replicas.get(address))
+    if alone:
+        found.append(
+            Warning(
+                f"The Redis Cluster's primaries {', '.join(alone)} have no live replica: if "
+                "one fails, its slots have nothing to fail over to, and every request for a "
+                "session in them is a 503 until it is back.",
+                hint="Give each primary a replica (CLUSTER REPLICATE <primary's id> on a new "
+                "node, or redis-cli --cluster add-node --cluster-slave).",
+                id="memsession.W107",
+            )
+        )
+    return found + _cluster_policy_findings(config, sorted(primaries))
+
+
+def _fields(info: Any) -> dict[str, str]:
+    text = info.decode(errors="replace") if isinstance(info, bytes) else str(info)
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
+def _cluster_nodes(text: Any) -> tuple[dict[str, set[int]], dict[str, list[str]]]:
+    """``CLUSTER NODES``: each live primary's address and slots; each live primary's live
+    replicas' addresses."""
+    text = text.decode(errors="replace") if isinstance(text, bytes) else str(text)
+    lines = [line.split() for line in text.splitlines() if line.strip()]
+    failed = {"fail", "fail?", "handshake", "noaddr"}
+    address_of = {fields[0]: fields[1].split("@", 1)[0] for fields in lines}
+    primaries: dict[str, set[int]] = {}
+    replicas: dict[str, list[str]] = {}
+    for fields in lines:
+        flags = set(fields[2].split(","))
+        if flags & failed or fields[7] != "connected":
+            continue
+        if "master" in flags:
+            slots: set[int] = set()
+            for part in fields[8:]:
+                if not part.startswith("["):  # a slot being migrated or imported
+                    first, _, last = part.partition("-")
+                    slots.update(range(int(first), int(last or first) + 1))
+            if slots:
+                primaries[address_of[fields[0]]] = slots
+        elif fields[3] in address_of:
+            replicas.setdefault(address_of[fields[3]], []).append(address_of[fields[0]])
+    return primaries, replicas
+
+
+def _cluster_policy_findings(
+    config: conf.StoreSettings, primaries: list[str]
+) -> list[CheckMessage]:
+    """Each primary's ``maxmemory-policy``: what a policy means, once per policy, naming the
+    primaries that run it."""
+    import redis
+
+    from .client import node_client
+
+    policies: dict[str | None, list[str]] = {}
+    for address in primaries:
+        host, _, port = address.rpartition(":")
+        client = node_client(config, host, int(port))
+        try:
+            policy = client.config_get("maxmemory-policy").get("maxmemory-policy")
+        except redis.RedisError:
+            policy = None
+        finally:
+            client.close()
+        policies.setdefault(policy, []).append(address)
+    found: list[CheckMessage] = []
+    for policy, addresses in policies.items():
+        found += _policy_findings(policy, ", ".join(addresses))
+    return found

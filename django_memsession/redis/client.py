@@ -283,7 +283,8 @@ def cluster_options(config: StoreSettings, asynchronous: bool = False) -> dict[s
 def node_client(config: StoreSettings, host: str, port: int) -> redis.Redis:
     """A plain client (a pool of its own, not timed) of one node of a Redis Cluster, with what
     the URL says of every node (user, password, TLS, query-string options) and the settings'
-    connection options; the caller closes it."""
+    connection options (not ``"retry"``: the engine's, as at a plain URL); the caller closes
+    it."""
     scheme = _scheme(config.url)
     options = {
         name: value
@@ -292,7 +293,10 @@ def node_client(config: StoreSettings, host: str, port: int) -> redis.Redis:
     }
     url_options = _primary_options(config)
     url_options.pop("db", None)
-    return redis.Redis(host=host, port=port, **{**options, **url_options})
+    # The engine's policy: one retry at once after a dropped connection (redis-py's default
+    # backs off three times, seconds for a node that is down).
+    retry = redis.retry.Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,))
+    return redis.Redis(host=host, port=port, retry=retry, **{**options, **url_options})
 
 
 def sync_client(config: StoreSettings) -> TimedRedis | TimedRedisCluster:
