@@ -57,6 +57,25 @@ def test_a_cluster_setting_that_is_not_true_or_false_is_e116(value, settings):
 
 
 @pytest.mark.usefixtures("cluster_settings")
+def test_the_near_cache_on_a_cluster_is_e119(settings):
+    settings.MEMSESSION_REDIS_NEAR_CACHE = "16M"
+    (message,) = check_redis_settings()
+    assert message.id == "memsession.E119"
+    assert "Remove MEMSESSION_REDIS_NEAR_CACHE" in message.hint
+
+
+@pytest.mark.usefixtures("cluster_settings")
+def test_a_store_on_a_cluster_with_the_near_cache_refuses_to_start(settings):
+    from django.core.exceptions import ImproperlyConfigured
+
+    from django_memsession.redis.conf import store_settings
+
+    settings.MEMSESSION_REDIS_NEAR_CACHE = "16M"
+    with pytest.raises(ImproperlyConfigured, match="E119"):
+        store_settings()
+
+
+@pytest.mark.usefixtures("cluster_settings")
 def test_the_cluster_with_sentinels_is_e116_saying_which_to_remove(settings):
     settings.MEMSESSION_REDIS_SENTINELS = [("10.0.0.2", 26379)]
     (message,) = check_redis_settings()

@@ -338,6 +338,19 @@ def cluster_problems(url: object = None) -> list[Problem]:
                 "MEMSESSION_REDIS_PREFIX keeps the sessions' keys apart from others.",
             )
         )
+    if conf.NEAR_CACHE is not None:
+        # Its tracking would be registered on one node only: copies of the sessions the other
+        # primaries hold would never be invalidated, and a logout served by another worker
+        # could be undone by a stale copy.
+        found.append(
+            Problem(
+                "memsession.E119",
+                "MEMSESSION_REDIS_NEAR_CACHE is set with MEMSESSION_REDIS_CLUSTER = True: the "
+                "near cache does not work on a Redis Cluster yet (its invalidations would come "
+                "from one node only, and a stale copy could undo a logout).",
+                "Remove MEMSESSION_REDIS_NEAR_CACHE (or set it to None) on a Redis Cluster.",
+            )
+        )
     return found
 
 

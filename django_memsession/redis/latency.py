@@ -32,6 +32,7 @@ import redis.cluster
 
 __all__ = [
     "RING_SIZE",
+    "ClusterUnreachable",
     "Recorder",
     "TimedAsyncRedis",
     "TimedAsyncRedisCluster",
@@ -131,24 +132,42 @@ class TimedAsyncRedis(redis.asyncio.Redis):
             recorder.round_trip(time.perf_counter() - started)
 
 
+class ClusterUnreachable(redis.ConnectionError):
+    """No node of the cluster answers (redis-py's ``RedisClusterUnreachableError``, which is not
+    a ``RedisError``): an outage like any other, so the engine's ``except redis.RedisError``
+    makes it the 503 it is, never a 500."""
+
+
 class TimedRedisCluster(redis.cluster.RedisCluster):
     """redis-py's Redis Cluster client, timing each command it sends (redirections and retries
-    included: what the request waited) into this process's recorder."""
+    included: what the request waited) into this process's recorder; an unreachable cluster
+    raised as :class:`ClusterUnreachable`."""
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return super().execute_command(*args, **kwargs)
+        except redis.exceptions.RedisClusterUnreachableError as exc:
+            raise ClusterUnreachable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             recorder.round_trip(time.perf_counter() - started)
 
 
 class TimedAsyncRedisCluster(redis.asyncio.cluster.RedisCluster):
-    """The same on ``redis.asyncio``."""
+    """The same on ``redis.asyncio`` (which learns the slots on first use, or when the engine
+    calls :meth:`initialize` before a ``WAIT`` on one node)."""
+
+    async def initialize(self) -> Any:
+        try:
+            return await super().initialize()
+        except redis.exceptions.RedisClusterUnreachableError as exc:
+            raise ClusterUnreachable(f"{type(exc).__name__}: {exc}") from exc
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         started = time.perf_counter()
         try:
             return await super().execute_command(*args, **kwargs)
+        except redis.exceptions.RedisClusterUnreachableError as exc:
+            raise ClusterUnreachable(f"{type(exc).__name__}: {exc}") from exc
         finally:
             recorder.round_trip(time.perf_counter() - started)
