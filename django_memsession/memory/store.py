@@ -397,7 +397,7 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
                 if self.on_mirror is not None:
                     self.on_mirror(key, payload, expires_at)
                 if segment == AUTHENTICATED and moved:
-                    count = self._index_add(value, key)
+                    count = self._index_add(value, key, user_bytes)
                     limit = self.limits.max_sessions_per_user
                     # A login (a new session of this user), not an evicted one coming back.
                     logged_in_now = new_to_user and result is PutResult.STORED
