@@ -494,7 +494,7 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
         size = entry(len(key), len(value))
         if size > self.limits.max_session_bytes:
             return None  # refused (and counted) by the general path
-        events: list[StoreEvent] = []
+        events: list[StoreEvent] | None = None  # (made only when a write evicts)
         with self._lock:
             if table.get(key) is not old or (tag != NOT_JOURNALED and tag != self.epoch):
                 return None  # changed meanwhile, or a snapshot began: the general path
@@ -505,6 +505,7 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
             if self.on_mirror is not None:
                 self.on_mirror(key, payload, expires_at)
             if self._session_bytes() > self.limits.session_bytes:
+                events = []
                 self._make_room(
                     self.limits.session_bytes, now, reason="write", spare=key, events=events
                 )
