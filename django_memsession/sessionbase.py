@@ -101,7 +101,10 @@ class FastSessionBase(SessionBase):
     def __init__(self, session_key: str | None = None) -> None:
         # What SessionBase.__init__ does, minus import_string(SESSION_SERIALIZER) on every
         # request: load() and save() use the cached codec (which still follows the setting).
-        self._session_key = session_key
+        # SessionBase's _session_key setter, without its property call (on every request).
+        self._SessionBase__session_key = (
+            session_key if self._validate_session_key(session_key) else None
+        )
         self.accessed = False
         self.modified = False
         # The stored form this session was loaded from or last saved as (None: neither), which a
