@@ -97,3 +97,24 @@ def test_the_parent_store_still_works_after_a_fork():
     session["after"] = 1
     session.save()
     assert SessionStore(session.session_key)["after"] == 1
+
+
+def test_a_child_makes_none_of_the_session_keys_its_parent_makes():
+    from django_memsession.sessionbase import new_session_key
+
+    new_session_key()  # the parent holds a batch of keys made ahead
+    read_end, write_end = os.pipe()
+
+    def child() -> int:
+        os.close(read_end)
+        os.write(write_end, "".join(new_session_key() for _ in range(200)).encode())
+        return 0
+
+    assert run_in_child(child) == 0
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        text = pipe.read().decode()
+    child_keys = {text[start : start + 32] for start in range(0, len(text), 32)}
+    parent_keys = {new_session_key() for _ in range(200)}
+    assert len(child_keys) == 200
+    assert not child_keys & parent_keys

@@ -84,10 +84,10 @@ class SessionStore(FastSessionBase):
     # -- load ----------------------------------------------------------------------------------
 
     def load(self) -> dict[str, Any]:
-        return self._decode(self.backend().get(self.session_key))
+        return self._decode(self.backend().get(self._SessionBase__session_key))
 
     async def aload(self) -> dict[str, Any]:
-        return self._decode(self.backend().get(self.session_key))
+        return self._decode(self.backend().get(self._SessionBase__session_key))
 
     def _decode(self, payload: bytes | None) -> dict[str, Any]:
         self._base = payload
@@ -120,7 +120,7 @@ class SessionStore(FastSessionBase):
         return store.clock() + age
 
     def save(self, must_create: bool = False) -> None:
-        if self.session_key is None:
+        if self._SessionBase__session_key is None:
             return self.create()
         self._write(self._get_session(no_load=must_create), must_create)
         return None
@@ -140,7 +140,7 @@ class SessionStore(FastSessionBase):
         """Store ``data`` under this session's key, with its expiry and the logged-in user's id
         as Django stores it (None: anonymous); save and asave share it (the store does no I/O;
         ``sleep`` is the backoff of a conflicting save's retries)."""
-        key = self.session_key
+        key = self._SessionBase__session_key
         if key is None:
             # Loading found no session (expired, deleted): an update of nothing, as with
             # Django's engines. Through SessionMiddleware the load comes first and save() creates.

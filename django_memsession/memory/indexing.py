@@ -67,10 +67,13 @@ class Indexing:
                 self._index_add(new_value, key)  # it was in a prune walk's front: re-pointed
         return True
 
-    def _index_add(self, value: bytes, key: str) -> int:
+    def _index_add(self, value: bytes, key: str, user: bytes | None = None) -> int:
         """Index a logged-in session under its user (``key``: the object the policy holds);
-        how many sessions the user has (0: no user id given, not indexed)."""
-        user = facts.user_of(value)
+        how many sessions the user has (0: no user id given, not indexed). ``user``: the user
+        id as ``value``'s facts hold it, when the caller has it (a save packed it), so it is not
+        read back out of ``value``."""
+        if user is None:
+            user = facts.user_of(value)
         if not user:
             return 0
         return self._users.add(user_key(user.decode(errors="replace")), key)

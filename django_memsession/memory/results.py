@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import cached_property
 
 from ..messages import RemovedTotals
 
@@ -45,17 +46,20 @@ class Limits:
     max_sessions: int | None = None
     max_sessions_per_user: int | None = None
 
-    @property
+    # Computed once per Limits (they are frozen; a change of settings makes new ones), not on
+    # every save: every write compares the store's size with session_bytes.
+
+    @cached_property
     def low_water_bytes(self) -> int:
         return int(self.max_bytes * self.low_water)
 
-    @property
+    @cached_property
     def remember_bytes(self) -> int:
         """The slice of the budget set aside for the keys of evicted sessions (so eviction is
         not logout)."""
         return self.max_bytes // 16
 
-    @property
+    @cached_property
     def session_bytes(self) -> int:
         """The rest, for sessions and their tables (see
         :mod:`~django_memsession.memory.remembered`)."""

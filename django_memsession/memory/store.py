@@ -397,7 +397,7 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
                 if self.on_mirror is not None:
                     self.on_mirror(key, payload, expires_at)
                 if segment == AUTHENTICATED and moved:
-                    count = self._index_add(value, key)
+                    count = self._index_add(value, key, user_bytes)
                     limit = self.limits.max_sessions_per_user
                     # A login (a new session of this user), not an evicted one coming back.
                     logged_in_now = new_to_user and result is PutResult.STORED
@@ -494,7 +494,7 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
         size = entry(len(key), len(value))
         if size > self.limits.max_session_bytes:
             return None  # refused (and counted) by the general path
-        events: list[StoreEvent] = []
+        events: list[StoreEvent] | None = None  # (made only when a write evicts)
         with self._lock:
             if table.get(key) is not old or (tag != NOT_JOURNALED and tag != self.epoch):
                 return None  # changed meanwhile, or a snapshot began: the general path
@@ -505,6 +505,7 @@ class MemoryStore(Pruning, SnapshotCopy, Indexing, Upkeep):
             if self.on_mirror is not None:
                 self.on_mirror(key, payload, expires_at)
             if self._session_bytes() > self.limits.session_bytes:
+                events = []
                 self._make_room(
                     self.limits.session_bytes, now, reason="write", spare=key, events=events
                 )
