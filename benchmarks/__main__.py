@@ -16,7 +16,16 @@ from pathlib import Path
 from typing import Any
 
 from . import against as against_module
-from . import engines, http, redis_engines, redis_http, redis_latency, redis_users, sentinel
+from . import (
+    cluster,
+    engines,
+    http,
+    redis_engines,
+    redis_http,
+    redis_latency,
+    redis_users,
+    sentinel,
+)
 from .common import REPO_ROOT, machine, setup_django
 
 TARGETS = {
@@ -139,10 +148,10 @@ def _against(quick: bool) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _sentinel(quick: bool) -> dict[str, Any]:
-    """benchmarks/sentinel.py in a fresh process: it starts its own servers and configures
-    Django for them."""
-    command = [sys.executable, "-m", "benchmarks.sentinel", "--json-line"]
+def _sentinel(quick: bool, module: str = "benchmarks.sentinel") -> dict[str, Any]:
+    """benchmarks/sentinel.py (or ``module``: benchmarks/cluster.py) in a fresh process: it
+    starts its own servers and configures Django for them."""
+    command = [sys.executable, "-m", module, "--json-line"]
     command += ["--quick"] if quick else []
     output = subprocess.run(
         command, cwd=REPO_ROOT, capture_output=True, text=True, check=True
@@ -221,6 +230,7 @@ PARTS = (
     "redis-latency",
     "redis-users",
     "redis-sentinel",
+    "redis-cluster",
 )
 
 
@@ -236,8 +246,9 @@ def main() -> None:
     )
     args = parser.parse_args()
     parts = args.only or list(PARTS)
-    # redis-sentinel starts its own servers, in its own process.
-    uses_redis = any(part.startswith("redis") and part != "redis-sentinel" for part in parts)
+    # redis-sentinel and redis-cluster start their own servers, in their own processes.
+    own_servers = ("redis-sentinel", "redis-cluster")
+    uses_redis = any(part.startswith("redis") and part not in own_servers for part in parts)
     redis_server = redis_engines.RedisServer() if uses_redis else None
     setup_django(**(redis_engines.settings(redis_server.url) if redis_server else {}))
     report: dict[str, Any] = {"machine": machine(), "quick": args.quick, "started": time.time()}
@@ -288,6 +299,15 @@ def main() -> None:
         )
         report["redis_sentinel"] = _sentinel(args.quick)
         print("\n".join(sentinel.table(report["redis_sentinel"])), flush=True)
+    if "redis-cluster" in parts:
+        print(
+            "redis-cluster: the Redis engine on a six-node Redis Cluster (three primaries, a "
+            "replica each) against one server, and one server with a replica (a fresh process, "
+            "its own servers; paired rounds, µs per operation)",
+            flush=True,
+        )
+        report["redis_cluster"] = _sentinel(args.quick, "benchmarks.cluster")
+        print("\n".join(cluster.table(report["redis_cluster"])), flush=True)
     if "http" in parts:
         print("http: gunicorn and wrk on 127.0.0.1, median over interleaved rounds", flush=True)
         report["http"] = http.run(args.quick)

@@ -46,22 +46,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
-import sys
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .common import AUTH_KEYS, REPO_ROOT, machine, make_session, setup_django, summary, time_batch
-from .engines import DjangoEngine, _workload, batch_size
+from . import paired
+from .common import machine, make_session, setup_django
+from .paired import Engine
 
 SERVICE_URL = "redis://mymaster/0"
 # make_session(500) without its auth keys: a ~350 B anonymous session.
 ANONYMOUS_TARGET = 500
-ANONYMOUS = ("load", "cycle", "create")
-WAITED = ("login", "logout")
 # The engines each kind of workload compares, and the ratios it reports (numerator, denominator).
 ANONYMOUS_ENGINES = ("plain", "sentinel", "primary, plain URL")
 WAITED_ENGINES = ("plain", "sentinel", "sentinel, no wait")
@@ -73,73 +72,9 @@ WAITED_RATIOS += (("sentinel", "sentinel, no wait"),)
 TARGET = 1.05  # issue 22: Sentinel itself within 5 % (the same primary at its own plain URL)
 
 
-def _test_servers() -> tuple[Any, Any]:
-    """The tests' server helpers (``tests/`` is not a package: its modules import each other by
-    name), and the executable they start."""
-    tests = str(REPO_ROOT / "tests")
-    if tests not in sys.path:
-        sys.path.insert(0, tests)
-    import redis_server
-    import sentinel_servers
-
-    if redis_server.REDIS_SERVER is None:
-        named = redis_server.NAMED_SERVER
-        raise SystemExit(
-            f"{redis_server.SERVER_VARIABLE}={named!r} is not an executable file"
-            if named
-            else "redis-server is not installed (or set MEMSESSION_TEST_REDIS_SERVER)"
-        )
-    return redis_server, sentinel_servers
-
-
-class Engine(DjangoEngine):
-    """The Redis engine on a store of its own (as ``redis_engines.NearEngine``)."""
-
-    def __init__(self, config: Any) -> None:
-        from django_memsession.redis.engine import SessionStore
-        from django_memsession.redis.store import RedisStore
-
-        store = self.store = RedisStore(config)
-
-        class Store(SessionStore):
-            _get_store = staticmethod(lambda: store)
-
-        self.store_class = Store
-
-    # The waited writes, each on objects prepared beforehand (untimed): ``prepare_*`` makes
-    # ``count`` of them, the operation takes the ``i``-th.
-
-    def prepare_login(self, payload: dict[str, Any], count: int) -> list[Any]:
-        """Sessions as ``login()`` leaves them before its save: an anonymous session that came
-        back (loaded once, so promoted), loaded again, ``cycle_key()`` done, the auth keys in."""
-        sessions = []
-        for _ in range(count):
-            key = self.create(payload)
-            self.load(key)  # came back: promoted
-            session = self.store_class(key)
-            session.get("_auth_user_id")  # the request loads it
-            session.cycle_key()
-            session.update(AUTH_KEYS)
-            sessions.append(session)
-        return sessions
-
-    def prepare_logout(self, payload: dict[str, Any], count: int) -> list[Any]:
-        """Logged-in sessions, each loaded by the object that flushes it (as a request does)."""
-        sessions = []
-        for _ in range(count):
-            key = self.create({**payload, **AUTH_KEYS})
-            session = self.store_class(key)
-            session.get("_auth_user_id")
-            sessions.append(session)
-        return sessions
-
-    def close(self) -> None:
-        self.store.close()
-
-
-def _waits(server: Any) -> int:
+def _waits(server: Any) -> Callable[[], Counter]:
     """How many ``WAIT``s this server has run (its own counters)."""
-    return server.calls("wait")
+    return lambda: Counter(wait=server.calls("wait"))
 
 
 def _sentinel_commands(sentinels: Any) -> int:
@@ -154,46 +89,15 @@ def _sentinel_commands(sentinels: Any) -> int:
     return total
 
 
-def _ratios(samples: dict[str, list[float]], pairs: tuple[tuple[str, str], ...]) -> dict[str, Any]:
-    """Each pair's ratio: the median over the rounds of that round's ratio."""
-    return {
-        f"{top} / {bottom}": statistics.median(
-            a / b for a, b in zip(samples[top], samples[bottom], strict=True)
-        )
-        for top, bottom in pairs
-    }
-
-
 def anonymous(
     engines: dict[str, Engine], payload: dict[str, Any], rounds: int, target_ms: float
 ) -> dict[str, Any]:
     """{workload: {engine: summary, "ratios": {...}}} for load, cycle, create."""
-    rng = random.Random(22)
-    results: dict[str, Any] = {}
-    for workload in ANONYMOUS:
-        chosen = {name: engines[name] for name in ANONYMOUS_ENGINES}
-        operations = {
-            name: _workload(engine, workload, payload, pool=200) for name, engine in chosen.items()
-        }
-        counts = {name: batch_size(operation, target_ms) for name, operation in operations.items()}
-        samples: dict[str, list[float]] = {name: [] for name in operations}
-        order = list(operations)
-        for _ in range(rounds):
-            rng.shuffle(order)
-            for name in order:
-                samples[name].append(time_batch(operations[name], counts[name]))
-        figures: dict[str, Any] = {name: summary(s) for name, s in samples.items()}
-        figures["ratios"] = _ratios(samples, ANONYMOUS_RATIOS)
+    results = paired.anonymous(
+        engines, ANONYMOUS_ENGINES, payload, rounds, target_ms, ANONYMOUS_RATIOS, seed=22
+    )
+    for figures in results.values():
         figures["within_target"] = figures["ratios"][" / ".join(SENTINEL_ITSELF)] <= TARGET
-        figures["calls_per_round"] = counts
-        results[workload] = figures
-        print(
-            f"  {workload}: "
-            + ", ".join(f"{name} {figures[name]['median']:.1f}" for name in operations)
-            + " µs; "
-            + ", ".join(f"{k} {v:.3f}x" for k, v in figures["ratios"].items()),
-            flush=True,
-        )
     return results
 
 
@@ -206,37 +110,23 @@ def waited(
 ) -> dict[str, Any]:
     """{login|logout: {engine: summary, "waits_per_operation": {...}, "ratios": {...},
     "wait_us": ...}}: each round prepares ``count`` sessions per engine, then times them."""
-    rng = random.Random(23)
-    results: dict[str, Any] = {}
-    operations = {
-        "login": ("prepare_login", lambda session: session.save()),
-        "logout": ("prepare_logout", lambda session: session.flush()),
-    }
-    for workload in WAITED:
-        prepare, act = operations[workload]
-        for name in WAITED_ENGINES:  # warm-up: the first INFO replication, connections
-            for session in getattr(engines[name], prepare)(payload, 20):
-                act(session)
-        samples: dict[str, list[float]] = {name: [] for name in WAITED_ENGINES}
-        waits = dict.fromkeys(WAITED_ENGINES, 0)
-        order = list(WAITED_ENGINES)
-        for _ in range(rounds):
-            rng.shuffle(order)
-            for name in order:
-                sessions = getattr(engines[name], prepare)(payload, count)
-                before = _waits(servers[name])
-                samples[name].append(time_batch(lambda i, s=sessions, a=act: a(s[i]), count))
-                waits[name] += _waits(servers[name]) - before
-        figures: dict[str, Any] = {name: summary(s) for name, s in samples.items()}
+    counters = {name: _waits(servers[name]) for name in WAITED_ENGINES}
+    results = paired.waited(
+        engines, WAITED_ENGINES, payload, rounds, count, WAITED_RATIOS, seed=23, counters=counters
+    )
+    for workload, figures in results.items():
+        commands = figures.pop("commands_per_operation", {})
         figures["waits_per_operation"] = {
-            name: waits[name] / (rounds * count) for name in WAITED_ENGINES
+            name: commands.get(name, {}).get("wait", 0.0) for name in WAITED_ENGINES
         }
-        figures["ratios"] = _ratios(samples, WAITED_RATIOS)
         figures["wait_us"] = statistics.median(
-            a - b for a, b in zip(samples["sentinel"], samples["sentinel, no wait"], strict=True)
+            a - b
+            for a, b in zip(
+                figures["samples_us"]["sentinel"],
+                figures["samples_us"]["sentinel, no wait"],
+                strict=True,
+            )
         )
-        figures["calls_per_round"] = count
-        results[workload] = figures
         print(
             f"  {workload}: "
             + ", ".join(f"{name} {figures[name]['median']:.1f}" for name in WAITED_ENGINES)
@@ -248,7 +138,7 @@ def waited(
 
 
 def run(quick: bool) -> dict[str, Any]:
-    redis_server, sentinel_servers = _test_servers()
+    redis_server, sentinel_servers = paired.test_servers("sentinel_servers")
     executable = redis_server.REDIS_SERVER
     plain = redis_server.RedisServer(executable)
     sentinels = sentinel_servers.SentinelSet(executable)
