@@ -314,6 +314,10 @@ class WaitingRun:
         return self.batch([args])[0]
 
     def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        return self._answered(self.replies(commands))
+
+    def replies(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The commands' replies and the ``WAIT``'s, last, an error reply in its place."""
         commands = [*commands, ("WAIT", self.needed, self.timeout_ms)]
         connection = self.pool.get_connection()
         try:
@@ -329,7 +333,7 @@ class WaitingRun:
                 watch_sentinels(self.pool)
         finally:
             self.pool.release(connection)
-        return self._answered(replies)
+        return replies
 
     def _short(self, replies: list[Any]) -> bool:
         """Whether fewer replicas than needed acknowledged: perhaps a failover took them and
@@ -408,6 +412,32 @@ class ClusterWaitingRun(WaitingRun):
             groups.setdefault(node.name, (node, []))[1].append(at)
         return list(groups.values())
 
+    def _asks(self, got: list[Any]) -> list[tuple[Any, list[int]]]:
+        """The replies that are ``ASK``, grouped by the node they name (a node the client does
+        not know is left out: its ``ASK`` stays the error)."""
+        asked: dict[str, tuple[Any, list[int]]] = {}
+        for at, reply in enumerate(got[:-1]):
+            if isinstance(reply, redis.exceptions.AskError):
+                node = self.client.get_node(host=reply.host, port=reply.port)
+                if node is not None:
+                    asked.setdefault(node.name, (node, []))[1].append(at)
+        return list(asked.values())
+
+    def _asked(self, sent: list[tuple[Any, ...]], got: list[Any]) -> list[tuple[int | None, int]]:
+        """Each command ``ASK`` sent elsewhere (its key already migrated out of a slot being
+        moved) sent again there after ``ASKING``, with ``WAIT``; its reply put in ``got`` in
+        place of the ``ASK``. The (acked, needed) of each node asked."""
+        answers = []
+        for node, ats in self._asks(got):
+            run = WaitingRun(
+                self.client.get_redis_connection(node), self._needed(node), self.timeout_ms
+            )
+            again = run.replies([c for at in ats for c in (("ASKING",), sent[at])])
+            for n, at in enumerate(ats):
+                got[at] = again[2 * n + 1]
+            answers.append((again[-1] if isinstance(again[-1], int) else None, run.needed))
+        return answers
+
     def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         for attempt in (0, 1):
             replies: list[Any] = [None] * len(commands)
@@ -416,8 +446,11 @@ class ClusterWaitingRun(WaitingRun):
             for node, ats in self._groups(commands):
                 connection = self.client.get_redis_connection(node)  # made if a MOVED named it
                 run = WaitingRun(connection, self._needed(node), self.timeout_ms)
+                sent = [commands[at] for at in ats]
+                got = run.replies(sent)
+                answers += self._asked(sent, got)
                 try:
-                    got = run.batch([commands[at] for at in ats])
+                    got = run._answered(got)
                 except redis.exceptions.MovedError as exc:
                     moved = exc
                     break
@@ -499,6 +532,28 @@ class AsyncClusterWaitingRun(ClusterWaitingRun):
             return await self.client.execute_command(*args)
         return (await self.batch([args]))[0]
 
+    async def _aasked(
+        self, sent: list[tuple[Any, ...]], got: list[Any]
+    ) -> list[tuple[int | None, int]]:
+        """:meth:`ClusterWaitingRun._asked` on ``redis.asyncio``."""
+        answers = []
+        for node, ats in self._asks(got):
+            needed = self._needed(node)
+            again_sent = [c for at in ats for c in (("ASKING",), sent[at])]
+            again_sent.append(("WAIT", needed, self.timeout_ms))
+            connection = node.acquire_connection()
+            try:
+                again = await AsyncWaitingRun._asend(self, connection, again_sent)  # type: ignore[arg-type]
+            except BaseException:
+                await connection.disconnect()
+                raise
+            finally:
+                node.release(connection)
+            for n, at in enumerate(ats):
+                got[at] = again[2 * n + 1]
+            answers.append((again[-1] if isinstance(again[-1], int) else None, needed))
+        return answers
+
     async def batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:  # type: ignore[override]
         await self.client.initialize()  # an asyncio cluster client learns the slots on first use
         for attempt in (0, 1):
@@ -516,6 +571,7 @@ class AsyncClusterWaitingRun(ClusterWaitingRun):
                     raise
                 finally:
                     node.release(connection)
+                answers += await self._aasked(sent, got)
                 try:
                     got = self._answered(got)
                 except redis.exceptions.MovedError as exc:
