@@ -472,3 +472,21 @@ def test_a_wait_that_comes_back_short_drops_the_pools_connections(primary, repli
     finally:
         admin.close()
     assert ours and not (ours & left)
+
+
+def test_a_wait_on_a_node_demoted_to_a_replica_is_recognised(primary, replica):
+    """A failover between a write and its WAIT: the WAIT is refused as sent to a replica; the
+    cluster runner learns the slot map again and sends the step to the new primary."""
+    from django_memsession.redis.replicas import WaitingRun, demoted
+
+    on_replica = replica.client()
+    try:
+        replies = WaitingRun(on_replica, 1, 100).replies([("PING",)])
+    finally:
+        on_replica.close()
+    assert demoted(replies)
+    on_primary = primary.client()
+    try:
+        assert not demoted(WaitingRun(on_primary, 1, 100).replies([("PING",)]))
+    finally:
+        on_primary.close()

@@ -448,6 +448,9 @@ class ClusterWaitingRun(WaitingRun):
                 run = WaitingRun(connection, self._needed(node), self.timeout_ms)
                 sent = [commands[at] for at in ats]
                 got = run.replies(sent)
+                if demoted(got):
+                    moved = Demoted(node.name)
+                    break
                 answers += self._asked(sent, got)
                 try:
                     got = run._answered(got)
@@ -460,10 +463,30 @@ class ClusterWaitingRun(WaitingRun):
             if moved is None:
                 self._result(answers)
                 return replies
-            _moved(self.client, moved)
+            if isinstance(moved, Demoted):
+                self.client.nodes_manager.initialize()
+            else:
+                _moved(self.client, moved)
             if attempt:
                 raise moved
         raise AssertionError("unreachable")
+
+
+class Demoted(redis.ConnectionError):
+    """The node a write went to was a primary when the write arrived and a replica by the time
+    its ``WAIT`` did (``WAIT cannot be used with replica instances``): a failover of its shard
+    happened in between, and the write will be lost with the old primary's data. The slot map
+    is learned again and the step sent again, to the new primary (the engine's steps are safe
+    to repeat); a second time, an outage (a 503)."""
+
+    def __init__(self, node: str) -> None:
+        super().__init__(f"the node {node} became a replica during the write (a failover)")
+
+
+def demoted(replies: list[Any]) -> bool:
+    """Whether the ``WAIT`` (the last reply) was refused because the node is a replica now."""
+    last = replies[-1]
+    return isinstance(last, redis.ResponseError) and "replica" in str(last)
 
 
 def _moved(client: Any, error: redis.exceptions.MovedError) -> Any:
@@ -571,6 +594,9 @@ class AsyncClusterWaitingRun(ClusterWaitingRun):
                     raise
                 finally:
                     node.release(connection)
+                if demoted(got):
+                    moved = Demoted(node.name)
+                    break
                 answers += await self._aasked(sent, got)
                 try:
                     got = self._answered(got)
@@ -583,9 +609,12 @@ class AsyncClusterWaitingRun(ClusterWaitingRun):
             if moved is None:
                 self._result(answers)
                 return replies
-            moving = _moved(self.client, moved)
-            if asyncio.iscoroutine(moving):
-                await moving
+            if isinstance(moved, Demoted):
+                await self.client.nodes_manager.initialize()
+            else:
+                moving = _moved(self.client, moved)
+                if asyncio.iscoroutine(moving):
+                    await moving
             if attempt:
                 raise moved
         raise AssertionError("unreachable")
