@@ -14,6 +14,7 @@ one of those shards fails over.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -116,6 +117,12 @@ def test_slots_moved_under_load_refuse_nothing(own_cluster, site):
     check_no_logout_undone_and_no_login_lost(site, traffic, stayers, NOTHING_UNSURE)
 
 
+@pytest.mark.xfail(
+    os.environ.get("MEMSESSION_TEST_REDIS_SERVER", "").endswith("valkey-server"),
+    reason="Valkey: a replica resyncing after the switch is counted before it can acknowledge, "
+    "so a logout may get a 503 (known, open: issue 23/22 follow-up)",
+    strict=False,
+)
 def test_a_planned_failover_of_one_shard_refuses_nothing(own_cluster, site):
     with Traffic(site.base) as traffic:
         before, stayers = warmed_up(traffic, site.base)
