@@ -13,13 +13,12 @@ deadline. The roles move (a failover swaps a primary and its replica), so every 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
 from redis.cluster import key_slot
-from redis_server import RedisServer, server_executable
+from redis_server import RedisServer, server_executable, wait_for
 
 SLOTS = 16384
 SHARDS = 3
@@ -27,23 +26,6 @@ SHARDS = 3
 # machine that stalls must not leave a killed shard without a primary. A replica's full sync
 # starts at once (the default waits 5 s for more replicas to share it).
 NODE_ARGS = ("--cluster-replica-validity-factor", "0", "--repl-diskless-sync-delay", "0")
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something true; its value. A bounded wait, never a
-    sleep to make something happen. Errors of a node that is starting or failing over count as
-    not yet."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = condition()
-        except (redis.RedisError, OSError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def ask(node: RedisServer, *command: Any) -> Any:

@@ -27,7 +27,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pytest
 
@@ -146,6 +147,25 @@ def free_cluster_port() -> int:
                 continue
         return port
     raise RuntimeError("no free port below 55536 with a free bus port")
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it returns something true; its value. A bounded wait, never a
+    sleep to make something happen. Errors of a server that is starting or failing over count
+    as not yet."""
+    import redis
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+        except (redis.RedisError, OSError):
+            value = None
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
 
 
 class RedisServer:

@@ -15,34 +15,16 @@ import socket
 import subprocess
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from typing import Any
 
 import redis
-from redis_server import RedisServer, _free_port
+from redis_server import RedisServer, _free_port, wait_for
 
 SERVICE = "mymaster"
 # Short enough for a kill to be failed over in a few seconds; long enough for a busy test
 # machine not to fail over by itself.
 DOWN_AFTER_MS = 2000
 FAILOVER_TIMEOUT_MS = 5000
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something true; its value. A bounded wait, never a
-    sleep to make something happen."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = condition()
-        except (redis.RedisError, OSError):
-            value = None
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Sentinel:
